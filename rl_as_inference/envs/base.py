@@ -1,0 +1,252 @@
+"""The functional environment protocol shared by every torch-native environment.
+
+A functional environment holds constants only. Its state is a tensor that the caller owns and passes
+in, and :meth:`FunctionalEnv.step` is a pure function of ``(state, action)``. That is what lets a
+Pyro model and a Pyro guide run the *same* dynamics (seed eq. 12: q(tau) and p(tau, O) share
+p(s_0) and p(s_{t+1} | s_t, a_t)), lets gradients flow through the dynamics, and lets a rollout be
+captured by ``torch.compile`` or a CUDA graph.
+
+States and actions carry any batch shape ``B`` (``[N]`` in the common case, ``[P, N]`` with a
+particle dimension): a state is ``[*B, k]`` for a continuous-state env and ``[*B]`` (integers) for a
+tabular one; an action is ``[*B]`` (integers) for a discrete action space and ``[*B, action_dim]``
+for a continuous one.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+__all__ = ["FunctionalEnv", "Step", "resolve_device", "resolve_dtype"]
+
+
+class Step(NamedTuple):
+    """The result of one pure environment step.
+
+    Attributes:
+        state: the next state, same layout as the input state.
+        reward: ``[*B]`` reward r(s_t, a_t) of the step, in the env's dtype.
+        terminated: ``[*B]`` bool, True where the next state is terminal (time limits are not
+            termination: they belong to the vector env and to the trajectory model's horizon).
+    """
+
+    state: torch.Tensor
+    reward: torch.Tensor
+    terminated: torch.Tensor
+
+
+def resolve_device(device: torch.device | str | None) -> torch.device:
+    """Turn ``None``/``"auto"``/a string into a ``torch.device``; ``"auto"`` picks CUDA when present."""
+    if device is None:
+        return torch.device("cpu")
+    if isinstance(device, str) and device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device={device!r} is not a torch device; use 'cpu', 'cuda', 'cuda:N' or 'auto'") from exc
+
+
+def resolve_dtype(dtype: torch.dtype | None) -> torch.dtype:
+    """Default to float32 (fast); accept float32 or float64 only."""
+    if dtype is None:
+        return torch.float32
+    if dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"dtype={dtype!r} is not supported; use torch.float32 or torch.float64")
+    return dtype
+
+
+class FunctionalEnv:
+    """Base class of batched, pure, torch-native environments.
+
+    Subclasses set the class attributes below and implement :meth:`_step`, :meth:`observe` and
+    the reset distribution (:meth:`_initial_from_uniform` with :attr:`reset_low` /
+    :attr:`reset_high`, or override :meth:`reset`).
+
+    Attributes:
+        id: Gymnasium id this env reproduces (``None`` for a user-built env such as a tabular MDP).
+        observation_space, action_space: Gymnasium spaces of ONE environment.
+        max_episode_steps: the time limit of Gymnasium's registry (``None`` when there is none).
+        differentiable: True where gradients flow through :meth:`step` with respect to both the
+            state and a continuous action, so pathwise (reparameterized) gradients apply.
+        stochastic: True where the next state is random given (state, action); then
+            :meth:`transition_dist` returns its distribution.
+        state_shape: the event shape of one state (``(k,)``, or ``()`` for tabular states).
+    """
+
+    id: str | None = None
+    observation_space: gym.Space
+    action_space: gym.Space
+    max_episode_steps: int | None = None
+    differentiable: bool = False
+    stochastic: bool = False
+    state_shape: tuple[int, ...] = ()
+    # Uniform reset draws: state_0 = f(low + (high - low) * U), U ~ U[0, 1)^len(low), drawn in
+    # the same order as Gymnasium's reset so that the numpy path can reproduce it exactly.
+    reset_low: tuple[float, ...] = ()
+    reset_high: tuple[float, ...] = ()
+
+    def __init__(self, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None):
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype)
+
+    # ------------------------------------------------------------------ public API
+    def reset(
+        self,
+        num_envs: int,
+        seed: int | None = None,
+        *,
+        seeding: str = "torch",
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Sample ``num_envs`` initial states s_0 ~ p(s_0).
+
+        Args:
+            num_envs: batch size N >= 1.
+            seed: makes the draw reproducible: the same seed gives the same states.
+            seeding: ``"torch"`` (default) draws on the env's device with a torch generator;
+                ``"gymnasium"`` reproduces ``gymnasium.make_vec(id, N, vectorization_mode="sync")
+                .reset(seed=seed)`` exactly (numpy PCG64 per sub-env seeded ``seed + i``; slower,
+                host-side, for tests and exact comparisons).
+            generator: a torch generator to draw from (``seeding="torch"`` only), for callers that
+                reset repeatedly from one stream; ``seed`` and ``generator`` are exclusive.
+
+        Returns:
+            ``[N, *state_shape]`` initial states on the env's device.
+        """
+        num_envs = check_num_envs(num_envs)
+        if seeding == "gymnasium":
+            if generator is not None:
+                raise ValueError("generator= is only used with seeding='torch'")
+            rngs = gymnasium_rngs(num_envs, seed)
+            return self.reset_numpy(rngs)
+        if seeding != "torch":
+            raise ValueError(f"seeding={seeding!r} is not allowed; use 'torch' or 'gymnasium'")
+        if generator is not None and seed is not None:
+            raise ValueError("pass either seed= or generator=, not both")
+        if generator is None:
+            generator = torch.Generator(device=self.device)
+            if seed is None:
+                generator.seed()
+            else:
+                generator.manual_seed(int(seed))
+        return self.sample_initial(num_envs, generator)
+
+    def sample_initial(self, num_envs: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Draw ``[num_envs, *state_shape]`` initial states on the device (no host sync)."""
+        low = torch.tensor(self.reset_low, device=self.device, dtype=torch.float64)
+        high = torch.tensor(self.reset_high, device=self.device, dtype=torch.float64)
+        u = torch.rand(num_envs, len(self.reset_low), generator=generator, device=self.device, dtype=torch.float64)
+        return self._initial_from_uniform(low + (high - low) * u).to(self.dtype)
+
+    def reset_numpy(self, rngs: list[np.random.Generator]) -> torch.Tensor:
+        """Initial states drawn exactly as Gymnasium's ``reset`` draws them, one numpy generator per env."""
+        draws = np.stack([rng.uniform(low=self.reset_low, high=self.reset_high) for rng in rngs])
+        return self._initial_from_uniform(torch.as_tensor(draws, dtype=torch.float64)).to(
+            device=self.device, dtype=self.dtype
+        )
+
+    def step(self, state: torch.Tensor, action: torch.Tensor) -> Step:
+        """One pure step: ``Step(next_state, reward, terminated)``; the inputs are not modified.
+
+        Implements p(s_{t+1} | s_t, a_t) and r(s_t, a_t) of the trajectory model (DESIGN.md s.1).
+        Deterministic envs return the next state directly; stochastic ones sample it (see
+        :meth:`transition_dist` to make it a Pyro sample site instead).
+        """
+        self.check_state(state)
+        self.check_action(action, state)
+        return self._step(state, action)
+
+    def observe(self, state: torch.Tensor, dtype: torch.dtype | None = torch.float32) -> torch.Tensor:
+        """Observation of a batch of states, as Gymnasium returns it (float32 by default).
+
+        Pass ``dtype=None`` to keep the env's dtype (and with it gradients in float64).
+        """
+        self.check_state(state)
+        obs = self._observe(state)
+        return obs if dtype is None else obs.to(dtype)
+
+    def transition_dist(self, state: torch.Tensor, action: torch.Tensor) -> torch.distributions.Distribution:
+        """The distribution of s_{t+1} given (s_t, a_t); only for stochastic envs."""
+        raise NotImplementedError(f"{type(self).__name__} has deterministic dynamics: use step()")
+
+    # ------------------------------------------------------------------ to implement
+    def _step(self, state: torch.Tensor, action: torch.Tensor) -> Step:
+        raise NotImplementedError
+
+    def _observe(self, state: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _initial_from_uniform(self, draws: torch.Tensor) -> torch.Tensor:
+        return draws
+
+    # ------------------------------------------------------------------ validation
+    def check_state(self, state: torch.Tensor) -> None:
+        """Raise TypeError/ValueError unless ``state`` is a ``[*B, *state_shape]`` tensor of this env."""
+        if not isinstance(state, torch.Tensor):
+            raise TypeError(f"state must be a torch.Tensor, got {type(state).__name__}")
+        k = len(self.state_shape)
+        if state.dim() < k or tuple(state.shape[state.dim() - k :]) != self.state_shape:
+            raise ValueError(
+                f"state has shape {tuple(state.shape)}; {self.name} expects [*batch, {', '.join(map(str, self.state_shape))}]"
+                if k
+                else f"state has shape {tuple(state.shape)}; {self.name} expects [*batch]"
+            )
+        self._check_dtype_device("state", state, integer=not self.state_shape)
+
+    def check_action(self, action: torch.Tensor, state: torch.Tensor) -> None:
+        """Raise TypeError/ValueError unless ``action`` fits the action space and the state's batch."""
+        if not isinstance(action, torch.Tensor):
+            raise TypeError(f"action must be a torch.Tensor, got {type(action).__name__}")
+        batch = tuple(state.shape[: state.dim() - len(self.state_shape)])
+        discrete = isinstance(self.action_space, gym.spaces.Discrete)
+        expected = batch if discrete else batch + tuple(self.action_space.shape)
+        if tuple(action.shape) != expected:
+            what = "integer actions [*batch]" if discrete else f"actions [*batch, {self.action_space.shape[0]}]"
+            raise ValueError(
+                f"action has shape {tuple(action.shape)} but the state batch is {batch}: "
+                f"{self.name} expects {what}, i.e. shape {expected}"
+            )
+        self._check_dtype_device("action", action, integer=discrete, exact_dtype=False)
+
+    def _check_dtype_device(self, what: str, x: torch.Tensor, *, integer: bool, exact_dtype: bool = True) -> None:
+        if x.device.type != self.device.type or (
+            self.device.index is not None and x.device.index is not None and x.device.index != self.device.index
+        ):
+            raise ValueError(f"{what} is on {x.device} but {self.name} runs on {self.device}")
+        if integer:
+            if x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool:
+                raise TypeError(f"{what} dtype is {x.dtype}; {self.name} expects an integer tensor (e.g. torch.long)")
+        elif not x.dtype.is_floating_point:
+            raise TypeError(f"{what} dtype is {x.dtype}; {self.name} expects a floating tensor ({self.dtype})")
+        elif exact_dtype and x.dtype != self.dtype:
+            raise TypeError(f"{what} dtype is {x.dtype}; this {self.name} was made with dtype={self.dtype}")
+
+    # ------------------------------------------------------------------ misc
+    @property
+    def name(self) -> str:
+        return self.id or type(self).__name__
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(id={self.id!r}, device={self.device}, dtype={self.dtype})"
+
+
+def check_num_envs(num_envs: int) -> int:
+    """Validate a batch size: a Python int >= 1."""
+    if isinstance(num_envs, bool) or not isinstance(num_envs, int | np.integer):
+        raise TypeError(f"num_envs must be an int >= 1, got {num_envs!r}")
+    if num_envs < 1:
+        raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+    return int(num_envs)
+
+
+def gymnasium_rngs(num_envs: int, seed: int | None) -> list[np.random.Generator]:
+    """One numpy generator per sub-env, seeded ``seed + i`` as Gymnasium's vector envs do."""
+    from gymnasium.utils import seeding
+
+    if seed is None:
+        return [seeding.np_random(None)[0] for _ in range(num_envs)]
+    return [seeding.np_random(int(seed) + i)[0] for i in range(num_envs)]
