@@ -20,7 +20,18 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-__all__ = ["FunctionalEnv", "Step", "resolve_device", "resolve_dtype"]
+__all__ = ["FunctionalEnv", "Step", "as_numpy_scalar", "resolve_device", "resolve_dtype"]
+
+
+def as_numpy_scalar(c: float, dtype: torch.dtype) -> float:
+    """The Python float that a numpy expression ``c * x`` uses for an ``x`` of ``dtype``.
+
+    numpy 2 turns a Python float into the array's dtype before multiplying (NEP 50), so
+    ``0.001 * float32_x`` uses float32(0.001). torch keeps the scalar in double precision. Rounding
+    the constant to float32 first makes torch agree: the product of two float32 numbers is exact in
+    double, so both round the same exact product once.
+    """
+    return float(np.float32(c)) if dtype == torch.float32 else float(c)
 
 
 class Step(NamedTuple):
@@ -47,7 +58,9 @@ def resolve_device(device: torch.device | str | None) -> torch.device:
     try:
         return torch.device(device)
     except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"device={device!r} is not a torch device; use 'cpu', 'cuda', 'cuda:N' or 'auto'") from exc
+        raise ValueError(
+            f"device={device!r} is not a torch device; use 'cpu', 'cuda', 'cuda:N' or 'auto'"
+        ) from exc
 
 
 def resolve_dtype(dtype: torch.dtype | None) -> torch.dtype:
@@ -139,7 +152,9 @@ class FunctionalEnv:
         """Draw ``[num_envs, *state_shape]`` initial states on the device (no host sync)."""
         low = torch.tensor(self.reset_low, device=self.device, dtype=torch.float64)
         high = torch.tensor(self.reset_high, device=self.device, dtype=torch.float64)
-        u = torch.rand(num_envs, len(self.reset_low), generator=generator, device=self.device, dtype=torch.float64)
+        u = torch.rand(
+            num_envs, len(self.reset_low), generator=generator, device=self.device, dtype=torch.float64
+        )
         return self._initial_from_uniform(low + (high - low) * u).to(self.dtype)
 
     def reset_numpy(self, rngs: list[np.random.Generator]) -> torch.Tensor:
@@ -205,23 +220,33 @@ class FunctionalEnv:
         discrete = isinstance(self.action_space, gym.spaces.Discrete)
         expected = batch if discrete else batch + tuple(self.action_space.shape)
         if tuple(action.shape) != expected:
-            what = "integer actions [*batch]" if discrete else f"actions [*batch, {self.action_space.shape[0]}]"
+            what = (
+                "integer actions [*batch]" if discrete else f"actions [*batch, {self.action_space.shape[0]}]"
+            )
             raise ValueError(
                 f"action has shape {tuple(action.shape)} but the state batch is {batch}: "
                 f"{self.name} expects {what}, i.e. shape {expected}"
             )
         self._check_dtype_device("action", action, integer=discrete, exact_dtype=False)
 
-    def _check_dtype_device(self, what: str, x: torch.Tensor, *, integer: bool, exact_dtype: bool = True) -> None:
+    def _check_dtype_device(
+        self, what: str, x: torch.Tensor, *, integer: bool, exact_dtype: bool = True
+    ) -> None:
         if x.device.type != self.device.type or (
-            self.device.index is not None and x.device.index is not None and x.device.index != self.device.index
+            self.device.index is not None
+            and x.device.index is not None
+            and x.device.index != self.device.index
         ):
             raise ValueError(f"{what} is on {x.device} but {self.name} runs on {self.device}")
         if integer:
             if x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool:
-                raise TypeError(f"{what} dtype is {x.dtype}; {self.name} expects an integer tensor (e.g. torch.long)")
+                raise TypeError(
+                    f"{what} dtype is {x.dtype}; {self.name} expects an integer tensor (e.g. torch.long)"
+                )
         elif not x.dtype.is_floating_point:
-            raise TypeError(f"{what} dtype is {x.dtype}; {self.name} expects a floating tensor ({self.dtype})")
+            raise TypeError(
+                f"{what} dtype is {x.dtype}; {self.name} expects a floating tensor ({self.dtype})"
+            )
         elif exact_dtype and x.dtype != self.dtype:
             raise TypeError(f"{what} dtype is {x.dtype}; this {self.name} was made with dtype={self.dtype}")
 

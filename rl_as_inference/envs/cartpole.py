@@ -57,7 +57,9 @@ class CartPole(FunctionalEnv):
         x_dot = x_dot + TAU * xacc
         theta = theta + TAU * theta_dot
         theta_dot = theta_dot + TAU * thetaacc
-        terminated = (x < -X_THRESHOLD) | (x > X_THRESHOLD) | (theta < -THETA_THRESHOLD) | (theta > THETA_THRESHOLD)
+        terminated = (
+            (x < -X_THRESHOLD) | (x > X_THRESHOLD) | (theta < -THETA_THRESHOLD) | (theta > THETA_THRESHOLD)
+        )
         reward = torch.ones_like(x)
         return Step(torch.stack((x, x_dot, theta, theta_dot), dim=-1), reward, terminated)
 

@@ -56,7 +56,9 @@ class MountainCar(_MountainCarBase):
 
     def _step(self, state: torch.Tensor, action: torch.Tensor) -> Step:
         position, velocity = state.unbind(-1)
-        velocity = velocity + ((action - 1).to(state.dtype) * self.FORCE + torch.cos(3 * position) * (-GRAVITY))
+        velocity = velocity + (
+            (action - 1).to(state.dtype) * self.FORCE + torch.cos(3 * position) * (-GRAVITY)
+        )
         velocity = velocity.clamp(-MAX_SPEED, MAX_SPEED)
         position, velocity = _apply_walls(position, velocity)
         terminated = (position >= self.GOAL_POSITION) & (velocity >= 0)
@@ -69,12 +71,10 @@ class MountainCarContinuous(_MountainCarBase):
     v += clip(a, -1, 1) 0.0015 - 0.0025 cos(3p), then the same clips and wall as MountainCar-v0; goal
     at p >= 0.45 with v >= 0; reward 100 on reaching the goal minus 0.1 a^2 with the UNCLIPPED action.
 
-    Gymnasium stores this env's state in float32 after every step while computing in float64 in
-    between. With ``float32_state=True`` (the default) a float64 env rounds at the same points and
-    reproduces Gymnasium bit for bit: the state is rounded to float32 after each step, ``3 * p`` is
-    computed in float32 for a float32-stored position (not on the float64 state right after reset),
-    and an unclipped float32 action's ``a * 0.0015`` is a float32 product. ``float32_state=False``
-    keeps plain float64 arithmetic (smooth in the state, for gradient checks).
+    Gymnasium stores this env's state in float32 and mixes numpy float32 scalars with Python floats,
+    which numpy 2 rounds to float32 (NEP 50). With ``float32_state=True`` (the default) a float64
+    env replays that arithmetic: see :func:`_gymnasium_float32_step`. ``float32_state=False`` keeps
+    plain float64 arithmetic (smooth in the state, for gradient checks).
     """
 
     id = "MountainCarContinuous-v0"
@@ -88,28 +88,71 @@ class MountainCarContinuous(_MountainCarBase):
         self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(1,), dtype=np.float32)
 
     def _step(self, state: torch.Tensor, action: torch.Tensor) -> Step:
-        position, velocity = state.unbind(-1)
         a = action[..., 0]
-        emulate = self.float32_state and state.dtype == torch.float64
-        if emulate:
-            p32 = position.float()
-            three_p = torch.where(p32.double() == position, (3 * p32).double(), 3 * position)
+        if self.float32_state and state.dtype == torch.float64:
+            position, velocity, terminated = _gymnasium_float32_step(state, a, self.POWER, self.GOAL_POSITION)
         else:
-            three_p = 3 * position
-        # min(max(a, -1), 1) in Gymnasium yields the Python float +-1.0 where it clips, and the
-        # action itself (in its own dtype) elsewhere.
-        push = torch.where(
-            a > 1.0,
-            torch.full_like(position, self.POWER),
-            torch.where(a < -1.0, torch.full_like(position, -self.POWER), (a * self.POWER).to(position.dtype)),
-        )
-        velocity = velocity + (push - GRAVITY * torch.cos(three_p))
-        velocity = velocity.clamp(-MAX_SPEED, MAX_SPEED)
-        position, velocity = _apply_walls(position, velocity)
-        terminated = (position >= self.GOAL_POSITION) & (velocity >= 0)
+            position, velocity = state.unbind(-1)
+            force = a.clamp(-1.0, 1.0).to(state.dtype)
+            velocity = velocity + force * self.POWER - GRAVITY * torch.cos(3 * position)
+            velocity = velocity.clamp(-MAX_SPEED, MAX_SPEED)
+            position, velocity = _apply_walls(position, velocity)
+            terminated = (position >= self.GOAL_POSITION) & (velocity >= 0)
+        # The penalty uses the unclipped action, in float64 (Gymnasium's math.pow).
         a64 = a.to(position.dtype)
         reward = torch.where(terminated, 100.0, 0.0).to(position.dtype) - a64.square() * 0.1
-        next_state = torch.stack((position, velocity), dim=-1)
-        if emulate:
-            next_state = next_state.float().double()
-        return Step(next_state.to(self.dtype), reward.to(self.dtype), terminated)
+        return Step(
+            torch.stack((position, velocity), dim=-1).to(self.dtype), reward.to(self.dtype), terminated
+        )
+
+
+def _r32(x: torch.Tensor) -> torch.Tensor:
+    """Round float64 values to the nearest float32 (kept as float64)."""
+    return x.float().double()
+
+
+def _gymnasium_float32_step(
+    state: torch.Tensor, a: torch.Tensor, power: float, goal: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """MountainCarContinuous-v0's step with Gymnasium's exact float32/float64 mix, in float64 tensors.
+
+    Gymnasium keeps the state as a float32 array, except right after reset (float64). A numpy
+    float32 scalar combined with a Python float stays float32 and a single float32 operation equals
+    the float64 operation rounded once to float32, so each float32 operation below is the float64
+    one followed by :func:`_r32`. ``stored`` marks float32-representable states (every state after
+    the first step); a float64 reset draw is not one (probability 2^-29).
+    """
+    position, velocity = state.unbind(-1)
+    stored = (_r32(position) == position) & (_r32(velocity) == velocity)
+    act32 = a.dtype == torch.float32
+    a64 = a.double()
+    three_p = torch.where(stored, _r32(3 * position), 3 * position)
+    c = GRAVITY * torch.cos(three_p)  # a Python float in Gymnasium (math.cos)
+    clipped = (a64 > 1.0) | (a64 < -1.0)
+    # Where min(max(a, -1), 1) clips, force is the Python float +-1.0: the increment is a Python
+    # float, rounded to float32 when added to a float32 velocity. Elsewhere force keeps the
+    # action's dtype: a float32 action gives a float32 increment.
+    d_clip = torch.sign(a64) * power - c
+    d_clip = torch.where(stored, _r32(d_clip), d_clip)
+    d_in = _r32(_r32(a64 * float(np.float32(power))) - _r32(c)) if act32 else a64 * power - c
+    dv = torch.where(clipped, d_clip, d_in)
+    v_f32 = stored & (clipped | act32)  # the velocity is a float32 scalar after `+=`
+    velocity = torch.where(v_f32, _r32(velocity + dv), velocity + dv)
+    v_limit = torch.where(v_f32, float(np.float32(MAX_SPEED)), MAX_SPEED)
+    v_clipped = (velocity > v_limit) | (velocity < -v_limit)
+    velocity = torch.where(v_clipped, torch.sign(velocity) * MAX_SPEED, velocity)
+    p_f32 = stored & (v_f32 | v_clipped)  # float32 position plus a float32 or Python-float velocity
+    position = torch.where(
+        p_f32, _r32(position + torch.where(p_f32, _r32(velocity), velocity)), position + velocity
+    )
+
+    def limit(x: float) -> torch.Tensor:  # NEP 50: a float32 scalar compares with float32(x)
+        return torch.where(p_f32, float(np.float32(x)), x)
+
+    hi, lo = position > limit(MAX_POSITION), position < limit(MIN_POSITION)
+    position = torch.where(hi, MAX_POSITION, torch.where(lo, MIN_POSITION, position))
+    at_wall = lo | (position == limit(MIN_POSITION))
+    velocity = torch.where(at_wall & (velocity < 0), torch.zeros_like(velocity), velocity)
+    goal_limit = torch.where(p_f32 & ~(hi | lo), float(np.float32(goal)), goal)
+    terminated = (position >= goal_limit) & (velocity >= 0)
+    return _r32(position), _r32(velocity), terminated

@@ -26,7 +26,9 @@ def _as_float64(name: str, value, ndim: int) -> torch.Tensor:
         try:
             t = torch.as_tensor(np.asarray(value, dtype=np.float64))
         except (TypeError, ValueError) as exc:
-            raise TypeError(f"{name} must be a numpy array or torch tensor of numbers, got {type(value).__name__}") from exc
+            raise TypeError(
+                f"{name} must be a numpy array or torch tensor of numbers, got {type(value).__name__}"
+            ) from exc
     if t.dim() != ndim:
         raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(t.shape)}")
     if not torch.isfinite(t).all():
@@ -85,17 +87,25 @@ class TabularMDP(FunctionalEnv):
         _check_distribution("transition", P)
         R = _as_float64("reward", reward, 2)
         if tuple(R.shape) != (S, A):
-            raise ValueError(f"reward must have shape [S, A] = [{S}, {A}] to match transition, got {tuple(R.shape)}")
+            raise ValueError(
+                f"reward must have shape [S, A] = [{S}, {A}] to match transition, got {tuple(R.shape)}"
+            )
         p0 = _as_float64("initial", initial, 1)
         if tuple(p0.shape) != (S,):
-            raise ValueError(f"initial must have shape [S] = [{S}] to match transition, got {tuple(p0.shape)}")
+            raise ValueError(
+                f"initial must have shape [S] = [{S}] to match transition, got {tuple(p0.shape)}"
+            )
         _check_distribution("initial", p0)
         if terminal is None:
             term = torch.zeros(S, dtype=torch.bool)
         else:
-            term = torch.as_tensor(np.asarray(terminal.cpu() if isinstance(terminal, torch.Tensor) else terminal))
+            term = torch.as_tensor(
+                np.asarray(terminal.cpu() if isinstance(terminal, torch.Tensor) else terminal)
+            )
             if tuple(term.shape) != (S,) or term.dtype != torch.bool:
-                raise ValueError(f"terminal must be a bool array of shape [{S}], got {term.dtype} {tuple(term.shape)}")
+                raise ValueError(
+                    f"terminal must be a bool array of shape [{S}], got {term.dtype} {tuple(term.shape)}"
+                )
         self.name_ = name
         self.num_states, self.num_actions = S, A
         # Probabilities stay float64 so that exact inference and sampling see the tables as given.
@@ -135,7 +145,9 @@ class TabularMDP(FunctionalEnv):
         else:
             self.check_state(next_state)
             if next_state.shape != state.shape:
-                raise ValueError(f"next_state has shape {tuple(next_state.shape)}, expected {tuple(state.shape)}")
+                raise ValueError(
+                    f"next_state has shape {tuple(next_state.shape)}, expected {tuple(state.shape)}"
+                )
         return Step(next_state, self.reward[state, action], self.terminal[next_state])
 
     def sample_next(
@@ -160,7 +172,9 @@ class TabularMDP(FunctionalEnv):
 
     # ------------------------------------------------------------------ reset
     def sample_initial(self, num_envs: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        return torch.multinomial(self.initial, check_num_envs(num_envs), replacement=True, generator=generator)
+        return torch.multinomial(
+            self.initial, check_num_envs(num_envs), replacement=True, generator=generator
+        )
 
     def reset_numpy(self, rngs: list[np.random.Generator]) -> torch.Tensor:
         p0 = self.initial.cpu().numpy()
