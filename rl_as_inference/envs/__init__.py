@@ -9,7 +9,7 @@ way for data collection and evaluation (it cannot re-simulate from a state).
 from .acrobot import Acrobot
 from .base import FunctionalEnv, Step
 from .cartpole import CartPole
-from .gymnasium_adapter import from_gymnasium
+from .gymnasium_adapter import TorchVectorWrapper, from_gymnasium
 from .mountain_car import MountainCar, MountainCarContinuous
 from .pendulum import Pendulum
 from .registry import PORTED, make
@@ -27,6 +27,7 @@ __all__ = [
     "Pendulum",
     "Step",
     "TabularMDP",
+    "TorchVectorWrapper",
     "chain",
     "from_gymnasium",
     "gridworld",

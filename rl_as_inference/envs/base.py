@@ -150,12 +150,18 @@ class FunctionalEnv:
 
     def sample_initial(self, num_envs: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Draw ``[num_envs, *state_shape]`` initial states on the device (no host sync)."""
-        low = torch.tensor(self.reset_low, device=self.device, dtype=torch.float64)
-        high = torch.tensor(self.reset_high, device=self.device, dtype=torch.float64)
-        u = torch.rand(
-            num_envs, len(self.reset_low), generator=generator, device=self.device, dtype=torch.float64
-        )
+        low, high = self._reset_bounds()
+        u = torch.rand(num_envs, low.numel(), generator=generator, device=self.device, dtype=torch.float64)
         return self._initial_from_uniform(low + (high - low) * u).to(self.dtype)
+
+    def _reset_bounds(self) -> tuple[torch.Tensor, torch.Tensor]:
+        # Built once: a torch.tensor(...) per call would be a blocking host-to-device copy on CUDA.
+        if getattr(self, "_reset_bounds_cache", None) is None:
+            self._reset_bounds_cache = (
+                torch.tensor(self.reset_low, device=self.device, dtype=torch.float64),
+                torch.tensor(self.reset_high, device=self.device, dtype=torch.float64),
+            )
+        return self._reset_bounds_cache
 
     def reset_numpy(self, rngs: list[np.random.Generator]) -> torch.Tensor:
         """Initial states drawn exactly as Gymnasium's ``reset`` draws them, one numpy generator per env."""

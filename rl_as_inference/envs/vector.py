@@ -158,7 +158,6 @@ class FunctionalVectorEnv(VectorEnv):
         self._generator = torch.Generator(device=self.device)
         self._generator.seed()
         self._rngs: list[np.random.Generator] | None = None  # seeding="gymnasium" only
-        self._uniform_bounds = self._cache_uniform_bounds()
 
         self._state: torch.Tensor | None = None
         self._elapsed = torch.zeros(self.num_envs, dtype=torch.long, device=self.device)
@@ -314,25 +313,9 @@ class FunctionalVectorEnv(VectorEnv):
         if self.closed:
             raise RuntimeError(f"{self!r} is closed")
 
-    def _cache_uniform_bounds(self) -> tuple[torch.Tensor, torch.Tensor] | None:
-        # FunctionalEnv.sample_initial builds its bounds with torch.tensor(...) on every call: a
-        # blocking host-to-device copy on CUDA. The vector env draws initial states on every step,
-        # so it keeps the bounds on the device and draws exactly the same numbers itself.
-        if type(self.env).sample_initial is not FunctionalEnv.sample_initial or not self.env.reset_low:
-            return None
-        low = torch.tensor(self.env.reset_low, device=self.device, dtype=torch.float64)
-        high = torch.tensor(self.env.reset_high, device=self.device, dtype=torch.float64)
-        return low, high
-
     def _fresh_initial(self) -> torch.Tensor:
         """``[N, *state_shape]`` initial states from the torch stream, on the device, no host sync."""
-        if self._uniform_bounds is None:
-            return self.env.sample_initial(self.num_envs, self._generator)
-        low, high = self._uniform_bounds
-        u = torch.rand(
-            self.num_envs, low.numel(), generator=self._generator, device=self.device, dtype=torch.float64
-        )
-        return self.env._initial_from_uniform(low + (high - low) * u).to(self.dtype)
+        return self.env.sample_initial(self.num_envs, self._generator)
 
     def _initial_where(self, mask: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
         """``state`` with the rows where ``mask`` is True replaced by fresh initial states."""
