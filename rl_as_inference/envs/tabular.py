@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 import gymnasium as gym
 import numpy as np
+import pyro.distributions as pyro_dist
 import torch
 
 from .base import FunctionalEnv, Step, check_num_envs
@@ -124,10 +125,13 @@ class TabularMDP(FunctionalEnv):
 
     # ------------------------------------------------------------------ dynamics
     def transition_dist(self, state: torch.Tensor, action: torch.Tensor) -> torch.distributions.Categorical:
-        """Categorical over s' with probabilities ``transition[state, action]``, batch shape ``[*B]``."""
+        """Categorical over s' with probabilities ``transition[state, action]``, batch shape ``[*B]``.
+
+        A Pyro ``Categorical`` (a subclass of torch's), so a trajectory model can make s' a sample site.
+        """
         self.check_state(state)
         self.check_action(action, state)
-        return torch.distributions.Categorical(probs=self.transition[state, action], validate_args=False)
+        return pyro_dist.Categorical(probs=self.transition[state, action], validate_args=False)
 
     def step(
         self,

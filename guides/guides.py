@@ -1,0 +1,173 @@
+"""Guides: the variational policy q rolled out through the same dynamics as the model (seed eq. 12)."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.distributions import constraints
+from rl_as_inference.models.priors import as_pyro_distribution, check_action_distribution
+from rl_as_inference.models.rollout import Trajectory, rollout
+from rl_as_inference.models.trajectory import check_horizon
+from torch import nn
+from torch.distributions.transforms import AffineTransform, TanhTransform
+
+from rl_as_inference.envs import FunctionalEnv, TabularMDP
+
+__all__ = ["OpenLoopGuide", "PolicyGuide", "TabularGuide", "TrajectoryGuide"]
+
+
+class TrajectoryGuide:
+    """Base class: ``guide(num_episodes, init_state=None)`` rolls out q with the model's signature."""
+
+    env: FunctionalEnv
+    horizon: int
+
+    def action_dist(self, t: int, state: torch.Tensor):
+        """q(a_t | s_t) for a batch of states."""
+        raise NotImplementedError
+
+    def register(self) -> None:
+        """Register parameters with Pyro's param store (called at the start of every rollout)."""
+
+    def __call__(self, num_episodes: int, init_state: torch.Tensor | None = None) -> Trajectory:
+        self.register()
+        return rollout(
+            self.env,
+            self._checked_dist,
+            horizon=self.horizon,
+            num_episodes=num_episodes,
+            init_state=init_state,
+        )
+
+    def _checked_dist(self, t: int, state: torch.Tensor):
+        d = self.action_dist(t, state)
+        if t == 0:
+            check_action_distribution(d, self.env.action_space, f"{type(self).__name__}'s q(a|s)")
+        return d
+
+
+class PolicyGuide(TrajectoryGuide):
+    """Closed-loop q(a_t|s_t) = ``policy(observe(s_t))`` for a torch module ``policy``.
+
+    The module (e.g. ``GaussianMLP``, ``TanhGaussianMLP``, ``CategoricalMLP``) takes Gymnasium
+    observations and returns a distribution; it is registered with ``pyro.module(name, policy)``
+    so SVI optimizes it. Observations are those of the env (float32 by default), so the trained
+    policy runs unchanged on Gymnasium's own environment.
+    """
+
+    def __init__(self, env: FunctionalEnv, policy: nn.Module, *, horizon: int, name: str = "policy"):
+        if not isinstance(env, FunctionalEnv):
+            raise TypeError(f"env must be a functional env, got {type(env).__name__}")
+        if not isinstance(policy, nn.Module):
+            raise TypeError(
+                f"policy must be a torch.nn.Module returning a distribution, got {type(policy).__name__}"
+            )
+        self.env, self.policy, self.name = env, policy, name
+        self.horizon = check_horizon(horizon)
+
+    def register(self) -> None:
+        pyro.module(self.name, self.policy)
+
+    def action_dist(self, t: int, state: torch.Tensor):
+        return as_pyro_distribution(self.policy(self.env.observe(state)), f"{self.name}(obs)")
+
+
+class TabularGuide(TrajectoryGuide):
+    """Time-dependent tabular q_t(a|s) = softmax(logits[t, s]) for a finite MDP.
+
+    ``policy()`` returns the probabilities ``[T, S, A]``, the shape of ``exact.solve(...).policy``.
+    """
+
+    def __init__(
+        self, mdp: TabularMDP, *, horizon: int, name: str = "tabular_guide", init_scale: float = 0.0
+    ):
+        if not isinstance(mdp, TabularMDP):
+            raise TypeError(f"TabularGuide needs an envs.TabularMDP, got {type(mdp).__name__}")
+        self.env, self.name = mdp, name
+        self.horizon = check_horizon(horizon)
+        self.init_scale = float(init_scale)
+
+    def _init_logits(self) -> torch.Tensor:
+        shape = (self.horizon, self.env.num_states, self.env.num_actions)
+        return self.init_scale * torch.randn(shape, device=self.env.device)
+
+    def logits(self) -> torch.Tensor:
+        """The ``[T, S, A]`` logits parameter (created on first use)."""
+        return pyro.param(f"{self.name}.logits", self._init_logits)
+
+    def register(self) -> None:
+        self.logits()
+
+    def action_dist(self, t: int, state: torch.Tensor):
+        return dist.Categorical(logits=self.logits()[t][state])
+
+    def policy(self) -> torch.Tensor:
+        """q_t(a|s) as probabilities ``[T, S, A]`` (detached)."""
+        return torch.softmax(self.logits().detach(), dim=-1)
+
+
+class OpenLoopGuide(TrajectoryGuide):
+    """Open-loop q(a_0..a_{H-1}): one action distribution per step, the same in every state.
+
+    Planning as inference: the optimal open-loop plan of a deterministic task. Discrete actions
+    get per-step logits; a bounded Box gets a per-step tanh-squashed Gaussian inside the box; an
+    unbounded Box a per-step Gaussian.
+    """
+
+    def __init__(self, env: FunctionalEnv, *, horizon: int, name: str = "open_loop", init_std: float = 1.0):
+        if not isinstance(env, FunctionalEnv):
+            raise TypeError(f"env must be a functional env, got {type(env).__name__}")
+        self.env, self.name = env, name
+        self.horizon = check_horizon(horizon)
+        self.init_std = float(init_std)
+        space = env.action_space
+        self.discrete = isinstance(space, gym.spaces.Discrete)
+        if not self.discrete:
+            if not isinstance(space, gym.spaces.Box) or len(space.shape) != 1:
+                raise TypeError(f"OpenLoopGuide supports Discrete and 1-D Box action spaces, got {space}")
+            self.bounded = bool(np.isfinite(space.low).all() and np.isfinite(space.high).all())
+            low = torch.as_tensor(space.low, dtype=torch.float32, device=env.device)
+            high = torch.as_tensor(space.high, dtype=torch.float32, device=env.device)
+            self._mid, self._half = (high + low) / 2, (high - low) / 2
+
+    def _params(self):
+        device, h = self.env.device, self.horizon
+        if self.discrete:
+            return (
+                pyro.param(
+                    f"{self.name}.logits", lambda: torch.zeros(h, self.env.action_space.n, device=device)
+                ),
+            )
+        d = self.env.action_space.shape[0]
+        loc = pyro.param(f"{self.name}.loc", lambda: torch.zeros(h, d, device=device))
+        scale = pyro.param(
+            f"{self.name}.scale",
+            lambda: torch.full((h, d), self.init_std, device=device),
+            constraint=constraints.positive,
+        )
+        return loc, scale
+
+    def register(self) -> None:
+        self._params()
+
+    def action_dist(self, t: int, state: torch.Tensor):
+        batch = state.shape[: state.dim() - len(self.env.state_shape)]
+        params = self._params()
+        if self.discrete:
+            return dist.Categorical(logits=params[0][t]).expand(batch)
+        loc, scale = params[0][t], params[1][t]
+        base = dist.Normal(loc, scale).to_event(1)
+        if not self.bounded:
+            return base.expand(batch)
+        transforms = [TanhTransform(cache_size=1), AffineTransform(self._mid, self._half, event_dim=1)]
+        return dist.TransformedDistribution(base.expand(batch), transforms)
+
+    def plan(self) -> torch.Tensor:
+        """The most likely action of each step: ``[T]`` (discrete) or ``[T, action_dim]``."""
+        params = [p.detach() for p in self._params()]
+        if self.discrete:
+            return params[0].argmax(-1)
+        return self._mid + self._half * torch.tanh(params[0]) if self.bounded else params[0]

@@ -1,0 +1,165 @@
+"""Policy families: small torch modules mapping observations to action distributions q(a|s)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import gymnasium as gym
+import numpy as np
+import pyro.distributions as dist
+import torch
+from torch import nn
+from torch.distributions.transforms import AffineTransform, TanhTransform
+
+__all__ = ["CategoricalMLP", "GaussianMLP", "ObservationEncoder", "Policy", "TanhGaussianMLP", "mlp"]
+
+LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
+
+
+def mlp(sizes: Sequence[int], activation: type[nn.Module] = nn.Tanh) -> nn.Sequential:
+    """Linear layers of the given sizes with ``activation`` between them (none after the last)."""
+    layers: list[nn.Module] = []
+    for i in range(len(sizes) - 1):
+        layers.append(nn.Linear(sizes[i], sizes[i + 1]))
+        if i < len(sizes) - 2:
+            layers.append(activation())
+    return nn.Sequential(*layers)
+
+
+class ObservationEncoder(nn.Module):
+    """Turns Gymnasium observations into float features: Box -> as is, Discrete(n) -> one-hot."""
+
+    def __init__(self, space: gym.Space):
+        super().__init__()
+        if isinstance(space, gym.spaces.Discrete):
+            self.num_classes, self.dim = int(space.n), int(space.n)
+        elif isinstance(space, gym.spaces.Box) and len(space.shape) == 1:
+            self.num_classes, self.dim = None, int(space.shape[0])
+        else:
+            raise TypeError(f"observation spaces must be Discrete or a 1-D Box, got {space}")
+
+    def forward(self, obs: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        if self.num_classes is not None:
+            return nn.functional.one_hot(obs.long(), self.num_classes).to(dtype)
+        return obs.to(dtype)
+
+
+class Policy(nn.Module):
+    """Base class: ``forward(obs)`` returns a Pyro distribution over actions; ``act`` picks one."""
+
+    def act(self, obs: torch.Tensor, deterministic: bool = True) -> torch.Tensor:
+        """An action per observation: the distribution's mode if ``deterministic``, else a sample."""
+        with torch.no_grad():
+            d = self(obs)
+            return self.mode(d) if deterministic else d.sample()
+
+    def mode(self, d) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class _MLPPolicy(Policy):
+    def __init__(self, observation_space: gym.Space, out_dim: int, hidden: Sequence[int], activation):
+        super().__init__()
+        self.encoder = ObservationEncoder(observation_space)
+        self.net = mlp([self.encoder.dim, *hidden, out_dim], activation)
+
+    def features(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.net(self.encoder(obs, self.net[0].weight.dtype))
+
+
+class CategoricalMLP(_MLPPolicy):
+    """q(a|s) = Categorical(logits = MLP(obs)) for a Discrete action space."""
+
+    def __init__(
+        self,
+        observation_space: gym.Space,
+        action_space: gym.Space,
+        hidden: Sequence[int] = (64, 64),
+        activation: type[nn.Module] = nn.Tanh,
+    ):
+        if not isinstance(action_space, gym.spaces.Discrete):
+            raise TypeError(f"CategoricalMLP needs a Discrete action space, got {action_space}")
+        super().__init__(observation_space, int(action_space.n), hidden, activation)
+        with torch.no_grad():  # start near uniform: small last layer
+            self.net[-1].weight.mul_(0.01)
+            self.net[-1].bias.zero_()
+
+    def forward(self, obs: torch.Tensor) -> dist.Categorical:
+        return dist.Categorical(logits=self.features(obs))
+
+    def mode(self, d) -> torch.Tensor:
+        return d.logits.argmax(-1)
+
+
+def _box_bounds(action_space: gym.Space) -> tuple[np.ndarray, np.ndarray]:
+    if not isinstance(action_space, gym.spaces.Box) or len(action_space.shape) != 1:
+        raise TypeError(f"a Gaussian policy needs a 1-D Box action space, got {action_space}")
+    return action_space.low.astype(np.float64), action_space.high.astype(np.float64)
+
+
+class GaussianMLP(_MLPPolicy):
+    """q(a|s) = Normal(MLP(obs), diag(sigma^2)), unbounded; sigma is a learned per-dimension vector.
+
+    Reparameterizable (pathwise gradients). Its support is the whole real line, so pair it with a
+    ``GaussianPrior`` (a uniform prior on a box would make KL(q || pi) infinite).
+    """
+
+    def __init__(
+        self,
+        observation_space: gym.Space,
+        action_space: gym.Space,
+        hidden: Sequence[int] = (64, 64),
+        activation: type[nn.Module] = nn.Tanh,
+        init_std: float = 1.0,
+    ):
+        _box_bounds(action_space)
+        super().__init__(observation_space, int(action_space.shape[0]), hidden, activation)
+        self.log_std = nn.Parameter(torch.full((int(action_space.shape[0]),), float(np.log(init_std))))
+
+    def forward(self, obs: torch.Tensor) -> dist.Independent:
+        loc = self.features(obs)
+        scale = self.log_std.clamp(LOG_STD_MIN, LOG_STD_MAX).exp().expand_as(loc)
+        return dist.Normal(loc, scale).to_event(1)
+
+    def mode(self, d) -> torch.Tensor:
+        return d.base_dist.loc
+
+
+class TanhGaussianMLP(_MLPPolicy):
+    """q(a|s): u ~ Normal(mu(obs), sigma(obs)^2), a = mid + half * tanh(u), inside the action box.
+
+    The density includes the exact log-determinant of the squashing (torch's ``TanhTransform``,
+    computed stably from u and cached, so log q of a saturated action stays finite). Support is
+    the box, so KL against ``UniformPrior`` is finite: ELBO (10) = E[r]/alpha + H(q) - log vol.
+    """
+
+    def __init__(
+        self,
+        observation_space: gym.Space,
+        action_space: gym.Space,
+        hidden: Sequence[int] = (64, 64),
+        activation: type[nn.Module] = nn.Tanh,
+        init_std: float = 1.0,
+    ):
+        low, high = _box_bounds(action_space)
+        if not (np.isfinite(low).all() and np.isfinite(high).all()):
+            raise ValueError(f"TanhGaussianMLP needs a bounded action space, got {action_space}")
+        dim = int(action_space.shape[0])
+        super().__init__(observation_space, 2 * dim, hidden, activation)
+        self.register_buffer("action_mid", torch.as_tensor((high + low) / 2, dtype=torch.float32))
+        self.register_buffer("action_half", torch.as_tensor((high - low) / 2, dtype=torch.float32))
+        with torch.no_grad():
+            self.net[-1].weight[dim:].mul_(0.01)
+            self.net[-1].bias[dim:].fill_(float(np.log(init_std)))
+
+    def forward(self, obs: torch.Tensor) -> dist.TransformedDistribution:
+        loc, log_std = self.features(obs).chunk(2, dim=-1)
+        scale = log_std.clamp(LOG_STD_MIN, LOG_STD_MAX).exp()
+        transforms = [
+            TanhTransform(cache_size=1),
+            AffineTransform(self.action_mid, self.action_half, event_dim=1),
+        ]
+        return dist.TransformedDistribution(dist.Normal(loc, scale).to_event(1), transforms)
+
+    def mode(self, d) -> torch.Tensor:
+        return self.action_mid + self.action_half * torch.tanh(d.base_dist.base_dist.loc)

@@ -1,0 +1,200 @@
+"""Prior policies pi(a|s) of trajectory models.
+
+The prior decides which ELBO a trajectory model has (DESIGN.md s.1): ``UniformPrior`` gives the
+maximum-entropy ELBO of seed eq. (10), E_q[sum_t gamma^t r_t / alpha] + sum_t H(q(.|s_t)) - const;
+``PolicyPrior`` gives the KL-regularized ELBO of seed eq. (2) against a fixed reference policy (a
+frozen previous policy for trust-region and EM methods); ``GaussianPrior`` is a soft action
+penalty for continuous actions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import gymnasium as gym
+import pyro.distributions as dist
+import torch
+from pyro.distributions import constraints
+from pyro.distributions.torch_distribution import TorchDistributionMixin
+from torch.distributions import Distribution
+
+from rl_as_inference.envs import FunctionalEnv
+
+__all__ = ["GaussianPrior", "PolicyPrior", "Prior", "UniformPrior", "as_pyro_distribution"]
+
+
+class ClosedBoxUniform(dist.Uniform):
+    """Uniform on the closed box [low, high]: torch's Uniform excludes ``high``, where a squashed
+    (tanh) action saturates in float32, which would make log pi = -inf for a legal action."""
+
+    arg_constraints = {"low": constraints.dependent, "high": constraints.dependent}
+
+    @constraints.dependent_property(is_discrete=False, event_dim=0)
+    def support(self):
+        return constraints.interval(self.low, self.high)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        inside = (value >= self.low) & (value <= self.high)
+        density = -torch.log(self.high - self.low)
+        return torch.where(inside, density, torch.full_like(density, -float("inf")))
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(ClosedBoxUniform, _instance)
+        return super().expand(batch_shape, _instance=new)
+
+
+def as_pyro_distribution(d: Distribution, where: str) -> TorchDistributionMixin:
+    """Return ``d`` as a Pyro distribution (Pyro can only sample its own subclasses of torch's)."""
+    if isinstance(d, TorchDistributionMixin):
+        return d
+    if not isinstance(d, Distribution):
+        raise TypeError(f"{where} must return a torch or Pyro distribution, got {type(d).__name__}")
+    pyro_cls = getattr(dist, type(d).__name__, None)
+    if not (isinstance(pyro_cls, type) and issubclass(pyro_cls, type(d))):
+        raise TypeError(
+            f"{where} returned a torch {type(d).__name__}, which has no Pyro counterpart: return a "
+            "pyro.distributions distribution instead"
+        )
+    # Pyro's wrapper classes add behaviour, not state: the same attributes make a valid instance.
+    new = pyro_cls.__new__(pyro_cls)
+    new.__dict__.update(d.__dict__)
+    return new
+
+
+def check_action_distribution(d: Distribution, space: gym.Space, where: str) -> None:
+    """Raise ValueError unless ``d`` is a distribution over ``space`` (checked on metadata only)."""
+    if isinstance(space, gym.spaces.Discrete):
+        if d.event_shape != () or not d.support.is_discrete:
+            raise ValueError(
+                f"{where} gives a distribution with event shape {tuple(d.event_shape)} and support "
+                f"{d.support}, but the action space is {space}: use a discrete distribution over "
+                f"{{0, ..., {space.n - 1}}} (e.g. Categorical with {space.n} classes)"
+            )
+        num = getattr(d, "_num_events", None)
+        if num is not None and num != space.n:
+            raise ValueError(
+                f"{where} is a Categorical over {num} actions, but the action space has {space.n}"
+            )
+    elif isinstance(space, gym.spaces.Box):
+        if tuple(d.event_shape) != tuple(space.shape) or d.support.is_discrete:
+            raise ValueError(
+                f"{where} gives a distribution with event shape {tuple(d.event_shape)} and support "
+                f"{d.support}, but the action space is {space}: use a continuous distribution with "
+                f"event shape {tuple(space.shape)} (e.g. Normal(...).to_event(1))"
+            )
+    else:
+        raise TypeError(f"action spaces of type {type(space).__name__} are not supported")
+
+
+class Prior:
+    """A prior policy pi(a|s). ``dist(state, env)`` returns the action distribution for a batch of states."""
+
+    def check(self, env: FunctionalEnv) -> None:
+        """Raise ValueError if this prior cannot serve ``env``'s action space."""
+
+    def dist(self, state: torch.Tensor, env: FunctionalEnv) -> Distribution:
+        raise NotImplementedError
+
+
+def _batch_shape(state: torch.Tensor, env: FunctionalEnv) -> torch.Size:
+    return state.shape[: state.dim() - len(env.state_shape)]
+
+
+class UniformPrior(Prior):
+    """pi uniform over the action space: seed eq. (10), the maximum-entropy ELBO.
+
+    Discrete(n): Categorical with probabilities 1/n, so KL(q || pi) = log n - H(q). A bounded Box:
+    uniform on the closed box, so KL(q || pi) = log vol(box) - H(q). An unbounded Box has no
+    uniform distribution: use ``GaussianPrior`` or bound the space.
+    """
+
+    def __init__(self, action_space: gym.Space):
+        if isinstance(action_space, gym.spaces.Box):
+            if not action_space.is_bounded():
+                raise ValueError(
+                    f"UniformPrior needs a bounded action space, got {action_space}: a uniform prior on an "
+                    "unbounded box is improper; use GaussianPrior(scale) instead"
+                )
+        elif not isinstance(action_space, gym.spaces.Discrete):
+            raise TypeError(
+                f"UniformPrior supports Discrete and Box spaces, got {type(action_space).__name__}"
+            )
+        self.action_space = action_space
+        self._cache: dict = {}
+
+    def check(self, env: FunctionalEnv) -> None:
+        if self.action_space != env.action_space:
+            raise ValueError(
+                f"UniformPrior is over {self.action_space} but {env.name}'s action space is {env.action_space}"
+            )
+
+    def dist(self, state: torch.Tensor, env: FunctionalEnv) -> Distribution:
+        batch = _batch_shape(state, env)
+        key = (state.device, env.dtype)
+        if key not in self._cache:  # built once per device: no host-to-device copy per step
+            space = self.action_space
+            if isinstance(space, gym.spaces.Discrete):
+                self._cache[key] = dist.Categorical(
+                    logits=torch.zeros(space.n, device=state.device, dtype=env.dtype)
+                )
+            else:
+                low = torch.as_tensor(space.low, device=state.device, dtype=env.dtype)
+                high = torch.as_tensor(space.high, device=state.device, dtype=env.dtype)
+                self._cache[key] = ClosedBoxUniform(low, high, validate_args=False).to_event(1)
+        return self._cache[key].expand(batch)
+
+    def __repr__(self) -> str:
+        return f"UniformPrior({self.action_space})"
+
+
+class GaussianPrior(Prior):
+    """pi(a|s) = Normal(0, scale^2) per action dimension, for continuous actions.
+
+    KL(q || pi) then penalizes large actions; analytic when q is Gaussian.
+    """
+
+    def __init__(self, scale: float = 1.0):
+        scale = float(scale)
+        if not (scale > 0 and scale < float("inf")):
+            raise ValueError(f"GaussianPrior scale must be positive and finite, got {scale}")
+        self.scale = scale
+
+    def check(self, env: FunctionalEnv) -> None:
+        if not isinstance(env.action_space, gym.spaces.Box):
+            raise ValueError(
+                f"GaussianPrior needs continuous actions, but {env.name}'s action space is {env.action_space}"
+            )
+
+    def dist(self, state: torch.Tensor, env: FunctionalEnv) -> Distribution:
+        shape = _batch_shape(state, env) + tuple(env.action_space.shape)
+        zero = torch.zeros((), device=state.device, dtype=env.dtype)
+        return dist.Normal(zero, self.scale).expand(shape).to_event(len(env.action_space.shape))
+
+    def __repr__(self) -> str:
+        return f"GaussianPrior(scale={self.scale})"
+
+
+class PolicyPrior(Prior):
+    """pi(a|s) = ``fn(state)``: a fixed reference policy, giving the KL-regularized ELBO of seed eq. (2).
+
+    ``fn`` takes a batch of states (integer states for tabular MDPs, ``[*B, k]`` tensors otherwise)
+    and returns a torch or Pyro distribution with batch shape ``[*B]``. Use it with a frozen copy of
+    a previous guide's policy for trust-region / EM iterations. Gradients do not flow into ``fn``
+    unless its parameters are registered with Pyro.
+    """
+
+    def __init__(self, fn: Callable[[torch.Tensor], Distribution]):
+        if not callable(fn):
+            raise TypeError(f"PolicyPrior needs a callable state -> distribution, got {type(fn).__name__}")
+        self.fn = fn
+        self._checked: set = set()
+
+    def dist(self, state: torch.Tensor, env: FunctionalEnv) -> Distribution:
+        d = as_pyro_distribution(self.fn(state), "PolicyPrior's fn")
+        if id(env) not in self._checked:  # metadata checks, once per env
+            check_action_distribution(d, env.action_space, "PolicyPrior's fn")
+            self._checked.add(id(env))
+        return d
+
+    def __repr__(self) -> str:
+        return f"PolicyPrior({getattr(self.fn, '__name__', type(self.fn).__name__)})"

@@ -1,0 +1,161 @@
+"""The one rollout loop that serves both trajectory models and guides (DESIGN.md s.2).
+
+A model is this loop with actions from the prior pi plus optimality factors; a guide is the same
+loop with actions from the variational policy q. Because both run the same pure dynamics, q(tau)
+shares p(s_0) and p(s_{t+1}|s_t, a_t) with the model (seed eq. 12) and only the action sites differ.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro import poutine
+from torch.distributions import Distribution
+
+from rl_as_inference.envs import FunctionalEnv, TabularMDP
+from rl_as_inference.envs.base import check_num_envs
+
+from .sites import EPISODES, action_site, factor_site, state_site
+
+__all__ = ["InitialStateDistribution", "Optimality", "Trajectory", "initial_distribution", "rollout"]
+
+
+class Trajectory(NamedTuple):
+    """What a rollout returns (also the ``_RETURN`` value in a Pyro trace).
+
+    Attributes:
+        states: ``[H+1, N, *state_shape]``; frozen at the terminal state after termination.
+        actions: ``[H, N, *action_shape]`` (garbage where ``alive`` is False).
+        rewards: ``[H, N]`` undiscounted rewards r_t, zero after termination.
+        alive: ``[H, N]`` bool, True where step t belongs to the episode.
+    """
+
+    states: torch.Tensor
+    actions: torch.Tensor
+    rewards: torch.Tensor
+    alive: torch.Tensor
+
+    @property
+    def returns(self) -> torch.Tensor:
+        """``[N]`` undiscounted return sum_t r_t of each episode."""
+        return self.rewards.sum(0)
+
+
+class Optimality(NamedTuple):
+    """The optimality factors of a model: exp(gamma^t r_t / alpha) and the terminal exp(gamma^H V(s_H) / alpha)."""
+
+    alpha: float
+    gamma: float
+    terminal_value: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+
+class InitialStateDistribution(dist.TorchDistribution):
+    """p(s_0) of a continuous-state env as a Pyro distribution with batch shape ``[N]``.
+
+    Sampling calls ``env.sample_initial`` (Pyro's seeded global RNG). ``log_prob`` is 0: the reset
+    laws of the classic-control tasks are partly degenerate (MountainCar's zero velocity, Acrobot's
+    float32 rounding), and since model and guide share this site its log-density cancels in every
+    ELBO and importance weight, so the constant is irrelevant.
+    """
+
+    arg_constraints: dict = {}
+    support = dist.constraints.real_vector
+    has_rsample = False
+
+    def __init__(self, env: FunctionalEnv, num_episodes: int):
+        self.env = env
+        super().__init__(torch.Size([num_episodes]), torch.Size(env.state_shape), validate_args=False)
+
+    def sample(self, sample_shape=()):
+        if sample_shape:
+            raise ValueError("InitialStateDistribution draws one batch of initial states at a time")
+        return self.env.sample_initial(self.batch_shape[0])
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(
+            value.shape[: value.dim() - len(self.event_shape)], device=value.device, dtype=value.dtype
+        )
+
+    def expand(self, batch_shape, _instance=None):
+        return InitialStateDistribution(self.env, int(torch.Size(batch_shape).numel()))
+
+
+def initial_distribution(env: FunctionalEnv, num_episodes: int) -> Distribution:
+    """p(s_0) for ``num_episodes`` episodes: a Categorical for a tabular MDP, else the env's reset law."""
+    if isinstance(env, TabularMDP):
+        return dist.Categorical(probs=env.initial).expand([num_episodes])
+    return InitialStateDistribution(env, num_episodes)
+
+
+def rollout(
+    env: FunctionalEnv,
+    action_dist: Callable[[int, torch.Tensor], Distribution],
+    *,
+    horizon: int,
+    num_episodes: int,
+    init_state: torch.Tensor | None = None,
+    optimality: Optimality | None = None,
+) -> Trajectory:
+    """Roll out ``num_episodes`` episodes of ``horizon`` steps as a Pyro program.
+
+    Args:
+        env: the functional environment (its pure ``step`` is the dynamics).
+        action_dist: ``(t, state) -> distribution`` of ``a_t`` (the prior in a model, q in a guide).
+        horizon: number of action steps H.
+        num_episodes: size of the ``episodes`` plate.
+        init_state: optional ``[N, *state_shape]`` initial states given by the caller; otherwise
+            ``s_0`` is sampled from p(s_0).
+        optimality: add the factor sites of a model (``None`` in a guide).
+
+    Returns:
+        The :class:`Trajectory` (stacked states, actions, rewards and alive masks).
+    """
+    check_num_envs(num_episodes)
+    event_dim = len(env.state_shape)
+    with pyro.plate(EPISODES, num_episodes, dim=-1):
+        if init_state is None:
+            state = pyro.sample(state_site(0), initial_distribution(env, num_episodes))
+        else:
+            env.check_state(init_state)
+            if init_state.shape[: init_state.dim() - event_dim] != (num_episodes,):
+                raise ValueError(
+                    f"init_state has shape {tuple(init_state.shape)}; expected [{num_episodes}, "
+                    f"{', '.join(map(str, env.state_shape))}] for {num_episodes} episodes"
+                )
+            state = pyro.deterministic(state_site(0), init_state, event_dim=event_dim)
+        alive = torch.ones(num_episodes, dtype=torch.bool, device=env.device)
+        states, actions, rewards, alives = [state], [], [], []
+        for t in range(horizon):
+            with poutine.mask(mask=alive):
+                action = pyro.sample(action_site(t), action_dist(t, state))
+                if env.stochastic:
+                    next_state = pyro.sample(state_site(t + 1), env.transition_dist(state, action))
+                    step = env.step(state, action, next_state=next_state)
+                else:
+                    step = env.step(state, action)
+                    pyro.deterministic(state_site(t + 1), step.state, event_dim=event_dim)
+                if optimality is not None:
+                    pyro.factor(factor_site(t), (optimality.gamma**t / optimality.alpha) * step.reward)
+            # Freeze finished episodes at their terminal state: their later steps are masked out,
+            # and a frozen state keeps the (unused) dynamics finite, so no NaN reaches a gradient.
+            keep = alive.reshape(alive.shape + (1,) * event_dim)
+            state = torch.where(keep, step.state, state)
+            states.append(state)
+            actions.append(action)
+            rewards.append(torch.where(alive, step.reward, torch.zeros_like(step.reward)))
+            alives.append(alive)
+            alive = alive & ~step.terminated
+        if optimality is not None and optimality.terminal_value is not None:
+            with poutine.mask(mask=alive):
+                value = optimality.terminal_value(state)
+                if value.shape != (num_episodes,):
+                    raise ValueError(
+                        f"terminal_value must return one value per episode, shape ({num_episodes},); "
+                        f"got {tuple(value.shape)}"
+                    )
+                pyro.factor(factor_site(horizon), (optimality.gamma**horizon / optimality.alpha) * value)
+    return Trajectory(torch.stack(states), torch.stack(actions), torch.stack(rewards), torch.stack(alives))

@@ -1,0 +1,68 @@
+"""The site-naming convention of trajectory models and guides.
+
+Everything that consumes a trajectory model (``TrajectoryELBO``, ``fit``, diagnostics) reads its
+Pyro trace through these names only, so a user's own model written as a plain Pyro function works
+everywhere as long as it follows them:
+
+======================  =====================================================================
+site                    meaning
+======================  =====================================================================
+``pyro.plate("episodes", N, dim=-1)``   independent episodes; every per-step site lives inside it
+``s_0``                 initial state: a sample site from p(s_0) (or a deterministic site when
+                        the caller passes the initial states)
+``a_t``                 action at step t (t = 0..H-1): a latent sample site, drawn from the prior
+                        pi(a_t|s_t) in the model and from q(a_t|s_t) in the guide; every one of
+                        them must be in the guide
+``s_t`` (t >= 1)        state after step t-1: a sample site with the same distribution in model
+                        and guide when the dynamics are stochastic (seed eq. 12, the log-probs
+                        cancel), else a ``pyro.deterministic`` record of the pure step
+``O_t`` (t < H)         optimality factor ``pyro.factor("O_t", gamma**t * r_t / alpha)``, model only
+``O_H``                 optional terminal factor ``gamma**H * V(s_H) / alpha`` (truncated horizons)
+anything else           a global latent (e.g. an unknown physical parameter), credited with the
+                        whole trajectory's cost
+======================  =====================================================================
+
+Steps after an episode terminates are masked out with ``poutine.mask``. The time index t is what
+gives score-function gradients their reward-to-go credit: ``a_t`` is credited with the costs of
+times >= t only.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import NamedTuple
+
+EPISODES = "episodes"
+
+_PATTERN = re.compile(r"^([asO])_(\d+)$")
+_ROLES = {"a": "action", "s": "state", "O": "factor"}
+
+
+def action_site(t: int) -> str:
+    """Name of the action site at step t: ``a_t``."""
+    return f"a_{t}"
+
+
+def state_site(t: int) -> str:
+    """Name of the state site at time t: ``s_t``."""
+    return f"s_{t}"
+
+
+def factor_site(t: int) -> str:
+    """Name of the optimality factor at step t (``O_H`` for the terminal factor)."""
+    return f"O_{t}"
+
+
+class SiteInfo(NamedTuple):
+    """What a site name means: role in ``{"action", "state", "factor", "global"}`` and time (None if global)."""
+
+    role: str
+    time: int | None
+
+
+def parse_site(name: str) -> SiteInfo:
+    """Classify a site name by the convention above."""
+    match = _PATTERN.match(name)
+    if match is None:
+        return SiteInfo("global", None)
+    return SiteInfo(_ROLES[match.group(1)], int(match.group(2)))

@@ -1,0 +1,120 @@
+"""``TrajectoryModel``: a trajectory under the prior policy with optimality factors, as a Pyro model."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+
+from rl_as_inference.envs import FunctionalEnv
+
+from .priors import Prior, check_action_distribution
+from .rollout import Optimality, Trajectory, rollout
+
+__all__ = ["TrajectoryModel", "check_horizon"]
+
+
+def check_horizon(horizon: int) -> int:
+    """A horizon is a Python int >= 1."""
+    if isinstance(horizon, bool) or not isinstance(horizon, int):
+        raise TypeError(f"horizon must be an int >= 1, got {horizon!r}")
+    if horizon < 1:
+        raise ValueError(f"horizon must be >= 1, got {horizon}")
+    return horizon
+
+
+class TrajectoryModel:
+    """p(tau, O) = p(s_0) prod_t pi(a_t|s_t) p(s_{t+1}|s_t, a_t) exp(sum_t gamma^t r_t / alpha) as a Pyro model.
+
+    With a guide q that shares the dynamics, the ELBO of this model is seed eq. (2),
+    E_q[sum_t gamma^t r_t / alpha] - E_q[sum_t KL(q(.|s_t) || pi(.|s_t))] <= log p(O), which with
+    ``UniformPrior`` is the maximum-entropy objective of seed eq. (10). The KL terms are not
+    discounted (DESIGN.md s.1). Sites follow :mod:`rl_as_inference.models.sites`.
+
+    Args:
+        env: a functional env (``envs.make(...)`` or ``envs.TabularMDP``).
+        prior: ``UniformPrior``, ``GaussianPrior`` or ``PolicyPrior``.
+        horizon: H action steps.
+        alpha: temperature > 0 (rewards are divided by it).
+        gamma: discount in (0, 1], applied inside the factor as gamma^t.
+        terminal_value: optional ``V(s_H) -> [N]`` soft value of the rest of the episode in reward
+            units; adds the factor gamma^H V(s_H) / alpha (truncated horizons, soft critics).
+
+    Calling ``model(num_episodes, init_state=None)`` runs the episodes and returns a
+    :class:`~rl_as_inference.models.rollout.Trajectory`.
+    """
+
+    def __init__(
+        self,
+        env: FunctionalEnv,
+        prior: Prior,
+        *,
+        horizon: int,
+        alpha: float = 1.0,
+        gamma: float = 1.0,
+        terminal_value: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ):
+        if not isinstance(env, FunctionalEnv):
+            raise TypeError(
+                f"env must be a functional env (envs.make(id) or envs.TabularMDP), got {type(env).__name__}"
+            )
+        if not isinstance(prior, Prior):
+            raise TypeError(
+                f"prior must be UniformPrior, GaussianPrior or PolicyPrior, got {type(prior).__name__}"
+            )
+        prior.check(env)
+        self.env, self.prior = env, prior
+        self.horizon = check_horizon(horizon)
+        self.alpha = _check_alpha(alpha)
+        self.gamma = _check_gamma(gamma)
+        if terminal_value is not None and not callable(terminal_value):
+            raise TypeError(
+                f"terminal_value must be callable (state -> [N] values), got {type(terminal_value).__name__}"
+            )
+        self.terminal_value = terminal_value
+        self._checked = False
+
+    def action_dist(self, t: int, state: torch.Tensor):
+        """pi(a_t | s_t) for a batch of states."""
+        d = self.prior.dist(state, self.env)
+        if not self._checked:
+            check_action_distribution(d, self.env.action_space, f"the prior {self.prior!r}")
+            self._checked = True
+        return d
+
+    def __call__(self, num_episodes: int, init_state: torch.Tensor | None = None) -> Trajectory:
+        return rollout(
+            self.env,
+            self.action_dist,
+            horizon=self.horizon,
+            num_episodes=num_episodes,
+            init_state=init_state,
+            optimality=Optimality(self.alpha, self.gamma, self.terminal_value),
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"TrajectoryModel({self.env.name}, {self.prior!r}, horizon={self.horizon}, "
+            f"alpha={self.alpha}, gamma={self.gamma})"
+        )
+
+
+def _check_alpha(alpha: float) -> float:
+    try:
+        value = float(alpha)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"alpha must be a positive finite number, got {alpha!r}") from exc
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"alpha must be positive and finite, got {alpha!r}")
+    return value
+
+
+def _check_gamma(gamma: float) -> float:
+    try:
+        value = float(gamma)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"gamma must be a number in (0, 1], got {gamma!r}") from exc
+    if not (0 < value <= 1):
+        raise ValueError(f"gamma must be in (0, 1], got {gamma!r}")
+    return value

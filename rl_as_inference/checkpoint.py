@@ -1,0 +1,119 @@
+"""Atomic checkpoints of Pyro's parameter store and optimizer state."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pyro
+import torch
+from pyro.distributions import constraints
+
+__all__ = ["atomic_torch_save", "load_checkpoint", "save_checkpoint"]
+
+FORMAT = "rl_as_inference.checkpoint/1"
+# Constraints are stored by name (weights_only=True loads no Python objects).
+_CONSTRAINTS = {
+    name: obj
+    for name in dir(constraints)
+    if isinstance(obj := getattr(constraints, name), constraints.Constraint) and not name.startswith("_")
+}
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` to a temporary file in the same folder, then rename: a crash never leaves a torn file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _constraint_name(c: constraints.Constraint) -> str | None:
+    return next((name for name, obj in _CONSTRAINTS.items() if obj is c), None)
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    *,
+    optim: pyro.optim.PyroOptim | None = None,
+    step: int = 0,
+    extra: dict | None = None,
+) -> None:
+    """Write every parameter of Pyro's param store (and the optimizer's state) to ``path``, atomically.
+
+    Args:
+        path: file to write (its folder is created).
+        optim: a ``pyro.optim`` optimizer whose per-parameter state is saved too.
+        step: the number of optimization steps taken (restored by :func:`load_checkpoint`).
+        extra: more tensors / plain values to keep (must load with ``weights_only=True``).
+    """
+    store = pyro.get_param_store()
+    params, names = {}, {}
+    for name in list(store.keys()):  # noqa: SIM118 (ParamStoreDict iterates items)
+        params[name] = store._params[name].detach().clone()
+        names[name] = _constraint_name(store._constraints[name])
+    state = {
+        "format": FORMAT,
+        "params": params,
+        "constraints": names,
+        "optim": optim.get_state() if optim is not None else None,
+        "step": int(step),
+        "extra": extra or {},
+    }
+    atomic_torch_save(state, path)
+
+
+def load_checkpoint(
+    path: str | os.PathLike,
+    *,
+    optim: pyro.optim.PyroOptim | None = None,
+    guide=None,
+    map_location: str | torch.device | None = None,
+) -> dict:
+    """Restore a checkpoint written by :func:`save_checkpoint` (loaded with ``weights_only=True``).
+
+    Parameters that already exist (e.g. registered by running or ``register()``-ing the guide, which
+    this does when ``guide`` is given) are overwritten in place, so modules registered with
+    ``pyro.module`` see the loaded values. Returns the checkpoint dict (``step``, ``extra``...).
+
+    Raises:
+        ValueError: the file is not a checkpoint of this library, or is corrupt.
+    """
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # pickle/zip errors of a corrupt or foreign file
+        raise ValueError(f"{path} is not a readable checkpoint: {exc}") from exc
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise ValueError(f"{path} is not an rl_as_inference checkpoint (format {FORMAT!r})")
+    if guide is not None and hasattr(guide, "register"):
+        guide.register()
+    store = pyro.get_param_store()
+    for name, value in state["params"].items():
+        if name in store._params:
+            with torch.no_grad():
+                store._params[name].copy_(value)
+            continue
+        cname = state["constraints"].get(name)
+        if cname is None:
+            raise ValueError(
+                f"parameter {name!r} has a custom constraint: create it (run the guide) before loading"
+            )
+        unconstrained = value.clone().requires_grad_()
+        store._params[name] = unconstrained
+        store._constraints[name] = _CONSTRAINTS[cname]
+        store._param_to_name[unconstrained] = name
+    if optim is not None and state.get("optim") is not None:
+        optim.set_state(state["optim"])
+    return state

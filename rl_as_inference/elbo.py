@@ -1,0 +1,395 @@
+"""``TrajectoryELBO``: the ELBO of seed eqs. (2) and (10) for trajectory models, with the right gradients.
+
+Pyro's stock ELBOs do not fit trajectories (notes/pyro-arviz.md): ``Trace_ELBO`` credits every action
+with the whole episode's cost and syncs the GPU at every site; ``TraceGraph_ELBO`` gives exact
+reward-to-go credit but is quadratic in the horizon. This loss reads the trace through the site-naming
+convention (:mod:`rl_as_inference.models.sites`) instead: it traces the guide, replays the model,
+stacks the per-step costs into a ``[T, N]`` tensor, and forms one surrogate in O(T):
+
+    ELBO = E_q[ sum_t ( gamma^t r_t / alpha + log pi(a_t|s_t) - log q(a_t|s_t) ) + gamma^H V(s_H) / alpha ]
+
+- pathwise gradients flow through reparameterized actions and differentiable dynamics;
+- every non-reparameterized guide site x_t (discrete actions, or all actions with
+  ``estimator="score"``) adds the score-function term log q(x_t) * (sum_{t' >= t} cost_t' - b_t):
+  reward-to-go credit, so a_t is never blamed for costs incurred before it;
+- baselines b_t: none, a running average per time step, or a learned state-value baseline;
+- where torch has the analytic KL(q(.|s_t) || pi(.|s_t)) it replaces the Monte-Carlo
+  log q - log pi (same expectation, less variance).
+
+No host-device synchronization happens inside the rollout; ``loss`` and ``loss_and_grads`` read
+one scalar back at the end, as Pyro's SVI expects.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import pyro
+import torch
+from pyro import poutine
+from pyro.distributions.util import scale_and_mask
+from pyro.infer import ELBO
+from pyro.poutine.messenger import Messenger
+from pyro.poutine.util import site_is_subsample
+from torch.distributions.kl import kl_divergence
+
+from rl_as_inference.models.rollout import Trajectory
+from rl_as_inference.models.sites import parse_site, state_site
+
+__all__ = ["ELBOTerms", "TrajectoryELBO"]
+
+ESTIMATORS = ("auto", "pathwise", "score")
+BASELINES = ("none", "mean", "value")
+REDUCTIONS = ("mean", "sum")
+
+
+class _ScoreFunctionActions(Messenger):
+    """Makes the guide's action sites non-reparameterized, forcing score-function gradients."""
+
+    def _pyro_sample(self, msg):
+        if not msg["is_observed"] and parse_site(msg["name"]).role == "action" and msg["fn"].has_rsample:
+            msg["fn"] = copy.copy(msg["fn"]).has_rsample_(False)
+
+
+@dataclass
+class ELBOTerms:
+    """The pieces of one ELBO evaluation (all per episode unless noted).
+
+    Attributes:
+        costs: ``[T+1, N]`` cost of each time step: gamma^t r_t / alpha + log pi - log q (or -KL) of
+            the sites at time t; row H holds the terminal factor when there is one.
+        global_cost: scalar cost of sites outside the episodes plate (global latents), summed.
+        elbo: the ELBO estimate, reduced over episodes (mean or sum).
+        surrogate: a differentiable scalar whose value is -elbo and whose gradient is the ELBO
+            gradient estimate (pathwise + score function + the value baseline's regression).
+        num_episodes: N.
+        trajectory: the model's return value when it is a ``Trajectory``, else None.
+    """
+
+    costs: torch.Tensor
+    global_cost: torch.Tensor
+    elbo: torch.Tensor
+    surrogate: torch.Tensor
+    num_episodes: int
+    trajectory: Trajectory | None
+
+
+class TrajectoryELBO(ELBO):
+    """The trajectory ELBO of seed eq. (2) (eq. (10) with a uniform prior) as a Pyro loss.
+
+    Use as ``pyro.infer.SVI(model, guide, optim, loss=TrajectoryELBO())``. The model and guide
+    follow the site-naming convention (``TrajectoryModel`` / the guides of
+    :mod:`rl_as_inference.guides`, or your own Pyro functions).
+
+    Args:
+        estimator: ``"auto"`` (default): pathwise for reparameterizable actions when the model's
+            env is differentiable (``model.env.differentiable``; models without an ``env``
+            attribute are assumed differentiable), score function otherwise; ``"pathwise"``:
+            reparameterize every action that can be; ``"score"``: score function for every action.
+        baseline: ``"mean"`` (default): an exponential running average of the reward-to-go per
+            time step; ``"none"``; ``"value"``: a learned state-value baseline V(s_t, t) (a
+            :class:`~rl_as_inference.baselines.ValueBaseline` built from ``model.env``), or pass
+            your own module ``(states [T+1, N, ...], times [T+1]) -> [T+1, N]``. Baselines only
+            reduce variance; every choice is unbiased.
+        baseline_decay: decay of the running average (``baseline="mean"``).
+        analytic_kl: use torch's analytic KL(q || pi) per action site where it is registered.
+        reduction: ``"mean"`` (default): the ELBO of one episode, averaged over the batch, so its
+            scale does not depend on N; ``"sum"``: the ELBO of the whole ``episodes`` plate, the
+            value Pyro's Trace_ELBO reports.
+        value_loss_weight: weight of the value baseline's squared-error loss in the surrogate.
+    """
+
+    def __init__(
+        self,
+        *,
+        estimator: str = "auto",
+        baseline: str | torch.nn.Module = "mean",
+        baseline_decay: float = 0.9,
+        analytic_kl: bool = True,
+        reduction: str = "mean",
+        value_loss_weight: float = 1.0,
+    ):
+        super().__init__(num_particles=1)
+        if estimator not in ESTIMATORS:
+            raise ValueError(f"estimator={estimator!r} is not allowed; choose one of {ESTIMATORS}")
+        if isinstance(baseline, str):
+            if baseline not in BASELINES:
+                raise ValueError(
+                    f"baseline={baseline!r} is not allowed; choose one of {BASELINES} or a module"
+                )
+            self.value_baseline: torch.nn.Module | None = None
+        elif isinstance(baseline, torch.nn.Module):
+            self.value_baseline, baseline = baseline, "value"
+        else:
+            raise TypeError(
+                f"baseline must be one of {BASELINES} or a torch.nn.Module, got {type(baseline).__name__}"
+            )
+        if not 0.0 <= float(baseline_decay) < 1.0:
+            raise ValueError(f"baseline_decay must be in [0, 1), got {baseline_decay}")
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"reduction={reduction!r} is not allowed; choose one of {REDUCTIONS}")
+        self.estimator, self.baseline = estimator, baseline
+        self.baseline_decay = float(baseline_decay)
+        self.analytic_kl, self.reduction = bool(analytic_kl), reduction
+        self.value_loss_weight = float(value_loss_weight)
+        self._running: torch.Tensor | None = None  # running-average baseline per time step
+        self._running_weight = 0.0
+        self._kl_known: dict[tuple[type, type], bool] = {}
+        self.last: ELBOTerms | None = None
+
+    # ------------------------------------------------------------------ Pyro's loss interface
+    def loss(self, model, guide, *args, **kwargs) -> float:
+        """The negative ELBO estimate (no gradients)."""
+        with torch.no_grad():
+            terms = self.terms(model, guide, *args, **kwargs)
+        return -self._checked_value(terms)
+
+    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
+        """The negative ELBO estimate; back-propagates the ELBO gradient estimate into the parameters."""
+        terms = self.terms(model, guide, *args, **kwargs)
+        value = self._checked_value(terms)
+        if terms.surrogate.requires_grad:
+            terms.surrogate.backward()
+        return -value
+
+    def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
+        """A scalar equal to -ELBO whose gradient is the ELBO gradient estimate (for custom loops)."""
+        return self.terms(model, guide, *args, **kwargs).surrogate
+
+    # ------------------------------------------------------------------ diagnostics
+    def log_weights(self, model, guide, *args, **kwargs) -> torch.Tensor:
+        """Per-episode log importance weights log p(tau, O) - log q(tau), shape ``[N]`` (no gradients).
+
+        Their mean is an ELBO estimate without analytic KL; ``logsumexp(w) - log N`` is the
+        importance-sampling estimate of log p(O). Every latent site must be inside the episodes plate.
+        """
+        with torch.no_grad():
+            model_trace, guide_trace = self._traces(model, guide, args, kwargs)
+            total: torch.Tensor | None = None
+            for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
+                for name, site in _sample_sites(trace, latent_only=sign < 0):
+                    lp = _log_prob(site)
+                    if lp.dim() != 1:
+                        raise ValueError(
+                            f"log_weights needs every site inside the episodes plate; site {name!r} has "
+                            f"log-prob shape {tuple(lp.shape)}"
+                        )
+                    total = sign * lp if total is None else total + sign * lp
+        return total
+
+    # ------------------------------------------------------------------ the estimator
+    def terms(self, model, guide, *args, **kwargs) -> ELBOTerms:
+        """Trace the guide, replay the model, and build costs, ELBO and surrogate."""
+        model_trace, guide_trace = self._traces(model, guide, args, kwargs)
+        by_time: dict[int, list[torch.Tensor]] = {}
+        global_terms: list[torch.Tensor] = []
+        score_sites: list[tuple[int | None, torch.Tensor]] = []
+        handled: set[str] = set()
+        num_episodes: int | None = None
+
+        def add(name: str, time: int | None, value: torch.Tensor) -> None:
+            nonlocal num_episodes
+            if value.dim() == 0:
+                global_terms.append(value)
+                return
+            if value.dim() != 1 or (num_episodes is not None and value.shape[0] != num_episodes):
+                raise ValueError(
+                    f"site {name!r} has log-prob shape {tuple(value.shape)}: trajectory sites must be inside "
+                    "pyro.plate('episodes', N) (shape [N]) or global (shape [])"
+                )
+            num_episodes = value.shape[0]
+            by_time.setdefault(0 if time is None else time, []).append(value)
+
+        for name, site in _sample_sites(guide_trace, latent_only=True):
+            info = parse_site(name)
+            log_q = _log_prob(site)
+            time = info.time
+            model_site = model_trace.nodes.get(name)
+            kl = self._analytic_kl(site, model_site) if info.role == "action" else None
+            if kl is not None:
+                add(name, time, -kl)
+                handled.add(name)
+            else:
+                add(name, time, -log_q)
+            if not site["fn"].has_rsample and log_q.requires_grad:
+                # A per-episode site without a time index is upstream of the whole episode (time 0);
+                # a global one (outside the plate) is upstream of every episode.
+                score_sites.append(((time or 0) if log_q.dim() else None, log_q))
+        for name, site in _sample_sites(model_trace, latent_only=False):
+            if name not in handled:
+                add(name, parse_site(name).time, _log_prob(site))
+
+        if num_episodes is None:
+            raise ValueError("the model has no site inside pyro.plate('episodes', N): nothing to estimate")
+        horizon = max(by_time)
+        rows = [_sum(by_time.get(t)) for t in range(horizon + 1)]
+        dtype = rows[0].dtype if rows[0] is not None else torch.float32
+        for r in rows:
+            if r is not None:
+                dtype = torch.promote_types(dtype, r.dtype)
+        device = next(r for r in rows if r is not None).device
+        zeros = torch.zeros(num_episodes, dtype=dtype, device=device)
+        costs = torch.stack([zeros if r is None else r.to(dtype).expand(num_episodes) for r in rows])
+        global_cost = _sum(global_terms)
+        global_cost = (
+            torch.zeros((), dtype=dtype, device=device) if global_cost is None else global_cost.to(dtype)
+        )
+
+        total = costs.sum() + global_cost
+        scale = 1.0 / num_episodes if self.reduction == "mean" else 1.0
+        elbo = total * scale
+        surrogate = -elbo
+        if score_sites:
+            score = self._score_term(score_sites, costs, total, guide_trace, model, horizon)
+            surrogate = surrogate - (score - score.detach()) * scale
+        ret = model_trace.nodes.get("_RETURN", {}).get("value")
+        terms = ELBOTerms(
+            costs=costs,
+            global_cost=global_cost,
+            elbo=elbo,
+            surrogate=surrogate,
+            num_episodes=num_episodes,
+            trajectory=ret if isinstance(ret, Trajectory) else None,
+        )
+        self.last = terms
+        return terms
+
+    def _score_term(self, score_sites, costs, total, guide_trace, model, horizon) -> torch.Tensor:
+        """Sum over non-reparameterized sites of log q(x_t) * (reward-to-go_t - b_t), detached weights."""
+        to_go = costs.detach().flip(0).cumsum(0).flip(0)  # [T+1, N]: costs at times >= t
+        advantage = to_go
+        value_loss = None
+        if self.baseline == "mean":
+            advantage = to_go - self._running_mean(to_go.mean(1))[:, None]
+        elif self.baseline == "value":
+            values = self._values(guide_trace, model, horizon, to_go)
+            advantage = to_go - values.detach()
+            value_loss = self.value_loss_weight * (values - to_go).square().mean()
+        score = torch.zeros((), dtype=costs.dtype, device=costs.device)
+        for time, log_q in score_sites:
+            weight = total.detach() if time is None else advantage[time]
+            score = score + (log_q * weight).sum()
+        if value_loss is not None:
+            # Rides on the surrogate with zero value: only its gradient (regression of V) matters.
+            score = score - (value_loss - value_loss.detach()) * costs.shape[1]
+        return score
+
+    def _running_mean(self, batch_mean: torch.Tensor) -> torch.Tensor:
+        """Bias-corrected exponential average of previous batches (the current batch is not used: unbiased)."""
+        if self._running is None or self._running.shape != batch_mean.shape:
+            self._running = torch.zeros_like(batch_mean)
+            self._running_weight = 0.0
+        previous = (
+            self._running / self._running_weight if self._running_weight > 0 else torch.zeros_like(batch_mean)
+        )
+        d = self.baseline_decay
+        self._running = d * self._running + (1 - d) * batch_mean
+        self._running_weight = d * self._running_weight + (1 - d)
+        return previous
+
+    def _values(self, guide_trace, model, horizon: int, to_go: torch.Tensor) -> torch.Tensor:
+        if self.value_baseline is None:
+            env = getattr(model, "env", None)
+            if env is None:
+                raise ValueError(
+                    "baseline='value' needs model.env to build a ValueBaseline; pass baseline=YourModule(...)"
+                )
+            from rl_as_inference.baselines import ValueBaseline
+
+            self.value_baseline = ValueBaseline(env, horizon=horizon)
+        pyro.module("value_baseline", self.value_baseline)
+        try:
+            states = torch.stack([guide_trace.nodes[state_site(t)]["value"] for t in range(horizon + 1)])
+        except KeyError as exc:
+            raise ValueError(
+                f"baseline='value' needs the state sites s_0..s_{horizon} in the guide trace"
+            ) from exc
+        times = torch.arange(horizon + 1, device=states.device)
+        values = self.value_baseline(states.detach(), times)
+        if values.shape != to_go.shape:
+            raise ValueError(
+                f"the value baseline returned shape {tuple(values.shape)}, expected {tuple(to_go.shape)}"
+            )
+        return values.to(to_go.dtype)
+
+    def _analytic_kl(self, guide_site, model_site) -> torch.Tensor | None:
+        """-(log pi - log q) replaced by the exact KL(q || pi) of the site, where torch registers one."""
+        if not self.analytic_kl or model_site is None or model_site["is_observed"]:
+            return None
+        q, p = guide_site["fn"], model_site["fn"]
+        key = (type(q), type(p))
+        if self._kl_known.get(key) is False:
+            return None
+        try:
+            kl = kl_divergence(q, p)
+        except NotImplementedError:
+            self._kl_known[key] = False
+            return None
+        self._kl_known[key] = True
+        if kl.shape != q.batch_shape:
+            return None
+        return scale_and_mask(kl, guide_site["scale"], guide_site["mask"])
+
+    # ------------------------------------------------------------------ traces and checks
+    def _get_trace(self, model, guide, args, kwargs):
+        """Pyro's ELBO hook: the (model, guide) trace pair this loss evaluates."""
+        return self._traces(model, guide, args, kwargs)
+
+    def _traces(self, model, guide, args, kwargs):
+        if self._use_score_for_actions(model):
+            guide = _ScoreFunctionActions()(guide)
+        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
+        for name, _ in _sample_sites(model_trace, latent_only=True):
+            if name not in guide_trace.nodes:
+                raise ValueError(
+                    f"the guide has no site {name!r}, a latent site of the model: every action (and "
+                    "stochastic transition) site of the model must be sampled in the guide"
+                )
+        return model_trace, guide_trace
+
+    def _use_score_for_actions(self, model) -> bool:
+        if self.estimator == "score":
+            return True
+        if self.estimator == "pathwise":
+            return False
+        env = getattr(model, "env", None)
+        return env is not None and not getattr(env, "differentiable", True)
+
+    def _checked_value(self, terms: ELBOTerms) -> float:
+        value = terms.elbo.item()  # the one host read of the step
+        if math.isnan(value):
+            bad = torch.isnan(terms.costs).any(1).nonzero()
+            if len(bad):
+                t = int(bad[0, 0])
+                raise ValueError(
+                    f"the ELBO is NaN: the cost of step {t} is NaN (site O_{t}: a NaN reward r_{t}, or a NaN "
+                    f"log-probability of a_{t}/s_{t}); check the environment and the policy at step {t}"
+                )
+            raise ValueError("the ELBO is NaN: a global latent site has a NaN log-probability")
+        return value
+
+
+def _sample_sites(trace, *, latent_only: bool):
+    for name, site in trace.nodes.items():
+        if site["type"] != "sample" or site_is_subsample(site) or site["infer"].get("_deterministic"):
+            continue
+        if latent_only and site["is_observed"]:
+            continue
+        yield name, site
+
+
+def _log_prob(site) -> torch.Tensor:
+    lp = site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"])
+    return scale_and_mask(lp, site["scale"], site["mask"])
+
+
+def _sum(terms: list[torch.Tensor] | None) -> torch.Tensor | None:
+    if not terms:
+        return None
+    total = terms[0]
+    for term in terms[1:]:
+        total = total + term
+    return total
