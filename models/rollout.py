@@ -84,6 +84,14 @@ class InitialStateDistribution(dist.TorchDistribution):
         return InitialStateDistribution(self.env, int(torch.Size(batch_shape).numel()))
 
 
+def _factor(name: str, log_factor: torch.Tensor) -> None:
+    """``pyro.factor`` without argument validation: validating would stop a NaN reward with a
+    message about ``Unit(log_factor)``; ``TrajectoryELBO`` instead names the step whose reward is
+    NaN (and validation costs a check per site per step)."""
+    unit = dist.Unit(log_factor, validate_args=False)
+    pyro.sample(name, unit, obs=unit.sample(), infer={"is_auxiliary": True})
+
+
 def initial_distribution(env: FunctionalEnv, num_episodes: int) -> Distribution:
     """p(s_0) for ``num_episodes`` episodes: a Categorical for a tabular MDP, else the env's reset law."""
     if isinstance(env, TabularMDP):
@@ -139,7 +147,7 @@ def rollout(
                     step = env.step(state, action)
                     pyro.deterministic(state_site(t + 1), step.state, event_dim=event_dim)
                 if optimality is not None:
-                    pyro.factor(factor_site(t), (optimality.gamma**t / optimality.alpha) * step.reward)
+                    _factor(factor_site(t), (optimality.gamma**t / optimality.alpha) * step.reward)
             # Freeze finished episodes at their terminal state: their later steps are masked out,
             # and a frozen state keeps the (unused) dynamics finite, so no NaN reaches a gradient.
             keep = alive.reshape(alive.shape + (1,) * event_dim)
@@ -157,5 +165,5 @@ def rollout(
                         f"terminal_value must return one value per episode, shape ({num_episodes},); "
                         f"got {tuple(value.shape)}"
                     )
-                pyro.factor(factor_site(horizon), (optimality.gamma**horizon / optimality.alpha) * value)
+                _factor(factor_site(horizon), (optimality.gamma**horizon / optimality.alpha) * value)
     return Trajectory(torch.stack(states), torch.stack(actions), torch.stack(rewards), torch.stack(alives))

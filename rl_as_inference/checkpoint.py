@@ -59,7 +59,7 @@ def save_checkpoint(
     """
     store = pyro.get_param_store()
     params, names = {}, {}
-    for name in list(store.keys()):  # noqa: SIM118 (ParamStoreDict iterates items)
+    for name in list(store):
         params[name] = store._params[name].detach().clone()
         names[name] = _constraint_name(store._constraints[name])
     state = {

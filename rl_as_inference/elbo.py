@@ -50,7 +50,17 @@ class _ScoreFunctionActions(Messenger):
 
     def _pyro_sample(self, msg):
         if not msg["is_observed"] and parse_site(msg["name"]).role == "action" and msg["fn"].has_rsample:
-            msg["fn"] = copy.copy(msg["fn"]).has_rsample_(False)
+            msg["fn"] = _without_rsample(msg["fn"])
+
+
+def _without_rsample(d):
+    """A shallow copy of ``d`` that samples without reparameterization (wrappers delegate to their base)."""
+    new = copy.copy(d)
+    if hasattr(d, "base_dist"):  # Independent, TransformedDistribution: has_rsample is the base's
+        new.base_dist = _without_rsample(d.base_dist)
+    else:
+        new.has_rsample_(False)
+    return new
 
 
 @dataclass
