@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import os
+import random
 import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyro
 import torch
 from pyro.distributions import constraints
 
-__all__ = ["atomic_torch_save", "load_checkpoint", "save_checkpoint"]
+__all__ = ["atomic_torch_save", "get_rng_state", "load_checkpoint", "save_checkpoint", "set_rng_state"]
 
 FORMAT = "rl_as_inference.checkpoint/1"
 # Constraints are stored by name (weights_only=True loads no Python objects).
@@ -36,6 +38,29 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def get_rng_state() -> dict:
+    """The states of torch's (CPU and CUDA), Python's and numpy's global generators, in a form that
+    loads with ``weights_only=True`` (numpy's key array becomes a tensor)."""
+    kind, key, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "random": random.getstate(),
+        "numpy": (kind, torch.from_numpy(key.astype(np.int64)), int(pos), int(has_gauss), float(cached)),
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore generator states saved by :func:`get_rng_state`."""
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    version, internal, gauss = state["random"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, key, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, key.numpy().astype(np.uint32), pos, has_gauss, cached))
 
 
 def _constraint_name(c: constraints.Constraint) -> str | None:
@@ -68,6 +93,7 @@ def save_checkpoint(
         "constraints": names,
         "optim": optim.get_state() if optim is not None else None,
         "step": int(step),
+        "rng": get_rng_state(),
         "extra": extra or {},
     }
     atomic_torch_save(state, path)
@@ -84,7 +110,8 @@ def load_checkpoint(
 
     Parameters that already exist (e.g. registered by running or ``register()``-ing the guide, which
     this does when ``guide`` is given) are overwritten in place, so modules registered with
-    ``pyro.module`` see the loaded values. Returns the checkpoint dict (``step``, ``extra``...).
+    ``pyro.module`` see the loaded values. Returns the checkpoint dict (``step``, ``rng``, ``extra``...);
+    the random generators are restored only on request (:func:`set_rng_state` with ``state["rng"]``).
 
     Raises:
         ValueError: the file is not a checkpoint of this library, or is corrupt.

@@ -149,6 +149,15 @@ class TrajectoryELBO(ELBO):
         self._kl_known: dict[tuple[type, type], bool] = {}
         self.last: ELBOTerms | None = None
 
+    # ------------------------------------------------------------------ state (for checkpoints)
+    def state_dict(self) -> dict:
+        """The running baseline's state (a learned value baseline lives in Pyro's param store)."""
+        return {"running": self._running, "running_weight": self._running_weight}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`, so a resumed run computes the same gradients."""
+        self._running, self._running_weight = state["running"], float(state["running_weight"])
+
     # ------------------------------------------------------------------ Pyro's loss interface
     def loss(self, model, guide, *args, **kwargs) -> float:
         """The negative ELBO estimate (no gradients)."""
@@ -308,8 +317,13 @@ class TrajectoryELBO(ELBO):
                 )
             from rl_as_inference.baselines import ValueBaseline
 
-            self.value_baseline = ValueBaseline(env, horizon=horizon)
-        pyro.module("value_baseline", self.value_baseline)
+            # Built lazily, so keep the global RNG untouched: a run resumed from a checkpoint (where
+            # the network is rebuilt mid-run) must draw the same random numbers as an uninterrupted one.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                self.value_baseline = ValueBaseline(env, horizon=horizon)
+        # update_module_params: after a checkpoint is loaded the store holds the trained values.
+        pyro.module("value_baseline", self.value_baseline, update_module_params=True)
         try:
             states = torch.stack([guide_trace.nodes[state_site(t)]["value"] for t in range(horizon + 1)])
         except KeyError as exc:

@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from rl_as_inference.envs.base import resolve_device
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, save_checkpoint, set_rng_state
 from .elbo import TrajectoryELBO
 
 __all__ = ["FitResult", "fit"]
@@ -79,7 +79,9 @@ def fit(
         checkpoint: file to save parameters and optimizer state to (atomically) every
             ``checkpoint_every`` steps and at the end.
         checkpoint_every: steps between checkpoints (default: only at the end).
-        resume: continue from ``checkpoint`` if it exists.
+        resume: continue from ``checkpoint`` if it exists: parameters, optimizer state, random
+            generators and history come back, so a resumed CPU run ends bit-identical to one that
+            was never interrupted.
 
     Returns:
         A :class:`FitResult` with the ELBO history.
@@ -112,6 +114,9 @@ def fit(
             state = None
         if state is not None:
             start_step = state["step"]
+            set_rng_state(state["rng"])  # continue the random stream: bit-identical to an uninterrupted run
+            if "loss" in state["extra"] and hasattr(loss, "load_state_dict"):
+                loss.load_state_dict(state["extra"]["loss"])
             result.elbo = list(state["extra"].get("elbo", []))
             result.returns = list(state["extra"].get("returns", []))
     began = time.perf_counter()
@@ -128,7 +133,7 @@ def fit(
             if progress:
                 bar.set_postfix(elbo=f"{value:.4g}", ret=f"{mean_return:.4g}", refresh=False)
             if checkpoint is not None and checkpoint_every and (step + 1) % checkpoint_every == 0:
-                _save(checkpoint, optim, step + 1, result)
+                _save(checkpoint, optim, step + 1, result, loss)
             try:
                 for callback in callbacks:
                     callback(step, {"elbo": value, "return": mean_return})
@@ -142,12 +147,15 @@ def fit(
     result.num_steps = max(step, start_step)
     result.wall_time = time.perf_counter() - began
     if checkpoint is not None:
-        _save(checkpoint, optim, result.num_steps, result)
+        _save(checkpoint, optim, result.num_steps, result, loss)
     return result
 
 
-def _save(path: str, optim, step: int, result: FitResult) -> None:
-    save_checkpoint(path, optim=optim, step=step, extra={"elbo": result.elbo, "returns": result.returns})
+def _save(path: str, optim, step: int, result: FitResult, loss) -> None:
+    extra = {"elbo": result.elbo, "returns": result.returns}
+    if hasattr(loss, "state_dict"):
+        extra["loss"] = loss.state_dict()
+    save_checkpoint(path, optim=optim, step=step, extra=extra)
 
 
 def _place(model, guide, device) -> None:
