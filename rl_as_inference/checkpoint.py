@@ -43,7 +43,7 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
 def get_rng_state() -> dict:
     """The states of torch's (CPU and CUDA), Python's and numpy's global generators, in a form that
     loads with ``weights_only=True`` (numpy's key array becomes a tensor)."""
-    kind, key, pos, has_gauss, cached = np.random.get_state()
+    kind, key, pos, has_gauss, cached = np.random.get_state()  # noqa: NPY002 (the global state pyro seeds)
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -60,7 +60,7 @@ def set_rng_state(state: dict) -> None:
     version, internal, gauss = state["random"]
     random.setstate((version, tuple(internal), gauss))
     kind, key, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, key.numpy().astype(np.uint32), pos, has_gauss, cached))
+    np.random.set_state((kind, key.numpy().astype(np.uint32), pos, has_gauss, cached))  # noqa: NPY002
 
 
 def _constraint_name(c: constraints.Constraint) -> str | None:
