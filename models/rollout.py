@@ -13,7 +13,7 @@ from typing import NamedTuple
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro import poutine
+from pyro.poutine.mask_messenger import MaskMessenger
 from torch.distributions import Distribution
 
 from rl_as_inference.envs import FunctionalEnv, TabularMDP
@@ -115,8 +115,8 @@ def rollout(
         action_dist: ``(t, state) -> distribution`` of ``a_t`` (the prior in a model, q in a guide).
         horizon: number of action steps H.
         num_episodes: size of the ``episodes`` plate.
-        init_state: optional ``[N, *state_shape]`` initial states given by the caller; otherwise
-            ``s_0`` is sampled from p(s_0).
+        init_state: optional ``[N, *state_shape]`` initial states given by the caller (no site);
+            otherwise ``s_0`` is sampled from p(s_0).
         optimality: add the factor sites of a model (``None`` in a guide).
 
     Returns:
@@ -124,6 +124,10 @@ def rollout(
     """
     check_num_envs(num_episodes)
     event_dim = len(env.state_shape)
+    # One mask handler for the whole loop, its mask updated per step: entering a fresh
+    # poutine.mask at every step costs more Python than the step of a small batch.
+    alive = torch.ones(num_episodes, dtype=torch.bool, device=env.device)
+    mask = MaskMessenger(mask=alive)
     with pyro.plate(EPISODES, num_episodes, dim=-1):
         if init_state is None:
             state = pyro.sample(state_site(0), initial_distribution(env, num_episodes))
@@ -134,31 +138,30 @@ def rollout(
                     f"init_state has shape {tuple(init_state.shape)}; expected [{num_episodes}, "
                     f"{', '.join(map(str, env.state_shape))}] for {num_episodes} episodes"
                 )
-            state = pyro.deterministic(state_site(0), init_state, event_dim=event_dim)
-        alive = torch.ones(num_episodes, dtype=torch.bool, device=env.device)
+            state = init_state
         states, actions, rewards, alives = [state], [], [], []
-        for t in range(horizon):
-            with poutine.mask(mask=alive):
+        with mask:
+            for t in range(horizon):
+                mask.mask = alive
                 action = pyro.sample(action_site(t), action_dist(t, state))
                 if env.stochastic:
                     next_state = pyro.sample(state_site(t + 1), env.transition_dist(state, action))
                     step = env.step(state, action, next_state=next_state)
                 else:
                     step = env.step(state, action)
-                    pyro.deterministic(state_site(t + 1), step.state, event_dim=event_dim)
                 if optimality is not None:
                     _factor(factor_site(t), (optimality.gamma**t / optimality.alpha) * step.reward)
-            # Freeze finished episodes at their terminal state: their later steps are masked out,
-            # and a frozen state keeps the (unused) dynamics finite, so no NaN reaches a gradient.
-            keep = alive.reshape(alive.shape + (1,) * event_dim)
-            state = torch.where(keep, step.state, state)
-            states.append(state)
-            actions.append(action)
-            rewards.append(torch.where(alive, step.reward, torch.zeros_like(step.reward)))
-            alives.append(alive)
-            alive = alive & ~step.terminated
-        if optimality is not None and optimality.terminal_value is not None:
-            with poutine.mask(mask=alive):
+                # Freeze finished episodes at their terminal state: their later steps are masked
+                # out, and a frozen state keeps the (unused) dynamics finite: no NaN reaches a gradient.
+                keep = alive.reshape(alive.shape + (1,) * event_dim)
+                state = torch.where(keep, step.state, state)
+                states.append(state)
+                actions.append(action)
+                rewards.append(torch.where(alive, step.reward, torch.zeros_like(step.reward)))
+                alives.append(alive)
+                alive = alive & ~step.terminated
+            if optimality is not None and optimality.terminal_value is not None:
+                mask.mask = alive
                 value = optimality.terminal_value(state)
                 if value.shape != (num_episodes,):
                     raise ValueError(

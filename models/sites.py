@@ -8,14 +8,15 @@ everywhere as long as it follows them:
 site                    meaning
 ======================  =====================================================================
 ``pyro.plate("episodes", N, dim=-1)``   independent episodes; every per-step site lives inside it
-``s_0``                 initial state: a sample site from p(s_0) (or a deterministic site when
-                        the caller passes the initial states)
+``s_0``                 initial state: a sample site from p(s_0) (no site when the caller
+                        passes the initial states)
 ``a_t``                 action at step t (t = 0..H-1): a latent sample site, drawn from the prior
                         pi(a_t|s_t) in the model and from q(a_t|s_t) in the guide; every one of
                         them must be in the guide
 ``s_t`` (t >= 1)        state after step t-1: a sample site with the same distribution in model
                         and guide when the dynamics are stochastic (seed eq. 12, the log-probs
-                        cancel), else a ``pyro.deterministic`` record of the pure step
+                        cancel); deterministic dynamics need no site (the built-in models return
+                        every state in their ``Trajectory``, the ``_RETURN`` value of a trace)
 ``O_t`` (t < H)         optimality factor ``pyro.factor("O_t", gamma**t * r_t / alpha)``, model only
 ``O_H``                 optional terminal factor ``gamma**H * V(s_H) / alpha`` (truncated horizons)
 anything else           a global latent (e.g. an unknown physical parameter), credited with the

@@ -324,12 +324,16 @@ class TrajectoryELBO(ELBO):
                 self.value_baseline = ValueBaseline(env, horizon=horizon)
         # update_module_params: after a checkpoint is loaded the store holds the trained values.
         pyro.module("value_baseline", self.value_baseline, update_module_params=True)
-        try:
-            states = torch.stack([guide_trace.nodes[state_site(t)]["value"] for t in range(horizon + 1)])
-        except KeyError as exc:
-            raise ValueError(
-                f"baseline='value' needs the state sites s_0..s_{horizon} in the guide trace"
-            ) from exc
+        returned = guide_trace.nodes.get("_RETURN", {}).get("value")
+        if isinstance(returned, Trajectory):
+            states = returned.states
+        else:
+            try:
+                states = torch.stack([guide_trace.nodes[state_site(t)]["value"] for t in range(horizon + 1)])
+            except KeyError as exc:
+                raise ValueError(
+                    f"baseline='value' needs the states: a guide returning a Trajectory, or sites s_0..s_{horizon}"
+                ) from exc
         times = torch.arange(horizon + 1, device=states.device)
         values = self.value_baseline(states.detach(), times)
         if values.shape != to_go.shape:

@@ -315,7 +315,10 @@ def test_works_inside_pyro_svi_and_predictive():
     svi = pyro.infer.SVI(model, guide, pyro.optim.Adam({"lr": 0.1}), loss=rlai.TrajectoryELBO())
     first = svi.step(64)
     assert math.isfinite(first)
-    samples = pyro.infer.Predictive(model, guide=guide, num_samples=1, return_sites=["a_0", "s_3"])(16)
-    assert samples["a_0"].shape[-1] == 16 and samples["s_3"].shape[-1] == 16
+    samples = pyro.infer.Predictive(model, guide=guide, num_samples=2, return_sites=["a_0", "a_5"])(16)
+    assert samples["a_0"].shape == (2, 16) and samples["a_5"].shape == (2, 16)
     trace = poutine.trace(guide).get_trace(5)
-    assert {"s_0", "a_0", "s_1", "a_5", "s_6"} <= set(trace.nodes)
+    assert {"s_0", "a_0", "a_5"} <= set(trace.nodes) and "s_1" not in trace.nodes
+    slippery = envs.gridworld(3, 3, slip=0.1)
+    trace = poutine.trace(guides.TabularGuide(slippery, horizon=6)).get_trace(5)
+    assert {"s_0", "a_0", "s_1", "a_5", "s_6"} <= set(trace.nodes)  # stochastic dynamics: s_t are sites

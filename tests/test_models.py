@@ -35,7 +35,7 @@ def test_model_sites_follow_the_convention_and_mask_after_termination():
     actions = {f"a_{t}": right for t in range(4)}
     trace = poutine.trace(poutine.condition(model, data=actions)).get_trace(2)
     names = [n for n, s in trace.nodes.items() if s["type"] == "sample" and n != "episodes"]
-    assert names[:5] == ["s_0", "a_0", "s_1", "O_0", "a_1"]
+    assert names[:5] == ["s_0", "a_0", "O_0", "a_1", "O_1"]  # deterministic dynamics: no s_t sites
     assert models.parse_site("a_3") == ("action", 3) and models.parse_site("mass") == ("global", None)
     trace.compute_log_prob()
     # O_t = gamma^t r / alpha while alive; steps after the goal (t >= 2) are masked out.
