@@ -11,13 +11,13 @@ never checks the initial state); after termination nothing contributes (no facto
 further transition). In the backward recursions this means that the continuation value of a terminal
 next state is 0.
 
-Two quantities are exact here:
+Three functions compute it exactly:
 
 * :func:`log_evidence`: log p(O) by backward messages (sum-product over actions and next states);
 * :func:`solve`: log p(O) and the best ELBO (seed eq. (2)) over variational policies q that share p0
   and the dynamics with the model (seed eq. (12)), by KL-regularized soft value iteration, together
   with the optimal policy q*. With a uniform prior pi0 the ELBO is the maximum-entropy objective
-  (seed eq. (10)) up to the constant T log A per step taken.
+  (seed eq. (10)): expected reward plus entropy, minus log A per step the episode is alive.
 * :func:`elbo_of`: the exact ELBO of any given tabular policy, by forward propagation of the
   alive state distribution.
 
@@ -25,9 +25,9 @@ log p(O) >= max ELBO, with equality when the dynamics and p0 are deterministic; 
 "optimism" of the exact posterior, which also tilts the initial state and the transitions.
 
 Everything runs in float64 on the MDP's device. Per step the work is one matrix product of the
-``[S*A, S]`` transition table with one or two vectors; the evidence is kept in log space by shifting
+``[S*A, S]`` transition table with two vectors; the evidence is kept in log space by shifting
 the messages by their maximum, and the rare rows whose shifted sum underflows are recomputed exactly
-with a logsumexp, so rewards of order 1e4 / alpha nats per step stay finite and exact.
+with a logsumexp, so |w_t R| of 1e4 nats per step and more stays finite and exact.
 """
 
 from __future__ import annotations
