@@ -34,12 +34,18 @@ class TrajectoryGuide:
 
     def __call__(self, num_episodes: int, init_state: torch.Tensor | None = None) -> Trajectory:
         self.register()
+        return self.rollout(num_episodes, init_state)
+
+    def rollout(self, num_episodes: int, init_state=None, *, optimality=None, sites=None) -> Trajectory:
+        """The shared rollout loop under q (``optimality``/``sites`` serve the fused ELBO evaluation)."""
         return rollout(
             self.env,
             self._checked_dist,
             horizon=self.horizon,
             num_episodes=num_episodes,
             init_state=init_state,
+            optimality=optimality,
+            sites=sites,
         )
 
     def _checked_dist(self, t: int, state: torch.Tensor):

@@ -21,7 +21,7 @@ from rl_as_inference.envs.base import check_num_envs
 
 from .sites import EPISODES, action_site, factor_site, state_site
 
-__all__ = ["InitialStateDistribution", "Optimality", "Trajectory", "initial_distribution", "rollout"]
+__all__ = ["InitialStateDistribution", "Optimality", "PyroSites", "Trajectory", "initial_distribution", "rollout"]
 
 
 class Trajectory(NamedTuple):
@@ -99,6 +99,42 @@ def initial_distribution(env: FunctionalEnv, num_episodes: int) -> Distribution:
     return InitialStateDistribution(env, num_episodes)
 
 
+class PyroSites:
+    """The site statements of a rollout as Pyro primitives: the rollout is then a Pyro model or guide.
+
+    Enters ``pyro.plate("episodes", N)`` and one mask handler whose mask is the alive flag of the
+    current step (a fresh ``poutine.mask`` per step would cost more Python than a small batch's step).
+    """
+
+    def __init__(self, num_episodes: int):
+        self._plate = pyro.plate(EPISODES, num_episodes, dim=-1)
+        self._mask = MaskMessenger(mask=True)
+
+    def __enter__(self) -> PyroSites:
+        self._plate.__enter__()
+        self._mask.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._mask.__exit__(*exc)
+        self._plate.__exit__(*exc)
+
+    def set_alive(self, alive: torch.Tensor) -> None:
+        self._mask.mask = alive
+
+    def initial(self, d: Distribution) -> torch.Tensor:
+        return pyro.sample(state_site(0), d)
+
+    def action(self, t: int, state: torch.Tensor, d: Distribution) -> torch.Tensor:
+        return pyro.sample(action_site(t), d)
+
+    def transition(self, t: int, d: Distribution) -> torch.Tensor:
+        return pyro.sample(state_site(t + 1), d)
+
+    def factor(self, t: int, log_factor: torch.Tensor) -> None:
+        _factor(factor_site(t), log_factor)
+
+
 def rollout(
     env: FunctionalEnv,
     action_dist: Callable[[int, torch.Tensor], Distribution],
@@ -107,6 +143,7 @@ def rollout(
     num_episodes: int,
     init_state: torch.Tensor | None = None,
     optimality: Optimality | None = None,
+    sites=None,
 ) -> Trajectory:
     """Roll out ``num_episodes`` episodes of ``horizon`` steps as a Pyro program.
 
@@ -118,19 +155,18 @@ def rollout(
         init_state: optional ``[N, *state_shape]`` initial states given by the caller (no site);
             otherwise ``s_0`` is sampled from p(s_0).
         optimality: add the factor sites of a model (``None`` in a guide).
+        sites: what the site statements do; default :class:`PyroSites` (Pyro primitives).
+            ``TrajectoryELBO`` passes a recorder that evaluates model and guide in one pass.
 
     Returns:
         The :class:`Trajectory` (stacked states, actions, rewards and alive masks).
     """
     check_num_envs(num_episodes)
     event_dim = len(env.state_shape)
-    # One mask handler for the whole loop, its mask updated per step: entering a fresh
-    # poutine.mask at every step costs more Python than the step of a small batch.
     alive = torch.ones(num_episodes, dtype=torch.bool, device=env.device)
-    mask = MaskMessenger(mask=alive)
-    with pyro.plate(EPISODES, num_episodes, dim=-1):
+    with PyroSites(num_episodes) if sites is None else sites as sites:
         if init_state is None:
-            state = pyro.sample(state_site(0), initial_distribution(env, num_episodes))
+            state = sites.initial(initial_distribution(env, num_episodes))
         else:
             env.check_state(init_state)
             if init_state.shape[: init_state.dim() - event_dim] != (num_episodes,):
@@ -140,33 +176,32 @@ def rollout(
                 )
             state = init_state
         states, actions, rewards, alives = [state], [], [], []
-        with mask:
-            for t in range(horizon):
-                mask.mask = alive
-                action = pyro.sample(action_site(t), action_dist(t, state))
-                if env.stochastic:
-                    next_state = pyro.sample(state_site(t + 1), env.transition_dist(state, action))
-                    step = env.step(state, action, next_state=next_state)
-                else:
-                    step = env.step(state, action)
-                if optimality is not None:
-                    _factor(factor_site(t), (optimality.gamma**t / optimality.alpha) * step.reward)
-                # Freeze finished episodes at their terminal state: their later steps are masked
-                # out, and a frozen state keeps the (unused) dynamics finite: no NaN reaches a gradient.
-                keep = alive.reshape(alive.shape + (1,) * event_dim)
-                state = torch.where(keep, step.state, state)
-                states.append(state)
-                actions.append(action)
-                rewards.append(torch.where(alive, step.reward, torch.zeros_like(step.reward)))
-                alives.append(alive)
-                alive = alive & ~step.terminated
-            if optimality is not None and optimality.terminal_value is not None:
-                mask.mask = alive
-                value = optimality.terminal_value(state)
-                if value.shape != (num_episodes,):
-                    raise ValueError(
-                        f"terminal_value must return one value per episode, shape ({num_episodes},); "
-                        f"got {tuple(value.shape)}"
-                    )
-                _factor(factor_site(horizon), (optimality.gamma**horizon / optimality.alpha) * value)
+        for t in range(horizon):
+            sites.set_alive(alive)
+            action = sites.action(t, state, action_dist(t, state))
+            if env.stochastic:
+                next_state = sites.transition(t, env.transition_dist(state, action))
+                step = env.step(state, action, next_state=next_state)
+            else:
+                step = env.step(state, action)
+            if optimality is not None:
+                sites.factor(t, (optimality.gamma**t / optimality.alpha) * step.reward)
+            # Freeze finished episodes at their terminal state: their later steps are masked out,
+            # and a frozen state keeps the (unused) dynamics finite: no NaN reaches a gradient.
+            keep = alive.reshape(alive.shape + (1,) * event_dim)
+            state = torch.where(keep, step.state, state)
+            states.append(state)
+            actions.append(action)
+            rewards.append(torch.where(alive, step.reward, torch.zeros_like(step.reward)))
+            alives.append(alive)
+            alive = alive & ~step.terminated
+        if optimality is not None and optimality.terminal_value is not None:
+            sites.set_alive(alive)
+            value = optimality.terminal_value(state)
+            if value.shape != (num_episodes,):
+                raise ValueError(
+                    f"terminal_value must return one value per episode, shape ({num_episodes},); "
+                    f"got {tuple(value.shape)}"
+                )
+            sites.factor(horizon, (optimality.gamma**horizon / optimality.alpha) * value)
     return Trajectory(torch.stack(states), torch.stack(actions), torch.stack(rewards), torch.stack(alives))

@@ -83,6 +83,11 @@ class TrajectoryModel:
             self._checked = True
         return d
 
+    @property
+    def optimality(self) -> Optimality:
+        """The factors exp(gamma^t r_t / alpha) (and the terminal one) of this model."""
+        return Optimality(self.alpha, self.gamma, self.terminal_value)
+
     def __call__(self, num_episodes: int, init_state: torch.Tensor | None = None) -> Trajectory:
         return rollout(
             self.env,
@@ -90,7 +95,7 @@ class TrajectoryModel:
             horizon=self.horizon,
             num_episodes=num_episodes,
             init_state=init_state,
-            optimality=Optimality(self.alpha, self.gamma, self.terminal_value),
+            optimality=self.optimality,
         )
 
     def __repr__(self) -> str:

@@ -32,9 +32,13 @@ from pyro import poutine
 from pyro.distributions.util import scale_and_mask
 from pyro.infer import ELBO
 from pyro.poutine.messenger import Messenger
+from pyro.poutine.runtime import _PYRO_STACK
+from pyro.poutine.trace_messenger import TraceMessenger
 from pyro.poutine.util import site_is_subsample
 from torch.distributions.kl import kl_divergence
 
+from rl_as_inference.guides import TrajectoryGuide
+from rl_as_inference.models import TrajectoryModel
 from rl_as_inference.models.rollout import Trajectory
 from rl_as_inference.models.sites import parse_site, state_site
 
@@ -109,6 +113,10 @@ class TrajectoryELBO(ELBO):
             scale does not depend on N; ``"sum"``: the ELBO of the whole ``episodes`` plate, the
             value Pyro's Trace_ELBO reports.
         value_loss_weight: weight of the value baseline's squared-error loss in the surrogate.
+        fused: ``"auto"`` (default): evaluate a ``TrajectoryModel`` with a ``TrajectoryGuide`` in one
+            pass (same estimator, same random numbers, a fraction of the overhead) and trace
+            anything else; ``False``: always trace the guide and replay the model; ``True``: fuse
+            or raise.
     """
 
     def __init__(
@@ -120,8 +128,12 @@ class TrajectoryELBO(ELBO):
         analytic_kl: bool = True,
         reduction: str = "mean",
         value_loss_weight: float = 1.0,
+        fused: bool | str = "auto",
     ):
         super().__init__(num_particles=1)
+        if fused not in (True, False, "auto"):
+            raise ValueError(f"fused={fused!r} is not allowed; use True, False or 'auto'")
+        self.fused = fused
         if estimator not in ESTIMATORS:
             raise ValueError(f"estimator={estimator!r} is not allowed; choose one of {ESTIMATORS}")
         if isinstance(baseline, str):
@@ -200,8 +212,61 @@ class TrajectoryELBO(ELBO):
 
     # ------------------------------------------------------------------ the estimator
     def terms(self, model, guide, *args, **kwargs) -> ELBOTerms:
-        """Trace the guide, replay the model, and build costs, ELBO and surrogate."""
-        model_trace, guide_trace = self._traces(model, guide, args, kwargs)
+        """Evaluate the ELBO: costs per time step, the estimate and the surrogate.
+
+        A ``TrajectoryModel`` with a ``TrajectoryGuide`` on the same env is evaluated in one fused
+        pass of the shared rollout loop (actions from q, the model's log pi and factors at the same
+        time): the same estimator as tracing the guide and replaying the model, with the model's
+        dynamics run once and no per-site Pyro overhead. Anything else is traced.
+        """
+        fused = self._fused_call(model, guide, args, kwargs)
+        if fused is not None:
+            sites, trajectory = fused
+            by_time, global_terms, score_sites = sites.by_time, [], sites.score_sites
+            returned_states = trajectory.states
+        else:
+            model_trace, guide_trace = self._traces(model, guide, args, kwargs)
+            by_time, global_terms, score_sites = self._collect_traced(model_trace, guide_trace)
+            ret = model_trace.nodes.get("_RETURN", {}).get("value")
+            trajectory = ret if isinstance(ret, Trajectory) else None
+            returned_states = _trace_states(guide_trace)
+        num_episodes = next((len(v[0]) for v in by_time.values() if v), None)
+        if num_episodes is None:
+            raise ValueError("the model has no site inside pyro.plate('episodes', N): nothing to estimate")
+        horizon = max(by_time)
+        rows = [_sum(by_time.get(t)) for t in range(horizon + 1)]
+        dtype = rows[0].dtype if rows[0] is not None else torch.float32
+        for r in rows:
+            if r is not None:
+                dtype = torch.promote_types(dtype, r.dtype)
+        device = next(r for r in rows if r is not None).device
+        zeros = torch.zeros(num_episodes, dtype=dtype, device=device)
+        costs = torch.stack([zeros if r is None else r.to(dtype).expand(num_episodes) for r in rows])
+        global_cost = _sum(global_terms)
+        global_cost = (
+            torch.zeros((), dtype=dtype, device=device) if global_cost is None else global_cost.to(dtype)
+        )
+
+        total = costs.sum() + global_cost
+        scale = 1.0 / num_episodes if self.reduction == "mean" else 1.0
+        elbo = total * scale
+        surrogate = -elbo
+        if score_sites:
+            score = self._score_term(score_sites, costs, total, returned_states, model, horizon)
+            surrogate = surrogate - (score - score.detach()) * scale
+        terms = ELBOTerms(
+            costs=costs,
+            global_cost=global_cost,
+            elbo=elbo,
+            surrogate=surrogate,
+            num_episodes=num_episodes,
+            trajectory=trajectory,
+        )
+        self.last = terms
+        return terms
+
+    def _collect_traced(self, model_trace, guide_trace):
+        """Per-time costs, global costs and score-function sites from a (model, guide) trace pair."""
         by_time: dict[int, list[torch.Tensor]] = {}
         global_terms: list[torch.Tensor] = []
         score_sites: list[tuple[int | None, torch.Tensor]] = []
@@ -239,43 +304,33 @@ class TrajectoryELBO(ELBO):
         for name, site in _sample_sites(model_trace, latent_only=False):
             if name not in handled:
                 add(name, parse_site(name).time, _log_prob(site))
+        return by_time, global_terms, score_sites
 
-        if num_episodes is None:
-            raise ValueError("the model has no site inside pyro.plate('episodes', N): nothing to estimate")
-        horizon = max(by_time)
-        rows = [_sum(by_time.get(t)) for t in range(horizon + 1)]
-        dtype = rows[0].dtype if rows[0] is not None else torch.float32
-        for r in rows:
-            if r is not None:
-                dtype = torch.promote_types(dtype, r.dtype)
-        device = next(r for r in rows if r is not None).device
-        zeros = torch.zeros(num_episodes, dtype=dtype, device=device)
-        costs = torch.stack([zeros if r is None else r.to(dtype).expand(num_episodes) for r in rows])
-        global_cost = _sum(global_terms)
-        global_cost = (
-            torch.zeros((), dtype=dtype, device=device) if global_cost is None else global_cost.to(dtype)
+    def _fused_call(self, model, guide, args, kwargs):
+        """Run model and guide in one pass when their structure is known; None when it is not."""
+        if self.fused is False or not (isinstance(model, TrajectoryModel) and isinstance(guide, TrajectoryGuide)):
+            return self._require_unfused("model and guide are not a TrajectoryModel and a TrajectoryGuide")
+        if model.env is not guide.env or model.horizon != guide.horizon:
+            return self._require_unfused("model and guide differ in env or horizon")
+        if not all(isinstance(h, TraceMessenger) and h.param_only for h in _PYRO_STACK):
+            return self._require_unfused("Pyro handlers other than SVI's parameter capture are active")
+        names = ("num_episodes", "init_state")
+        if len(args) > 2 or set(kwargs) - set(names[len(args) :]):
+            return self._require_unfused("the arguments are not (num_episodes, init_state=None)")
+        call = dict(zip(names, args, strict=False)) | kwargs
+        sites = _JointSites(self, model)
+        guide.register()
+        trajectory = guide.rollout(
+            call["num_episodes"], call.get("init_state"), optimality=model.optimality, sites=sites
         )
+        return sites, trajectory
 
-        total = costs.sum() + global_cost
-        scale = 1.0 / num_episodes if self.reduction == "mean" else 1.0
-        elbo = total * scale
-        surrogate = -elbo
-        if score_sites:
-            score = self._score_term(score_sites, costs, total, guide_trace, model, horizon)
-            surrogate = surrogate - (score - score.detach()) * scale
-        ret = model_trace.nodes.get("_RETURN", {}).get("value")
-        terms = ELBOTerms(
-            costs=costs,
-            global_cost=global_cost,
-            elbo=elbo,
-            surrogate=surrogate,
-            num_episodes=num_episodes,
-            trajectory=ret if isinstance(ret, Trajectory) else None,
-        )
-        self.last = terms
-        return terms
+    def _require_unfused(self, why: str):
+        if self.fused is True:
+            raise ValueError(f"fused=True but {why}; use fused='auto' to fall back to tracing")
+        return None
 
-    def _score_term(self, score_sites, costs, total, guide_trace, model, horizon) -> torch.Tensor:
+    def _score_term(self, score_sites, costs, total, states, model, horizon) -> torch.Tensor:
         """Sum over non-reparameterized sites of log q(x_t) * (reward-to-go_t - b_t), detached weights."""
         to_go = costs.detach().flip(0).cumsum(0).flip(0)  # [T+1, N]: costs at times >= t
         advantage = to_go
@@ -283,7 +338,7 @@ class TrajectoryELBO(ELBO):
         if self.baseline == "mean":
             advantage = to_go - self._running_mean(to_go.mean(1))[:, None]
         elif self.baseline == "value":
-            values = self._values(guide_trace, model, horizon, to_go)
+            values = self._values(states, model, horizon, to_go)
             advantage = to_go - values.detach()
             value_loss = self.value_loss_weight * (values - to_go).square().mean()
         score = torch.zeros((), dtype=costs.dtype, device=costs.device)
@@ -308,7 +363,7 @@ class TrajectoryELBO(ELBO):
         self._running_weight = d * self._running_weight + (1 - d)
         return previous
 
-    def _values(self, guide_trace, model, horizon: int, to_go: torch.Tensor) -> torch.Tensor:
+    def _values(self, states, model, horizon: int, to_go: torch.Tensor) -> torch.Tensor:
         if self.value_baseline is None:
             env = getattr(model, "env", None)
             if env is None:
@@ -324,18 +379,14 @@ class TrajectoryELBO(ELBO):
                 self.value_baseline = ValueBaseline(env, horizon=horizon)
         # update_module_params: after a checkpoint is loaded the store holds the trained values.
         pyro.module("value_baseline", self.value_baseline, update_module_params=True)
-        returned = guide_trace.nodes.get("_RETURN", {}).get("value")
-        if isinstance(returned, Trajectory):
-            states = returned.states
-        else:
-            try:
-                states = torch.stack([guide_trace.nodes[state_site(t)]["value"] for t in range(horizon + 1)])
-            except KeyError as exc:
-                raise ValueError(
-                    f"baseline='value' needs the states: a guide returning a Trajectory, or sites s_0..s_{horizon}"
-                ) from exc
+        # Cost rows run over times 0..horizon (the terminal factor, if any, is the last row).
+        if states is None or len(states) < horizon + 1:
+            raise ValueError(
+                f"baseline='value' needs the states s_0..s_{horizon}: a guide returning a Trajectory, or "
+                "state sites s_t in the guide"
+            )
         times = torch.arange(horizon + 1, device=states.device)
-        values = self.value_baseline(states.detach(), times)
+        values = self.value_baseline(states[: horizon + 1].detach(), times)
         if values.shape != to_go.shape:
             raise ValueError(
                 f"the value baseline returned shape {tuple(values.shape)}, expected {tuple(to_go.shape)}"
@@ -344,9 +395,15 @@ class TrajectoryELBO(ELBO):
 
     def _analytic_kl(self, guide_site, model_site) -> torch.Tensor | None:
         """-(log pi - log q) replaced by the exact KL(q || pi) of the site, where torch registers one."""
-        if not self.analytic_kl or model_site is None or model_site["is_observed"]:
+        if model_site is None or model_site["is_observed"]:
             return None
-        q, p = guide_site["fn"], model_site["fn"]
+        kl = self._analytic_kl_of(guide_site["fn"], model_site["fn"])
+        return None if kl is None else scale_and_mask(kl, guide_site["scale"], guide_site["mask"])
+
+    def _analytic_kl_of(self, q, p) -> torch.Tensor | None:
+        """KL(q || p) per batch element where torch has it in closed form (cached per type pair)."""
+        if not self.analytic_kl:
+            return None
         key = (type(q), type(p))
         if self._kl_known.get(key) is False:
             return None
@@ -356,9 +413,7 @@ class TrajectoryELBO(ELBO):
             self._kl_known[key] = False
             return None
         self._kl_known[key] = True
-        if kl.shape != q.batch_shape:
-            return None
-        return scale_and_mask(kl, guide_site["scale"], guide_site["mask"])
+        return kl if kl.shape == q.batch_shape else None
 
     # ------------------------------------------------------------------ traces and checks
     def _get_trace(self, model, guide, args, kwargs):
@@ -398,6 +453,76 @@ class TrajectoryELBO(ELBO):
                 )
             raise ValueError("the ELBO is NaN: a global latent site has a NaN log-probability")
         return value
+
+
+class _JointSites:
+    """Site statements for the fused pass: actions from q, with the model's costs computed on the spot.
+
+    Mirrors what tracing the guide and replaying the model computes per time step t: -log q(a_t)
+    (or -KL(q || pi) where analytic), + log pi(a_t|s_t), + the factor, all masked after
+    termination. Transition and initial-state sites are shared by model and guide and contribute
+    exactly zero, so they are only sampled.
+    """
+
+    def __init__(self, loss: TrajectoryELBO, model: TrajectoryModel):
+        self.loss, self.model = loss, model
+        self.by_time: dict[int, list[torch.Tensor]] = {}
+        self.score_sites: list[tuple[int, torch.Tensor]] = []
+        self.alive: torch.Tensor | None = None
+        self.score_actions = loss._use_score_for_actions(model)
+
+    def __enter__(self) -> _JointSites:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def set_alive(self, alive: torch.Tensor) -> None:
+        self.alive = alive
+
+    def _masked(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.where(self.alive, x * 1.0, x.new_zeros(()))
+
+    def initial(self, d):
+        return d()
+
+    def transition(self, t: int, d):
+        self.by_time.setdefault(t + 1, [])  # a zero-cost row, as the traced s_{t+1} sites give
+        return d()
+
+    def action(self, t: int, state: torch.Tensor, q):
+        if self.score_actions and q.has_rsample:
+            q = _without_rsample(q)
+        action = q()
+        log_q = self._masked(q.log_prob(action))
+        prior = self.model.action_dist(t, state)
+        kl = self.loss._analytic_kl_of(q, prior)
+        costs = self.by_time.setdefault(t, [])
+        if kl is not None:
+            costs.append(-self._masked(kl))
+        else:
+            costs.append(-log_q)
+            costs.append(self._masked(prior.log_prob(action)))
+        if not q.has_rsample and log_q.requires_grad:
+            self.score_sites.append((t, log_q))
+        return action
+
+    def factor(self, t: int, log_factor: torch.Tensor) -> None:
+        self.by_time.setdefault(t, []).append(self._masked(log_factor))
+
+
+def _trace_states(guide_trace) -> torch.Tensor | None:
+    """States s_0..s_H of a traced guide: its returned Trajectory, else its s_t sites (None if absent)."""
+    returned = guide_trace.nodes.get("_RETURN", {}).get("value")
+    if isinstance(returned, Trajectory):
+        return returned.states
+    states = []
+    for t in range(len(guide_trace.nodes)):
+        site = guide_trace.nodes.get(state_site(t))
+        if site is None:
+            break
+        states.append(site["value"])
+    return torch.stack(states) if states else None
 
 
 def _sample_sites(trace, *, latent_only: bool):

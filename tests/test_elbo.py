@@ -322,3 +322,69 @@ def test_works_inside_pyro_svi_and_predictive():
     slippery = envs.gridworld(3, 3, slip=0.1)
     trace = poutine.trace(guides.TabularGuide(slippery, horizon=6)).get_trace(5)
     assert {"s_0", "a_0", "s_1", "a_5", "s_6"} <= set(trace.nodes)  # stochastic dynamics: s_t are sites
+
+
+# ---------------------------------------------------------------------- fused evaluation
+def _fused_vs_traced(model, guide, n, **loss_kwargs):
+    out = {}
+    for fused in (True, False):
+        pyro.set_rng_seed(7)
+        store = pyro.get_param_store()
+        loss = rlai.TrajectoryELBO(fused=fused, **loss_kwargs)
+        for p in store.values():
+            p.unconstrained().grad = None
+        value = loss.loss_and_grads(model, guide, n)
+        grads = {k: v.unconstrained().grad.clone() for k, v in store.items() if v.unconstrained().grad is not None}
+        out[fused] = (value, loss.last.costs.detach(), grads)
+    return out
+
+
+@pytest.mark.parametrize("analytic_kl", [True, False])
+def test_fused_pass_equals_tracing_on_a_stochastic_mdp_with_termination(analytic_kl):
+    mdp = envs.gridworld(3, 3, slip=0.2)
+    model = models.TrajectoryModel(mdp, models.UniformPrior(mdp.action_space), horizon=6, alpha=0.5, gamma=0.9)
+    guide = guides.TabularGuide(mdp, horizon=6, init_scale=1.0)
+    pyro.set_rng_seed(0)
+    guide(1)
+    out = _fused_vs_traced(model, guide, 64, analytic_kl=analytic_kl, baseline="none")
+    (v1, c1, g1), (v0, c0, g0) = out[True], out[False]
+    # Same random numbers, same estimator: equal up to the order of floating-point sums.
+    assert v1 == pytest.approx(v0, rel=1e-6)
+    torch.testing.assert_close(c1.double(), c0.double(), rtol=1e-5, atol=1e-5)  # dtypes may differ
+    for name in g0:
+        torch.testing.assert_close(g1[name], g0[name], rtol=1e-5, atol=1e-6)
+
+
+def test_fused_pass_equals_tracing_with_networks_and_value_baseline():
+    env = envs.make("CartPole-v1")
+    model = models.TrajectoryModel(env, models.UniformPrior(env.action_space), horizon=20)
+    torch.manual_seed(0)
+    guide = guides.PolicyGuide(env, guides.CategoricalMLP(env.observation_space, env.action_space, (16,)), horizon=20)
+    out = _fused_vs_traced(model, guide, 32, baseline="value")
+    (v1, c1, g1), (v0, c0, g0) = out[True], out[False]
+    assert v1 == pytest.approx(v0, rel=1e-6)
+    assert set(g1) == set(g0) and any(k.startswith("value_baseline") for k in g0)
+    for name in g0:
+        torch.testing.assert_close(g1[name], g0[name], rtol=1e-4, atol=1e-6)
+
+
+def test_fused_pass_equals_tracing_on_pendulum_pathwise():
+    env = envs.make("Pendulum-v1")
+    model = models.TrajectoryModel(env, models.UniformPrior(env.action_space), horizon=15)
+    torch.manual_seed(0)
+    guide = guides.PolicyGuide(env, guides.TanhGaussianMLP(env.observation_space, env.action_space, (16,)), horizon=15)
+    out = _fused_vs_traced(model, guide, 32)
+    (v1, c1, g1), (v0, c0, g0) = out[True], out[False]
+    assert v1 == pytest.approx(v0, rel=1e-5)
+    for name in g0:
+        torch.testing.assert_close(g1[name], g0[name], rtol=1e-4, atol=1e-5)
+
+
+def test_fused_true_refuses_what_it_cannot_fuse():
+    mdp = envs.chain(3)
+    model = models.TrajectoryModel(mdp, models.UniformPrior(mdp.action_space), horizon=3)
+    other = guides.TabularGuide(mdp, horizon=4)
+    with pytest.raises(ValueError, match="fused=True but model and guide differ in env or horizon"):
+        rlai.TrajectoryELBO(fused=True).loss(model, other, 4)
+    with pytest.raises(ValueError, match="fused='sometimes' is not allowed"):
+        rlai.TrajectoryELBO(fused="sometimes")
