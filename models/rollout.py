@@ -21,7 +21,14 @@ from rl_as_inference.envs.base import check_num_envs
 
 from .sites import EPISODES, action_site, factor_site, state_site
 
-__all__ = ["InitialStateDistribution", "Optimality", "PyroSites", "Trajectory", "initial_distribution", "rollout"]
+__all__ = [
+    "InitialStateDistribution",
+    "Optimality",
+    "PyroSites",
+    "Trajectory",
+    "initial_distribution",
+    "rollout",
+]
 
 
 class Trajectory(NamedTuple):

@@ -308,7 +308,9 @@ class TrajectoryELBO(ELBO):
 
     def _fused_call(self, model, guide, args, kwargs):
         """Run model and guide in one pass when their structure is known; None when it is not."""
-        if self.fused is False or not (isinstance(model, TrajectoryModel) and isinstance(guide, TrajectoryGuide)):
+        if self.fused is False or not (
+            isinstance(model, TrajectoryModel) and isinstance(guide, TrajectoryGuide)
+        ):
             return self._require_unfused("model and guide are not a TrajectoryModel and a TrajectoryGuide")
         if model.env is not guide.env or model.horizon != guide.horizon:
             return self._require_unfused("model and guide differ in env or horizon")

@@ -334,7 +334,9 @@ def _fused_vs_traced(model, guide, n, **loss_kwargs):
         for p in store.values():
             p.unconstrained().grad = None
         value = loss.loss_and_grads(model, guide, n)
-        grads = {k: v.unconstrained().grad.clone() for k, v in store.items() if v.unconstrained().grad is not None}
+        grads = {
+            k: v.unconstrained().grad.clone() for k, v in store.items() if v.unconstrained().grad is not None
+        }
         out[fused] = (value, loss.last.costs.detach(), grads)
     return out
 
@@ -342,7 +344,9 @@ def _fused_vs_traced(model, guide, n, **loss_kwargs):
 @pytest.mark.parametrize("analytic_kl", [True, False])
 def test_fused_pass_equals_tracing_on_a_stochastic_mdp_with_termination(analytic_kl):
     mdp = envs.gridworld(3, 3, slip=0.2)
-    model = models.TrajectoryModel(mdp, models.UniformPrior(mdp.action_space), horizon=6, alpha=0.5, gamma=0.9)
+    model = models.TrajectoryModel(
+        mdp, models.UniformPrior(mdp.action_space), horizon=6, alpha=0.5, gamma=0.9
+    )
     guide = guides.TabularGuide(mdp, horizon=6, init_scale=1.0)
     pyro.set_rng_seed(0)
     guide(1)
@@ -359,10 +363,13 @@ def test_fused_pass_equals_tracing_with_networks_and_value_baseline():
     env = envs.make("CartPole-v1")
     model = models.TrajectoryModel(env, models.UniformPrior(env.action_space), horizon=20)
     torch.manual_seed(0)
-    guide = guides.PolicyGuide(env, guides.CategoricalMLP(env.observation_space, env.action_space, (16,)), horizon=20)
+    guide = guides.PolicyGuide(
+        env, guides.CategoricalMLP(env.observation_space, env.action_space, (16,)), horizon=20
+    )
     out = _fused_vs_traced(model, guide, 32, baseline="value")
     (v1, c1, g1), (v0, c0, g0) = out[True], out[False]
     assert v1 == pytest.approx(v0, rel=1e-6)
+    torch.testing.assert_close(c1, c0, rtol=1e-5, atol=1e-5)
     assert set(g1) == set(g0) and any(k.startswith("value_baseline") for k in g0)
     for name in g0:
         torch.testing.assert_close(g1[name], g0[name], rtol=1e-4, atol=1e-6)
@@ -372,10 +379,13 @@ def test_fused_pass_equals_tracing_on_pendulum_pathwise():
     env = envs.make("Pendulum-v1")
     model = models.TrajectoryModel(env, models.UniformPrior(env.action_space), horizon=15)
     torch.manual_seed(0)
-    guide = guides.PolicyGuide(env, guides.TanhGaussianMLP(env.observation_space, env.action_space, (16,)), horizon=15)
+    guide = guides.PolicyGuide(
+        env, guides.TanhGaussianMLP(env.observation_space, env.action_space, (16,)), horizon=15
+    )
     out = _fused_vs_traced(model, guide, 32)
     (v1, c1, g1), (v0, c0, g0) = out[True], out[False]
     assert v1 == pytest.approx(v0, rel=1e-5)
+    torch.testing.assert_close(c1, c0, rtol=1e-4, atol=1e-4)
     for name in g0:
         torch.testing.assert_close(g1[name], g0[name], rtol=1e-4, atol=1e-5)
 
