@@ -1,3 +1,4 @@
+import pyro
 import pytest
 import torch
 
@@ -15,3 +16,11 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if "gpu" in item.keywords:
                 item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def fresh_param_store():
+    """Every test starts and ends with an empty Pyro parameter store (it is global state)."""
+    pyro.clear_param_store()
+    yield
+    pyro.clear_param_store()

@@ -17,13 +17,6 @@ from rl_as_inference.envs.base import FunctionalEnv, Step
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def fresh_param_store():
-    pyro.clear_param_store()
-    yield
-    pyro.clear_param_store()
-
-
 def set_tabular_policy(guide: guides.TabularGuide, logits: torch.Tensor) -> None:
     pyro.get_param_store()[f"{guide.name}.logits"] = logits.detach().clone()
 

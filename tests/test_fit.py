@@ -15,13 +15,6 @@ from rl_as_inference import envs, exact, guides, models
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def fresh_param_store():
-    pyro.clear_param_store()
-    yield
-    pyro.clear_param_store()
-
-
 def acceptance_tables(stochastic: bool):
     """S=6, A=3 tables P, R, p0 (numpy-free torch tensors, as a user would bring them)."""
     source = envs.random_mdp(6, 3, seed=11, deterministic=not stochastic)

@@ -18,13 +18,6 @@ from rl_as_inference.envs.pendulum import angle_normalize
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def fresh_param_store():
-    pyro.clear_param_store()
-    yield
-    pyro.clear_param_store()
-
-
 # ---------------------------------------------------------------------- structure
 def test_model_sites_follow_the_convention_and_mask_after_termination():
     mdp = envs.gridworld(1, 3, goal=(0, 2))  # start (0,0); two steps right reach the terminal goal
