@@ -1,0 +1,103 @@
+"""T^{pi,q} on finite MDPs: fixed point, the finite-horizon link to exact.solve, batch targets."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from rl_as_inference import bellman, envs, exact
+
+F64 = torch.float64
+
+
+def random_policy(mdp, seed):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.softmax(torch.randn(mdp.num_states, mdp.num_actions, generator=gen, dtype=F64), -1)
+
+
+@pytest.mark.parametrize(
+    "make", [lambda: envs.random_mdp(6, 3, seed=0), lambda: envs.gridworld(3, 3, slip=0.2)]
+)
+@pytest.mark.parametrize("use_prior", [False, True])
+def test_iterating_the_operator_converges_to_the_closed_form_fixed_point(make, use_prior):
+    mdp = make()
+    q = random_policy(mdp, 1)
+    prior = random_policy(mdp, 2) if use_prior else None
+    gamma, alpha = 0.9, 0.5
+    fixed = bellman.policy_evaluation(q, mdp, gamma=gamma, alpha=alpha, prior=prior)
+    Q = torch.zeros(mdp.num_states, mdp.num_actions, dtype=F64)
+    for _ in range(400):  # a gamma-contraction: error <= 0.9^400 * |Q*| ~ 1e-18 |Q*|
+        Q = bellman.bellman_operator(Q, q, mdp, gamma=gamma, alpha=alpha, prior=prior)
+    torch.testing.assert_close(Q, fixed, rtol=1e-10, atol=1e-10)
+    # And the fixed point really is one.
+    again = bellman.bellman_operator(fixed, q, mdp, gamma=gamma, alpha=alpha, prior=prior)
+    torch.testing.assert_close(again, fixed, rtol=1e-10, atol=1e-10)
+
+
+def test_soft_value_at_the_fixed_point_is_alpha_times_the_trajectory_elbo():
+    # V^q(s_0) = E_q[sum_t gamma^t (r_t - alpha KL_t)] discounts the KL terms like the rewards; with
+    # gamma = 1 on episodes that end it is alpha times the trajectory ELBO (whose KL is undiscounted).
+    mdp = envs.gridworld(2, 3, goal=(1, 2), slip=0.0)
+    q = random_policy(mdp, 3)
+    alpha = 0.7
+    Q = bellman.policy_evaluation(q, mdp, gamma=1.0, alpha=alpha)
+    log_pi = torch.full_like(q, -math.log(mdp.num_actions))
+    V = bellman.soft_value_of_distribution(Q, q, log_pi, alpha)
+    horizon = 3000  # long enough that the mass of unfinished episodes is negligible (at 200 it was not)
+    elbo = exact.elbo_of(mdp, q.expand(horizon, -1, -1), horizon=horizon, alpha=alpha, gamma=1.0)
+    assert (mdp.initial * V).sum().item() == pytest.approx(alpha * elbo, rel=1e-6)
+
+
+@pytest.mark.parametrize("use_prior", [False, True])
+def test_greedy_in_kl_backward_recursion_equals_exact_solve(use_prior):
+    mdp = envs.random_mdp(5, 3, seed=4)
+    prior = random_policy(mdp, 5) if use_prior else None
+    log_pi = bellman._log_prior(mdp, prior)
+    horizon, alpha = 6, 0.4
+    # Undiscounted finite horizon: Q_t = T^{pi,q_{t+1}} Q_{t+1} with q_t greedy in KL at every step.
+    V = torch.zeros(mdp.num_states, dtype=F64)
+    policies = []
+    for _ in range(horizon):
+        Q = mdp.reward.double() + torch.einsum("sat,t->sa", mdp.transition, V)
+        q = bellman.greedy_in_kl(Q, log_pi, alpha)
+        V = bellman.soft_value_of_distribution(Q, q, log_pi, alpha)
+        policies.append(q)
+    policies = torch.stack(policies[::-1])
+    solution = exact.solve(mdp, horizon=horizon, alpha=alpha, gamma=1.0, prior=prior)
+    torch.testing.assert_close(policies, solution.policy, rtol=1e-9, atol=1e-12)
+    # The soft value of the greedy policy is alpha log sum_a pi exp(Q / alpha): exact.solve's V in nats.
+    assert (mdp.initial * V).sum().item() == pytest.approx(alpha * solution.elbo, rel=1e-9)
+
+
+def test_batch_targets():
+    r = torch.tensor([1.0, 2.0])
+    done = torch.tensor([False, True])
+    v = torch.tensor([10.0, 10.0])
+    assert bellman.bellman_target(r, done, v, 0.9).tolist() == pytest.approx([10.0, 2.0])
+    q_values, log_q, log_pi = torch.tensor([3.0]), torch.tensor([-1.0]), torch.tensor([-2.0])
+    assert bellman.soft_value_of_sample(q_values, log_q, log_pi, 0.5).item() == pytest.approx(2.5)
+    # n-step: r0 + g (r1 - pen1) + g^2 V, stopping at termination.
+    rewards = torch.tensor([[1.0, 1.0], [2.0, 2.0]])
+    term = torch.tensor([[False, True], [False, False]])
+    pen = torch.tensor([[9.0, 9.0], [0.5, 0.5]])
+    out = bellman.n_step_target(rewards, term, pen, torch.tensor([4.0, 4.0]), 0.5)
+    assert out.tolist() == pytest.approx([1.0 + 0.5 * (2.0 - 0.5 + 0.5 * 4.0), 1.0])
+    # The exact soft value over a distribution matches the mean of one-sample estimates.
+    probs = torch.tensor([0.2, 0.8], dtype=F64)
+    Q = torch.tensor([1.0, -1.0], dtype=F64)
+    lp = torch.log(torch.tensor([0.5, 0.5], dtype=F64))
+    exact_v = bellman.soft_value_of_distribution(Q, probs, lp, 0.3)
+    manual = sum(
+        p * (qv - 0.3 * (math.log(p) - math.log(0.5))) for p, qv in zip([0.2, 0.8], [1.0, -1.0], strict=True)
+    )
+    assert exact_v.item() == pytest.approx(manual)
+
+
+def test_prior_shape_is_checked():
+    mdp = envs.chain(3)
+    with pytest.raises(ValueError, match=r"prior must have shape \[S, A\] = \[3, 2\]"):
+        bellman.bellman_operator(
+            torch.zeros(3, 2), torch.full((3, 2), 0.5), mdp, gamma=0.9, alpha=1.0, prior=torch.ones(2, 2)
+        )
