@@ -8,13 +8,14 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro.distributions import constraints
+from torch import nn
+
+from rl_as_inference.envs import FunctionalEnv, TabularMDP
 from rl_as_inference.models.priors import as_pyro_distribution, check_action_distribution
 from rl_as_inference.models.rollout import Trajectory, rollout
 from rl_as_inference.models.trajectory import check_horizon
-from torch import nn
-from torch.distributions.transforms import AffineTransform, TanhTransform
 
-from rl_as_inference.envs import FunctionalEnv, TabularMDP
+from .policies import squashed_gaussian
 
 __all__ = ["OpenLoopGuide", "PolicyGuide", "TabularGuide", "TrajectoryGuide"]
 
@@ -168,8 +169,7 @@ class OpenLoopGuide(TrajectoryGuide):
         base = dist.Normal(loc, scale).to_event(1)
         if not self.bounded:
             return base.expand(batch)
-        transforms = [TanhTransform(cache_size=1), AffineTransform(self._mid, self._half, event_dim=1)]
-        return dist.TransformedDistribution(base.expand(batch), transforms)
+        return squashed_gaussian(loc.expand(*batch, -1), scale.expand(*batch, -1), self._mid, self._half)
 
     def plan(self) -> torch.Tensor:
         """The most likely action of each step: ``[T]`` (discrete) or ``[T, action_dim]``."""

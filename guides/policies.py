@@ -11,9 +11,38 @@ import torch
 from torch import nn
 from torch.distributions.transforms import AffineTransform, TanhTransform
 
-__all__ = ["CategoricalMLP", "GaussianMLP", "ObservationEncoder", "Policy", "TanhGaussianMLP", "mlp"]
+__all__ = [
+    "CategoricalMLP",
+    "GaussianMLP",
+    "ObservationEncoder",
+    "Policy",
+    "SafeTanhTransform",
+    "TanhGaussianMLP",
+    "mlp",
+    "squashed_gaussian",
+]
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
+
+
+class SafeTanhTransform(TanhTransform):
+    """tanh whose inverse clamps to the open interval first.
+
+    A sampled action's log-density comes from the cached pre-tanh value; an action that was stored
+    and comes back later (a replay buffer, a second log_prob call) goes through atanh, and float32
+    tanh rounds to exactly +-1 for |u| > ~9, where atanh is infinite. Clamping keeps the density
+    finite (as if u were ~9), which is what a loss on stored actions needs.
+    """
+
+    def _inverse(self, y: torch.Tensor) -> torch.Tensor:
+        eps = torch.finfo(y.dtype).eps
+        return torch.atanh(y.clamp(-1 + eps, 1 - eps))
+
+
+def squashed_gaussian(loc: torch.Tensor, scale: torch.Tensor, mid: torch.Tensor, half: torch.Tensor):
+    """mid + half * tanh(u), u ~ Normal(loc, scale): a distribution on the box [mid - half, mid + half]."""
+    transforms = [SafeTanhTransform(cache_size=1), AffineTransform(mid, half, event_dim=1, cache_size=1)]
+    return dist.TransformedDistribution(dist.Normal(loc, scale).to_event(1), transforms)
 
 
 def mlp(sizes: Sequence[int], activation: type[nn.Module] = nn.Tanh) -> nn.Sequential:
@@ -155,11 +184,7 @@ class TanhGaussianMLP(_MLPPolicy):
     def forward(self, obs: torch.Tensor) -> dist.TransformedDistribution:
         loc, log_std = self.features(obs).chunk(2, dim=-1)
         scale = log_std.clamp(LOG_STD_MIN, LOG_STD_MAX).exp()
-        transforms = [
-            TanhTransform(cache_size=1),
-            AffineTransform(self.action_mid, self.action_half, event_dim=1),
-        ]
-        return dist.TransformedDistribution(dist.Normal(loc, scale).to_event(1), transforms)
+        return squashed_gaussian(loc, scale, self.action_mid, self.action_half)
 
     def mode(self, d) -> torch.Tensor:
         return self.action_mid + self.action_half * torch.tanh(d.base_dist.base_dist.loc)

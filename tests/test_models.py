@@ -271,3 +271,17 @@ def test_guide_distribution_must_match_the_action_space():
         guide(3)
     with pytest.raises(TypeError, match="TabularGuide needs an envs.TabularMDP"):
         guides.TabularGuide(cart, horizon=2)
+
+
+def test_tanh_gaussian_log_prob_stays_finite_when_the_action_saturates():
+    # float32 tanh rounds to exactly +-1 for |u| > ~9: the log-density must come from the cached u
+    # (through both transforms), not from atanh(+-1) = inf.
+    env = envs.make("Pendulum-v1")
+    policy = guides.TanhGaussianMLP(env.observation_space, env.action_space, hidden=(8,))
+    with torch.no_grad():
+        policy.net[-1].bias[0] = 30.0
+    d = policy(torch.zeros(4, 3))
+    fresh = d.log_prob(d.rsample())  # the cached pre-tanh value: the exact density
+    stored = d.rsample().detach().clone()  # a copy, as from a replay buffer: goes through atanh
+    assert (stored == 2.0).all()
+    assert torch.isfinite(fresh).all() and torch.isfinite(d.log_prob(stored)).all()
