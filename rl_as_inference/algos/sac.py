@@ -1,0 +1,179 @@
+"""SAC: the H = 1, no-dynamics-gradient special case of the trajectory ELBO (DESIGN.md s.1).
+
+With a one-step horizon and the rest of the trajectory summarized by a soft critic, the ELBO of a
+``TrajectoryModel`` (prior pi, temperature alpha) at a state s is, in reward units,
+
+    E_{a~q}[ Q(s, a) - alpha (log q(a|s) - log pi(a|s)) ],   Q(s, a) = r + gamma V(s'),
+
+which is SAC's actor objective; Q is learned with the KL-regularized Bellman operator T^{pi,q}
+(:mod:`rl_as_inference.bellman`). pi uniform over the action box gives maximum-entropy SAC (seed
+eq. 10). Reads top to bottom: config, networks, collection, critic update, actor update, temperature.
+Defaults follow the rl-baselines3-zoo SAC settings for Pendulum-v1 (lr 1e-3, 256x256 networks,
+batch 256, tau 0.005, gamma 0.99, automatic temperature with target entropy -dim(A)).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from rl_as_inference import bellman, envs
+from rl_as_inference.critics import TwinQ
+from rl_as_inference.guides.policies import TanhGaussianMLP
+from rl_as_inference.replay import ReplayBuffer
+
+__all__ = ["SACConfig", "TrainResult", "actor_loss", "train"]
+
+
+@dataclass
+class SACConfig:
+    """Hyperparameters of SAC (defaults: rl-baselines3-zoo, Pendulum-v1)."""
+
+    env: str = "Pendulum-v1"
+    total_env_steps: int = 20_000
+    num_envs: int = 1  # parallel functional envs collecting data
+    learning_starts: int = 1_000  # random actions before the first update
+    batch_size: int = 256
+    buffer_size: int = 100_000
+    gamma: float = 0.99
+    tau: float = 0.005
+    actor_lr: float = 1e-3
+    critic_lr: float = 1e-3
+    alpha_lr: float = 1e-3
+    hidden: tuple[int, ...] = (256, 256)
+    alpha: float | None = None  # None: learned by its dual to reach target_entropy
+    initial_alpha: float = 1.0
+    target_entropy: float | None = None  # None: -dim(A)
+    updates_per_step: int = 1  # gradient steps per collected batch
+    seed: int = 0
+    device: str = "cpu"
+    log_every: int = 1_000  # env steps between metric rows
+
+
+@dataclass
+class TrainResult:
+    """What ``train`` returns: the trained policy (obs -> distribution) and the metric rows."""
+
+    policy: torch.nn.Module
+    metrics: list[dict] = field(default_factory=list)
+    env_steps: int = 0
+    wall_time: float = 0.0
+
+
+def uniform_log_prior(action_space: gym.spaces.Box) -> float:
+    """log pi(a) of the uniform prior on the action box (seed eq. 10): -log vol."""
+    return -float(np.sum(np.log(action_space.high.astype(np.float64) - action_space.low.astype(np.float64))))
+
+
+def actor_loss(policy, critic: TwinQ, obs: torch.Tensor, alpha: float | torch.Tensor, log_pi: float):
+    """alpha (log q(a|s) - log pi(a|s)) - min Q(s, a) at a ~ q (reparameterized), averaged: minus the
+    one-step (H = 1) trajectory ELBO in reward units. Returns (loss, log q(a|s))."""
+    d = policy(obs)
+    action = d.rsample()
+    log_q = d.log_prob(action)
+    return (alpha * (log_q - log_pi) - critic.min(obs, action)).mean(), log_q
+
+
+def train(config: SACConfig, *, callback: Callable[[dict], None] | None = None) -> TrainResult:
+    """Train SAC on the functional port of ``config.env``; ``callback(row)`` sees each metric row."""
+    device = envs.base.resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    gen = torch.Generator(device=device).manual_seed(config.seed)
+    venv = envs.make_vec(config.env, config.num_envs, device=device, autoreset_mode="SameStep")
+    space = venv.single_action_space
+    if not isinstance(space, gym.spaces.Box):
+        raise ValueError(f"sac needs a continuous (Box) action space; {config.env} has {space}")
+    policy = TanhGaussianMLP(
+        venv.single_observation_space, space, hidden=config.hidden, activation=torch.nn.ReLU
+    )
+    critic = TwinQ(venv.single_observation_space, space, hidden=config.hidden)
+    policy.to(device)
+    critic.to(device)
+    actor_opt = torch.optim.Adam(policy.parameters(), lr=config.actor_lr)
+    critic_opt = torch.optim.Adam([*critic.q1.parameters(), *critic.q2.parameters()], lr=config.critic_lr)
+    log_alpha = torch.tensor(
+        math.log(config.alpha or config.initial_alpha), device=device, requires_grad=True
+    )
+    alpha_opt = torch.optim.Adam([log_alpha], lr=config.alpha_lr)
+    target_entropy = -float(np.prod(space.shape)) if config.target_entropy is None else config.target_entropy
+    log_pi = uniform_log_prior(space)
+    low = torch.as_tensor(space.low, device=device)
+    high = torch.as_tensor(space.high, device=device)
+    buffer = ReplayBuffer(config.buffer_size, venv.single_observation_space.shape, space.shape, device=device)
+
+    obs, _ = venv.reset(seed=config.seed)
+    episode_return = torch.zeros(config.num_envs, device=device)
+    finished: list[torch.Tensor] = []
+    result = TrainResult(policy=policy)
+    start = time.perf_counter()
+    env_steps, next_log = 0, config.log_every
+    while env_steps < config.total_env_steps:
+        # ---- collect one batched step
+        if env_steps < config.learning_starts:
+            u = torch.rand((config.num_envs, *space.shape), generator=gen, device=device)
+            action = low + (high - low) * u
+        else:
+            with torch.no_grad():
+                action = policy(obs).sample()
+        next_obs, reward, terminated, truncated, info = venv.step(action)
+        buffer.add(obs=obs, action=action, reward=reward, next_obs=info["final_obs"], terminated=terminated)
+        episode_return += reward
+        done = terminated | truncated
+        finished.append(torch.where(done, episode_return, torch.full_like(episode_return, float("nan"))))
+        episode_return = torch.where(done, torch.zeros_like(episode_return), episode_return)
+        obs = next_obs
+        env_steps += config.num_envs
+        if env_steps < config.learning_starts:
+            continue
+        for _ in range(config.updates_per_step):
+            alpha = config.alpha if config.alpha is not None else log_alpha.exp().detach()
+            batch = buffer.sample(config.batch_size, gen)
+            # ---- critic: regress Q onto T^{pi,q} Q' at the sampled transition (clipped double-Q target)
+            with torch.no_grad():
+                d_next = policy(batch["next_obs"])
+                a_next = d_next.sample()
+                v_next = bellman.soft_value_of_sample(
+                    critic.target_min(batch["next_obs"], a_next), d_next.log_prob(a_next), log_pi, alpha
+                )
+                target = bellman.bellman_target(batch["reward"], batch["terminated"], v_next, config.gamma)
+            q1, q2 = critic(batch["obs"], batch["action"])
+            critic_loss = (q1 - target).square().mean() + (q2 - target).square().mean()
+            critic_opt.zero_grad()
+            critic_loss.backward()
+            critic_opt.step()
+            # ---- actor: maximize the H = 1 ELBO E_q[Q - alpha (log q - log pi)]
+            loss, log_q = actor_loss(policy, critic, batch["obs"], alpha, log_pi)
+            actor_opt.zero_grad()
+            loss.backward()
+            actor_opt.step()
+            # ---- temperature: dual of the entropy constraint E[-log q] >= target_entropy
+            if config.alpha is None:
+                alpha_loss = -(log_alpha * (log_q.detach() + target_entropy)).mean()
+                alpha_opt.zero_grad()
+                alpha_loss.backward()
+                alpha_opt.step()
+            critic.update_target(config.tau)
+        if env_steps >= next_log or env_steps >= config.total_env_steps:
+            next_log += config.log_every
+            returns = torch.cat(finished[-config.log_every :])
+            returns = returns[~torch.isnan(returns)]
+            row = {
+                "env_steps": env_steps,
+                "wall_time": time.perf_counter() - start,
+                "return": returns.mean().item() if len(returns) else float("nan"),
+                "critic_loss": critic_loss.item(),
+                "actor_loss": loss.item(),
+                "alpha": float(alpha),
+            }
+            result.metrics.append(row)
+            if callback is not None:
+                callback(row)
+    result.env_steps, result.wall_time = env_steps, time.perf_counter() - start
+    venv.close()
+    return result

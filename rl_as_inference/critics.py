@@ -1,0 +1,70 @@
+"""Critics: action-value networks Q(s, a) with target copies, for the KL-regularized Bellman operator."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+
+import gymnasium as gym
+import torch
+from torch import nn
+
+from rl_as_inference.guides.policies import ObservationEncoder, mlp
+
+__all__ = ["QNetwork", "TwinQ"]
+
+
+class QNetwork(nn.Module):
+    """Q(s, a): for a Box action space an MLP over [features(obs), a] -> [B]; for Discrete(n) an MLP
+    over features(obs) -> [B, n] (all actions at once, so expectations over q are exact)."""
+
+    def __init__(
+        self, observation_space: gym.Space, action_space: gym.Space, hidden: Sequence[int] = (256, 256)
+    ):
+        super().__init__()
+        self.encoder = ObservationEncoder(observation_space)
+        self.discrete = isinstance(action_space, gym.spaces.Discrete)
+        if self.discrete:
+            self.net = mlp([self.encoder.dim, *hidden, int(action_space.n)], nn.ReLU)
+        else:
+            self.net = mlp([self.encoder.dim + int(action_space.shape[0]), *hidden, 1], nn.ReLU)
+
+    def forward(self, obs: torch.Tensor, action: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.encoder(obs, self.net[0].weight.dtype)
+        if self.discrete:
+            return self.net(x)
+        return self.net(torch.cat((x, action.to(x.dtype)), dim=-1)).squeeze(-1)
+
+
+class TwinQ(nn.Module):
+    """Two Q networks and their slowly tracking targets: clipped double-Q (min of the two) curbs the
+    overestimation that a max or an expectation over a learned Q otherwise accumulates."""
+
+    def __init__(
+        self, observation_space: gym.Space, action_space: gym.Space, hidden: Sequence[int] = (256, 256)
+    ):
+        super().__init__()
+        self.q1 = QNetwork(observation_space, action_space, hidden)
+        self.q2 = QNetwork(observation_space, action_space, hidden)
+        self.target = copy.deepcopy(nn.ModuleList([self.q1, self.q2])).requires_grad_(False)
+
+    def forward(
+        self, obs: torch.Tensor, action: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.q1(obs, action), self.q2(obs, action)
+
+    def min(self, obs: torch.Tensor, action: torch.Tensor | None = None) -> torch.Tensor:
+        """min(Q1, Q2) of the online networks."""
+        return torch.minimum(*self(obs, action))
+
+    def target_min(self, obs: torch.Tensor, action: torch.Tensor | None = None) -> torch.Tensor:
+        """min(Q1', Q2') of the target networks."""
+        return torch.minimum(self.target[0](obs, action), self.target[1](obs, action))
+
+    @torch.no_grad()
+    def update_target(self, tau: float) -> None:
+        """Polyak averaging: target <- (1 - tau) target + tau online."""
+        for online, target in zip(self.q1.parameters(), self.target[0].parameters(), strict=True):
+            target.lerp_(online, tau)
+        for online, target in zip(self.q2.parameters(), self.target[1].parameters(), strict=True):
+            target.lerp_(online, tau)
