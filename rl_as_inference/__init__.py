@@ -2,14 +2,16 @@
 
 Layers (each imports only from those below it): ``envs`` (functional torch environments),
 ``models`` and ``guides`` (trajectory models and variational policies as Pyro programs), inference
-(``TrajectoryELBO``, ``fit``, ``exact``), then diagnostics and the command line.
+(``TrajectoryELBO``, ``fit``, ``exact``, ``bellman``, critics, ``algos``), then runs and the
+command line (``rlai``).
 """
 
-from . import envs, exact, guides, models
+from . import algos, bellman, envs, exact, guides, models, runs
 from .baselines import ValueBaseline
 from .checkpoint import load_checkpoint, save_checkpoint
 from .elbo import TrajectoryELBO
 from .fit import FitResult, fit
+from .runs import evaluate, load_policy
 
 __version__ = "0.1.0"
 __all__ = [
@@ -17,11 +19,16 @@ __all__ = [
     "TrajectoryELBO",
     "ValueBaseline",
     "__version__",
+    "algos",
+    "bellman",
     "envs",
+    "evaluate",
     "exact",
     "fit",
     "guides",
     "load_checkpoint",
+    "load_policy",
     "models",
+    "runs",
     "save_checkpoint",
 ]

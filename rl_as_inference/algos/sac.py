@@ -169,6 +169,7 @@ def train(config: SACConfig, *, callback: Callable[[dict], None] | None = None) 
                 "return": returns.mean().item() if len(returns) else float("nan"),
                 "critic_loss": critic_loss.item(),
                 "actor_loss": loss.item(),
+                "elbo": -loss.item(),  # the H = 1 trajectory ELBO in reward units (batch mean)
                 "alpha": float(alpha),
             }
             result.metrics.append(row)

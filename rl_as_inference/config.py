@@ -1,0 +1,149 @@
+"""Run configuration: per-environment recipes shipped as TOML, overrides, and a TOML writer.
+
+A recipe (``rl_as_inference/recipes/<env id>.toml``) names the default algorithm and holds one table
+per algorithm whose keys are the fields of that algorithm's config dataclass. ``--config FILE`` and
+``--set key=value`` override them; unknown keys and ill-typed values are errors that name the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import tomllib
+import types
+import typing
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+__all__ = ["apply_overrides", "build_config", "load_recipe", "parse_assignment", "recipe_ids", "to_toml"]
+
+
+def recipe_ids() -> list[str]:
+    """Environment ids with a shipped recipe."""
+    folder = resources.files("rl_as_inference") / "recipes"
+    return sorted(p.name.removesuffix(".toml") for p in folder.iterdir() if p.name.endswith(".toml"))
+
+
+def load_recipe(env_id: str) -> dict:
+    """The shipped recipe of ``env_id`` (an empty recipe if there is none)."""
+    path = resources.files("rl_as_inference") / "recipes" / f"{env_id}.toml"
+    if not path.is_file():
+        return {}
+    return tomllib.loads(path.read_text())
+
+
+def _field_types(cls) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    """``value`` as the type ``hint`` of a config field, or a ValueError naming the key."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        is_none = value is None or (isinstance(value, str) and value.lower() in ("none", "null"))
+        if is_none and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(key, value, arg)
+            except ValueError as exc:
+                errors.append(str(exc))
+        raise ValueError(errors[0] if errors else f"{key}: cannot be {value!r}")
+    if origin is tuple:
+        items = value
+        if isinstance(value, str):
+            items = [v for v in value.strip("[]() ").split(",") if v.strip()]
+        if not isinstance(items, list | tuple):
+            raise ValueError(f"{key} must be a list such as [256, 256], got {value!r}")
+        inner = args[0] if args else str
+        return tuple(_coerce(key, v, inner) for v in items)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        raise ValueError(f"{key} must be true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, bool):
+            raise ValueError(f"{key} must be an integer, got {value!r}")
+        try:
+            as_float = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{key} must be an integer, got {value!r}") from None
+        if not as_float.is_integer():
+            raise ValueError(f"{key} must be an integer, got {value!r}")
+        return int(as_float)
+    if hint is float:
+        if isinstance(value, bool):
+            raise ValueError(f"{key} must be a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{key} must be a number, got {value!r}") from None
+    if hint is str:
+        return str(value)
+    return value
+
+
+def apply_overrides(cls, values: dict, overrides: dict, *, source: str) -> dict:
+    """Merge ``overrides`` into ``values``, checking every key against the fields of ``cls``."""
+    types_ = _field_types(cls)
+    merged = dict(values)
+    for key, value in overrides.items():
+        if key not in types_:
+            close = difflib.get_close_matches(key, types_, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(sorted(types_))}"
+            raise ValueError(f"{source}: unknown key {key!r} for {cls.__name__}{hint}")
+        merged[key] = _coerce(key, value, types_[key])
+    return merged
+
+
+def parse_assignment(text: str) -> tuple[str, str]:
+    """``"key=value"`` -> (key, value)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"--set expects key=value, got {text!r}")
+    return key.strip(), value.strip()
+
+
+def build_config(cls, env_id: str, algo: str, *, file: str | Path | None = None, sets: list[str] = ()):
+    """The resolved config: dataclass defaults < recipe < ``--config`` file < ``--set`` values."""
+    values: dict = {}
+    recipe = load_recipe(env_id).get(algo, {})
+    values = apply_overrides(cls, values, recipe, source=f"recipe {env_id}.toml [{algo}]")
+    if file is not None:
+        path = Path(file)
+        if not path.is_file():
+            raise ValueError(f"--config {file}: no such file")
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ValueError(f"--config {file}: not valid TOML ({exc})") from None
+        table = data.get(algo, data)
+        table = {k: v for k, v in table.items() if not isinstance(v, dict)}
+        values = apply_overrides(cls, values, table, source=str(file))
+    values = apply_overrides(cls, values, dict(parse_assignment(s) for s in sets), source="--set")
+    return cls(**values)
+
+
+def to_toml(table: dict) -> str:
+    """A flat dict of str/int/float/bool/None/tuples as TOML (None is written as a comment)."""
+    lines = []
+    for key, value in table.items():
+        if value is None:
+            lines.append(f"# {key} = (none)")
+        elif isinstance(value, bool):
+            lines.append(f"{key} = {str(value).lower()}")
+        elif isinstance(value, int | float):
+            lines.append(f"{key} = {value!r}")
+        elif isinstance(value, list | tuple):
+            lines.append(f"{key} = [{', '.join(repr(v) for v in value)}]")
+        else:
+            escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
+            lines.append(f'{key} = "{escaped}"')
+    return "\n".join(lines) + "\n"
