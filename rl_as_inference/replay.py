@@ -4,38 +4,53 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["ReplayBuffer"]
+__all__ = ["ReplayBuffer", "transition_fields"]
 
-FIELDS = ("obs", "action", "reward", "next_obs", "terminated")
+
+def transition_fields(
+    obs_shape: tuple[int, ...],
+    action_shape: tuple[int, ...],
+    *,
+    obs_dtype: torch.dtype = torch.float32,
+    action_dtype: torch.dtype = torch.float32,
+) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """The fields of a plain transition (s, a, r, s', terminated) for :class:`ReplayBuffer`."""
+    return {
+        "obs": (obs_shape, obs_dtype),
+        "action": (action_shape, action_dtype),
+        "reward": ((), torch.float32),
+        "next_obs": (obs_shape, obs_dtype),
+        "terminated": ((), torch.bool),
+    }
 
 
 class ReplayBuffer:
-    """Circular storage of transitions (s, a, r, s', terminated) as preallocated device tensors.
+    """Circular storage of transitions as preallocated device tensors, one per named field.
 
     ``add`` takes a batch of transitions (one per parallel env) and writes it with index arithmetic
-    on Python counters, so neither adding nor sampling reads anything back from the device.
-    ``terminated`` excludes time-limit truncations: those transitions still bootstrap.
+    on Python counters, so neither adding nor sampling reads anything back from the device. By
+    convention ``terminated`` excludes time-limit truncations: those transitions still bootstrap.
+
+    Args:
+        capacity: number of transitions kept (the oldest are overwritten).
+        fields: ``{name: (shape of one transition's entry, dtype)}``, e.g. :func:`transition_fields`
+            plus the functional env's ``state`` for algorithms that re-simulate from stored states.
+        device: where the storage lives.
     """
 
     def __init__(
         self,
         capacity: int,
-        obs_shape: tuple[int, ...],
-        action_shape: tuple[int, ...],
+        fields: dict[str, tuple[tuple[int, ...], torch.dtype]],
         *,
         device: torch.device | str = "cpu",
-        obs_dtype: torch.dtype = torch.float32,
-        action_dtype: torch.dtype = torch.float32,
     ):
         if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
             raise ValueError(f"capacity must be an int >= 1, got {capacity!r}")
         self.capacity, self.device = capacity, torch.device(device)
         self.storage = {
-            "obs": torch.zeros((capacity, *obs_shape), dtype=obs_dtype, device=self.device),
-            "action": torch.zeros((capacity, *action_shape), dtype=action_dtype, device=self.device),
-            "reward": torch.zeros(capacity, dtype=torch.float32, device=self.device),
-            "next_obs": torch.zeros((capacity, *obs_shape), dtype=obs_dtype, device=self.device),
-            "terminated": torch.zeros(capacity, dtype=torch.bool, device=self.device),
+            name: torch.zeros((capacity, *shape), dtype=dtype, device=self.device)
+            for name, (shape, dtype) in fields.items()
         }
         self.position = 0  # next slot to write
         self.size = 0
@@ -44,10 +59,10 @@ class ReplayBuffer:
         return self.size
 
     def add(self, **batch: torch.Tensor) -> None:
-        """Append a batch: keyword tensors ``obs, action, reward, next_obs, terminated`` with a leading [B]."""
-        if set(batch) != set(FIELDS):
-            raise ValueError(f"add() needs exactly the fields {FIELDS}, got {sorted(batch)}")
-        n = batch["reward"].shape[0]
+        """Append a batch: one keyword tensor per field, each with a leading batch dimension [B]."""
+        if set(batch) != set(self.storage):
+            raise ValueError(f"add() needs exactly the fields {sorted(self.storage)}, got {sorted(batch)}")
+        n = next(iter(batch.values())).shape[0]
         if n > self.capacity:
             raise ValueError(f"a batch of {n} transitions does not fit a buffer of capacity {self.capacity}")
         index = (torch.arange(n, device=self.device) + self.position) % self.capacity
@@ -72,6 +87,7 @@ class ReplayBuffer:
         }
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict` into a buffer with the same fields."""
         size = int(state["size"])
         for key, value in state["storage"].items():
             self.storage[key][:size] = value.to(self.device)

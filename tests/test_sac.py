@@ -10,11 +10,11 @@ import rl_as_inference as rlai
 from rl_as_inference import envs, guides, models
 from rl_as_inference.algos import sac
 from rl_as_inference.critics import TwinQ
-from rl_as_inference.replay import ReplayBuffer
+from rl_as_inference.replay import ReplayBuffer, transition_fields
 
 
 def test_replay_buffer_wraps_around_and_samples_stored_rows():
-    buf = ReplayBuffer(5, (2,), (1,))
+    buf = ReplayBuffer(5, transition_fields((2,), (1,)))
     for k in range(3):  # 3 batches of 2 -> 6 rows into 5 slots: the oldest is overwritten
         obs = torch.full((2, 2), float(k))
         buf.add(
@@ -29,11 +29,11 @@ def test_replay_buffer_wraps_around_and_samples_stored_rows():
     batch = buf.sample(64, torch.Generator().manual_seed(0))
     assert set(batch["reward"].tolist()) <= {21.0, 1.0, 10.0, 11.0, 20.0}
     assert torch.equal(batch["next_obs"], batch["obs"] + 1)
-    copy = ReplayBuffer(5, (2,), (1,))
+    copy = ReplayBuffer(5, transition_fields((2,), (1,)))
     copy.load_state_dict(buf.state_dict())
     assert torch.equal(copy.storage["reward"], buf.storage["reward"]) and copy.position == 1
     with pytest.raises(ValueError, match="capacity must be an int >= 1"):
-        ReplayBuffer(0, (2,), (1,))
+        ReplayBuffer(0, transition_fields((2,), (1,)))
     with pytest.raises(ValueError, match="needs exactly the fields"):
         buf.add(obs=obs)
 

@@ -26,7 +26,7 @@ import torch
 from rl_as_inference import bellman, envs
 from rl_as_inference.critics import TwinQ
 from rl_as_inference.guides.policies import TanhGaussianMLP
-from rl_as_inference.replay import ReplayBuffer
+from rl_as_inference.replay import ReplayBuffer, transition_fields
 
 __all__ = ["SACConfig", "TrainResult", "actor_loss", "train"]
 
@@ -105,7 +105,8 @@ def train(config: SACConfig, *, callback: Callable[[dict], None] | None = None) 
     log_pi = uniform_log_prior(space)
     low = torch.as_tensor(space.low, device=device)
     high = torch.as_tensor(space.high, device=device)
-    buffer = ReplayBuffer(config.buffer_size, venv.single_observation_space.shape, space.shape, device=device)
+    fields = transition_fields(venv.single_observation_space.shape, space.shape)
+    buffer = ReplayBuffer(config.buffer_size, fields, device=device)
 
     obs, _ = venv.reset(seed=config.seed)
     episode_return = torch.zeros(config.num_envs, device=device)
