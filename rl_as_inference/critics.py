@@ -9,9 +9,10 @@ import gymnasium as gym
 import torch
 from torch import nn
 
+from rl_as_inference import bellman
 from rl_as_inference.guides.policies import ObservationEncoder, mlp
 
-__all__ = ["QNetwork", "TwinQ"]
+__all__ = ["QNetwork", "TwinQ", "soft_q_loss"]
 
 
 class QNetwork(nn.Module):
@@ -68,3 +69,22 @@ class TwinQ(nn.Module):
             target.lerp_(online, tau)
         for online, target in zip(self.q2.parameters(), self.target[1].parameters(), strict=True):
             target.lerp_(online, tau)
+
+
+def soft_q_loss(
+    critic: TwinQ, policy: nn.Module, batch: dict, *, alpha: float | torch.Tensor, log_pi: float, gamma: float
+) -> torch.Tensor:
+    """Squared error of both online Q networks against the sampled T^{pi,q} target.
+
+    y = r + gamma (1 - terminated) [min Q'(s', a') - alpha (log q(a'|s') - log pi(a'))], a' ~ q(.|s'),
+    with the target networks' clipped double-Q (continuous actions, one sample of a').
+    """
+    with torch.no_grad():
+        d_next = policy(batch["next_obs"])
+        a_next = d_next.sample()
+        v_next = bellman.soft_value_of_sample(
+            critic.target_min(batch["next_obs"], a_next), d_next.log_prob(a_next), log_pi, alpha
+        )
+        target = bellman.bellman_target(batch["reward"], batch["terminated"], v_next, gamma)
+    q1, q2 = critic(batch["obs"], batch["action"])
+    return (q1 - target).square().mean() + (q2 - target).square().mean()

@@ -1,5 +1,9 @@
-"""Algorithms of the seed's family, each a small module that reads top to bottom."""
+"""Algorithms of the seed's family, each a small module that reads top to bottom.
 
-from . import sac
+- ``svi``: trajectory SVI over H-step segments with a learned soft terminal value (the flagship);
+- ``sac``: its H = 1, no-dynamics-gradient special case.
+"""
 
-__all__ = ["sac"]
+from . import sac, svi
+
+__all__ = ["sac", "svi"]

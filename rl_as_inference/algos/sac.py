@@ -23,8 +23,8 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from rl_as_inference import bellman, envs
-from rl_as_inference.critics import TwinQ
+from rl_as_inference import envs
+from rl_as_inference.critics import TwinQ, soft_q_loss
 from rl_as_inference.guides.policies import TanhGaussianMLP
 from rl_as_inference.replay import ReplayBuffer, transition_fields
 
@@ -136,15 +136,7 @@ def train(config: SACConfig, *, callback: Callable[[dict], None] | None = None) 
             alpha = config.alpha if config.alpha is not None else log_alpha.exp().detach()
             batch = buffer.sample(config.batch_size, gen)
             # ---- critic: regress Q onto T^{pi,q} Q' at the sampled transition (clipped double-Q target)
-            with torch.no_grad():
-                d_next = policy(batch["next_obs"])
-                a_next = d_next.sample()
-                v_next = bellman.soft_value_of_sample(
-                    critic.target_min(batch["next_obs"], a_next), d_next.log_prob(a_next), log_pi, alpha
-                )
-                target = bellman.bellman_target(batch["reward"], batch["terminated"], v_next, config.gamma)
-            q1, q2 = critic(batch["obs"], batch["action"])
-            critic_loss = (q1 - target).square().mean() + (q2 - target).square().mean()
+            critic_loss = soft_q_loss(critic, policy, batch, alpha=alpha, log_pi=log_pi, gamma=config.gamma)
             critic_opt.zero_grad()
             critic_loss.backward()
             critic_opt.step()

@@ -1,0 +1,195 @@
+"""Trajectory SVI over H-step segments with a learned soft terminal value (DESIGN.md s.1, long horizons).
+
+The actor step is stochastic variational inference on a truncated trajectory model: from start
+states drawn from the replay buffer, the guide q rolls out H steps through the differentiable
+dynamics, and the rest of the episode is summarized by the terminal factor gamma^H V(s_H) / alpha,
+
+    ELBO = E_q[ sum_{t<H} gamma^t r_t / alpha + gamma^H V(s_H) / alpha ] - E_q[ sum_{t<H} KL(q || pi) ],
+
+with V(s) = E_{a~q}[ min Q(s, a) - alpha (log q(a|s) - log pi(a|s)) ] from twin soft critics learned
+with T^{pi,q} (:mod:`rl_as_inference.bellman`). Gradients are pathwise through the H steps, so
+the actor sees how an action changes the next H states, not only the critic's local slope. H = 1
+without the dynamics gradient is SAC; H = episode length without a critic is a pure pathwise
+policy gradient (chaotic on Pendulum over 200 steps; a short H is the middle ground).
+
+Objective ``maxent`` is seed eq. (10) (pi uniform over the action box); ``kl`` is seed eq. (2)
+with pi a frozen copy of the policy refreshed every ``prior_update_every`` actor steps (a proximal,
+trust-region-like iteration). The temperature is fixed or learned by the dual of an entropy target.
+Reads top to bottom: config, networks, collection, critic, actor (SVI), temperature.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+import rl_as_inference as rlai
+from rl_as_inference import envs, guides, models
+from rl_as_inference.algos.sac import TrainResult, uniform_log_prior
+from rl_as_inference.critics import TwinQ, soft_q_loss
+from rl_as_inference.replay import ReplayBuffer, transition_fields
+
+__all__ = ["SVIConfig", "train"]
+
+
+@dataclass
+class SVIConfig:
+    """Hyperparameters of segment SVI (critic settings as SAC's rl-baselines3-zoo Pendulum-v1 ones)."""
+
+    env: str = "Pendulum-v1"
+    total_env_steps: int = 20_000
+    num_envs: int = 1
+    learning_starts: int = 1_000
+    horizon: int = 5  # H: steps differentiated through the dynamics per actor update
+    batch_size: int = 256  # start states (episodes) per actor update, transitions per critic update
+    buffer_size: int = 100_000
+    gamma: float = 0.99
+    tau: float = 0.005
+    actor_lr: float = 1e-3
+    critic_lr: float = 1e-3
+    alpha_lr: float = 1e-3
+    hidden: tuple[int, ...] = (256, 256)
+    objective: str = "maxent"  # "maxent" (eq. 10) or "kl" (eq. 2 against a lagged copy of q)
+    prior_update_every: int = 100  # actor steps between refreshes of pi (objective "kl")
+    alpha: float | None = None  # None: learned by its dual to reach target_entropy
+    initial_alpha: float = 1.0
+    target_entropy: float | None = None  # None: -dim(A)
+    seed: int = 0
+    device: str = "cpu"
+    log_every: int = 1_000
+
+
+def train(config: SVIConfig, *, callback: Callable[[dict], None] | None = None) -> TrainResult:
+    """Train the segment-SVI policy on the functional port of ``config.env``."""
+    if config.objective not in ("maxent", "kl"):
+        raise ValueError(f"objective={config.objective!r} is not allowed; use 'maxent' or 'kl'")
+    device = envs.base.resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    gen = torch.Generator(device=device).manual_seed(config.seed)
+    venv = envs.make_vec(config.env, config.num_envs, device=device, autoreset_mode="SameStep")
+    env = venv.env
+    space = venv.single_action_space
+    if not isinstance(space, gym.spaces.Box) or not env.differentiable:
+        raise ValueError(f"svi needs a differentiable env with continuous actions; {config.env} has {space}")
+    obs_space = venv.single_observation_space
+    policy = guides.TanhGaussianMLP(obs_space, space, hidden=config.hidden, activation=torch.nn.ReLU).to(
+        device
+    )
+    critic = TwinQ(obs_space, space, hidden=config.hidden).to(device)
+    actor_opt = torch.optim.Adam(policy.parameters(), lr=config.actor_lr)
+    critic_opt = torch.optim.Adam([*critic.q1.parameters(), *critic.q2.parameters()], lr=config.critic_lr)
+    log_alpha = torch.tensor(
+        math.log(config.alpha or config.initial_alpha), device=device, requires_grad=True
+    )
+    alpha_opt = torch.optim.Adam([log_alpha], lr=config.alpha_lr)
+    target_entropy = -float(np.prod(space.shape)) if config.target_entropy is None else config.target_entropy
+    log_pi = uniform_log_prior(space)
+    low, high = torch.as_tensor(space.low, device=device), torch.as_tensor(space.high, device=device)
+    fields = transition_fields(obs_space.shape, space.shape) | {"state": (env.state_shape, env.dtype)}
+    buffer = ReplayBuffer(config.buffer_size, fields, device=device)
+
+    # The trajectory model's prior: uniform (eq. 10) or a lagged copy of q (eq. 2).
+    reference = copy.deepcopy(policy).requires_grad_(False)
+    if config.objective == "maxent":
+        prior = models.UniformPrior(space)
+    else:
+        prior = models.PolicyPrior(lambda state: reference(env.observe(state)))
+    guide = guides.PolicyGuide(env, policy, horizon=config.horizon, name="svi_policy")
+    loss_fn = rlai.TrajectoryELBO(reduction="mean")
+
+    obs, _ = venv.reset(seed=config.seed)
+    episode_return = torch.zeros(config.num_envs, device=device)
+    finished: list[torch.Tensor] = []
+    result = TrainResult(policy=policy)
+    start = time.perf_counter()
+    env_steps, actor_steps, next_log = 0, 0, config.log_every
+    while env_steps < config.total_env_steps:
+        # ---- collect one batched step (states kept: the actor re-simulates from them)
+        state = venv.state.clone()
+        if env_steps < config.learning_starts:
+            action = low + (high - low) * torch.rand(
+                (config.num_envs, *space.shape), generator=gen, device=device
+            )
+        else:
+            with torch.no_grad():
+                action = policy(obs).sample()
+        next_obs, reward, terminated, truncated, info = venv.step(action)
+        buffer.add(
+            obs=obs,
+            action=action,
+            reward=reward,
+            next_obs=info["final_obs"],
+            terminated=terminated,
+            state=state,
+        )
+        episode_return += reward
+        done = terminated | truncated
+        finished.append(torch.where(done, episode_return, torch.full_like(episode_return, float("nan"))))
+        episode_return = torch.where(done, torch.zeros_like(episode_return), episode_return)
+        obs = next_obs
+        env_steps += config.num_envs
+        if env_steps < config.learning_starts:
+            continue
+        # TrajectoryModel takes a Python float: one host read per step (a GPU sync; see the issue notes).
+        alpha = config.alpha if config.alpha is not None else float(log_alpha.detach().exp())
+        batch = buffer.sample(config.batch_size, gen)
+        # ---- critic: T^{pi,q} on sampled transitions, as in SAC
+        critic_loss = soft_q_loss(critic, policy, batch, alpha=alpha, log_pi=log_pi, gamma=config.gamma)
+        critic_opt.zero_grad()
+        critic_loss.backward()
+        critic_opt.step()
+
+        # ---- actor: SVI on the H-step trajectory model started at replayed states
+        def soft_value(s: torch.Tensor, alpha: float = alpha) -> torch.Tensor:
+            o = env.observe(s, dtype=None).float()
+            d = policy(o)
+            a = d.rsample()
+            return critic.min(o, a) - alpha * (d.log_prob(a) - log_pi)
+
+        model = models.TrajectoryModel(
+            env, prior, horizon=config.horizon, alpha=alpha, gamma=config.gamma, terminal_value=soft_value
+        )
+        elbo_loss = loss_fn.differentiable_loss(model, guide, config.batch_size, batch["state"])
+        actor_loss = alpha * elbo_loss  # reward units: the step size does not drift with alpha
+        actor_opt.zero_grad()
+        actor_loss.backward()
+        actor_opt.step()
+        actor_steps += 1
+        if config.objective == "kl" and actor_steps % config.prior_update_every == 0:
+            reference.load_state_dict(policy.state_dict())
+        # ---- temperature: dual of the entropy constraint E[-log q] >= target_entropy
+        if config.alpha is None:
+            with torch.no_grad():
+                d = policy(batch["obs"])
+                log_q = d.log_prob(d.sample())
+            alpha_loss = -(log_alpha * (log_q + target_entropy)).mean()
+            alpha_opt.zero_grad()
+            alpha_loss.backward()
+            alpha_opt.step()
+        critic.update_target(config.tau)
+        if env_steps >= next_log or env_steps >= config.total_env_steps:
+            next_log += config.log_every
+            returns = torch.cat(finished[-config.log_every :])
+            returns = returns[~torch.isnan(returns)]
+            row = {
+                "env_steps": env_steps,
+                "wall_time": time.perf_counter() - start,
+                "return": returns.mean().item() if len(returns) else float("nan"),
+                "critic_loss": critic_loss.item(),
+                "actor_loss": actor_loss.item(),
+                "elbo": -elbo_loss.item(),  # per start state, in nats (H-step segment + terminal value)
+                "alpha": alpha,
+            }
+            result.metrics.append(row)
+            if callback is not None:
+                callback(row)
+    result.env_steps, result.wall_time = env_steps, time.perf_counter() - start
+    venv.close()
+    return result
