@@ -8,7 +8,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from .base import FunctionalEnv, Step
+from .base import FunctionalEnv, Step, stack_state
 
 DT = 0.2
 LINK_LENGTH_1 = 1.0
@@ -107,7 +107,7 @@ class Acrobot(FunctionalEnv):
         dt2 = dt2.clamp(-MAX_VEL_2, MAX_VEL_2)
         terminated = -torch.cos(t1) - torch.cos(t2 + t1) > 1.0
         reward = terminated.to(state.dtype) - 1.0
-        return Step(torch.stack((t1, t2, dt1, dt2), dim=-1), reward, terminated)
+        return Step(stack_state((t1, t2, dt1, dt2)), reward, terminated)
 
     def _observe(self, state: torch.Tensor) -> torch.Tensor:
         t1, t2, dt1, dt2 = state.unbind(-1)

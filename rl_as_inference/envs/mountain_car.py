@@ -6,7 +6,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from .base import FunctionalEnv, Step
+from .base import FunctionalEnv, Step, stack_state
 
 MIN_POSITION = -1.2
 MAX_POSITION = 0.6
@@ -62,7 +62,7 @@ class MountainCar(_MountainCarBase):
         velocity = velocity.clamp(-MAX_SPEED, MAX_SPEED)
         position, velocity = _apply_walls(position, velocity)
         terminated = (position >= self.GOAL_POSITION) & (velocity >= 0)
-        return Step(torch.stack((position, velocity), dim=-1), torch.full_like(position, -1.0), terminated)
+        return Step(stack_state((position, velocity)), torch.full_like(position, -1.0), terminated)
 
 
 class MountainCarContinuous(_MountainCarBase):
@@ -101,9 +101,7 @@ class MountainCarContinuous(_MountainCarBase):
         # The penalty uses the unclipped action, in float64 (Gymnasium's math.pow).
         a64 = a.to(position.dtype)
         reward = torch.where(terminated, 100.0, 0.0).to(position.dtype) - a64.square() * 0.1
-        return Step(
-            torch.stack((position, velocity), dim=-1).to(self.dtype), reward.to(self.dtype), terminated
-        )
+        return Step(stack_state((position, velocity)).to(self.dtype), reward.to(self.dtype), terminated)
 
 
 def _r32(x: torch.Tensor) -> torch.Tensor:

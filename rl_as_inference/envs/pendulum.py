@@ -8,7 +8,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from .base import FunctionalEnv, Step, as_numpy_scalar
+from .base import FunctionalEnv, Step, as_numpy_scalar, stack_state
 
 MAX_SPEED = 8.0
 MAX_TORQUE = 2.0
@@ -51,7 +51,7 @@ class Pendulum(FunctionalEnv):
         newthdot = thdot + (3 * self.g / (2 * 1.0) * torch.sin(th) + 3.0 / (1.0 * 1.0**2) * u) * DT
         newthdot = newthdot.clamp(-MAX_SPEED, MAX_SPEED)
         newth = th + newthdot * DT
-        next_state = torch.stack((newth, newthdot), dim=-1).to(self.dtype)
+        next_state = stack_state((newth, newthdot)).to(self.dtype)
         return Step(next_state, (-costs).to(self.dtype), torch.zeros_like(th, dtype=torch.bool))
 
     def _observe(self, state: torch.Tensor) -> torch.Tensor:
