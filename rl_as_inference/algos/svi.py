@@ -48,7 +48,8 @@ class SVIConfig:
     num_envs: int = 1
     learning_starts: int = 1_000
     horizon: int = 5  # H: steps differentiated through the dynamics per actor update
-    batch_size: int = 256  # start states (episodes) per actor update, transitions per critic update
+    batch_size: int = 256  # transitions per critic update
+    actor_batch_size: int = 256  # start states (episodes) per actor update; each rolls out H steps
     buffer_size: int = 100_000
     gamma: float = 0.99
     tau: float = 0.005
@@ -156,7 +157,8 @@ def train(config: SVIConfig, *, callback: Callable[[dict], None] | None = None) 
         model = models.TrajectoryModel(
             env, prior, horizon=config.horizon, alpha=alpha, gamma=config.gamma, terminal_value=soft_value
         )
-        elbo_loss = loss_fn.differentiable_loss(model, guide, config.batch_size, batch["state"])
+        starts = batch["state"][: config.actor_batch_size]
+        elbo_loss = loss_fn.differentiable_loss(model, guide, len(starts), starts)
         actor_loss = alpha * elbo_loss  # reward units: the step size does not drift with alpha
         actor_opt.zero_grad()
         actor_loss.backward()
