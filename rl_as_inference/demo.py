@@ -87,6 +87,14 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"one controller episode on Gymnasium's own Pendulum-v1 (seed {args.seed}): return {gym_return:.1f}"
     )
+    if args.no_train:
+        return
+    from . import runs
+
+    print(f"\ntraining with the shipped Pendulum-v1 recipe (rlai train --env Pendulum-v1 --seed {args.seed})")
+    run_dir = runs.train_run("Pendulum-v1", seed=args.seed, out=args.out, device=args.device)
+    print((run_dir / "eval.json").read_text().strip())
+    print(f"run directory: {run_dir}; evaluate again with: rlai evaluate {run_dir}")
 
 
 if __name__ == "__main__":

@@ -110,3 +110,11 @@ def test_config_file_and_type_coercion(tmp_path):
     with pytest.raises(ValueError, match="not valid TOML"):
         rconfig.build_config(sac.SACConfig, "Pendulum-v1", "sac", file=path)
     assert "Pendulum-v1" in rconfig.recipe_ids()
+
+
+def test_demo_rollout_part_runs(capsys):
+    from rl_as_inference import demo
+
+    demo.main(["--no-train", "--num-envs", "64", "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert "energy controller" in out and "Gymnasium's own Pendulum-v1" in out
