@@ -78,10 +78,10 @@ def train_run(
                 writer.writeheader()
             writer.writerow(row)
             f.flush()
-            bar.update(row["env_steps"] - bar.n)
             bar.set_postfix(
                 ret=f"{row['return']:.1f}", elbo=f"{row.get('elbo', float('nan')):.3g}", refresh=False
             )
+            bar.update(row["env_steps"] - bar.n)  # redraws with the postfix of this row
 
         result = train(config, callback=log)
     bar.close()
