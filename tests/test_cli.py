@@ -22,7 +22,9 @@ TINY += ["--set", "batch_size=32", "--set", "log_every=100", "--eval-episodes", 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "pendulum"
-    assert main(["train", "--env", "Pendulum-v1", "--seed", "3", "--out", str(out), *TINY]) == 0
+    assert (
+        main(["train", "--env", "Pendulum-v1", "--algo", "sac", "--seed", "3", "--out", str(out), *TINY]) == 0
+    )
     return out
 
 
@@ -66,9 +68,9 @@ def test_evaluate_is_reproducible_for_a_seed(run_dir, capsys):
     "argv, message",
     [
         (["train", "--env", "Foo-v0"], "unknown environment 'Foo-v0'; ported: Acrobot-v1"),
-        (["train", "--env", "Pendulum-v1", "--algo", "ppo"], "unknown algorithm 'ppo'; available: sac"),
+        (["train", "--env", "Pendulum-v1", "--algo", "ppo"], "unknown algorithm 'ppo'; available: sac, svi"),
         (
-            ["train", "--env", "Pendulum-v1", "--set", "batchsize=3"],
+            ["train", "--env", "Pendulum-v1", "--algo", "sac", "--set", "batchsize=3"],
             "unknown key 'batchsize' for SACConfig; did you mean 'batch_size'?",
         ),
         (
@@ -118,3 +120,12 @@ def test_demo_rollout_part_runs(capsys):
     demo.main(["--no-train", "--num-envs", "64", "--device", "cpu"])
     out = capsys.readouterr().out
     assert "energy controller" in out and "Gymnasium's own Pendulum-v1" in out
+
+
+def test_default_algorithm_comes_from_the_recipe(tmp_path):
+    out = tmp_path / "svi"
+    argv = ["train", "--env", "Pendulum-v1", "--out", str(out), "--set", "horizon=2", *TINY]
+    assert main(argv) == 0
+    config = tomllib.loads((out / "config.toml").read_text())
+    assert config["algo"] == "svi" and config["horizon"] == 2 and config["actor_batch_size"] == 64
+    assert rlai.load_policy(out).act(np.zeros(3, dtype=np.float32)).shape == (1,)
