@@ -19,13 +19,17 @@ import torch
 from tqdm import tqdm
 
 from rl_as_inference import guides
-from rl_as_inference.algos import sac, svi
+from rl_as_inference.algos import em, sac, svi
 from rl_as_inference.checkpoint import atomic_torch_save
 from rl_as_inference.config import build_config, to_toml
 
 __all__ = ["ALGORITHMS", "LoadedPolicy", "evaluate", "load_policy", "train_run"]
 
-ALGORITHMS = {"sac": (sac.SACConfig, sac.train), "svi": (svi.SVIConfig, svi.train)}
+ALGORITHMS = {
+    "em": (em.EMConfig, em.train),
+    "sac": (sac.SACConfig, sac.train),
+    "svi": (svi.SVIConfig, svi.train),
+}
 POLICY_CLASSES = {
     cls.__name__: cls for cls in (guides.TanhGaussianMLP, guides.GaussianMLP, guides.CategoricalMLP)
 }

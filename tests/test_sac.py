@@ -145,3 +145,24 @@ def test_svi_kl_objective_runs_and_bad_configs_are_rejected():
         svi.train(svi.SVIConfig(objective="entropy"))
     with pytest.raises(ValueError, match="svi needs a differentiable env with continuous actions"):
         svi.train(svi.SVIConfig(env="CartPole-v1"))
+
+
+def test_em_is_svi_with_the_kl_objective_and_learns():
+    from rl_as_inference.algos import em
+
+    config = em.EMConfig(
+        total_env_steps=2500,
+        learning_starts=500,
+        horizon=3,
+        hidden=(64, 64),
+        batch_size=128,
+        actor_batch_size=64,
+        prior_update_every=50,
+        log_every=500,
+    )
+    result = em.train(config)
+    returns = [row["return"] for row in result.metrics]
+    assert all(math.isfinite(row["kl"]) and row["kl"] >= -0.05 for row in result.metrics)
+    assert returns[-1] > returns[0] + 300, returns
+    with pytest.raises(ValueError, match="em optimizes the KL objective"):
+        em.train(em.EMConfig(objective="maxent"))

@@ -1,9 +1,10 @@
 """Algorithms of the seed's family, each a small module that reads top to bottom.
 
 - ``svi``: trajectory SVI over H-step segments with a learned soft terminal value (the flagship);
-- ``sac``: its H = 1, no-dynamics-gradient special case.
+- ``sac``: its H = 1, no-dynamics-gradient special case;
+- ``em``: coordinate ascent variant A (SVI E-step against pi_k, M-step pi_{k+1} := q_k).
 """
 
-from . import sac, svi
+from . import em, sac, svi
 
-__all__ = ["sac", "svi"]
+__all__ = ["em", "sac", "svi"]

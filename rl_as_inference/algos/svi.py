@@ -59,7 +59,8 @@ class SVIConfig:
     hidden: tuple[int, ...] = (256, 256)
     objective: str = "maxent"  # "maxent" (eq. 10) or "kl" (eq. 2 against a lagged copy of q)
     prior_update_every: int = 100  # actor steps between refreshes of pi (objective "kl")
-    alpha: float | None = None  # None: learned by its dual to reach target_entropy
+    kl_bound: float = 0.05  # epsilon of the KL dual (objective "kl" with a learned temperature)
+    alpha: float | None = None  # None: learned by its dual (target_entropy for "maxent", kl_bound for "kl")
     initial_alpha: float = 1.0
     target_entropy: float | None = None  # None: -dim(A)
     seed: int = 0
@@ -166,12 +167,18 @@ def train(config: SVIConfig, *, callback: Callable[[dict], None] | None = None) 
         actor_steps += 1
         if config.objective == "kl" and actor_steps % config.prior_update_every == 0:
             reference.load_state_dict(policy.state_dict())
-        # ---- temperature: dual of the entropy constraint E[-log q] >= target_entropy
+        # ---- temperature: a dual variable. maxent: the entropy constraint E[-log q] >= target_entropy;
+        # kl: the trust region E_s[KL(q || pi_k)] <= kl_bound (alpha grows while q strays too far).
+        with torch.no_grad():
+            d = policy(batch["obs"])
+            a = d.sample()
+            log_q = d.log_prob(a)
+            kl = (log_q - reference(batch["obs"]).log_prob(a)).mean()
         if config.alpha is None:
-            with torch.no_grad():
-                d = policy(batch["obs"])
-                log_q = d.log_prob(d.sample())
-            alpha_loss = -(log_alpha * (log_q + target_entropy)).mean()
+            if config.objective == "maxent":
+                alpha_loss = -(log_alpha * (log_q + target_entropy)).mean()
+            else:
+                alpha_loss = log_alpha * (config.kl_bound - kl)
             alpha_opt.zero_grad()
             alpha_loss.backward()
             alpha_opt.step()
@@ -188,6 +195,7 @@ def train(config: SVIConfig, *, callback: Callable[[dict], None] | None = None) 
                 "actor_loss": actor_loss.item(),
                 "elbo": -elbo_loss.item(),  # per start state, in nats (H-step segment + terminal value)
                 "alpha": alpha,
+                "kl": kl.item(),  # sample estimate of KL(q || pi_k) at replayed states ("kl" objective)
             }
             result.metrics.append(row)
             if callback is not None:

@@ -1,0 +1,38 @@
+"""EM, coordinate ascent variant A of the seed (eqs. 7, 8): parametric E-step, non-parametric M-step.
+
+E-step (eq. 7): q_k = argmax_q E_q[Q] - alpha KL(q || pi_k), here as SVI on the H-step trajectory
+model whose prior is pi_k (seed eq. 2), for ``prior_update_every`` actor updates.
+M-step (eq. 8): pi_{k+1} = argmin_pi KL(q_k || pi) over all policies is q_k itself: copy it.
+
+This is exactly segment SVI (:mod:`rl_as_inference.algos.svi`) with ``objective="kl"``: the
+temperature is the dual of the trust region E_s[KL(q || pi_k)] <= kl_bound. The module only fixes
+those settings, so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from rl_as_inference.algos import svi
+from rl_as_inference.algos.sac import TrainResult
+
+__all__ = ["EMConfig", "train"]
+
+
+@dataclass
+class EMConfig(svi.SVIConfig):
+    """Segment-SVI settings with the EM defaults: KL objective, M-step every 100 actor updates."""
+
+    objective: str = "kl"
+    prior_update_every: int = 100  # actor updates per E-step
+    kl_bound: float = 0.05
+
+
+def train(config: EMConfig, *, callback: Callable[[dict], None] | None = None) -> TrainResult:
+    """Alternate E-steps (SVI against pi_k) and M-steps (pi_{k+1} := q_k)."""
+    if config.objective != "kl":
+        raise ValueError(
+            f"em optimizes the KL objective of seed eq. (2); objective={config.objective!r} is svi's"
+        )
+    return svi.train(config, callback=callback)
