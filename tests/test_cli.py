@@ -68,7 +68,10 @@ def test_evaluate_is_reproducible_for_a_seed(run_dir, capsys):
     "argv, message",
     [
         (["train", "--env", "Foo-v0"], "unknown environment 'Foo-v0'; ported: Acrobot-v1"),
-        (["train", "--env", "Pendulum-v1", "--algo", "ppo"], "unknown algorithm 'ppo'; available: em, sac, svi"),
+        (
+            ["train", "--env", "Pendulum-v1", "--algo", "ppo"],
+            "unknown algorithm 'ppo'; available: em, sac, svi",
+        ),
         (
             ["train", "--env", "Pendulum-v1", "--algo", "sac", "--set", "batchsize=3"],
             "unknown key 'batchsize' for SACConfig; did you mean 'batch_size'?",
