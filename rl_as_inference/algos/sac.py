@@ -24,9 +24,9 @@ import numpy as np
 import torch
 
 from rl_as_inference import envs
+from rl_as_inference.algos.collect import Collector
 from rl_as_inference.critics import TwinQ, soft_q_loss
 from rl_as_inference.guides.policies import TanhGaussianMLP
-from rl_as_inference.replay import ReplayBuffer, transition_fields
 
 __all__ = ["SACConfig", "TrainResult", "actor_loss", "train"]
 
@@ -84,15 +84,17 @@ def train(config: SACConfig, *, callback: Callable[[dict], None] | None = None) 
     """Train SAC on the functional port of ``config.env``; ``callback(row)`` sees each metric row."""
     device = envs.base.resolve_device(config.device)
     torch.manual_seed(config.seed)
-    gen = torch.Generator(device=device).manual_seed(config.seed)
-    venv = envs.make_vec(config.env, config.num_envs, device=device, autoreset_mode="SameStep")
-    space = venv.single_action_space
-    if not isinstance(space, gym.spaces.Box):
-        raise ValueError(f"sac needs a continuous (Box) action space; {config.env} has {space}")
-    policy = TanhGaussianMLP(
-        venv.single_observation_space, space, hidden=config.hidden, activation=torch.nn.ReLU
+    data = Collector(
+        config.env,
+        num_envs=config.num_envs,
+        device=device,
+        seed=config.seed,
+        buffer_size=config.buffer_size,
+        algorithm="sac",
     )
-    critic = TwinQ(venv.single_observation_space, space, hidden=config.hidden)
+    space = data.action_space
+    policy = TanhGaussianMLP(data.observation_space, space, hidden=config.hidden, activation=torch.nn.ReLU)
+    critic = TwinQ(data.observation_space, space, hidden=config.hidden)
     policy.to(device)
     critic.to(device)
     actor_opt = torch.optim.Adam(policy.parameters(), lr=config.actor_lr)
@@ -103,38 +105,17 @@ def train(config: SACConfig, *, callback: Callable[[dict], None] | None = None) 
     alpha_opt = torch.optim.Adam([log_alpha], lr=config.alpha_lr)
     target_entropy = -float(np.prod(space.shape)) if config.target_entropy is None else config.target_entropy
     log_pi = uniform_log_prior(space)
-    low = torch.as_tensor(space.low, device=device)
-    high = torch.as_tensor(space.high, device=device)
-    fields = transition_fields(venv.single_observation_space.shape, space.shape)
-    buffer = ReplayBuffer(config.buffer_size, fields, device=device)
 
-    obs, _ = venv.reset(seed=config.seed)
-    episode_return = torch.zeros(config.num_envs, device=device)
-    finished: list[torch.Tensor] = []
     result = TrainResult(policy=policy)
     start = time.perf_counter()
-    env_steps, next_log = 0, config.log_every
-    while env_steps < config.total_env_steps:
-        # ---- collect one batched step
-        if env_steps < config.learning_starts:
-            u = torch.rand((config.num_envs, *space.shape), generator=gen, device=device)
-            action = low + (high - low) * u
-        else:
-            with torch.no_grad():
-                action = policy(obs).sample()
-        next_obs, reward, terminated, truncated, info = venv.step(action)
-        buffer.add(obs=obs, action=action, reward=reward, next_obs=info["final_obs"], terminated=terminated)
-        episode_return += reward
-        done = terminated | truncated
-        finished.append(torch.where(done, episode_return, torch.full_like(episode_return, float("nan"))))
-        episode_return = torch.where(done, torch.zeros_like(episode_return), episode_return)
-        obs = next_obs
-        env_steps += config.num_envs
-        if env_steps < config.learning_starts:
+    next_log = config.log_every
+    while data.env_steps < config.total_env_steps:
+        data.step(None if data.env_steps < config.learning_starts else policy)
+        if data.env_steps < config.learning_starts:
             continue
         for _ in range(config.updates_per_step):
             alpha = config.alpha if config.alpha is not None else log_alpha.exp().detach()
-            batch = buffer.sample(config.batch_size, gen)
+            batch = data.sample(config.batch_size)
             # ---- critic: regress Q onto T^{pi,q} Q' at the sampled transition (clipped double-Q target)
             critic_loss = soft_q_loss(critic, policy, batch, alpha=alpha, log_pi=log_pi, gamma=config.gamma)
             critic_opt.zero_grad()
@@ -152,14 +133,12 @@ def train(config: SACConfig, *, callback: Callable[[dict], None] | None = None) 
                 alpha_loss.backward()
                 alpha_opt.step()
             critic.update_target(config.tau)
-        if env_steps >= next_log or env_steps >= config.total_env_steps:
+        if data.env_steps >= next_log or data.env_steps >= config.total_env_steps:
             next_log += config.log_every
-            returns = torch.cat(finished[-config.log_every :])
-            returns = returns[~torch.isnan(returns)]
             row = {
-                "env_steps": env_steps,
+                "env_steps": data.env_steps,
                 "wall_time": time.perf_counter() - start,
-                "return": returns.mean().item() if len(returns) else float("nan"),
+                "return": data.pop_mean_return(),
                 "critic_loss": critic_loss.item(),
                 "actor_loss": loss.item(),
                 "elbo": -loss.item(),  # the H = 1 trajectory ELBO in reward units (batch mean)
@@ -168,6 +147,6 @@ def train(config: SACConfig, *, callback: Callable[[dict], None] | None = None) 
             result.metrics.append(row)
             if callback is not None:
                 callback(row)
-    result.env_steps, result.wall_time = env_steps, time.perf_counter() - start
-    venv.close()
+    result.env_steps, result.wall_time = data.env_steps, time.perf_counter() - start
+    data.close()
     return result

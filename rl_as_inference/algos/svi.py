@@ -26,15 +26,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import gymnasium as gym
 import numpy as np
 import torch
 
 import rl_as_inference as rlai
 from rl_as_inference import envs, guides, models
+from rl_as_inference.algos.collect import Collector
 from rl_as_inference.algos.sac import TrainResult, uniform_log_prior
 from rl_as_inference.critics import TwinQ, soft_q_loss
-from rl_as_inference.replay import ReplayBuffer, transition_fields
 
 __all__ = ["SVIConfig", "train"]
 
@@ -74,13 +73,20 @@ def train(config: SVIConfig, *, callback: Callable[[dict], None] | None = None) 
         raise ValueError(f"objective={config.objective!r} is not allowed; use 'maxent' or 'kl'")
     device = envs.base.resolve_device(config.device)
     torch.manual_seed(config.seed)
-    gen = torch.Generator(device=device).manual_seed(config.seed)
-    venv = envs.make_vec(config.env, config.num_envs, device=device, autoreset_mode="SameStep")
-    env = venv.env
-    space = venv.single_action_space
-    if not isinstance(space, gym.spaces.Box) or not env.differentiable:
-        raise ValueError(f"svi needs a differentiable env with continuous actions; {config.env} has {space}")
-    obs_space = venv.single_observation_space
+    data = Collector(
+        config.env,
+        num_envs=config.num_envs,
+        device=device,
+        seed=config.seed,
+        buffer_size=config.buffer_size,
+        store_states=True,  # the actor re-simulates from replayed states
+        algorithm="svi",
+    )
+    env, space, obs_space = data.env, data.action_space, data.observation_space
+    if not env.differentiable:
+        raise ValueError(
+            f"svi needs a differentiable env with continuous actions; {config.env} is not differentiable"
+        )
     policy = guides.TanhGaussianMLP(obs_space, space, hidden=config.hidden, activation=torch.nn.ReLU).to(
         device
     )
@@ -93,9 +99,6 @@ def train(config: SVIConfig, *, callback: Callable[[dict], None] | None = None) 
     alpha_opt = torch.optim.Adam([log_alpha], lr=config.alpha_lr)
     target_entropy = -float(np.prod(space.shape)) if config.target_entropy is None else config.target_entropy
     log_pi = uniform_log_prior(space)
-    low, high = torch.as_tensor(space.low, device=device), torch.as_tensor(space.high, device=device)
-    fields = transition_fields(obs_space.shape, space.shape) | {"state": (env.state_shape, env.dtype)}
-    buffer = ReplayBuffer(config.buffer_size, fields, device=device)
 
     # The trajectory model's prior: uniform (eq. 10) or a lagged copy of q (eq. 2).
     reference = copy.deepcopy(policy).requires_grad_(False)
@@ -106,42 +109,15 @@ def train(config: SVIConfig, *, callback: Callable[[dict], None] | None = None) 
     guide = guides.PolicyGuide(env, policy, horizon=config.horizon, name="svi_policy")
     loss_fn = rlai.TrajectoryELBO(reduction="mean")
 
-    obs, _ = venv.reset(seed=config.seed)
-    episode_return = torch.zeros(config.num_envs, device=device)
-    finished: list[torch.Tensor] = []
     result = TrainResult(policy=policy)
     start = time.perf_counter()
-    env_steps, actor_steps, next_log = 0, 0, config.log_every
-    while env_steps < config.total_env_steps:
-        # ---- collect one batched step (states kept: the actor re-simulates from them)
-        state = venv.state.clone()
-        if env_steps < config.learning_starts:
-            action = low + (high - low) * torch.rand(
-                (config.num_envs, *space.shape), generator=gen, device=device
-            )
-        else:
-            with torch.no_grad():
-                action = policy(obs).sample()
-        next_obs, reward, terminated, truncated, info = venv.step(action)
-        buffer.add(
-            obs=obs,
-            action=action,
-            reward=reward,
-            next_obs=info["final_obs"],
-            terminated=terminated,
-            state=state,
-        )
-        episode_return += reward
-        done = terminated | truncated
-        finished.append(torch.where(done, episode_return, torch.full_like(episode_return, float("nan"))))
-        episode_return = torch.where(done, torch.zeros_like(episode_return), episode_return)
-        obs = next_obs
-        env_steps += config.num_envs
-        if env_steps < config.learning_starts:
+    actor_steps, next_log = 0, config.log_every
+    while data.env_steps < config.total_env_steps:
+        data.step(None if data.env_steps < config.learning_starts else policy)
+        if data.env_steps < config.learning_starts:
             continue
-        # TrajectoryModel takes a Python float: one host read per step (a GPU sync; see the issue notes).
         alpha = config.alpha if config.alpha is not None else float(log_alpha.detach().exp())
-        batch = buffer.sample(config.batch_size, gen)
+        batch = data.sample(config.batch_size)
         # ---- critic: T^{pi,q} on sampled transitions, as in SAC
         critic_loss = soft_q_loss(critic, policy, batch, alpha=alpha, log_pi=log_pi, gamma=config.gamma)
         critic_opt.zero_grad()
@@ -183,14 +159,12 @@ def train(config: SVIConfig, *, callback: Callable[[dict], None] | None = None) 
             alpha_loss.backward()
             alpha_opt.step()
         critic.update_target(config.tau)
-        if env_steps >= next_log or env_steps >= config.total_env_steps:
+        if data.env_steps >= next_log or data.env_steps >= config.total_env_steps:
             next_log += config.log_every
-            returns = torch.cat(finished[-config.log_every :])
-            returns = returns[~torch.isnan(returns)]
             row = {
-                "env_steps": env_steps,
+                "env_steps": data.env_steps,
                 "wall_time": time.perf_counter() - start,
-                "return": returns.mean().item() if len(returns) else float("nan"),
+                "return": data.pop_mean_return(),
                 "critic_loss": critic_loss.item(),
                 "actor_loss": actor_loss.item(),
                 "elbo": -elbo_loss.item(),  # per start state, in nats (H-step segment + terminal value)
@@ -200,6 +174,6 @@ def train(config: SVIConfig, *, callback: Callable[[dict], None] | None = None) 
             result.metrics.append(row)
             if callback is not None:
                 callback(row)
-    result.env_steps, result.wall_time = env_steps, time.perf_counter() - start
-    venv.close()
+    result.env_steps, result.wall_time = data.env_steps, time.perf_counter() - start
+    data.close()
     return result
