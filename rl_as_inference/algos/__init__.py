@@ -2,9 +2,11 @@
 
 - ``svi``: trajectory SVI over H-step segments with a learned soft terminal value (the flagship);
 - ``sac``: its H = 1, no-dynamics-gradient special case;
-- ``em``: coordinate ascent variant A (SVI E-step against pi_k, M-step pi_{k+1} := q_k).
+- ``em``: coordinate ascent variant A (SVI E-step against pi_k, M-step pi_{k+1} := q_k);
+- ``mpo``: variant B (non-parametric E-step with a temperature dual, KL-constrained weighted
+  maximum likelihood M-step). First version: learns Pendulum-v1 slowly, not yet in the command line.
 """
 
-from . import em, sac, svi
+from . import em, mpo, sac, svi
 
-__all__ = ["em", "sac", "svi"]
+__all__ = ["em", "mpo", "sac", "svi"]

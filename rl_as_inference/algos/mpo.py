@@ -1,0 +1,229 @@
+"""MPO: coordinate ascent variant B of the seed (eqs. 7, 8): non-parametric E-step, parametric M-step.
+
+E-step (eq. 7 in closed form): for each replayed state s, sample actions a_j ~ pi_k(.|s) and weight
+them by q(a_j|s) proportional to exp(Q(s, a_j) / eta); the temperature eta solves the dual of the
+constraint E_s[KL(q(.|s) || pi_k(.|s))] <= epsilon,
+
+    g(eta) = eta * epsilon + eta * E_s[ log mean_j exp(Q(s, a_j) / eta) ],
+
+minimized on the device by gradient steps on log eta (as Acme does).
+M-step (eq. 8): pi_{k+1} = argmax sum_j q_j log pi(a_j|s) (weighted maximum likelihood) subject to
+KL(pi_k || pi) bounds, decoupled for the mean (epsilon_mean) and the covariance (epsilon_stddev)
+with learned Lagrange multipliers. Q is learned with T^{pi,q} at alpha = 0 against the target policy.
+Logged like Acme: the KL / epsilon ratios and the duals. Gaussian policies (continuous actions).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch.distributions import Independent, Normal, kl_divergence
+
+from rl_as_inference import envs
+from rl_as_inference.algos.collect import Collector
+from rl_as_inference.algos.sac import TrainResult
+from rl_as_inference.critics import TwinQ, soft_q_loss
+from rl_as_inference.guides.policies import GaussianMLP
+
+__all__ = ["MPOConfig", "mpo_losses", "realized_kl", "train"]
+
+
+@dataclass
+class MPOConfig:
+    """Hyperparameters of MPO (constraint sizes and sample count: Acme's defaults)."""
+
+    env: str = "Pendulum-v1"
+    total_env_steps: int = 20_000
+    num_envs: int = 1
+    learning_starts: int = 1_000
+    batch_size: int = 256
+    num_samples: int = 20  # actions sampled per state in the E-step
+    buffer_size: int = 100_000
+    gamma: float = 0.99
+    tau: float = 0.005  # Polyak rate of the critic targets
+    target_policy_update_every: int = 100  # learner steps between copies of pi into pi_k
+    epsilon: float = 0.1  # E-step KL bound
+    epsilon_mean: float = 2.5e-3  # M-step KL bound on the mean
+    epsilon_stddev: float = 1e-6  # M-step KL bound on the standard deviation
+    policy_lr: float = 1e-3
+    critic_lr: float = 1e-3
+    dual_lr: float = 1e-2
+    init_log_temperature: float = 0.0
+    init_log_alpha: float = 0.0
+    hidden: tuple[int, ...] = (256, 256)
+    seed: int = 0
+    device: str = "cpu"
+    log_every: int = 1_000
+
+
+def realized_kl(weights: torch.Tensor) -> torch.Tensor:
+    """Mean over states of KL(q(.|s) || pi_k(.|s)) for E-step weights ``[M, B]`` over M samples of pi_k."""
+    m = weights.shape[0]
+    return (weights * (torch.log(weights.clamp_min(1e-30)) + math.log(m))).sum(0).mean()
+
+
+def _gaussian(loc: torch.Tensor, scale: torch.Tensor) -> Independent:
+    return Independent(Normal(loc, scale), 1)
+
+
+def mpo_losses(
+    q_values: torch.Tensor,
+    actions: torch.Tensor,
+    online: tuple[torch.Tensor, torch.Tensor],
+    target: tuple[torch.Tensor, torch.Tensor],
+    log_temperature: torch.Tensor,
+    log_alpha_mean: torch.Tensor,
+    log_alpha_stddev: torch.Tensor,
+    config: MPOConfig,
+) -> tuple[torch.Tensor, dict]:
+    """The MPO loss as one pure function (Acme's decomposition): E-step weights and temperature dual,
+    decoupled weighted maximum likelihood, and the KL multipliers' duals.
+
+    Args:
+        q_values: ``[M, B]`` Q(s_i, a_ij) of M sampled actions per state.
+        actions: ``[M, B, d]`` the sampled actions a_ij ~ pi_k(.|s_i).
+        online: (loc, scale) ``[B, d]`` of the policy being fitted.
+        target: (loc, scale) ``[B, d]`` of pi_k.
+        log_temperature, log_alpha_mean, log_alpha_stddev: the dual variables (scalars, trainable).
+        config: constraint sizes.
+
+    Returns:
+        (loss, stats): one scalar whose gradients train the policy and all duals; Acme-style stats.
+    """
+    temperature = log_temperature.exp()
+    # E-step: q(a_ij|s_i) proportional to exp(Q / eta), normalized over the M samples of each state.
+    weights = torch.softmax(q_values.detach() / temperature.detach(), dim=0)
+    log_mean_exp = torch.logsumexp(q_values.detach() / temperature, dim=0) - math.log(q_values.shape[0])
+    temperature_loss = temperature * config.epsilon + temperature * log_mean_exp.mean()
+    # M-step, decoupled: fit the mean with pi_k's scale, the scale with pi_k's mean.
+    loc, scale = online
+    t_loc, t_scale = (t.detach() for t in target)
+    fit_mean = _gaussian(loc, t_scale)
+    fit_scale = _gaussian(t_loc, scale)
+    log_lik = weights * (fit_mean.log_prob(actions) + fit_scale.log_prob(actions))
+    policy_loss = -log_lik.sum(0).mean()
+    reference = _gaussian(t_loc, t_scale)
+    kl_mean = kl_divergence(reference, fit_mean).mean()
+    kl_stddev = kl_divergence(reference, fit_scale).mean()
+    alpha_mean, alpha_stddev = log_alpha_mean.exp(), log_alpha_stddev.exp()
+    kl_penalty = alpha_mean.detach() * kl_mean + alpha_stddev.detach() * kl_stddev
+    alpha_loss = alpha_mean * (config.epsilon_mean - kl_mean.detach()) + alpha_stddev * (
+        config.epsilon_stddev - kl_stddev.detach()
+    )
+    # Realized KL of the non-parametric q from pi_k (for logging against epsilon).
+    kl_q = realized_kl(weights)
+    stats = {  # detached tensors: read back only when a metric row is written
+        "temperature": temperature.detach(),
+        "kl_q_rel": kl_q / config.epsilon,
+        "kl_mean_rel": kl_mean.detach() / config.epsilon_mean,
+        "kl_stddev_rel": kl_stddev.detach() / config.epsilon_stddev,
+        "alpha_mean": alpha_mean.detach(),
+        "alpha_stddev": alpha_stddev.detach(),
+    }
+    return policy_loss + kl_penalty + alpha_loss + temperature_loss, stats
+
+
+class _StateDependentGaussian(GaussianMLP):
+    """GaussianMLP with a per-state standard deviation (MPO fits the covariance per state)."""
+
+    def __init__(self, observation_space, action_space, hidden, init_std: float = 1.0):
+        super().__init__(observation_space, action_space, hidden=hidden, activation=torch.nn.ELU)
+        dim = int(action_space.shape[0])
+        last = self.net[-1]
+        self.net[-1] = torch.nn.Linear(last.in_features, 2 * dim)
+        with torch.no_grad():
+            self.net[-1].weight[dim:].mul_(0.01)
+            self.net[-1].bias[dim:].fill_(math.log(math.expm1(init_std)))
+        del self.log_std
+
+    def params(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        loc, raw = self.features(obs).chunk(2, dim=-1)
+        return loc, torch.nn.functional.softplus(raw) + 1e-4
+
+    def forward(self, obs: torch.Tensor):
+        import pyro.distributions as dist
+
+        loc, scale = self.params(obs)
+        return dist.Normal(loc, scale).to_event(1)
+
+
+def train(config: MPOConfig, *, callback: Callable[[dict], None] | None = None) -> TrainResult:
+    """Train MPO on the functional port of ``config.env``."""
+    device = envs.base.resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    data = Collector(
+        config.env,
+        num_envs=config.num_envs,
+        device=device,
+        seed=config.seed,
+        buffer_size=config.buffer_size,
+        algorithm="mpo",
+    )
+    space = data.action_space
+    policy = _StateDependentGaussian(data.observation_space, space, config.hidden).to(device)
+    target_policy = copy.deepcopy(policy).requires_grad_(False)
+    critic = TwinQ(data.observation_space, space, hidden=config.hidden).to(device)
+    duals = [
+        torch.tensor(v, device=device, requires_grad=True)
+        for v in (config.init_log_temperature, config.init_log_alpha, config.init_log_alpha)
+    ]
+    policy_opt = torch.optim.Adam(policy.parameters(), lr=config.policy_lr)
+    dual_opt = torch.optim.Adam(duals, lr=config.dual_lr)
+    critic_opt = torch.optim.Adam([*critic.q1.parameters(), *critic.q2.parameters()], lr=config.critic_lr)
+
+    result = TrainResult(policy=policy)
+    start = time.perf_counter()
+    learner_steps, next_log = 0, config.log_every
+    while data.env_steps < config.total_env_steps:
+        data.step(None if data.env_steps < config.learning_starts else policy)
+        if data.env_steps < config.learning_starts:
+            continue
+        batch = data.sample(config.batch_size)
+        # ---- critic: T^{pi,q} at alpha = 0 against the target policy (plain expected Q backup)
+        critic_loss = soft_q_loss(critic, target_policy, batch, alpha=0.0, log_pi=0.0, gamma=config.gamma)
+        critic_opt.zero_grad()
+        critic_loss.backward()
+        critic_opt.step()
+        # ---- E-step samples from pi_k and their Q values; M-step on the policy; duals
+        with torch.no_grad():
+            t_loc, t_scale = target_policy.params(batch["obs"])
+            actions = _gaussian(t_loc, t_scale).sample((config.num_samples,))  # [M, B, d]
+            obs = batch["obs"].expand(config.num_samples, *batch["obs"].shape)
+            q_values = critic.min(obs.reshape(-1, obs.shape[-1]), actions.reshape(-1, actions.shape[-1]))
+            q_values = q_values.reshape(config.num_samples, -1)
+        loss, stats = mpo_losses(
+            q_values, actions, policy.params(batch["obs"]), (t_loc, t_scale), *duals, config
+        )
+        policy_opt.zero_grad()
+        dual_opt.zero_grad()
+        loss.backward()
+        policy_opt.step()
+        dual_opt.step()
+        with torch.no_grad():  # keep the duals in a sane range (Acme clips them the same way)
+            duals[0].clamp_(min=-18.0)
+            duals[1].clamp_(min=-18.0)
+            duals[2].clamp_(min=-18.0)
+        critic.update_target(config.tau)
+        learner_steps += 1
+        if learner_steps % config.target_policy_update_every == 0:
+            target_policy.load_state_dict(policy.state_dict())
+        if data.env_steps >= next_log or data.env_steps >= config.total_env_steps:
+            next_log += config.log_every
+            row = {
+                "env_steps": data.env_steps,
+                "wall_time": time.perf_counter() - start,
+                "return": data.pop_mean_return(),
+                "critic_loss": critic_loss.item(),
+                "loss": loss.item(),
+            } | {k: float(v) for k, v in stats.items()}
+            result.metrics.append(row)
+            if callback is not None:
+                callback(row)
+    result.env_steps, result.wall_time = data.env_steps, time.perf_counter() - start
+    data.close()
+    return result
