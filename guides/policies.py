@@ -127,10 +127,12 @@ def _box_bounds(action_space: gym.Space) -> tuple[np.ndarray, np.ndarray]:
 
 
 class GaussianMLP(_MLPPolicy):
-    """q(a|s) = Normal(MLP(obs), diag(sigma^2)), unbounded; sigma is a learned per-dimension vector.
+    """q(a|s) = Normal(mu(obs), diag(sigma^2)), unbounded.
 
-    Reparameterizable (pathwise gradients). Its support is the whole real line, so pair it with a
-    ``GaussianPrior`` (a uniform prior on a box would make KL(q || pi) infinite).
+    sigma is a learned per-dimension vector, or with ``state_dependent_std=True`` a softplus output
+    of the network (MPO fits the covariance per state). Reparameterizable (pathwise gradients). Its
+    support is the whole real line, so pair it with a ``GaussianPrior`` (a uniform prior on a box
+    would make KL(q || pi) infinite); environments clip out-of-range actions.
     """
 
     def __init__(
@@ -140,14 +142,29 @@ class GaussianMLP(_MLPPolicy):
         hidden: Sequence[int] = (64, 64),
         activation: type[nn.Module] = nn.Tanh,
         init_std: float = 1.0,
+        state_dependent_std: bool = False,
     ):
         _box_bounds(action_space)
-        super().__init__(observation_space, int(action_space.shape[0]), hidden, activation)
-        self.log_std = nn.Parameter(torch.full((int(action_space.shape[0]),), float(np.log(init_std))))
+        dim = int(action_space.shape[0])
+        self.state_dependent_std = bool(state_dependent_std)
+        super().__init__(observation_space, 2 * dim if state_dependent_std else dim, hidden, activation)
+        if state_dependent_std:
+            with torch.no_grad():
+                self.net[-1].weight[dim:].mul_(0.01)
+                self.net[-1].bias[dim:].fill_(float(np.log(np.expm1(init_std))))  # softplus^-1(init_std)
+        else:
+            self.log_std = nn.Parameter(torch.full((dim,), float(np.log(init_std))))
+
+    def params(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, standard deviation) of q(.|obs), each ``[B, action_dim]``."""
+        out = self.features(obs)
+        if self.state_dependent_std:
+            loc, raw = out.chunk(2, dim=-1)
+            return loc, nn.functional.softplus(raw) + 1e-4
+        return out, self.log_std.clamp(LOG_STD_MIN, LOG_STD_MAX).exp().expand_as(out)
 
     def forward(self, obs: torch.Tensor) -> dist.Independent:
-        loc = self.features(obs)
-        scale = self.log_std.clamp(LOG_STD_MIN, LOG_STD_MAX).exp().expand_as(loc)
+        loc, scale = self.params(obs)
         return dist.Normal(loc, scale).to_event(1)
 
     def mode(self, d) -> torch.Tensor:

@@ -19,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 from rl_as_inference import guides
-from rl_as_inference.algos import em, sac, svi
+from rl_as_inference.algos import em, mpo, sac, svi
 from rl_as_inference.checkpoint import atomic_torch_save
 from rl_as_inference.config import build_config, to_toml
 
@@ -27,6 +27,7 @@ __all__ = ["ALGORITHMS", "LoadedPolicy", "evaluate", "load_policy", "train_run"]
 
 ALGORITHMS = {
     "em": (em.EMConfig, em.train),
+    "mpo": (mpo.MPOConfig, mpo.train),
     "sac": (sac.SACConfig, sac.train),
     "svi": (svi.SVIConfig, svi.train),
 }
@@ -38,7 +39,10 @@ RUN_FORMAT = "rl_as_inference.run/1"
 
 def _policy_spec(policy: torch.nn.Module, config) -> dict:
     activation = next((type(m).__name__ for m in policy.net if not isinstance(m, torch.nn.Linear)), "Tanh")
-    return {"class": type(policy).__name__, "hidden": list(config.hidden), "activation": activation}
+    spec = {"class": type(policy).__name__, "hidden": list(config.hidden), "activation": activation}
+    if hasattr(policy, "state_dependent_std"):
+        spec["state_dependent_std"] = policy.state_dependent_std
+    return spec
 
 
 def train_run(
@@ -165,11 +169,13 @@ def load_policy(run_dir: str | os.PathLike, device: str | torch.device = "cpu") 
     spec = state["policy"]
     probe = gym.make(state["env"])
     cls = POLICY_CLASSES[spec["class"]]
+    extra = {"state_dependent_std": spec["state_dependent_std"]} if "state_dependent_std" in spec else {}
     module = cls(
         probe.observation_space,
         probe.action_space,
         hidden=tuple(spec["hidden"]),
         activation=getattr(torch.nn, spec["activation"]),
+        **extra,
     )
     probe.close()
     module.load_state_dict(state["state_dict"])

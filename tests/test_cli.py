@@ -70,7 +70,7 @@ def test_evaluate_is_reproducible_for_a_seed(run_dir, capsys):
         (["train", "--env", "Foo-v0"], "unknown environment 'Foo-v0'; ported: Acrobot-v1"),
         (
             ["train", "--env", "Pendulum-v1", "--algo", "ppo"],
-            "unknown algorithm 'ppo'; available: em, sac, svi",
+            "unknown algorithm 'ppo'; available: em, mpo, sac, svi",
         ),
         (
             ["train", "--env", "Pendulum-v1", "--algo", "sac", "--set", "batchsize=3"],
@@ -132,3 +132,24 @@ def test_default_algorithm_comes_from_the_recipe(tmp_path):
     config = tomllib.loads((out / "config.toml").read_text())
     assert config["algo"] == "svi" and config["horizon"] == 2 and config["actor_batch_size"] == 64
     assert rlai.load_policy(out).act(np.zeros(3, dtype=np.float32)).shape == (1,)
+
+
+def test_mpo_trains_from_the_command_line_and_its_policy_loads(tmp_path):
+    out = tmp_path / "mpo"
+    argv = [
+        "train",
+        "--env",
+        "Pendulum-v1",
+        "--algo",
+        "mpo",
+        "--out",
+        str(out),
+        "--set",
+        "num_samples=4",
+        *TINY,
+    ]
+    assert main(argv) == 0
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert {"temperature", "kl_q_rel", "kl_mean_rel", "alpha_mean"} <= set(rows[0])
+    policy = rlai.load_policy(out)
+    assert policy.module.state_dependent_std and policy.act(np.zeros(3, dtype=np.float32)).shape == (1,)

@@ -4,7 +4,7 @@
 - ``sac``: its H = 1, no-dynamics-gradient special case;
 - ``em``: coordinate ascent variant A (SVI E-step against pi_k, M-step pi_{k+1} := q_k);
 - ``mpo``: variant B (non-parametric E-step with a temperature dual, KL-constrained weighted
-  maximum likelihood M-step). First version: learns Pendulum-v1 slowly, not yet in the command line.
+  maximum likelihood M-step); Gaussian policies so far.
 """
 
 from . import em, mpo, sac, svi

@@ -128,30 +128,6 @@ def mpo_losses(
     return policy_loss + kl_penalty + alpha_loss + temperature_loss, stats
 
 
-class _StateDependentGaussian(GaussianMLP):
-    """GaussianMLP with a per-state standard deviation (MPO fits the covariance per state)."""
-
-    def __init__(self, observation_space, action_space, hidden, init_std: float = 1.0):
-        super().__init__(observation_space, action_space, hidden=hidden, activation=torch.nn.ELU)
-        dim = int(action_space.shape[0])
-        last = self.net[-1]
-        self.net[-1] = torch.nn.Linear(last.in_features, 2 * dim)
-        with torch.no_grad():
-            self.net[-1].weight[dim:].mul_(0.01)
-            self.net[-1].bias[dim:].fill_(math.log(math.expm1(init_std)))
-        del self.log_std
-
-    def params(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        loc, raw = self.features(obs).chunk(2, dim=-1)
-        return loc, torch.nn.functional.softplus(raw) + 1e-4
-
-    def forward(self, obs: torch.Tensor):
-        import pyro.distributions as dist
-
-        loc, scale = self.params(obs)
-        return dist.Normal(loc, scale).to_event(1)
-
-
 def train(config: MPOConfig, *, callback: Callable[[dict], None] | None = None) -> TrainResult:
     """Train MPO on the functional port of ``config.env``."""
     device = envs.base.resolve_device(config.device)
@@ -165,7 +141,9 @@ def train(config: MPOConfig, *, callback: Callable[[dict], None] | None = None) 
         algorithm="mpo",
     )
     space = data.action_space
-    policy = _StateDependentGaussian(data.observation_space, space, config.hidden).to(device)
+    policy = GaussianMLP(
+        data.observation_space, space, hidden=config.hidden, activation=torch.nn.ELU, state_dependent_std=True
+    ).to(device)
     target_policy = copy.deepcopy(policy).requires_grad_(False)
     critic = TwinQ(data.observation_space, space, hidden=config.hidden).to(device)
     duals = [
