@@ -6,17 +6,19 @@ Layers (each imports only from those below it): ``envs`` (functional torch envir
 command line (``rlai``).
 """
 
-from . import algos, bellman, envs, exact, guides, models, runs
+from . import algos, bellman, envs, exact, guides, models, runs, trust_region
 from .baselines import ValueBaseline
 from .checkpoint import load_checkpoint, save_checkpoint
 from .elbo import TrajectoryELBO
 from .fit import FitResult, fit
 from .runs import evaluate, load_policy
+from .trust_region import TrustRegion
 
 __version__ = "0.1.0"
 __all__ = [
     "FitResult",
     "TrajectoryELBO",
+    "TrustRegion",
     "ValueBaseline",
     "__version__",
     "algos",
@@ -31,4 +33,5 @@ __all__ = [
     "models",
     "runs",
     "save_checkpoint",
+    "trust_region",
 ]

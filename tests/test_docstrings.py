@@ -31,6 +31,7 @@ MODULES = [
     "rl_as_inference.algos.em",
     "rl_as_inference.algos.mpo",
     "rl_as_inference.algos.collect",
+    "rl_as_inference.trust_region",
 ]
 
 
@@ -44,6 +45,8 @@ def public_objects():
                 yield f"{module_name}.{name}", obj
 
 
-@pytest.mark.parametrize("qualname, obj", list(public_objects()), ids=lambda x: x if isinstance(x, str) else "")
+@pytest.mark.parametrize(
+    "qualname, obj", list(public_objects()), ids=lambda x: x if isinstance(x, str) else ""
+)
 def test_public_name_has_a_docstring(qualname, obj):
     assert obj.__doc__ and obj.__doc__.strip(), f"{qualname} has no docstring of its own"
