@@ -54,6 +54,10 @@ class TwinQ(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         return self.q1(obs, action), self.q2(obs, action)
 
+    def online_parameters(self) -> list[nn.Parameter]:
+        """The parameters an optimizer should train (the targets only track them)."""
+        return [*self.q1.parameters(), *self.q2.parameters()]
+
     def min(self, obs: torch.Tensor, action: torch.Tensor | None = None) -> torch.Tensor:
         """min(Q1, Q2) of the online networks."""
         return torch.minimum(*self(obs, action))

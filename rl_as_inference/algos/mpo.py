@@ -152,7 +152,7 @@ def train(config: MPOConfig, *, callback: Callable[[dict], None] | None = None) 
     ]
     policy_opt = torch.optim.Adam(policy.parameters(), lr=config.policy_lr)
     dual_opt = torch.optim.Adam(duals, lr=config.dual_lr)
-    critic_opt = torch.optim.Adam([*critic.q1.parameters(), *critic.q2.parameters()], lr=config.critic_lr)
+    critic_opt = torch.optim.Adam(critic.online_parameters(), lr=config.critic_lr)
 
     result = TrainResult(policy=policy)
     start = time.perf_counter()
@@ -183,9 +183,8 @@ def train(config: MPOConfig, *, callback: Callable[[dict], None] | None = None) 
         policy_opt.step()
         dual_opt.step()
         with torch.no_grad():  # keep the duals in a sane range (Acme clips them the same way)
-            duals[0].clamp_(min=-18.0)
-            duals[1].clamp_(min=-18.0)
-            duals[2].clamp_(min=-18.0)
+            for dual in duals:
+                dual.clamp_(min=-18.0)
         critic.update_target(config.tau)
         learner_steps += 1
         if learner_steps % config.target_policy_update_every == 0:

@@ -98,7 +98,7 @@ def train(config: SACConfig, *, callback: Callable[[dict], None] | None = None) 
     policy.to(device)
     critic.to(device)
     actor_opt = torch.optim.Adam(policy.parameters(), lr=config.actor_lr)
-    critic_opt = torch.optim.Adam([*critic.q1.parameters(), *critic.q2.parameters()], lr=config.critic_lr)
+    critic_opt = torch.optim.Adam(critic.online_parameters(), lr=config.critic_lr)
     log_alpha = torch.tensor(
         math.log(config.alpha or config.initial_alpha), device=device, requires_grad=True
     )

@@ -92,7 +92,7 @@ def train(config: SVIConfig, *, callback: Callable[[dict], None] | None = None) 
     )
     critic = TwinQ(obs_space, space, hidden=config.hidden).to(device)
     actor_opt = torch.optim.Adam(policy.parameters(), lr=config.actor_lr)
-    critic_opt = torch.optim.Adam([*critic.q1.parameters(), *critic.q2.parameters()], lr=config.critic_lr)
+    critic_opt = torch.optim.Adam(critic.online_parameters(), lr=config.critic_lr)
     log_alpha = torch.tensor(
         math.log(config.alpha or config.initial_alpha), device=device, requires_grad=True
     )
@@ -101,10 +101,11 @@ def train(config: SVIConfig, *, callback: Callable[[dict], None] | None = None) 
     log_pi = uniform_log_prior(space)
 
     # The trajectory model's prior: uniform (eq. 10) or a lagged copy of q (eq. 2).
-    reference = copy.deepcopy(policy).requires_grad_(False)
     if config.objective == "maxent":
+        reference = None
         prior = models.UniformPrior(space)
     else:
+        reference = copy.deepcopy(policy).requires_grad_(False)
         prior = models.PolicyPrior(lambda state: reference(env.observe(state)))
     guide = guides.PolicyGuide(env, policy, horizon=config.horizon, name="svi_policy")
     loss_fn = rlai.TrajectoryELBO(reduction="mean")
@@ -149,7 +150,9 @@ def train(config: SVIConfig, *, callback: Callable[[dict], None] | None = None) 
             d = policy(batch["obs"])
             a = d.sample()
             log_q = d.log_prob(a)
-            kl = (log_q - reference(batch["obs"]).log_prob(a)).mean()
+            # Only the "kl" objective has a pi_k to stray from; maxent would pay for a forward pass
+            # against a copy of the initial policy that nothing uses.
+            kl = (log_q - reference(batch["obs"]).log_prob(a)).mean() if reference is not None else None
         if config.alpha is None:
             if config.objective == "maxent":
                 alpha_loss = -(log_alpha * (log_q + target_entropy)).mean()
@@ -169,7 +172,8 @@ def train(config: SVIConfig, *, callback: Callable[[dict], None] | None = None) 
                 "actor_loss": actor_loss.item(),
                 "elbo": -elbo_loss.item(),  # per start state, in nats (H-step segment + terminal value)
                 "alpha": alpha,
-                "kl": kl.item(),  # sample estimate of KL(q || pi_k) at replayed states ("kl" objective)
+                # sample estimate of KL(q || pi_k) at replayed states ("kl" objective; NaN for maxent)
+                "kl": kl.item() if kl is not None else float("nan"),
             }
             result.metrics.append(row)
             if callback is not None:

@@ -20,7 +20,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-__all__ = ["FunctionalEnv", "Step", "as_numpy_scalar", "resolve_device", "resolve_dtype", "stack_state"]
+__all__ = ["FunctionalEnv", "Step", "resolve_device", "resolve_dtype", "stack_state"]
 
 
 def stack_state(columns: tuple[torch.Tensor, ...]) -> torch.Tensor:
@@ -32,17 +32,6 @@ def stack_state(columns: tuple[torch.Tensor, ...]) -> torch.Tensor:
     took 2x as long). Values are unchanged, so float64 results stay bit-identical.
     """
     return torch.stack(columns, dim=0).movedim(0, -1)
-
-
-def as_numpy_scalar(c: float, dtype: torch.dtype) -> float:
-    """The Python float that a numpy expression ``c * x`` uses for an ``x`` of ``dtype``.
-
-    numpy 2 turns a Python float into the array's dtype before multiplying (NEP 50), so
-    ``0.001 * float32_x`` uses float32(0.001). torch keeps the scalar in double precision. Rounding
-    the constant to float32 first makes torch agree: the product of two float32 numbers is exact in
-    double, so both round the same exact product once.
-    """
-    return float(np.float32(c)) if dtype == torch.float32 else float(c)
 
 
 class Step(NamedTuple):

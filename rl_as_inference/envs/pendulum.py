@@ -8,7 +8,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from .base import FunctionalEnv, Step, as_numpy_scalar, stack_state
+from .base import FunctionalEnv, Step, stack_state
 
 MAX_SPEED = 8.0
 MAX_TORQUE = 2.0
@@ -47,7 +47,7 @@ class Pendulum(FunctionalEnv):
     def _step(self, state: torch.Tensor, action: torch.Tensor) -> Step:
         th, thdot = state.unbind(-1)
         u = action[..., 0].clamp(-MAX_TORQUE, MAX_TORQUE)
-        costs = angle_normalize(th) ** 2 + 0.1 * thdot**2 + as_numpy_scalar(0.001, u.dtype) * (u**2)
+        costs = angle_normalize(th) ** 2 + 0.1 * thdot**2 + 0.001 * (u**2)
         newthdot = thdot + (3 * self.g / (2 * 1.0) * torch.sin(th) + 3.0 / (1.0 * 1.0**2) * u) * DT
         newthdot = newthdot.clamp(-MAX_SPEED, MAX_SPEED)
         newth = th + newthdot * DT
