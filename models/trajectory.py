@@ -36,7 +36,8 @@ class TrajectoryModel:
         env: a functional env (``envs.make(...)`` or ``envs.TabularMDP``).
         prior: ``UniformPrior``, ``GaussianPrior`` or ``PolicyPrior``.
         horizon: H action steps.
-        alpha: temperature > 0 (rewards are divided by it).
+        alpha: temperature > 0 (rewards are divided by it); a 0-d tensor (e.g. a learned temperature
+            on the device) is used without reading it back.
         gamma: discount in (0, 1], applied inside the factor as gamma^t.
         terminal_value: optional ``V(s_H) -> [N]`` soft value of the rest of the episode in reward
             units; adds the factor gamma^H V(s_H) / alpha (truncated horizons, soft critics).
@@ -51,7 +52,7 @@ class TrajectoryModel:
         prior: Prior,
         *,
         horizon: int,
-        alpha: float = 1.0,
+        alpha: float | torch.Tensor = 1.0,
         gamma: float = 1.0,
         terminal_value: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ):
@@ -105,7 +106,15 @@ class TrajectoryModel:
         )
 
 
-def _check_alpha(alpha: float) -> float:
+def _check_alpha(alpha: float | torch.Tensor) -> float | torch.Tensor:
+    if isinstance(alpha, torch.Tensor):
+        # A 0-d tensor (a temperature learned on the device) is kept as is: reading it back to check
+        # or convert it would be a host-device sync on every model built in a training loop.
+        if alpha.dim() != 0 or not alpha.is_floating_point():
+            raise TypeError(f"a tensor alpha must be a 0-d floating tensor, got shape {tuple(alpha.shape)}")
+        if alpha.device.type == "cpu" and not (alpha > 0 and torch.isfinite(alpha)):
+            raise ValueError(f"alpha must be positive and finite, got {alpha!r}")
+        return alpha.detach()
     try:
         value = float(alpha)
     except (TypeError, ValueError) as exc:

@@ -54,9 +54,11 @@ def soft_value_of_distribution(
 
 
 def bellman_target(
-    reward: torch.Tensor, terminated: torch.Tensor, next_soft_value: torch.Tensor, gamma: float
+    reward: torch.Tensor, terminated: torch.Tensor, next_soft_value: torch.Tensor, gamma: float | torch.Tensor
 ) -> torch.Tensor:
     """y = r + gamma (1 - terminated) V(s'): one application of T^{pi,q} at a sampled transition.
+
+    ``gamma`` may be a per-transition tensor (gamma^m of an m-step transition).
 
     Truncation by a time limit is not termination: bootstrap through it (pass ``terminated``).
     """

@@ -80,15 +80,26 @@ def soft_q_loss(
 ) -> torch.Tensor:
     """Squared error of both online Q networks against the sampled T^{pi,q} target.
 
-    y = r + gamma (1 - terminated) [min Q'(s', a') - alpha (log q(a'|s') - log pi(a'))], a' ~ q(.|s'),
-    with the target networks' clipped double-Q (continuous actions, one sample of a').
+    y = r + gamma (1 - terminated) V'(s'), V'(s') = E_{a'~q}[min Q'(s', a') - alpha (log q(a'|s') - log pi(a'))]
+    with the target networks' clipped double-Q: one sample of a' for continuous actions, the exact
+    sum over actions for discrete ones. An n-step batch (with a ``discount`` field, see
+    :meth:`ReplayBuffer.sample_n_step`) uses its summed reward and gamma^m in place of r and gamma.
     """
+    discount = batch.get("discount", gamma)
     with torch.no_grad():
         d_next = policy(batch["next_obs"])
-        a_next = d_next.sample()
-        v_next = bellman.soft_value_of_sample(
-            critic.target_min(batch["next_obs"], a_next), d_next.log_prob(a_next), log_pi, alpha
-        )
-        target = bellman.bellman_target(batch["reward"], batch["terminated"], v_next, gamma)
+        if critic.q1.discrete:
+            probs = d_next.probs
+            q_next = critic.target_min(batch["next_obs"]).to(probs.dtype)
+            v_next = bellman.soft_value_of_distribution(q_next, probs, torch.as_tensor(log_pi), alpha)
+        else:
+            a_next = d_next.sample()
+            v_next = bellman.soft_value_of_sample(
+                critic.target_min(batch["next_obs"], a_next), d_next.log_prob(a_next), log_pi, alpha
+            )
+        target = bellman.bellman_target(batch["reward"], batch["terminated"], v_next, discount)
     q1, q2 = critic(batch["obs"], batch["action"])
+    if critic.q1.discrete:
+        index = batch["action"].long().unsqueeze(-1)
+        q1, q2 = q1.gather(-1, index).squeeze(-1), q2.gather(-1, index).squeeze(-1)
     return (q1 - target).square().mean() + (q2 - target).square().mean()

@@ -78,6 +78,56 @@ class ReplayBuffer:
         index = torch.randint(0, self.size, (batch_size,), device=self.device, generator=generator)
         return {key: value[index] for key, value in self.storage.items()}
 
+    def sample_n_step(
+        self,
+        batch_size: int,
+        n: int,
+        gamma: float,
+        *,
+        stride: int = 1,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """A uniform batch of n-step transitions (s_t, a_t, sum_k gamma^k r_{t+k}, s_{t+m}).
+
+        Consecutive transitions of one env lie ``stride`` slots apart (the number of envs writing
+        each :meth:`add`). The path stops early at the first step that ended its episode
+        (``terminated`` or ``truncated``), so ``m <= n`` steps are summed. Returned fields: every
+        stored field of the first step (``obs``, ``action``, ...), and ``reward`` (the discounted
+        sum), ``next_obs`` (the observation after the last summed step), ``terminated`` (whether that
+        step terminated) and ``discount`` = gamma^m, so that the target reads
+        ``reward + discount * (1 - terminated) * V(next_obs)``. As Acme's n-step transition adder,
+        the return sums rewards only, without off-policy correction. Needs a ``truncated`` field
+        and a capacity that is a multiple of ``stride``.
+        """
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be an int >= 1, got {n!r}")
+        if "truncated" not in self.storage:
+            raise ValueError("n-step sampling needs a 'truncated' field to stop paths at episode ends")
+        if self.capacity % stride:
+            raise ValueError(f"capacity {self.capacity} is not a multiple of stride {stride}")
+        usable = self.size - (n - 1) * stride  # start slots whose whole path has been written
+        if usable <= 0:
+            raise ValueError(f"{self.size} stored transitions are too few for {n}-step paths")
+        oldest = (self.position - self.size) % self.capacity
+        start = torch.randint(0, usable, (batch_size,), device=self.device, generator=generator)
+        steps = torch.arange(n, device=self.device)
+        index = (oldest + start + stride * steps[:, None]) % self.capacity  # [n, B]
+        first = index[0]
+        batch = {key: value[first] for key, value in self.storage.items()}
+        reward = self.storage["reward"][index]
+        terminated = self.storage["terminated"][index]
+        ended = terminated | self.storage["truncated"][index]
+        # alive[k]: no earlier step on the path ended its episode
+        alive = torch.cat((torch.ones_like(ended[:1]), ~ended[:-1]), 0).cumprod(0).bool()
+        discounts = gamma ** steps.to(reward.dtype)
+        batch["reward"] = (alive * discounts[:, None] * reward).sum(0)
+        last = alive.sum(0) - 1
+        take = index.gather(0, last[None]).squeeze(0)
+        batch["next_obs"] = self.storage["next_obs"][take]
+        batch["terminated"] = self.storage["terminated"][take]
+        batch["discount"] = gamma ** (last + 1).to(reward.dtype)
+        return batch
+
     def state_dict(self) -> dict:
         """Everything needed to continue (the stored transitions and the counters)."""
         return {

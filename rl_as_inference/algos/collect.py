@@ -10,24 +10,43 @@ import torch
 from rl_as_inference import envs
 from rl_as_inference.replay import ReplayBuffer, transition_fields
 
-__all__ = ["Collector"]
+__all__ = ["BACKENDS", "Collector"]
+
+BACKENDS = ("functional", "gymnasium")
+
+
+def _make_vec(env_id: str, num_envs: int, device: torch.device, backend: str, seed: int):
+    if backend == "functional":
+        return envs.make_vec(env_id, num_envs, device=device, autoreset_mode="SameStep")
+    if backend == "gymnasium":
+        return envs.from_gymnasium(
+            env_id,
+            num_envs,
+            device=device,
+            vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP},
+        )
+    raise ValueError(f"backend={backend!r} is not allowed; use one of {', '.join(BACKENDS)}")
 
 
 class Collector:
-    """Steps ``num_envs`` copies of a ported env and stores every transition in a replay buffer.
+    """Steps ``num_envs`` copies of an env and stores every transition in a replay buffer.
 
-    The vector env autoresets in SAME_STEP mode, whose ``info["final_obs"]`` is s_{t+1} for every
-    row, so each stored transition is the one that happened (truncations are not terminations and
-    still bootstrap). Episode returns are tracked on the device; reading them back happens only
-    when a metric row is made.
+    The vector env autoresets in SAME_STEP mode, so each stored transition is the one that happened:
+    ``next_obs`` is s_{t+1} even where the episode ended (truncations are not terminations and still
+    bootstrap). Episode returns are tracked on the device; reading them back happens only when a
+    metric row is made.
 
     Args:
-        env_id: a ported Gymnasium id with a Box action space.
+        env_id: a Gymnasium id. With ``backend="functional"`` (default) its torch port steps on
+            ``device`` with no host round trip; ``"gymnasium"`` steps Gymnasium's own env through
+            :func:`rl_as_inference.envs.from_gymnasium` (any registered id, including unported ones).
         num_envs: parallel environments (transitions per ``step``).
-        device: where the envs and the buffer live.
+        device: where the buffer (and functional envs) live.
         seed: seeds the vector env and the generator of random actions and batch sampling.
-        buffer_size: replay capacity.
+        buffer_size: replay capacity (rounded up to a multiple of ``num_envs`` so that one env's
+            consecutive transitions stay ``num_envs`` slots apart, which n-step sampling relies on).
         store_states: also store the functional-env state s_t (algorithms that re-simulate from it).
+        discrete: whether a Discrete action space is accepted (the algorithm has a categorical policy).
         algorithm: its name, for error messages.
     """
 
@@ -40,50 +59,69 @@ class Collector:
         seed: int,
         buffer_size: int,
         store_states: bool = False,
+        discrete: bool = False,
+        backend: str = "functional",
         algorithm: str = "this algorithm",
     ):
-        self.venv = envs.make_vec(env_id, num_envs, device=device, autoreset_mode="SameStep")
-        self.env = self.venv.env
+        if store_states and backend != "functional":
+            raise ValueError(f"{algorithm} re-simulates from stored states and needs backend='functional'")
+        self.venv = _make_vec(env_id, num_envs, device, backend, seed)
         self.action_space = self.venv.single_action_space
         self.observation_space = self.venv.single_observation_space
-        if not isinstance(self.action_space, gym.spaces.Box):
-            raise ValueError(
-                f"{algorithm} needs a continuous (Box) action space; {env_id} has {self.action_space}"
-            )
+        self.discrete = isinstance(self.action_space, gym.spaces.Discrete)
+        allowed = "a Box or Discrete" if discrete else "a continuous (Box)"
+        if not (isinstance(self.action_space, gym.spaces.Box) or (discrete and self.discrete)):
+            raise ValueError(f"{algorithm} needs {allowed} action space; {env_id} has {self.action_space}")
+        self.env = self.venv.env if backend == "functional" else None
         self.device, self.num_envs, self.store_states = device, num_envs, store_states
-        fields = transition_fields(self.observation_space.shape, self.action_space.shape)
+        fields = transition_fields(
+            self.observation_space.shape,
+            self.action_space.shape,
+            action_dtype=torch.int64 if self.discrete else torch.float32,
+        )
+        fields["truncated"] = ((), torch.bool)
         if store_states:
             fields["state"] = (self.env.state_shape, self.env.dtype)
-        self.buffer = ReplayBuffer(buffer_size, fields, device=device)
+        capacity = -(-buffer_size // num_envs) * num_envs
+        self.buffer = ReplayBuffer(capacity, fields, device=device)
         self.generator = torch.Generator(device=device).manual_seed(seed)
-        self.low = torch.as_tensor(self.action_space.low, device=device)
-        self.high = torch.as_tensor(self.action_space.high, device=device)
+        if not self.discrete:
+            self.low = torch.as_tensor(self.action_space.low, device=device)
+            self.high = torch.as_tensor(self.action_space.high, device=device)
         self.obs, _ = self.venv.reset(seed=seed)
         self.episode_return = torch.zeros(num_envs, device=device)
-        self.finished: list[
-            torch.Tensor
-        ] = []  # since the last metric row: returns of ended episodes, else NaN
+        # since the last metric row: per step, the returns of the episodes that ended there, else NaN
+        self.finished: list[torch.Tensor] = []
         self.env_steps = 0
 
+    def random_actions(self) -> torch.Tensor:
+        """One uniformly random action per env (the exploration before learning starts)."""
+        if self.discrete:
+            n = int(self.action_space.n)
+            return torch.randint(0, n, (self.num_envs,), generator=self.generator, device=self.device)
+        shape = (self.num_envs, *self.action_space.shape)
+        u = torch.rand(shape, generator=self.generator, device=self.device)
+        return self.low + (self.high - self.low) * u
+
     def step(self, policy: torch.nn.Module | None) -> None:
-        """One batched step with actions from ``policy`` (sampled), or uniform in the box if None."""
+        """One batched step with actions from ``policy`` (sampled), or uniform if None."""
         state = self.venv.state.clone() if self.store_states else None
         if policy is None:
-            u = torch.rand(
-                (self.num_envs, *self.action_space.shape), generator=self.generator, device=self.device
-            )
-            action = self.low + (self.high - self.low) * u
+            action = self.random_actions()
         else:
             with torch.no_grad():
                 action = policy(self.obs).sample()
         next_obs, reward, terminated, truncated, info = self.venv.step(action)
+        reward = reward.to(self.episode_return.dtype)
+        final_obs = self._final_obs(next_obs, terminated | truncated, info)
         extra = {"state": state} if self.store_states else {}
         self.buffer.add(
             obs=self.obs,
             action=action,
             reward=reward,
-            next_obs=info["final_obs"],
+            next_obs=final_obs,
             terminated=terminated,
+            truncated=truncated,
             **extra,
         )
         self.episode_return += reward
@@ -95,9 +133,24 @@ class Collector:
         self.obs = next_obs
         self.env_steps += self.num_envs
 
-    def sample(self, batch_size: int) -> dict[str, torch.Tensor]:
-        """A uniform batch of stored transitions."""
-        return self.buffer.sample(batch_size, self.generator)
+    def _final_obs(self, next_obs: torch.Tensor, done: torch.Tensor, info: dict) -> torch.Tensor:
+        final = info.get("final_obs")
+        if isinstance(final, torch.Tensor):  # functional envs: s_{t+1} for every row, no host read
+            return final
+        if final is None:  # Gymnasium adds the key only on steps where some env ended
+            return next_obs
+        # Gymnasium: an object array holding the true last observation where an env ended
+        rows = [final[i] if bool(done[i]) else next_obs[i] for i in range(len(final))]
+        return torch.stack([torch.as_tensor(r, device=next_obs.device) for r in rows])
+
+    def sample(self, batch_size: int, *, n_step: int = 1, gamma: float = 1.0) -> dict[str, torch.Tensor]:
+        """A uniform batch of stored transitions; with ``n_step > 1``, n-step transitions with a
+        ``discount`` field (see :meth:`ReplayBuffer.sample_n_step`)."""
+        if n_step == 1:
+            return self.buffer.sample(batch_size, self.generator)
+        return self.buffer.sample_n_step(
+            batch_size, n_step, gamma, stride=self.num_envs, generator=self.generator
+        )
 
     def pop_mean_return(self) -> float:
         """Mean return of the episodes that ended since the last call (NaN if none); one host read."""
@@ -109,4 +162,5 @@ class Collector:
         return returns.mean().item() if len(returns) else math.nan
 
     def close(self) -> None:
+        """Close the vector env."""
         self.venv.close()

@@ -10,7 +10,11 @@ minimized on the device by gradient steps on log eta (as Acme does).
 M-step (eq. 8): pi_{k+1} = argmax sum_j q_j log pi(a_j|s) (weighted maximum likelihood) subject to
 KL(pi_k || pi) bounds, decoupled for the mean (epsilon_mean) and the covariance (epsilon_stddev)
 with learned Lagrange multipliers. Q is learned with T^{pi,q} at alpha = 0 against the target policy.
-Logged like Acme: the KL / epsilon ratios and the duals. Gaussian policies (continuous actions).
+Logged like Acme: the KL / epsilon ratios and the duals.
+
+Gaussian policies for Box actions; categorical policies for Discrete ones, where the E-step is exact
+over all actions (q(a|s) proportional to pi_k(a|s) exp(Q(s, a) / eta), no sampling) and the M-step has
+one KL bound ``epsilon_policy`` (Acme's discrete MPO). ``n_step`` > 1 learns Q from n-step returns.
 """
 
 from __future__ import annotations
@@ -28,9 +32,9 @@ from rl_as_inference import envs
 from rl_as_inference.algos.collect import Collector
 from rl_as_inference.algos.sac import TrainResult
 from rl_as_inference.critics import TwinQ, soft_q_loss
-from rl_as_inference.guides.policies import GaussianMLP
+from rl_as_inference.guides.policies import CategoricalMLP, GaussianMLP
 
-__all__ = ["MPOConfig", "mpo_losses", "realized_kl", "train"]
+__all__ = ["MPOConfig", "categorical_mpo_losses", "mpo_losses", "realized_kl", "train"]
 
 
 @dataclass
@@ -50,6 +54,9 @@ class MPOConfig:
     epsilon: float = 0.1  # E-step KL bound
     epsilon_mean: float = 2.5e-3  # M-step KL bound on the mean
     epsilon_stddev: float = 1e-6  # M-step KL bound on the standard deviation
+    epsilon_policy: float = 1e-3  # M-step KL bound of a categorical policy (Acme's discrete MPO)
+    n_step: int = 1  # critic targets from n-step returns (1: one-step T^{pi,q})
+    backend: str = "functional"  # collect with the torch port, or "gymnasium" (Gymnasium's own env)
     policy_lr: float = 1e-3
     critic_lr: float = 1e-3
     dual_lr: float = 1e-2
@@ -65,6 +72,54 @@ def realized_kl(weights: torch.Tensor) -> torch.Tensor:
     """Mean over states of KL(q(.|s) || pi_k(.|s)) for E-step weights ``[M, B]`` over M samples of pi_k."""
     m = weights.shape[0]
     return (weights * (torch.log(weights.clamp_min(1e-30)) + math.log(m))).sum(0).mean()
+
+
+def categorical_mpo_losses(
+    q_values: torch.Tensor,
+    online_logits: torch.Tensor,
+    target_logits: torch.Tensor,
+    log_temperature: torch.Tensor,
+    log_alpha: torch.Tensor,
+    config: MPOConfig,
+) -> tuple[torch.Tensor, dict]:
+    """The MPO loss of a categorical policy, with the E-step exact over all actions.
+
+    E-step (seed eq. 7): q(a|s) = pi_k(a|s) exp(Q(s, a) / eta) / Z(s), with eta minimizing the dual
+    g(eta) = eta epsilon + eta E_s[log sum_a pi_k(a|s) exp(Q(s, a) / eta)].
+    M-step (eq. 8): maximize E_s[sum_a q(a|s) log pi(a|s)] subject to E_s[KL(pi_k || pi)] <=
+    epsilon_policy, with the Lagrange multiplier exp(log_alpha) learned by its own dual.
+
+    Args:
+        q_values: ``[B, A]`` Q(s_i, a) for every action.
+        online_logits, target_logits: ``[B, A]`` logits of the policy being fitted and of pi_k.
+        log_temperature, log_alpha: the dual variables (scalars, trainable).
+        config: constraint sizes (``epsilon``, ``epsilon_policy``).
+
+    Returns:
+        (loss, stats) as :func:`mpo_losses`.
+    """
+    temperature = log_temperature.exp()
+    target_log_probs = torch.log_softmax(target_logits.detach(), dim=-1)
+    q = q_values.detach()
+    weights = torch.softmax(target_log_probs + q / temperature.detach(), dim=-1)
+    log_z = torch.logsumexp(target_log_probs + q / temperature, dim=-1)
+    temperature_loss = temperature * config.epsilon + temperature * log_z.mean()
+    online_log_probs = torch.log_softmax(online_logits, dim=-1)
+    policy_loss = -(weights * online_log_probs).sum(-1).mean()
+    # KL(pi_k || pi) from log-probabilities: a near-deterministic policy has probabilities that
+    # underflow to 0 (logits ~ 100 in float32), where torch's Categorical KL returns inf.
+    kl = (target_log_probs.exp() * (target_log_probs - online_log_probs)).sum(-1).mean()
+    alpha = log_alpha.exp()
+    alpha_loss = alpha * (config.epsilon_policy - kl.detach())
+    log_weights = torch.log(weights.clamp_min(1e-30))
+    kl_q = (weights * (log_weights - target_log_probs)).sum(-1).mean()
+    stats = {
+        "temperature": temperature.detach(),
+        "kl_q_rel": kl_q / config.epsilon,
+        "kl_policy_rel": kl.detach() / config.epsilon_policy,
+        "alpha_policy": alpha.detach(),
+    }
+    return policy_loss + alpha.detach() * kl + alpha_loss + temperature_loss, stats
 
 
 def _gaussian(loc: torch.Tensor, scale: torch.Tensor) -> Independent:
@@ -138,12 +193,22 @@ def train(config: MPOConfig, *, callback: Callable[[dict], None] | None = None) 
         device=device,
         seed=config.seed,
         buffer_size=config.buffer_size,
+        discrete=True,
+        backend=config.backend,
         algorithm="mpo",
     )
     space = data.action_space
-    policy = GaussianMLP(
-        data.observation_space, space, hidden=config.hidden, activation=torch.nn.ELU, state_dependent_std=True
-    ).to(device)
+    if data.discrete:
+        policy = CategoricalMLP(data.observation_space, space, hidden=config.hidden, activation=torch.nn.ELU)
+    else:
+        policy = GaussianMLP(
+            data.observation_space,
+            space,
+            hidden=config.hidden,
+            activation=torch.nn.ELU,
+            state_dependent_std=True,
+        )
+    policy.to(device)
     target_policy = copy.deepcopy(policy).requires_grad_(False)
     critic = TwinQ(data.observation_space, space, hidden=config.hidden).to(device)
     duals = [
@@ -161,22 +226,30 @@ def train(config: MPOConfig, *, callback: Callable[[dict], None] | None = None) 
         data.step(None if data.env_steps < config.learning_starts else policy)
         if data.env_steps < config.learning_starts:
             continue
-        batch = data.sample(config.batch_size)
+        batch = data.sample(config.batch_size, n_step=config.n_step, gamma=config.gamma)
         # ---- critic: T^{pi,q} at alpha = 0 against the target policy (plain expected Q backup)
         critic_loss = soft_q_loss(critic, target_policy, batch, alpha=0.0, log_pi=0.0, gamma=config.gamma)
         critic_opt.zero_grad()
         critic_loss.backward()
         critic_opt.step()
-        # ---- E-step samples from pi_k and their Q values; M-step on the policy; duals
-        with torch.no_grad():
-            t_loc, t_scale = target_policy.params(batch["obs"])
-            actions = _gaussian(t_loc, t_scale).sample((config.num_samples,))  # [M, B, d]
-            obs = batch["obs"].expand(config.num_samples, *batch["obs"].shape)
-            q_values = critic.min(obs.reshape(-1, obs.shape[-1]), actions.reshape(-1, actions.shape[-1]))
-            q_values = q_values.reshape(config.num_samples, -1)
-        loss, stats = mpo_losses(
-            q_values, actions, policy.params(batch["obs"]), (t_loc, t_scale), *duals, config
-        )
+        # ---- E-step weights over actions of pi_k and their Q values; M-step on the policy; duals
+        if data.discrete:
+            with torch.no_grad():
+                q_values = critic.min(batch["obs"])  # [B, A]: every action, no sampling
+                target_logits = target_policy(batch["obs"]).logits
+            loss, stats = categorical_mpo_losses(
+                q_values, policy(batch["obs"]).logits, target_logits, duals[0], duals[1], config
+            )
+        else:
+            with torch.no_grad():
+                t_loc, t_scale = target_policy.params(batch["obs"])
+                actions = _gaussian(t_loc, t_scale).sample((config.num_samples,))  # [M, B, d]
+                obs = batch["obs"].expand(config.num_samples, *batch["obs"].shape)
+                q_values = critic.min(obs.reshape(-1, obs.shape[-1]), actions.reshape(-1, actions.shape[-1]))
+                q_values = q_values.reshape(config.num_samples, -1)
+            loss, stats = mpo_losses(
+                q_values, actions, policy.params(batch["obs"]), (t_loc, t_scale), *duals, config
+            )
         policy_opt.zero_grad()
         dual_opt.zero_grad()
         loss.backward()

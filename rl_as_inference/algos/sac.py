@@ -14,7 +14,6 @@ batch 256, tau 0.005, gamma 0.99, automatic temperature with target entropy -dim
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,8 +26,9 @@ from rl_as_inference import envs
 from rl_as_inference.algos.collect import Collector
 from rl_as_inference.critics import TwinQ, soft_q_loss
 from rl_as_inference.guides.policies import TanhGaussianMLP
+from rl_as_inference.temperature import Temperature
 
-__all__ = ["SACConfig", "TrainResult", "actor_loss", "train"]
+__all__ = ["SACConfig", "TrainResult", "actor_loss", "make_temperature", "train", "uniform_log_prior"]
 
 
 @dataclass
@@ -49,8 +49,13 @@ class SACConfig:
     hidden: tuple[int, ...] = (256, 256)
     alpha: float | None = None  # None: learned by its dual to reach target_entropy
     initial_alpha: float = 1.0
+    alpha_final: float | None = None  # with alpha: anneal alpha -> alpha_final (a temperature schedule)
+    alpha_schedule: str = "linear"  # "linear" or "exponential"
+    alpha_anneal_steps: int | None = None  # env steps of the schedule (None: total_env_steps)
     target_entropy: float | None = None  # None: -dim(A)
     updates_per_step: int = 1  # gradient steps per collected batch
+    n_step: int = 1  # critic targets from n-step returns (1: one-step T^{pi,q})
+    backend: str = "functional"  # collect with the torch port, or "gymnasium" (Gymnasium's own env)
     seed: int = 0
     device: str = "cpu"
     log_every: int = 1_000  # env steps between metric rows
@@ -64,6 +69,19 @@ class TrainResult:
     metrics: list[dict] = field(default_factory=list)
     env_steps: int = 0
     wall_time: float = 0.0
+
+
+def make_temperature(config, device: torch.device) -> Temperature:
+    """The :class:`~rl_as_inference.temperature.Temperature` that a config's alpha fields describe."""
+    return Temperature(
+        alpha=config.alpha,
+        initial_alpha=config.initial_alpha,
+        alpha_final=config.alpha_final,
+        schedule=config.alpha_schedule,
+        anneal_steps=config.alpha_anneal_steps or config.total_env_steps,
+        lr=config.alpha_lr,
+        device=device,
+    )
 
 
 def uniform_log_prior(action_space: gym.spaces.Box) -> float:
@@ -90,6 +108,7 @@ def train(config: SACConfig, *, callback: Callable[[dict], None] | None = None) 
         device=device,
         seed=config.seed,
         buffer_size=config.buffer_size,
+        backend=config.backend,
         algorithm="sac",
     )
     space = data.action_space
@@ -99,10 +118,7 @@ def train(config: SACConfig, *, callback: Callable[[dict], None] | None = None) 
     critic.to(device)
     actor_opt = torch.optim.Adam(policy.parameters(), lr=config.actor_lr)
     critic_opt = torch.optim.Adam(critic.online_parameters(), lr=config.critic_lr)
-    log_alpha = torch.tensor(
-        math.log(config.alpha or config.initial_alpha), device=device, requires_grad=True
-    )
-    alpha_opt = torch.optim.Adam([log_alpha], lr=config.alpha_lr)
+    temperature = make_temperature(config, device)
     target_entropy = -float(np.prod(space.shape)) if config.target_entropy is None else config.target_entropy
     log_pi = uniform_log_prior(space)
 
@@ -113,9 +129,10 @@ def train(config: SACConfig, *, callback: Callable[[dict], None] | None = None) 
         data.step(None if data.env_steps < config.learning_starts else policy)
         if data.env_steps < config.learning_starts:
             continue
+        temperature.advance(data.env_steps)
         for _ in range(config.updates_per_step):
-            alpha = config.alpha if config.alpha is not None else log_alpha.exp().detach()
-            batch = data.sample(config.batch_size)
+            alpha = temperature.value
+            batch = data.sample(config.batch_size, n_step=config.n_step, gamma=config.gamma)
             # ---- critic: regress Q onto T^{pi,q} Q' at the sampled transition (clipped double-Q target)
             critic_loss = soft_q_loss(critic, policy, batch, alpha=alpha, log_pi=log_pi, gamma=config.gamma)
             critic_opt.zero_grad()
@@ -127,11 +144,7 @@ def train(config: SACConfig, *, callback: Callable[[dict], None] | None = None) 
             loss.backward()
             actor_opt.step()
             # ---- temperature: dual of the entropy constraint E[-log q] >= target_entropy
-            if config.alpha is None:
-                alpha_loss = -(log_alpha * (log_q.detach() + target_entropy)).mean()
-                alpha_opt.zero_grad()
-                alpha_loss.backward()
-                alpha_opt.step()
+            temperature.dual_step(log_q + target_entropy)
             critic.update_target(config.tau)
         if data.env_steps >= next_log or data.env_steps >= config.total_env_steps:
             next_log += config.log_every
@@ -142,7 +155,7 @@ def train(config: SACConfig, *, callback: Callable[[dict], None] | None = None) 
                 "critic_loss": critic_loss.item(),
                 "actor_loss": loss.item(),
                 "elbo": -loss.item(),  # the H = 1 trajectory ELBO in reward units (batch mean)
-                "alpha": float(alpha),
+                "alpha": temperature.item(),
             }
             result.metrics.append(row)
             if callback is not None:

@@ -21,7 +21,6 @@ Reads top to bottom: config, networks, collection, critic, actor (SVI), temperat
 from __future__ import annotations
 
 import copy
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ import torch
 import rl_as_inference as rlai
 from rl_as_inference import envs, guides, models
 from rl_as_inference.algos.collect import Collector
-from rl_as_inference.algos.sac import TrainResult, uniform_log_prior
+from rl_as_inference.algos.sac import TrainResult, make_temperature, uniform_log_prior
 from rl_as_inference.critics import TwinQ, soft_q_loss
 
 __all__ = ["SVIConfig", "train"]
@@ -61,7 +60,11 @@ class SVIConfig:
     kl_bound: float = 0.05  # epsilon of the KL dual (objective "kl" with a learned temperature)
     alpha: float | None = None  # None: learned by its dual (target_entropy for "maxent", kl_bound for "kl")
     initial_alpha: float = 1.0
+    alpha_final: float | None = None  # with alpha: anneal alpha -> alpha_final (a temperature schedule)
+    alpha_schedule: str = "linear"  # "linear" or "exponential"
+    alpha_anneal_steps: int | None = None  # env steps of the schedule (None: total_env_steps)
     target_entropy: float | None = None  # None: -dim(A)
+    n_step: int = 1  # critic targets from n-step returns (1: one-step T^{pi,q})
     seed: int = 0
     device: str = "cpu"
     log_every: int = 1_000
@@ -93,10 +96,7 @@ def train(config: SVIConfig, *, callback: Callable[[dict], None] | None = None) 
     critic = TwinQ(obs_space, space, hidden=config.hidden).to(device)
     actor_opt = torch.optim.Adam(policy.parameters(), lr=config.actor_lr)
     critic_opt = torch.optim.Adam(critic.online_parameters(), lr=config.critic_lr)
-    log_alpha = torch.tensor(
-        math.log(config.alpha or config.initial_alpha), device=device, requires_grad=True
-    )
-    alpha_opt = torch.optim.Adam([log_alpha], lr=config.alpha_lr)
+    temperature = make_temperature(config, device)
     target_entropy = -float(np.prod(space.shape)) if config.target_entropy is None else config.target_entropy
     log_pi = uniform_log_prior(space)
 
@@ -117,8 +117,9 @@ def train(config: SVIConfig, *, callback: Callable[[dict], None] | None = None) 
         data.step(None if data.env_steps < config.learning_starts else policy)
         if data.env_steps < config.learning_starts:
             continue
-        alpha = config.alpha if config.alpha is not None else float(log_alpha.detach().exp())
-        batch = data.sample(config.batch_size)
+        temperature.advance(data.env_steps)
+        alpha = temperature.value  # a device tensor when learned: never read back in the loop
+        batch = data.sample(config.batch_size, n_step=config.n_step, gamma=config.gamma)
         # ---- critic: T^{pi,q} on sampled transitions, as in SAC
         critic_loss = soft_q_loss(critic, policy, batch, alpha=alpha, log_pi=log_pi, gamma=config.gamma)
         critic_opt.zero_grad()
@@ -126,7 +127,7 @@ def train(config: SVIConfig, *, callback: Callable[[dict], None] | None = None) 
         critic_opt.step()
 
         # ---- actor: SVI on the H-step trajectory model started at replayed states
-        def soft_value(s: torch.Tensor, alpha: float = alpha) -> torch.Tensor:
+        def soft_value(s: torch.Tensor, alpha: float | torch.Tensor = alpha) -> torch.Tensor:
             o = env.observe(s, dtype=None).float()
             d = policy(o)
             a = d.rsample()
@@ -153,14 +154,7 @@ def train(config: SVIConfig, *, callback: Callable[[dict], None] | None = None) 
             # Only the "kl" objective has a pi_k to stray from; maxent would pay for a forward pass
             # against a copy of the initial policy that nothing uses.
             kl = (log_q - reference(batch["obs"]).log_prob(a)).mean() if reference is not None else None
-        if config.alpha is None:
-            if config.objective == "maxent":
-                alpha_loss = -(log_alpha * (log_q + target_entropy)).mean()
-            else:
-                alpha_loss = log_alpha * (config.kl_bound - kl)
-            alpha_opt.zero_grad()
-            alpha_loss.backward()
-            alpha_opt.step()
+        temperature.dual_step(log_q + target_entropy if kl is None else kl - config.kl_bound)
         critic.update_target(config.tau)
         if data.env_steps >= next_log or data.env_steps >= config.total_env_steps:
             next_log += config.log_every
@@ -171,7 +165,7 @@ def train(config: SVIConfig, *, callback: Callable[[dict], None] | None = None) 
                 "critic_loss": critic_loss.item(),
                 "actor_loss": actor_loss.item(),
                 "elbo": -elbo_loss.item(),  # per start state, in nats (H-step segment + terminal value)
-                "alpha": alpha,
+                "alpha": temperature.item(),
                 # sample estimate of KL(q || pi_k) at replayed states ("kl" objective; NaN for maxent)
                 "kl": kl.item() if kl is not None else float("nan"),
             }
