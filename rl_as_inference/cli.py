@@ -1,9 +1,11 @@
-"""The ``rlai`` command line: ``rlai train``, ``rlai evaluate``."""
+"""The ``rlai`` command line: ``rlai train``, ``rlai evaluate``, ``rlai inspect``."""
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -15,7 +17,7 @@ __all__ = ["main"]
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rlai",
-        description="Reinforcement learning as probabilistic inference: train and evaluate policies.",
+        description="Reinforcement learning as probabilistic inference: train, evaluate and inspect policies.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -69,7 +71,83 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--stochastic", action="store_true", help="sample actions instead of taking the mode"
     )
+
+    inspect = sub.add_parser(
+        "inspect",
+        help="diagnose a trained policy as importance sampling of p(tau | O) (ArviZ)",
+        description="Draw episodes from the policy of a run directory on the torch port of its environment "
+        "(uniform prior, the run's alpha and gamma), weight each by log p(tau, O) - log q(tau), and write "
+        "DIR/posterior.nc (ArviZ InferenceData) and PNG plots (ELBO history, actions, states, returns, "
+        "weights). Prints the ELBO, the importance-sampling estimate of log p(O), the PSIS k-hat and the ESS.",
+    )
+    inspect.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by rlai train")
+    inspect.add_argument(
+        "--out", required=True, metavar="DIR", help="where to write posterior.nc and the plots"
+    )
+    inspect.add_argument(
+        "--episodes",
+        type=int,
+        default=256,
+        metavar="N",
+        help="episodes to draw from the policy (default 256)",
+    )
+    inspect.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the episodes (default 0)")
+    inspect.add_argument(
+        "--horizon", type=int, metavar="H", help="steps per episode (default: the environment's time limit)"
+    )
+    inspect.add_argument(
+        "--device", choices=("cpu", "cuda", "auto"), default="cpu", help="where to run the episodes"
+    )
     return parser
+
+
+def _inspect(args: argparse.Namespace) -> None:
+    from rl_as_inference import diagnostics
+    from rl_as_inference.envs.base import resolve_device
+
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a directory")
+    if isinstance(args.horizon, int) and args.horizon < 1:
+        raise ValueError(f"horizon must be an int >= 1, got {args.horizon}")
+    if args.episodes < 2:
+        raise ValueError(f"episodes must be an int >= 2, got {args.episodes}")
+    idata = diagnostics.from_run(
+        args.run_dir,
+        num_episodes=args.episodes,
+        seed=args.seed,
+        device=resolve_device(args.device),
+        horizon=args.horizon,
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    diagnostics.to_netcdf(idata, out / "posterior.nc")
+    paths = diagnostics.save_plots(idata, out)
+    s = diagnostics.summarize(idata)
+    attrs = idata.posterior.attrs
+    k = s["pareto_k"]
+    verdict = "good" if k < 0.5 else "ok" if k < 0.7 else "q misses p(tau|O): the IS estimate is unreliable"
+    rows = [
+        ("ELBO (mean log w)", f"{s['elbo']:.4g} +- {s['elbo_se']:.2g} (SE)"),
+        ("log p(O) (IS estimate)", f"{s['log_evidence']:.4g} +- {s['log_evidence_se']:.2g} (SE)"),
+        ("PSIS k-hat", f"{k:.3g} ({verdict})"),
+        ("ESS (Kish)", f"{s['ess']:.1f} of {int(s['num_episodes'])}"),
+        (
+            "return",
+            f"mean {s['return_mean']:.4g}, sd {s['return_std']:.3g}, "
+            f"5%-95% [{s['return_q05']:.4g}, {s['return_q95']:.4g}]"
+            if math.isfinite(s["return_mean"])
+            else "not recorded",
+        ),
+    ]
+    print(
+        f"{int(s['num_episodes'])} episodes of {attrs.get('env')} (horizon {attrs.get('horizon')}, "
+        f"alpha {attrs.get('alpha', float('nan')):.3g}, gamma {attrs.get('gamma', float('nan')):.3g}, "
+        f"objective {attrs.get('objective')})"
+    )
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f"  {name:<{width}}  {value}")
+    print(f"wrote {out / 'posterior.nc'} and {', '.join(p.name for p in paths.values())}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
             )
             print((run_dir / "eval.json").read_text().strip())
             print(f"run directory: {run_dir}")
+        elif args.command == "inspect":
+            _inspect(args)
         else:
             returns = runs.evaluate(
                 args.run_dir, episodes=args.episodes, seed=args.seed, stochastic=args.stochastic

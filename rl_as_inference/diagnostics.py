@@ -1,0 +1,1006 @@
+"""Diagnostics of a variational policy: its trajectories as importance samples of p(tau | O), in ArviZ.
+
+Each episode tau ~ q(tau) that the guide rolls out carries the importance weight of seed eq. (2),
+
+    log w(tau) = log p(tau, O) - log q(tau)
+               = sum_t [ gamma^t r_t / alpha + log pi(a_t|s_t) - log q(a_t|s_t) ]  (+ gamma^H V(s_H) / alpha)
+
+(p(s_0) and the dynamics are shared by model and guide and cancel, seed eq. (12)). From N of them:
+
+- the ELBO, E_q[log w] <= log p(O), estimated by mean(log w) with standard error sd(log w) / sqrt(N);
+- the importance-sampling estimate of the evidence, log p(O) ~= logsumexp(log w) - log N, with the
+  delta-method standard error sd(w) / (sqrt(N) mean(w)) = sqrt((N / ESS - 1) / (N - 1));
+- Kish's effective sample size ESS = (sum w)^2 / sum w^2 of the weights;
+- the Pareto k-hat of PSIS (``arviz.psislw``): the shape of the weights' upper tail. k-hat < 0.5: q
+  covers p(tau | O) well and the IS estimate is reliable; k-hat > 0.7: q misses mass of the posterior,
+  the IS estimate (and its standard error) cannot be trusted and the ELBO gap is large. Weights
+  equal to float precision (q is the posterior) get k-hat = -inf. The tail fit assumes continuous
+  weights: when they take few distinct values (the optimal q of a deterministic MDP with a random
+  initial state has log w = V_0(s_0), one value per initial state) k-hat is erratic.
+
+Trajectories are read from Pyro traces through the site-naming convention of
+:mod:`rl_as_inference.models.sites` (actions ``a_t``, states ``s_t``, factors ``O_t``), so any model and
+guide that follow it work, not only ``TrajectoryModel``. Every ArviZ call of the library lives in this
+module (a move to ArviZ 1.x, where ``InferenceData`` becomes an ``xarray.DataTree``, is one file).
+
+The ``InferenceData`` has named dims ``episode`` (one per trajectory drawn from q), ``time`` (action
+step t = 0..H-1), ``action_dim`` and ``state_dim`` (continuous spaces), and ``step`` (training
+history); its groups are ``posterior`` (action, state, final_state, reward, alive, return,
+discounted_return) and ``sample_stats`` (log_weight, log_weight_step, psis_log_weight, elbo, elbo_se,
+log_evidence, log_evidence_se, pareto_k, ess, psis_ess, and ``*_history`` from a fit or a run).
+Episodes are independent draws from q, not Markov chains: ``episode`` replaces ArviZ's
+``(chain, draw)`` sample dims (ArviZ 1.x lets every function take ``sample_dims``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import math
+import os
+import tomllib
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import xarray as xr
+from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
+from pyro import poutine
+from pyro.distributions.util import scale_and_mask
+from pyro.poutine.util import site_is_subsample
+
+from rl_as_inference.models.priors import UniformPrior
+from rl_as_inference.models.rollout import Trajectory
+from rl_as_inference.models.sites import parse_site, state_site
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", FutureWarning)  # ArviZ 0.23 announces its 1.x refactor on import
+    import arviz as az
+
+__all__ = [
+    "EpisodeSample",
+    "ImportanceDiagnostics",
+    "from_netcdf",
+    "from_run",
+    "importance_diagnostics",
+    "plot_actions",
+    "plot_elbo",
+    "plot_returns",
+    "plot_states",
+    "plot_weights",
+    "sample_episodes",
+    "save_plots",
+    "summarize",
+    "to_inference_data",
+    "to_netcdf",
+]
+
+PLOTS = ("elbo", "actions", "states", "returns", "weights")
+_EQUAL_TOL = 1e-5  # relative spread below which log weights count as equal (float32 rounding)
+
+
+# ---------------------------------------------------------------------- importance weights
+@dataclass
+class ImportanceDiagnostics:
+    """What N importance log weights log w_i = log p(tau_i, O) - log q(tau_i) say (seed eq. 2).
+
+    Attributes:
+        num_samples: N.
+        elbo: mean_i log w_i, the Monte-Carlo ELBO of eq. (2) (a lower bound of log p(O) in expectation).
+        elbo_se: its standard error sd(log w) / sqrt(N).
+        log_evidence: logsumexp_i(log w_i) - log N, the importance-sampling estimate of log p(O).
+        log_evidence_se: delta-method standard error sd(w) / (sqrt(N) mean(w)) of that estimate
+            (meaningful only when ``pareto_k`` < 0.7).
+        pareto_k: PSIS k-hat of the weights' upper tail (``arviz.psislw`` with r_eff = 1).
+        ess: Kish's effective sample size (sum w)^2 / sum w^2 of the raw weights.
+        psis_ess: the same of the Pareto-smoothed weights.
+    """
+
+    num_samples: int
+    elbo: float
+    elbo_se: float
+    log_evidence: float
+    log_evidence_se: float
+    pareto_k: float
+    ess: float
+    psis_ess: float
+
+    def as_dict(self) -> dict[str, float]:
+        """The fields as a plain dict."""
+        return asdict(self)
+
+
+def _as_log_weights(log_weights) -> np.ndarray:
+    if isinstance(log_weights, torch.Tensor):
+        log_weights = log_weights.detach().to("cpu", torch.float64).numpy()
+    lw = np.asarray(log_weights, dtype=np.float64)
+    if lw.ndim != 1 or lw.size < 2:
+        raise ValueError(f"log_weights must be a 1-D array of at least 2 weights, got shape {lw.shape}")
+    if np.isnan(lw).any() or np.isposinf(lw).any():
+        raise ValueError("log_weights must not contain NaN or +inf")
+    return lw
+
+
+def _psis(lw: np.ndarray) -> tuple[np.ndarray, float]:
+    """Pareto-smoothed, normalized log weights and k-hat (``arviz.psislw``, r_eff = 1).
+
+    Weights equal to float precision (spread <= 1e-5 (1 + max |log w|) nats, e.g. float32 rounding
+    of an exact posterior) have no tail to fit: k-hat is then -inf and the weights are only
+    normalized. No finite weight at all: k-hat is +inf.
+    """
+    finite = lw[np.isfinite(lw)]
+    if finite.size == 0:
+        return np.full_like(lw, -np.inf), math.inf
+    if np.ptp(finite) <= _EQUAL_TOL * (1.0 + np.abs(finite).max()):
+        top = finite.max()
+        return lw - (top + np.log(np.exp(lw - top).sum())), -math.inf
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # psislw warns above k = 0.7; the caller reports k
+        smoothed, k = az.psislw(lw, reff=1.0)
+    return np.asarray(smoothed, dtype=np.float64), float(k)
+
+
+def _kish(lw: np.ndarray) -> float:
+    if not np.isfinite(lw).any():
+        return 0.0
+    v = np.exp(lw - lw.max())
+    return float(v.sum() ** 2 / np.square(v).sum())
+
+
+def importance_diagnostics(log_weights) -> ImportanceDiagnostics:
+    """ELBO, IS estimate of log p(O), PSIS k-hat and ESS from log weights log p(tau_i, O) - log q(tau_i).
+
+    Args:
+        log_weights: ``[N]`` log importance weights of eq. (2) (numpy or torch), N >= 2; -inf is
+            allowed (a trajectory impossible under the model).
+
+    Returns:
+        An :class:`ImportanceDiagnostics`.
+    """
+    lw = _as_log_weights(log_weights)
+    n = lw.size
+    finite = np.isfinite(lw).any()
+    elbo = float(lw.mean())
+    elbo_se = float(lw.std(ddof=1) / math.sqrt(n)) if np.isfinite(lw).all() else math.nan
+    smoothed, k = _psis(lw)
+    if finite:
+        top = lw.max()
+        v = np.exp(lw - top)  # w / max w: the same ratios, no overflow
+        log_evidence = float(top + np.log(v.mean()))
+        log_evidence_se = float(v.std(ddof=1) / (math.sqrt(n) * v.mean()))
+    else:
+        log_evidence, log_evidence_se = -math.inf, math.nan
+    return ImportanceDiagnostics(
+        num_samples=n,
+        elbo=elbo,
+        elbo_se=elbo_se,
+        log_evidence=log_evidence,
+        log_evidence_se=log_evidence_se,
+        pareto_k=k,
+        ess=_kish(lw),
+        psis_ess=_kish(smoothed),
+    )
+
+
+# ---------------------------------------------------------------------- sampling from traces
+@dataclass
+class EpisodeSample:
+    """Episodes drawn from a guide and scored by the model, read from the Pyro traces by site name.
+
+    Attributes:
+        actions: ``[H, N, *action_shape]`` values of the guide's ``a_t`` sites.
+        alive: ``[H, N]`` bool, True where step t belongs to the episode (the mask of ``a_t``).
+        log_weight_steps: ``[H, N]`` the part of log p(tau, O) - log q(tau) booked at step t: the
+            sites ``a_t``, ``s_{t+1}`` and ``O_t`` (``s_0``, per-episode globals at t = 0, ``O_H`` at
+            t = H - 1), model minus guide. Their sum over t is the log weight of eq. (2).
+        states: ``[H+1, N, *state_shape]`` s_0..s_H (from a returned ``Trajectory`` or the ``s_t``
+            sites), or None when neither model nor guide exposes them.
+        rewards: ``[H, N]`` rewards r_t (from a returned ``Trajectory``, else recovered from the
+            ``O_t`` factors as r_t = alpha log O_t / gamma^t), zero after termination, or None.
+        latents: the guide's other per-episode latent sites, ``[N, ...]`` each.
+    """
+
+    actions: torch.Tensor
+    alive: torch.Tensor
+    log_weight_steps: torch.Tensor
+    states: torch.Tensor | None = None
+    rewards: torch.Tensor | None = None
+    latents: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def log_weights(self) -> torch.Tensor:
+        """``[N]`` log w = log p(tau, O) - log q(tau) of each episode (seed eq. 2)."""
+        return self.log_weight_steps.sum(0)
+
+    @property
+    def horizon(self) -> int:
+        """H, the number of action steps."""
+        return self.actions.shape[0]
+
+    @property
+    def num_episodes(self) -> int:
+        """N, the size of the ``episodes`` plate."""
+        return self.actions.shape[1]
+
+
+def _sample_sites(trace, *, latent_only: bool):
+    for name, site in trace.nodes.items():
+        if site["type"] != "sample" or site_is_subsample(site) or site["infer"].get("_deterministic"):
+            continue
+        if latent_only and site["is_observed"]:
+            continue
+        yield name, site
+
+
+def _log_prob(site) -> torch.Tensor:
+    lp = site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"])
+    return scale_and_mask(lp, site["scale"], site["mask"])
+
+
+def _mask(site, n: int, device) -> torch.Tensor:
+    mask = site["mask"]
+    if mask is None:
+        return torch.ones(n, dtype=torch.bool, device=device)
+    return torch.as_tensor(mask, device=device).to(torch.bool).expand(n)
+
+
+def sample_episodes(
+    model,
+    guide,
+    num_episodes: int,
+    *args,
+    alpha: float | None = None,
+    gamma: float | None = None,
+    **kwargs,
+) -> EpisodeSample:
+    """Roll out ``num_episodes`` episodes from the guide, replay them in the model, read them by site name.
+
+    Traces ``guide(num_episodes, *args, **kwargs)``, replays ``model`` on that trace, and books each
+    site's log-probability (model minus guide) at its step, so the log weights are those of eq. (2):
+    log p(tau, O) - log q(tau). Works with any model/guide pair that follows
+    :mod:`rl_as_inference.models.sites`; no gradients are recorded.
+
+    Args:
+        model, guide: Pyro callables taking ``(num_episodes, *args, **kwargs)``.
+        num_episodes: N, the size of the ``episodes`` plate.
+        alpha, gamma: used only to recover rewards from the ``O_t`` factors of a model that does not
+            return a ``Trajectory`` (default: the model's ``alpha``/``gamma`` attributes, else 1).
+
+    Raises:
+        ValueError: the guide has no ``a_t`` sites, misses a latent site of the model, or has a latent
+            site outside the ``episodes`` plate (per-episode weights are then undefined).
+    """
+    n = _check_positive_int("num_episodes", num_episodes)
+    with torch.no_grad():
+        guide_trace = poutine.trace(guide).get_trace(n, *args, **kwargs)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(n, *args, **kwargs)
+    for name, _ in _sample_sites(model_trace, latent_only=True):
+        if name not in guide_trace.nodes:
+            raise ValueError(
+                f"the guide has no site {name!r}, a latent site of the model: every action (and "
+                "stochastic transition) site of the model must be sampled in the guide"
+            )
+    action_sites = {}
+    for name, site in _sample_sites(guide_trace, latent_only=True):
+        info = parse_site(name)
+        if info.role == "action":
+            action_sites[info.time] = site
+    if not action_sites:
+        raise ValueError(
+            "the guide has no action sites a_0, a_1, ...: it does not follow the site convention"
+        )
+    horizon = max(action_sites) + 1
+    missing = sorted(set(range(horizon)) - set(action_sites))
+    if missing:
+        raise ValueError(
+            f"the guide has a_{horizon - 1} but no a_{missing[0]}: action sites must be a_0..a_H-1"
+        )
+    actions = torch.stack([action_sites[t]["value"] for t in range(horizon)])
+    if actions.shape[1] != n:
+        raise ValueError(
+            f"a_0 has shape {tuple(actions.shape[1:])}; expected {n} episodes first (pyro.plate('episodes', N))"
+        )
+    device = actions.device
+    g_ret = guide_trace.nodes.get("_RETURN", {}).get("value")
+    m_ret = model_trace.nodes.get("_RETURN", {}).get("value")
+    g_traj = g_ret if isinstance(g_ret, Trajectory) else None
+    m_traj = m_ret if isinstance(m_ret, Trajectory) else None
+    traj = g_traj or m_traj
+
+    if traj is not None and tuple(traj.alive.shape) == (horizon, n):
+        alive = traj.alive.to(torch.bool)
+    else:
+        alive = torch.stack([_mask(action_sites[t], n, device) for t in range(horizon)])
+
+    # ---- log weights booked per step
+    steps: list[torch.Tensor | float] = [0.0] * horizon
+    latents: dict[str, torch.Tensor] = {}
+    for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
+        for name, site in _sample_sites(trace, latent_only=sign < 0):
+            lp = _log_prob(site)
+            if lp.dim() == 0 and not site["is_observed"]:
+                raise ValueError(
+                    f"site {name!r} is a latent outside the episodes plate: one draw is shared by every "
+                    "episode, so per-episode importance weights are undefined"
+                )
+            if lp.dim() > 1 or (lp.dim() == 1 and lp.shape[0] != n):
+                raise ValueError(
+                    f"site {name!r} has log-prob shape {tuple(lp.shape)}: trajectory sites must be inside "
+                    f"pyro.plate('episodes', {n}) (shape [{n}])"
+                )
+            info = parse_site(name)
+            t = 0 if info.time is None else info.time
+            t = min(max(t - 1, 0) if info.role == "state" else t, horizon - 1)
+            steps[t] = steps[t] + sign * lp.to(torch.float64)
+            if (
+                sign < 0
+                and info.role == "global"
+                and site["value"].dim() >= 1
+                and site["value"].shape[0] == n
+            ):
+                latents[name] = site["value"]
+    log_weight_steps = torch.stack(
+        [torch.as_tensor(s, dtype=torch.float64, device=device).expand(n) for s in steps]
+    )
+
+    # ---- states s_0..s_H
+    states = None
+    if traj is not None:
+        states = traj.states
+    else:
+        sites = [guide_trace.nodes.get(state_site(t)) for t in range(horizon + 1)]
+        if all(s is not None for s in sites):
+            states = torch.stack([s["value"] for s in sites])
+
+    # ---- rewards
+    rewards = None
+    if traj is not None:
+        rewards = traj.rewards
+    else:
+        a = float(alpha if alpha is not None else getattr(model, "alpha", 1.0))
+        g = float(gamma if gamma is not None else getattr(model, "gamma", 1.0))
+        found = {}
+        for name, site in _sample_sites(model_trace, latent_only=False):
+            info = parse_site(name)
+            if info.role == "factor" and info.time is not None and info.time < horizon:
+                fn = site["fn"]
+                lf = fn.log_factor if hasattr(fn, "log_factor") else fn.log_prob(site["value"])
+                found[info.time] = a * lf.to(torch.float64).expand(n) / g**info.time
+        if found:
+            zero = torch.zeros(n, dtype=torch.float64, device=device)
+            rewards = torch.stack([found.get(t, zero) for t in range(horizon)])
+            rewards = torch.where(alive, rewards, torch.zeros_like(rewards))
+    return EpisodeSample(
+        actions=actions,
+        alive=alive,
+        log_weight_steps=log_weight_steps,
+        states=states,
+        rewards=rewards,
+        latents=latents,
+    )
+
+
+# ---------------------------------------------------------------------- InferenceData
+def _check_positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    return value
+
+
+@contextlib.contextmanager
+def _seeded(seed: int | None, device: torch.device | None) -> Iterator[None]:
+    """Seed torch's generator (Pyro samples from it) without disturbing the caller's stream."""
+    if seed is None:
+        yield
+        return
+    cuda = [device.index or 0] if device is not None and device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(int(seed))
+        yield
+
+
+def _numpy(x: torch.Tensor) -> np.ndarray:
+    return x.detach().to("cpu").numpy()
+
+
+def _episode_major(x: torch.Tensor) -> np.ndarray:
+    """``[H, N, ...]`` -> ``[N, H, ...]`` numpy (on the CPU only now)."""
+    return _numpy(x.movedim(1, 0))
+
+
+def _feature_dims(name: str, ndim: int) -> list[str]:
+    if ndim == 0:
+        return []
+    if ndim == 1:
+        return [name]
+    return [f"{name}_{i}" for i in range(ndim)]
+
+
+def _objective(model, objective: str | None) -> str:
+    if objective is not None:
+        return str(objective)
+    prior = getattr(model, "prior", None)
+    if prior is None:
+        return "unknown"
+    return "maxent" if isinstance(prior, UniformPrior) else "kl"
+
+
+def _history_from(fit_result, history: Mapping[str, Sequence[float]] | None) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    if fit_result is not None:
+        elbo = getattr(fit_result, "elbo", None)
+        if elbo is None:
+            raise TypeError(f"fit_result must be a FitResult (with .elbo), got {type(fit_result).__name__}")
+        out["elbo"] = np.asarray(elbo, dtype=np.float64)
+        returns = getattr(fit_result, "returns", None)
+        if returns is not None and len(returns) == len(elbo):
+            out["return"] = np.asarray(returns, dtype=np.float64)
+    for key, values in (history or {}).items():
+        out[str(key)] = np.asarray(values, dtype=np.float64)
+    lengths = {len(v) for v in out.values()}
+    if len(lengths) > 1:
+        raise ValueError(f"history columns differ in length: { {k: len(v) for k, v in out.items()} }")
+    return out
+
+
+def to_inference_data(
+    model,
+    guide,
+    *,
+    num_episodes: int,
+    fit_result=None,
+    history: Mapping[str, Sequence[float]] | None = None,
+    init_state: torch.Tensor | None = None,
+    alpha: float | None = None,
+    gamma: float | None = None,
+    objective: str | None = None,
+    seed: int | None = None,
+    attrs: Mapping[str, Any] | None = None,
+) -> az.InferenceData:
+    """Trajectories of the guide as an ``arviz.InferenceData``, with their importance weights (eq. 2).
+
+    Draws ``num_episodes`` episodes tau_i ~ q (:func:`sample_episodes`) and records
+
+    - ``posterior``: ``action`` (episode, time[, action_dim]), ``state`` s_t at which a_t is taken
+      (episode, time[, state_dim]), ``final_state`` s_H, ``reward`` r_t, ``alive``, ``return``
+      sum_t r_t and ``discounted_return`` sum_t gamma^t r_t, plus any other per-episode latent of the
+      guide (variables whose source is missing are left out);
+    - ``sample_stats``: ``log_weight`` log p(tau_i, O) - log q(tau_i), ``log_weight_step`` (its terms
+      per step), ``psis_log_weight`` (Pareto-smoothed, normalized), and the scalars ``elbo``,
+      ``elbo_se``, ``log_evidence`` (logsumexp(log w) - log N), ``log_evidence_se``, ``pareto_k``,
+      ``ess``, ``psis_ess`` of :func:`importance_diagnostics`; with ``fit_result`` or ``history``,
+      ``{name}_history`` over dim ``step``;
+    - attributes (on both groups): env, alpha, gamma, horizon, num_episodes, objective (``maxent``
+      for a uniform prior, ``kl`` for another prior) and ``attrs``.
+
+    Args:
+        model, guide: Pyro callables ``(num_episodes, init_state=None)`` following the site
+            convention (``TrajectoryModel`` and the guides of :mod:`rl_as_inference.guides`, or your own).
+        num_episodes: N >= 2 episodes to draw.
+        fit_result: a :class:`~rl_as_inference.fit.FitResult`: its ELBO (and return) history is stored.
+        history: more history columns ``{name: values}`` (one value per step); a column named
+            ``env_steps`` or ``step`` becomes the ``step`` coordinate.
+        init_state: optional initial states passed to model and guide.
+        alpha, gamma, objective: override what is read from the model's attributes.
+        seed: seed of the episodes (torch's generator is forked: the caller's stream is untouched).
+        attrs: extra attributes (numbers and strings).
+
+    Returns:
+        The ``InferenceData``; tensors are moved to the CPU only here, at the end.
+    """
+    n = _check_positive_int("num_episodes", num_episodes)
+    if n < 2:
+        raise ValueError("num_episodes must be >= 2 to estimate standard errors and k-hat")
+    env = getattr(model, "env", None) or getattr(guide, "env", None)
+    device = getattr(env, "device", None)
+    alpha = alpha if alpha is not None else getattr(model, "alpha", None)
+    gamma = gamma if gamma is not None else getattr(model, "gamma", None)
+    kwargs = {} if init_state is None else {"init_state": init_state}
+    with _seeded(seed, device):
+        sample = sample_episodes(model, guide, n, alpha=alpha, gamma=gamma, **kwargs)
+    H = sample.horizon
+
+    posterior: dict[str, np.ndarray] = {}
+    dims: dict[str, list[str]] = {}
+    action = _episode_major(sample.actions)
+    posterior["action"] = action
+    dims["action"] = ["episode", "time", *_feature_dims("action_dim", action.ndim - 2)]
+    if sample.states is not None:
+        posterior["state"] = _episode_major(sample.states[:H])
+        posterior["final_state"] = _numpy(sample.states[H])
+        extra = _feature_dims("state_dim", posterior["state"].ndim - 2)
+        dims["state"] = ["episode", "time", *extra]
+        dims["final_state"] = ["episode", *extra]
+    posterior["alive"] = _episode_major(sample.alive)
+    dims["alive"] = ["episode", "time"]
+    if sample.rewards is not None:
+        rewards = sample.rewards.to(torch.float64)
+        discount = float(gamma) if gamma is not None else 1.0
+        weights = discount ** torch.arange(H, dtype=torch.float64, device=rewards.device)
+        posterior["reward"] = _episode_major(rewards)
+        posterior["return"] = _numpy(rewards.sum(0))
+        posterior["discounted_return"] = _numpy((weights[:, None] * rewards).sum(0))
+        dims |= {"reward": ["episode", "time"], "return": ["episode"], "discounted_return": ["episode"]}
+    for name, value in sample.latents.items():
+        if name not in posterior:
+            posterior[name] = _numpy(value)
+            dims[name] = ["episode", *_feature_dims(f"{name}_dim", value.dim() - 1)]
+
+    lw = _numpy(sample.log_weights)
+    diag = importance_diagnostics(lw)
+    smoothed, _ = _psis(lw)
+    stats: dict[str, np.ndarray] = {
+        "log_weight": lw,
+        "log_weight_step": _episode_major(sample.log_weight_steps),
+        "psis_log_weight": smoothed,
+    }
+    stat_dims: dict[str, list[str]] = {
+        "log_weight": ["episode"],
+        "log_weight_step": ["episode", "time"],
+        "psis_log_weight": ["episode"],
+    }
+    for key, value in diag.as_dict().items():
+        if key != "num_samples":
+            stats[key] = np.asarray(value, dtype=np.float64)
+            stat_dims[key] = []
+    hist = _history_from(fit_result, history)
+    step_coord = None
+    for key in ("env_steps", "step"):
+        if key in hist:
+            step_coord = hist.pop(key)
+            break
+    for key, values in hist.items():
+        stats[f"{key}_history"] = values
+        stat_dims[f"{key}_history"] = ["step"]
+
+    meta: dict[str, Any] = {
+        "env": getattr(env, "name", None) or "unknown",
+        "horizon": H,
+        "num_episodes": n,
+        "objective": _objective(model, objective),
+    }
+    if alpha is not None:
+        meta["alpha"] = float(alpha)
+    if gamma is not None:
+        meta["gamma"] = float(gamma)
+    space = getattr(env, "action_space", None)
+    if space is not None and hasattr(space, "n"):
+        meta["num_actions"] = int(space.n)
+    obs_space = getattr(env, "observation_space", None)
+    if (
+        sample.states is not None
+        and sample.states.dim() == 2
+        and obs_space is not None
+        and hasattr(obs_space, "n")
+    ):
+        meta["num_states"] = int(obs_space.n)
+    meta |= {k: v for k, v in (attrs or {}).items() if v is not None}
+    meta = {k: (v if isinstance(v, (int, float, str)) else str(v)) for k, v in meta.items()}
+    return _build(posterior, dims, stats, stat_dims, H, n, step_coord, meta)
+
+
+def _build(posterior, dims, stats, stat_dims, horizon, n, step_coord, meta) -> az.InferenceData:
+    coords: dict[str, np.ndarray] = {"episode": np.arange(n), "time": np.arange(horizon)}
+    for group, group_dims in ((posterior, dims), (stats, stat_dims)):
+        for name, value in group.items():
+            for dim, size in zip(group_dims[name], value.shape, strict=True):
+                if dim not in coords:
+                    coords[dim] = np.arange(size)
+    if any(d == ["step"] for d in stat_dims.values()):
+        size = next(v.shape[0] for k, v in stats.items() if stat_dims[k] == ["step"])
+        coords["step"] = np.arange(size) if step_coord is None else step_coord
+    groups = {}
+    for group_name, group, group_dims in (("posterior", posterior, dims), ("sample_stats", stats, stat_dims)):
+        used = {d for v in group_dims.values() for d in v}
+        arrays = {k: v for k, v in group.items() if group_dims[k]}
+        ds = az.dict_to_dataset(
+            arrays,
+            coords={k: v for k, v in coords.items() if k in used},
+            dims={k: group_dims[k] for k in arrays},
+            default_dims=[],
+            attrs=dict(meta),
+        )
+        for name, value in group.items():
+            if not group_dims[name]:  # ArviZ would give a scalar a dim of its own
+                ds[name] = xr.DataArray(np.asarray(value))
+        groups[group_name] = ds
+    return az.InferenceData(**groups)
+
+
+# ---------------------------------------------------------------------- run directories
+def _read_metrics(path: Path) -> dict[str, list[float]]:
+    if not path.is_file():
+        return {}
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    columns: dict[str, list[float]] = {}
+    for key in rows[0] if rows else []:
+        try:
+            columns[key] = [float(r[key]) for r in rows]
+        except (TypeError, ValueError):
+            continue  # a non-numeric column
+    return columns
+
+
+def _number(value) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def from_run(
+    run_dir: str | os.PathLike,
+    *,
+    num_episodes: int = 256,
+    seed: int | None = 0,
+    device: torch.device | str = "cpu",
+    horizon: int | None = None,
+    alpha: float | None = None,
+    gamma: float | None = None,
+) -> az.InferenceData:
+    """:func:`to_inference_data` of the policy of a run directory written by ``rlai train``.
+
+    The policy comes from ``checkpoint.pt`` (:func:`rl_as_inference.runs.load_policy`); the model is
+    a ``TrajectoryModel`` on the torch port of the run's environment with the uniform prior (the
+    maximum-entropy objective of seed eq. (10)); the guide is a ``PolicyGuide`` of that policy. The
+    columns of ``metrics.csv`` become the ``*_history`` variables (``env_steps`` the ``step`` coordinate).
+    Sampling happens in a scope of its own of Pyro's parameter store (the caller's is untouched).
+
+    Args:
+        run_dir: the run directory.
+        num_episodes: episodes to draw from the policy.
+        seed: seed of the episodes.
+        device: where to load the policy and run the environment.
+        horizon: steps per episode; default the environment's time limit (``max_episode_steps``),
+            else the config's ``horizon``.
+        alpha: temperature; default the config's ``alpha`` when fixed, else the last ``alpha`` of
+            ``metrics.csv`` (a learned temperature), else the config's ``initial_alpha``, else 1.
+        gamma: discount; default the config's ``gamma``, else 1.
+    """
+    import pyro
+
+    from rl_as_inference import envs, guides, models, runs
+
+    run_dir = Path(run_dir)
+    policy = runs.load_policy(run_dir, device=device)
+    config_path = run_dir / "config.toml"
+    config = tomllib.loads(config_path.read_text()) if config_path.is_file() else {}
+    metrics = _read_metrics(run_dir / "metrics.csv")
+    if policy.env_id not in envs.PORTED:
+        raise ValueError(f"{policy.env_id} has no torch port: trajectories cannot be re-simulated")
+    env = envs.make(policy.env_id, device=device)
+    if horizon is None:
+        horizon = env.max_episode_steps or config.get("horizon")
+        if horizon is None:
+            raise ValueError(f"{policy.env_id} has no time limit and the config no horizon: pass horizon=")
+    horizon = _check_positive_int("horizon", horizon)
+    if alpha is None:
+        learned = [a for a in metrics.get("alpha", []) if math.isfinite(a) and a > 0]
+        alpha = (
+            _number(config.get("alpha"))
+            or (learned[-1] if learned else None)
+            or _number(config.get("initial_alpha"))
+            or 1.0
+        )
+    if gamma is None:
+        gamma = _number(config.get("gamma")) or 1.0
+    model = models.TrajectoryModel(
+        env, models.UniformPrior(env.action_space), horizon=horizon, alpha=alpha, gamma=gamma
+    )
+    guide = guides.PolicyGuide(env, policy.module, horizon=horizon, name="policy")
+    history = {k: v for k, v in metrics.items() if k != "alpha" or len(v) > 0}
+    attrs = {
+        "run_dir": str(run_dir),
+        "algo": config.get("algo"),
+        "seed": seed,
+    }
+    with pyro.get_param_store().scope():
+        return to_inference_data(
+            model, guide, num_episodes=num_episodes, history=history, seed=seed, attrs=attrs
+        )
+
+
+# ---------------------------------------------------------------------- summaries
+def _scalar(ds, name: str) -> float:
+    return float(ds[name].values) if name in ds else math.nan
+
+
+def summarize(idata: az.InferenceData) -> dict[str, float]:
+    """The headline numbers of an ``InferenceData`` from :func:`to_inference_data`.
+
+    Returns:
+        ``num_episodes``, ``elbo`` (mean of log w, eq. 2) and ``elbo_se``, ``log_evidence``
+        (logsumexp(log w) - log N) and ``log_evidence_se``, ``pareto_k``, ``ess``, ``psis_ess``,
+        ``return_mean``, ``return_std``, ``return_q05``, ``return_q95`` (NaN where not recorded).
+    """
+    stats = idata.sample_stats
+    out: dict[str, float] = {"num_episodes": float(stats.sizes.get("episode", 0))}
+    for name in ("elbo", "elbo_se", "log_evidence", "log_evidence_se", "pareto_k", "ess", "psis_ess"):
+        out[name] = _scalar(stats, name)
+    if "return" in idata.posterior:
+        r = idata.posterior["return"].values
+        out |= {
+            "return_mean": float(np.mean(r)),
+            "return_std": float(np.std(r)),
+            "return_q05": float(np.quantile(r, 0.05)),
+            "return_q95": float(np.quantile(r, 0.95)),
+        }
+    else:
+        out |= {k: math.nan for k in ("return_mean", "return_std", "return_q05", "return_q95")}
+    return out
+
+
+# ---------------------------------------------------------------------- plots
+def _figure(figsize) -> Figure:
+    # A bare Figure (no pyplot): no global state, no GUI backend; savefig renders with Agg.
+    return Figure(figsize=figsize, layout="constrained")
+
+
+def _suptitle(fig: Figure, what: str, idata) -> None:
+    attrs = idata.posterior.attrs
+    parts = [str(attrs.get("env", ""))]
+    for key in ("objective", "alpha", "gamma", "horizon"):
+        if key in attrs:
+            value = attrs[key]
+            parts.append(f"{key}={value:.3g}" if isinstance(value, float) else f"{key}={value}")
+    fig.suptitle(f"{what}\n{', '.join(p for p in parts if p)}", fontsize="medium")
+
+
+def _empty(fig: Figure, message: str) -> None:
+    ax = fig.add_subplot()
+    ax.text(0.5, 0.5, message, ha="center", va="center")
+    ax.set_axis_off()
+
+
+def plot_elbo(idata: az.InferenceData, *, figsize=(7, 4)) -> Figure:
+    """The ELBO history (``elbo_history`` over ``step``) and, on a twin axis, the return history.
+
+    Without a recorded history the figure shows this sample's ELBO (mean of eq. 2's log weights)
+    and importance-sampling estimate of log p(O), with 2-standard-error bars.
+    """
+    fig = _figure(figsize)
+    stats = idata.sample_stats
+    ax = fig.add_subplot()
+    if "elbo_history" in stats:
+        steps = stats["step"].values
+        ax.plot(steps, stats["elbo_history"].values, color="C0")
+        ax.set_xlabel("step")
+        ax.set_ylabel("ELBO", color="C0")
+        if "return_history" in stats:
+            twin = ax.twinx()
+            twin.plot(steps, stats["return_history"].values, color="C1", alpha=0.7)
+            twin.set_ylabel("return", color="C1")
+    else:
+        values = [_scalar(stats, "elbo"), _scalar(stats, "log_evidence")]
+        errors = np.nan_to_num([2 * _scalar(stats, "elbo_se"), 2 * _scalar(stats, "log_evidence_se")])
+        ax.errorbar([0, 1], values, yerr=errors, fmt="o", capsize=4)
+        ax.set_xticks([0, 1], ["ELBO = mean log w", "log p(O) ~ logmeanexp log w"])
+        ax.set_xlim(-0.5, 1.5)
+        ax.set_title("no ELBO history recorded: this sample's estimates (+- 2 SE)", fontsize="small")
+    _suptitle(fig, "ELBO", idata)
+    return fig
+
+
+def _bands(ax, times, values: np.ndarray, color, quantiles: Sequence[float], label: str) -> None:
+    """Median line and nested quantile bands of ``values`` [N, T] (NaN = not alive) over time."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns after every episode ended
+        qs = sorted(quantiles)
+        for i in range(len(qs) // 2):
+            lo, hi = qs[i], qs[-1 - i]
+            low, high = np.nanquantile(values, [lo, hi], axis=0)
+            ax.fill_between(
+                times, low, high, color=color, alpha=0.15 + 0.2 * i, linewidth=0, label=f"{lo:.0%}-{hi:.0%}"
+            )
+        ax.plot(times, np.nanmedian(values, axis=0), color=color, label="median")
+
+
+def _masked(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    valid = valid.reshape(valid.shape + (1,) * (values.ndim - valid.ndim))
+    return np.where(valid, values.astype(np.float64), np.nan)
+
+
+def _discrete_occupancy(ax, values: np.ndarray, valid: np.ndarray, count, label: str) -> None:
+    """P(value_t = k) among valid episodes over time: stacked steps for few values, else a heatmap.
+
+    With few values, a dashed line shows the fraction of episodes still alive.
+    """
+    k = int(count) if count else int(values.max()) + 1
+    total = np.maximum(valid.sum(0), 1)
+    probs = np.stack([((values == a) & valid).sum(0) / total for a in range(k)])  # [k, T]
+    T = values.shape[1]
+    if k <= 10:
+        edges = np.arange(T + 1)  # value_t holds over [t, t + 1)
+        ax.stackplot(
+            edges,
+            np.concatenate([probs, probs[:, -1:]], axis=1),
+            labels=[f"{label}={a}" for a in range(k)],
+            alpha=0.85,
+            step="post",
+        )
+        alive = valid.mean(0)
+        if alive.min() < 1:
+            ax.step(
+                edges, np.append(alive, alive[-1]), where="post", color="k", linestyle="--", label="alive"
+            )
+        ax.set_xlim(0, T)
+        ax.set_ylim(0, 1)
+        ax.set_ylabel(f"P({label}_t)")
+        ax.legend(loc="upper right", fontsize="small", ncol=2)
+    else:
+        image = ax.imshow(
+            probs,
+            aspect="auto",
+            origin="lower",
+            interpolation="nearest",
+            vmin=0,
+            vmax=1,
+            extent=(0, T, -0.5, k - 0.5),
+        )
+        ax.figure.colorbar(image, ax=ax, label=f"P({label}_t)")
+        ax.set_ylabel(label)
+
+
+def _ribbons(fig, values: np.ndarray, valid: np.ndarray, quantiles, label: str, count) -> None:
+    """Quantile ribbons per feature of continuous ``values`` [N, T(, d)], occupancy for integers."""
+    if np.issubdtype(values.dtype, np.integer):
+        ax = fig.add_subplot()
+        _discrete_occupancy(ax, values, valid, count, label)
+        ax.set_xlabel("time t")
+        return
+    values = _masked(values, valid)
+    values = values[..., None] if values.ndim == 2 else values.reshape(*values.shape[:2], -1)
+    axes = fig.subplots(values.shape[2], 1, sharex=True, squeeze=False)[:, 0]
+    times = np.arange(values.shape[1])
+    for d, ax in enumerate(axes):
+        _bands(ax, times, values[..., d], f"C{d % 10}", quantiles, label)
+        ax.set_ylabel(f"{label}[{d}]")
+    axes[0].legend(loc="upper right", fontsize="small", ncol=3)
+    axes[-1].set_xlabel("time t")
+
+
+def plot_actions(
+    idata: az.InferenceData, *, quantiles: Sequence[float] = (0.05, 0.25, 0.75, 0.95), figsize=None
+) -> Figure:
+    """Actions a_t ~ q over time: quantile ribbons per ``action_dim``; for discrete actions P(a_t = a).
+
+    Only steps where the episode is alive count.
+    """
+    post = idata.posterior
+    action, alive = post["action"].values, post["alive"].values
+    rows = (
+        1 if action.ndim <= 2 or np.issubdtype(action.dtype, np.integer) else int(np.prod(action.shape[2:]))
+    )
+    fig = _figure(figsize or (8, 2.4 * rows + 1.0))
+    _ribbons(fig, action, alive, quantiles, "a", post.attrs.get("num_actions"))
+    _suptitle(fig, "actions of q", idata)
+    return fig
+
+
+def plot_states(
+    idata: az.InferenceData, *, quantiles: Sequence[float] = (0.05, 0.25, 0.75, 0.95), figsize=None
+) -> Figure:
+    """States s_0..s_H of q's episodes: quantile ribbons per ``state_dim``; P(s_t = s) for tabular states.
+
+    A state counts while its episode is alive, and so does the state that ends the episode.
+    """
+    post = idata.posterior
+    if "state" not in post:
+        fig = _figure(figsize or (7, 3))
+        _empty(fig, "no states recorded (no s_t sites and no returned Trajectory)")
+        return fig
+    states = np.concatenate([post["state"].values, post["final_state"].values[:, None]], axis=1)
+    alive = post["alive"].values
+    valid = np.concatenate([np.ones_like(alive[:, :1]), alive], axis=1)  # s_t counts if step t-1 did
+    rows = (
+        1 if states.ndim <= 2 or np.issubdtype(states.dtype, np.integer) else int(np.prod(states.shape[2:]))
+    )
+    fig = _figure(figsize or (8, 2.2 * rows + 1.0))
+    _ribbons(fig, states, valid, quantiles, "s", post.attrs.get("num_states"))
+    _suptitle(fig, "states under q", idata)
+    return fig
+
+
+def plot_returns(idata: az.InferenceData, *, figsize=(6, 4)) -> Figure:
+    """Histogram of the episodes' undiscounted returns sum_t r_t, with ArviZ's KDE and the mean."""
+    fig = _figure(figsize)
+    if "return" not in idata.posterior:
+        _empty(fig, "no rewards recorded")
+        return fig
+    ax = fig.add_subplot()
+    r = idata.posterior["return"].values.astype(np.float64)
+    ax.hist(r, bins=min(40, max(5, r.size // 10)), density=True, color="C0", alpha=0.6)
+    if np.ptp(r) > 0 and np.unique(r).size > 5:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # ArviZ 0.23 uses an API matplotlib 3.11 deprecates
+            az.plot_kde(r, ax=ax, plot_kwargs={"color": "C0"})
+        ax.tick_params(labelsize="medium")
+    ax.axvline(r.mean(), color="C3", linestyle="--", label=f"mean {r.mean():.4g}, sd {r.std():.3g}")
+    ax.set_xlabel("return sum_t r_t")
+    ax.set_ylabel("density")
+    ax.legend(fontsize="small")
+    _suptitle(fig, f"returns of {r.size} episodes", idata)
+    return fig
+
+
+def plot_weights(idata: az.InferenceData, *, figsize=(13, 4)) -> Figure:
+    """The importance weights log w = log p(tau, O) - log q(tau) of eq. (2), three panels.
+
+    Left: the distribution of log w, with the ELBO (their mean) and the IS estimate of log p(O)
+    (their log-mean-exp): the distance between the two lines is the gap KL(q || p(tau | O)).
+    Middle: the normalized weights w_i / sum w, raw and Pareto-smoothed, sorted, log-log, titled with
+    k-hat and Kish's ESS. Right: the standard deviation over episodes of the partial log weights of
+    steps 0..t, which shows where along the episode q and p(tau | O) part.
+    """
+    stats = idata.sample_stats
+    fig = _figure(figsize)
+    left, middle, right = fig.subplots(1, 3)
+    lw = stats["log_weight"].values
+    finite = lw[np.isfinite(lw)]
+    if finite.size and np.ptp(finite) > 0:
+        left.hist(finite, bins=min(40, max(5, finite.size // 10)), color="C0", alpha=0.6)
+    for name, color, label in (("elbo", "C2", "ELBO"), ("log_evidence", "C3", "IS log p(O)")):
+        value = _scalar(stats, name)
+        if math.isfinite(value):
+            left.axvline(value, color=color, linestyle="--", label=f"{label} {value:.4g}")
+    left.set_xlabel("log w")
+    left.set_ylabel("episodes")
+    left.legend(fontsize="small")
+    for values, label, color in ((lw, "raw", "C0"), (stats["psis_log_weight"].values, "PSIS-smoothed", "C1")):
+        if np.isfinite(values).any():
+            w = np.exp(values - values.max())
+            w = np.sort(w / w.sum())[::-1]
+            middle.plot(np.arange(1, w.size + 1), w, marker=".", markersize=3, color=color, label=label)
+    middle.axhline(1.0 / lw.size, color="grey", linestyle=":", label="1/N (equal weights)")
+    middle.set_xscale("log")
+    middle.set_yscale("log")
+    middle.yaxis.set_minor_formatter(NullFormatter())
+    middle.set_xlabel("rank")
+    middle.set_ylabel("normalized weight")
+    middle.legend(fontsize="small")
+    k = _scalar(stats, "pareto_k")
+    verdict = "good" if k < 0.5 else "ok" if k < 0.7 else "unreliable"
+    middle.set_title(f"PSIS k-hat {k:.2f} ({verdict}), ESS {_scalar(stats, 'ess'):.1f} of {lw.size}")
+    steps = stats["log_weight_step"].values
+    with np.errstate(invalid="ignore"):
+        spread = np.nanstd(np.where(np.isfinite(steps), steps, np.nan).cumsum(axis=1), axis=0)
+    right.plot(stats["time"].values, spread, color="C4")
+    right.set_xlabel("time t")
+    right.set_ylabel("sd of log w of steps 0..t")
+    _suptitle(fig, "importance weights log p(tau, O) - log q(tau)", idata)
+    return fig
+
+
+def save_plots(idata: az.InferenceData, out_dir: str | os.PathLike, *, dpi: int = 100) -> dict[str, Path]:
+    """Write every plot as ``OUT_DIR/{elbo,actions,states,returns,weights}.png``; returns the paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    makers = {
+        "elbo": plot_elbo,
+        "actions": plot_actions,
+        "states": plot_states,
+        "returns": plot_returns,
+        "weights": plot_weights,
+    }
+    paths = {}
+    for name in PLOTS:
+        path = out / f"{name}.png"
+        makers[name](idata).savefig(path, dpi=dpi)
+        paths[name] = path
+    return paths
+
+
+def to_netcdf(idata: az.InferenceData, path: str | os.PathLike) -> Path:
+    """Write ``idata`` to a netCDF file (read back with :func:`from_netcdf` or ``arviz.from_netcdf``)."""
+    idata.to_netcdf(str(path))
+    return Path(path)
+
+
+def from_netcdf(path: str | os.PathLike) -> az.InferenceData:
+    """Read an ``InferenceData`` written by :func:`to_netcdf` (or ``rlai inspect``'s posterior.nc)."""
+    return az.from_netcdf(str(path))
