@@ -310,7 +310,7 @@ def sample_episodes(
     m_ret = model_trace.nodes.get("_RETURN", {}).get("value")
     g_traj = g_ret if isinstance(g_ret, Trajectory) else None
     m_traj = m_ret if isinstance(m_ret, Trajectory) else None
-    traj = g_traj or m_traj
+    traj = g_traj if g_traj is not None else m_traj
 
     if traj is not None and tuple(traj.alive.shape) == (horizon, n):
         alive = traj.alive.to(torch.bool)
@@ -496,7 +496,8 @@ def to_inference_data(
     n = _check_positive_int("num_episodes", num_episodes)
     if n < 2:
         raise ValueError("num_episodes must be >= 2 to estimate standard errors and k-hat")
-    env = getattr(model, "env", None) or getattr(guide, "env", None)
+    env = getattr(model, "env", None)
+    env = getattr(guide, "env", None) if env is None else env
     device = getattr(env, "device", None)
     alpha = alpha if alpha is not None else getattr(model, "alpha", None)
     gamma = gamma if gamma is not None else getattr(model, "gamma", None)
@@ -533,7 +534,7 @@ def to_inference_data(
 
     lw = _numpy(sample.log_weights)
     diag = importance_diagnostics(lw)
-    smoothed, _ = _psis(lw)
+    smoothed, _ = _psis(lw)  # cheap: O(N log N) once more
     stats: dict[str, np.ndarray] = {
         "log_weight": lw,
         "log_weight_step": _episode_major(sample.log_weight_steps),
@@ -553,6 +554,8 @@ def to_inference_data(
     for key in ("env_steps", "step"):
         if key in hist:
             step_coord = hist.pop(key)
+            if np.all(np.isfinite(step_coord)) and np.all(step_coord == np.round(step_coord)):
+                step_coord = step_coord.astype(np.int64)
             break
     for key, values in hist.items():
         stats[f"{key}_history"] = values
@@ -580,7 +583,11 @@ def to_inference_data(
     ):
         meta["num_states"] = int(obs_space.n)
     meta |= {k: v for k, v in (attrs or {}).items() if v is not None}
-    meta = {k: (v if isinstance(v, (int, float, str)) else str(v)) for k, v in meta.items()}
+    # netCDF attributes: numbers and strings only (bools as 0/1)
+    meta = {
+        k: int(v) if isinstance(v, bool) else v if isinstance(v, (int, float, str)) else str(v)
+        for k, v in meta.items()
+    }
     return _build(posterior, dims, stats, stat_dims, H, n, step_coord, meta)
 
 
@@ -693,7 +700,6 @@ def from_run(
         env, models.UniformPrior(env.action_space), horizon=horizon, alpha=alpha, gamma=gamma
     )
     guide = guides.PolicyGuide(env, policy.module, horizon=horizon, name="policy")
-    history = {k: v for k, v in metrics.items() if k != "alpha" or len(v) > 0}
     attrs = {
         "run_dir": str(run_dir),
         "algo": config.get("algo"),
@@ -701,7 +707,7 @@ def from_run(
     }
     with pyro.get_param_store().scope():
         return to_inference_data(
-            model, guide, num_episodes=num_episodes, history=history, seed=seed, attrs=attrs
+            model, guide, num_episodes=num_episodes, history=metrics, seed=seed, attrs=attrs
         )
 
 

@@ -64,6 +64,18 @@ def test_evaluate_is_reproducible_for_a_seed(run_dir, capsys):
     assert f"3 episodes: mean return {np.mean(a):.2f}" in capsys.readouterr().out
 
 
+def test_inspect_a_trained_run(run_dir, tmp_path, capsys):
+    out = tmp_path / "inspect"
+    assert main(["inspect", str(run_dir), "--out", str(out), "--episodes", "8", "--horizon", "20"]) == 0
+    printed = capsys.readouterr().out
+    assert "8 episodes of Pendulum-v1 (horizon 20" in printed
+    assert "log p(O) (IS estimate)" in printed and "PSIS k-hat" in printed and "ESS (Kish)" in printed
+    assert (out / "posterior.nc").is_file()
+    assert all(
+        (out / f"{name}.png").is_file() for name in ("elbo", "actions", "states", "returns", "weights")
+    )
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
