@@ -152,6 +152,33 @@ class Collector:
             batch_size, n_step, gamma, stride=self.num_envs, generator=self.generator
         )
 
+    def state_dict(self) -> dict:
+        """The replay buffer, the vector env, the current observations, episode returns, random
+        stream and step count: what a resumed run needs to collect exactly what this one would."""
+        if not hasattr(self.venv, "state_dict"):
+            raise ValueError(
+                "checkpoints of a run need backend='functional': Gymnasium's own envs keep hidden state"
+            )
+        return {
+            "buffer": self.buffer.state_dict(),
+            "venv": self.venv.state_dict(),
+            "generator": self.generator.get_state(),
+            "obs": self.obs,
+            "episode_return": self.episode_return,
+            "finished": torch.cat(self.finished) if self.finished else self.episode_return[:0],
+            "env_steps": self.env_steps,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict` into a collector built with the same settings."""
+        self.buffer.load_state_dict(state["buffer"])
+        self.venv.load_state_dict(state["venv"])
+        self.generator.set_state(state["generator"])
+        self.obs = state["obs"].to(self.device)
+        self.episode_return = state["episode_return"].to(self.device)
+        self.finished = [state["finished"].to(self.device)] if len(state["finished"]) else []
+        self.env_steps = int(state["env_steps"])
+
     def pop_mean_return(self) -> float:
         """Mean return of the episodes that ended since the last call (NaN if none); one host read."""
         if not self.finished:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from rl_as_inference.algos import svi
 from rl_as_inference.algos.sac import TrainResult
+from rl_as_inference.resume import Checkpointer
 
 __all__ = ["EMConfig", "train"]
 
@@ -29,10 +30,15 @@ class EMConfig(svi.SVIConfig):
     kl_bound: float = 0.05
 
 
-def train(config: EMConfig, *, callback: Callable[[dict], None] | None = None) -> TrainResult:
+def train(
+    config: EMConfig,
+    *,
+    callback: Callable[[dict], None] | None = None,
+    checkpointer: Checkpointer | None = None,
+) -> TrainResult:
     """Alternate E-steps (SVI against pi_k) and M-steps (pi_{k+1} := q_k)."""
     if config.objective != "kl":
         raise ValueError(
             f"em optimizes the KL objective of seed eq. (2); objective={config.objective!r} is svi's"
         )
-    return svi.train(config, callback=callback)
+    return svi.train(config, callback=callback, checkpointer=checkpointer)

@@ -33,6 +33,7 @@ from rl_as_inference.algos.collect import Collector
 from rl_as_inference.algos.sac import TrainResult
 from rl_as_inference.critics import TwinQ, soft_q_loss
 from rl_as_inference.guides.policies import CategoricalMLP, GaussianMLP
+from rl_as_inference.resume import Checkpointer
 
 __all__ = ["MPOConfig", "categorical_mpo_losses", "mpo_losses", "realized_kl", "train"]
 
@@ -183,8 +184,13 @@ def mpo_losses(
     return policy_loss + kl_penalty + alpha_loss + temperature_loss, stats
 
 
-def train(config: MPOConfig, *, callback: Callable[[dict], None] | None = None) -> TrainResult:
-    """Train MPO on the functional port of ``config.env``."""
+def train(
+    config: MPOConfig,
+    *,
+    callback: Callable[[dict], None] | None = None,
+    checkpointer: Checkpointer | None = None,
+) -> TrainResult:
+    """Train MPO on ``config.env`` (callback and checkpointer as in :func:`rl_as_inference.algos.sac.train`)."""
     device = envs.base.resolve_device(config.device)
     torch.manual_seed(config.seed)
     data = Collector(
@@ -220,9 +226,25 @@ def train(config: MPOConfig, *, callback: Callable[[dict], None] | None = None) 
     critic_opt = torch.optim.Adam(critic.online_parameters(), lr=config.critic_lr)
 
     result = TrainResult(policy=policy)
-    start = time.perf_counter()
-    learner_steps, next_log = 0, config.log_every
+    loop = {"learner_steps": 0, "next_log": config.log_every, "wall_time": 0.0}
+    ckpt = checkpointer or Checkpointer(None)
+    ckpt.attach(
+        "mpo",
+        {
+            "data": data,
+            "policy": policy,
+            "target_policy": target_policy,
+            "critic": critic,
+            "duals": duals,
+            "policy_opt": policy_opt,
+            "dual_opt": dual_opt,
+            "critic_opt": critic_opt,
+        },
+        loop,
+    )
+    start = time.perf_counter() - loop["wall_time"]
     while data.env_steps < config.total_env_steps:
+        ckpt.maybe_save(data.env_steps, time.perf_counter() - start)
         data.step(None if data.env_steps < config.learning_starts else policy)
         if data.env_steps < config.learning_starts:
             continue
@@ -259,11 +281,11 @@ def train(config: MPOConfig, *, callback: Callable[[dict], None] | None = None) 
             for dual in duals:
                 dual.clamp_(min=-18.0)
         critic.update_target(config.tau)
-        learner_steps += 1
-        if learner_steps % config.target_policy_update_every == 0:
+        loop["learner_steps"] += 1
+        if loop["learner_steps"] % config.target_policy_update_every == 0:
             target_policy.load_state_dict(policy.state_dict())
-        if data.env_steps >= next_log or data.env_steps >= config.total_env_steps:
-            next_log += config.log_every
+        if data.env_steps >= loop["next_log"] or data.env_steps >= config.total_env_steps:
+            loop["next_log"] += config.log_every
             row = {
                 "env_steps": data.env_steps,
                 "wall_time": time.perf_counter() - start,
@@ -275,5 +297,6 @@ def train(config: MPOConfig, *, callback: Callable[[dict], None] | None = None) 
             if callback is not None:
                 callback(row)
     result.env_steps, result.wall_time = data.env_steps, time.perf_counter() - start
+    ckpt.save(data.env_steps, result.wall_time)  # the final state: a resume of a finished run stops at once
     data.close()
     return result

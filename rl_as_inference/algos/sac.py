@@ -26,6 +26,7 @@ from rl_as_inference import envs
 from rl_as_inference.algos.collect import Collector
 from rl_as_inference.critics import TwinQ, soft_q_loss
 from rl_as_inference.guides.policies import TanhGaussianMLP
+from rl_as_inference.resume import Checkpointer
 from rl_as_inference.temperature import Temperature
 
 __all__ = ["SACConfig", "TrainResult", "actor_loss", "make_temperature", "train", "uniform_log_prior"]
@@ -98,8 +99,14 @@ def actor_loss(policy, critic: TwinQ, obs: torch.Tensor, alpha: float | torch.Te
     return (alpha * (log_q - log_pi) - critic.min(obs, action)).mean(), log_q
 
 
-def train(config: SACConfig, *, callback: Callable[[dict], None] | None = None) -> TrainResult:
-    """Train SAC on the functional port of ``config.env``; ``callback(row)`` sees each metric row."""
+def train(
+    config: SACConfig,
+    *,
+    callback: Callable[[dict], None] | None = None,
+    checkpointer: Checkpointer | None = None,
+) -> TrainResult:
+    """Train SAC on ``config.env``; ``callback(row)`` sees each metric row, ``checkpointer`` saves (and
+    on resume restores) the whole training state."""
     device = envs.base.resolve_device(config.device)
     torch.manual_seed(config.seed)
     data = Collector(
@@ -123,9 +130,23 @@ def train(config: SACConfig, *, callback: Callable[[dict], None] | None = None) 
     log_pi = uniform_log_prior(space)
 
     result = TrainResult(policy=policy)
-    start = time.perf_counter()
-    next_log = config.log_every
+    loop = {"next_log": config.log_every, "wall_time": 0.0}
+    ckpt = checkpointer or Checkpointer(None)
+    ckpt.attach(
+        "sac",
+        {
+            "data": data,
+            "policy": policy,
+            "critic": critic,
+            "actor_opt": actor_opt,
+            "critic_opt": critic_opt,
+            "temperature": temperature,
+        },
+        loop,
+    )
+    start = time.perf_counter() - loop["wall_time"]
     while data.env_steps < config.total_env_steps:
+        ckpt.maybe_save(data.env_steps, time.perf_counter() - start)
         data.step(None if data.env_steps < config.learning_starts else policy)
         if data.env_steps < config.learning_starts:
             continue
@@ -146,8 +167,8 @@ def train(config: SACConfig, *, callback: Callable[[dict], None] | None = None) 
             # ---- temperature: dual of the entropy constraint E[-log q] >= target_entropy
             temperature.dual_step(log_q + target_entropy)
             critic.update_target(config.tau)
-        if data.env_steps >= next_log or data.env_steps >= config.total_env_steps:
-            next_log += config.log_every
+        if data.env_steps >= loop["next_log"] or data.env_steps >= config.total_env_steps:
+            loop["next_log"] += config.log_every
             row = {
                 "env_steps": data.env_steps,
                 "wall_time": time.perf_counter() - start,
@@ -161,5 +182,6 @@ def train(config: SACConfig, *, callback: Callable[[dict], None] | None = None) 
             if callback is not None:
                 callback(row)
     result.env_steps, result.wall_time = data.env_steps, time.perf_counter() - start
+    ckpt.save(data.env_steps, result.wall_time)  # the final state: a resume of a finished run stops at once
     data.close()
     return result

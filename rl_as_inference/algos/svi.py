@@ -33,6 +33,7 @@ from rl_as_inference import envs, guides, models
 from rl_as_inference.algos.collect import Collector
 from rl_as_inference.algos.sac import TrainResult, make_temperature, uniform_log_prior
 from rl_as_inference.critics import TwinQ, soft_q_loss
+from rl_as_inference.resume import Checkpointer
 
 __all__ = ["SVIConfig", "train"]
 
@@ -70,8 +71,14 @@ class SVIConfig:
     log_every: int = 1_000
 
 
-def train(config: SVIConfig, *, callback: Callable[[dict], None] | None = None) -> TrainResult:
-    """Train the segment-SVI policy on the functional port of ``config.env``."""
+def train(
+    config: SVIConfig,
+    *,
+    callback: Callable[[dict], None] | None = None,
+    checkpointer: Checkpointer | None = None,
+) -> TrainResult:
+    """Train the segment-SVI policy on the functional port of ``config.env`` (callback and
+    checkpointer as in :func:`rl_as_inference.algos.sac.train`)."""
     if config.objective not in ("maxent", "kl"):
         raise ValueError(f"objective={config.objective!r} is not allowed; use 'maxent' or 'kl'")
     device = envs.base.resolve_device(config.device)
@@ -111,9 +118,23 @@ def train(config: SVIConfig, *, callback: Callable[[dict], None] | None = None) 
     loss_fn = rlai.TrajectoryELBO(reduction="mean")
 
     result = TrainResult(policy=policy)
-    start = time.perf_counter()
-    actor_steps, next_log = 0, config.log_every
+    loop = {"actor_steps": 0, "next_log": config.log_every, "wall_time": 0.0}
+    ckpt = checkpointer or Checkpointer(None)
+    components = {
+        "data": data,
+        "policy": policy,
+        "critic": critic,
+        "actor_opt": actor_opt,
+        "critic_opt": critic_opt,
+        "temperature": temperature,
+        "loss": loss_fn,
+    }
+    if reference is not None:
+        components["reference"] = reference
+    ckpt.attach("svi", components, loop)  # em runs too: em is svi with the KL objective
+    start = time.perf_counter() - loop["wall_time"]
     while data.env_steps < config.total_env_steps:
+        ckpt.maybe_save(data.env_steps, time.perf_counter() - start)
         data.step(None if data.env_steps < config.learning_starts else policy)
         if data.env_steps < config.learning_starts:
             continue
@@ -142,8 +163,8 @@ def train(config: SVIConfig, *, callback: Callable[[dict], None] | None = None) 
         actor_opt.zero_grad()
         actor_loss.backward()
         actor_opt.step()
-        actor_steps += 1
-        if config.objective == "kl" and actor_steps % config.prior_update_every == 0:
+        loop["actor_steps"] += 1
+        if config.objective == "kl" and loop["actor_steps"] % config.prior_update_every == 0:
             reference.load_state_dict(policy.state_dict())
         # ---- temperature: a dual variable. maxent: the entropy constraint E[-log q] >= target_entropy;
         # kl: the trust region E_s[KL(q || pi_k)] <= kl_bound (alpha grows while q strays too far).
@@ -156,8 +177,8 @@ def train(config: SVIConfig, *, callback: Callable[[dict], None] | None = None) 
             kl = (log_q - reference(batch["obs"]).log_prob(a)).mean() if reference is not None else None
         temperature.dual_step(log_q + target_entropy if kl is None else kl - config.kl_bound)
         critic.update_target(config.tau)
-        if data.env_steps >= next_log or data.env_steps >= config.total_env_steps:
-            next_log += config.log_every
+        if data.env_steps >= loop["next_log"] or data.env_steps >= config.total_env_steps:
+            loop["next_log"] += config.log_every
             row = {
                 "env_steps": data.env_steps,
                 "wall_time": time.perf_counter() - start,
@@ -173,5 +194,6 @@ def train(config: SVIConfig, *, callback: Callable[[dict], None] | None = None) 
             if callback is not None:
                 callback(row)
     result.env_steps, result.wall_time = data.env_steps, time.perf_counter() - start
+    ckpt.save(data.env_steps, result.wall_time)  # the final state: a resume of a finished run stops at once
     data.close()
     return result

@@ -178,6 +178,31 @@ class FunctionalVectorEnv(VectorEnv):
         """``[N]`` int64 steps since each sub-env's last reset (what the time limit counts)."""
         return self._elapsed
 
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict:
+        """Everything that decides the next steps (states, time-limit counters, random streams), so that
+        a training run can stop and continue bit for bit."""
+        state = {
+            "state": self._state,
+            "elapsed": self._elapsed,
+            "autoreset": self._autoreset,
+            "generator": self._generator.get_state(),
+        }
+        if self._rngs is not None:  # numpy bit-generator states are dicts of str and int
+            state["rngs"] = [rng.bit_generator.state for rng in self._rngs]
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict` into a vector env of the same env, size and seeding."""
+        self._state = None if state["state"] is None else state["state"].to(self.device)
+        self._elapsed = state["elapsed"].to(self.device)
+        self._autoreset = state["autoreset"].to(self.device)
+        self._generator.set_state(state["generator"])
+        if "rngs" in state:
+            self._rngs = gymnasium_rngs(self.num_envs, None)
+            for rng, rng_state in zip(self._rngs, state["rngs"], strict=True):
+                rng.bit_generator.state = rng_state
+
     # ------------------------------------------------------------------ Gymnasium API
     def reset(
         self,

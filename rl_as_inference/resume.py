@@ -1,0 +1,145 @@
+"""Resumable training loops: periodic, atomic checkpoints of everything a run needs to continue.
+
+An algorithm hands a :class:`Checkpointer` its components (networks, optimizers, duals, the
+collector with its replay buffer, the temperature) and a dict of loop counters. Every ``every`` env
+steps, at the top of its loop, the checkpointer writes all their states plus the global random
+generators to one file, atomically (temporary file + rename), so a crash never leaves a torn
+checkpoint and the previous one stays valid until the new one is complete. Resuming loads them
+back in place; on CPU the continued run then ends with parameters bit-identical to an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rl_as_inference.checkpoint import atomic_torch_save, get_rng_state, set_rng_state
+
+__all__ = ["TRAIN_STATE_FORMAT", "Checkpointer", "read_train_state"]
+
+TRAIN_STATE_FORMAT = "rl_as_inference.train_state/1"
+
+
+def read_train_state(path: str | os.PathLike, map_location: str | torch.device | None = None) -> dict:
+    """Load a training-state file (``weights_only=True``); a ValueError if it is corrupt or foreign."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no training state to resume from")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"{path} is not a readable training state: {exc}") from exc
+    if not isinstance(state, dict) or state.get("format") != TRAIN_STATE_FORMAT:
+        raise ValueError(f"{path} is not an rl_as_inference training state (format {TRAIN_STATE_FORMAT!r})")
+    return state
+
+
+def _state_of(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().clone()
+    if isinstance(obj, list | tuple):
+        return [_state_of(o) for o in obj]
+    return obj.state_dict()
+
+
+def _load_into(obj: Any, state: Any, name: str) -> None:
+    if isinstance(obj, torch.Tensor):
+        with torch.no_grad():
+            obj.copy_(state)
+    elif isinstance(obj, list | tuple):
+        if len(obj) != len(state):
+            raise ValueError(f"training state: {name} has {len(state)} entries, this run {len(obj)}")
+        for i, (o, s) in enumerate(zip(obj, state, strict=True)):
+            _load_into(o, s, f"{name}[{i}]")
+    else:
+        obj.load_state_dict(state)
+
+
+class Checkpointer:
+    """Writes and restores the full state of a training loop.
+
+    Args:
+        path: the training-state file (e.g. ``RUN_DIR/train_state.pt``); None: a checkpointer that
+            never writes (what an algorithm uses when it is given none).
+        every: env steps between checkpoints (0: only when :meth:`save` is called).
+        resume: load ``path`` in :meth:`attach` and continue from it.
+        device: where the loaded tensors go.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike | None,
+        *,
+        every: int = 0,
+        resume: bool = False,
+        device: str | torch.device | None = None,
+    ):
+        if isinstance(every, bool) or not isinstance(every, int) or every < 0:
+            raise ValueError(f"checkpoint interval must be an int >= 0 env steps, got {every!r}")
+        if resume and path is None:
+            raise ValueError("resume needs the path of a training state")
+        self.path = None if path is None else Path(path)
+        self.every, self.resume, self.device = every, resume, device
+        self.components: dict[str, Any] = {}
+        self.loop: dict[str, Any] = {}
+        self.algorithm = ""
+        self.next_save = every if every else math.inf
+
+    def attach(self, algorithm: str, components: dict[str, Any], loop: dict[str, Any]) -> bool:
+        """Register what to save; when resuming, restore it all (random generators last) in place.
+
+        Args:
+            algorithm: the algorithm's name (a state of another algorithm is refused).
+            components: objects with ``state_dict``/``load_state_dict``, tensors or lists of them.
+            loop: the loop's counters, a dict updated in place on resume.
+
+        Returns:
+            True if a state was restored.
+        """
+        self.algorithm, self.components, self.loop = algorithm, components, loop
+        if not self.resume:
+            return False
+        state = read_train_state(self.path, self.device)
+        if state["algorithm"] != algorithm:
+            raise ValueError(f"{self.path} holds a {state['algorithm']} run, not {algorithm}")
+        missing = sorted(set(components) - set(state["components"]))
+        if missing:
+            raise ValueError(f"{self.path} lacks the state of {', '.join(missing)}")
+        for name, obj in components.items():
+            _load_into(obj, state["components"][name], name)
+        loop.update(state["loop"])
+        env_steps = int(state["env_steps"])
+        self.next_save = (env_steps // self.every + 1) * self.every if self.every else math.inf
+        set_rng_state(state["rng"])
+        return True
+
+    def maybe_save(self, env_steps: int, wall_time: float) -> None:
+        """Save if ``env_steps`` reached the next multiple of the interval (call at the loop's top);
+        ``wall_time`` (seconds trained so far) is kept in the loop counters."""
+        self.loop["wall_time"] = wall_time
+        if env_steps >= self.next_save:
+            self.save(env_steps)
+            self.next_save = (env_steps // self.every + 1) * self.every
+
+    def save(self, env_steps: int, wall_time: float | None = None) -> None:
+        """Write the state of every component, the loop counters and the random generators."""
+        if wall_time is not None:
+            self.loop["wall_time"] = wall_time
+        if self.path is None:
+            return
+        atomic_torch_save(
+            {
+                "format": TRAIN_STATE_FORMAT,
+                "algorithm": self.algorithm,
+                "env_steps": int(env_steps),
+                "components": {name: _state_of(obj) for name, obj in self.components.items()},
+                "loop": dict(self.loop),
+                "rng": get_rng_state(),
+            },
+            self.path,
+        )
