@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 from pathlib import Path
@@ -29,7 +30,19 @@ def _parser() -> argparse.ArgumentParser:
         "directory gets config.toml, metrics.csv, checkpoint.pt and eval.json (100 episodes of "
         "Gymnasium's own environment).",
     )
-    train.add_argument("--env", required=True, metavar="ID", help="a ported Gymnasium id, e.g. Pendulum-v1")
+    train.add_argument("--env", metavar="ID", help="a ported Gymnasium id, e.g. Pendulum-v1")
+    train.add_argument(
+        "--resume",
+        metavar="DIR",
+        help="continue the run in DIR from its last checkpoint (train_state.pt), with its own config",
+    )
+    train.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=runs.DEFAULT_CHECKPOINT_EVERY,
+        metavar="N",
+        help=f"env steps between checkpoints of the whole training state (default {runs.DEFAULT_CHECKPOINT_EVERY}; 0: only at the end)",
+    )
     train.add_argument(
         "--algo", metavar="NAME", help="algorithm (default: the recipe's); see rlai train --help"
     )
@@ -150,12 +163,41 @@ def _inspect(args: argparse.Namespace) -> None:
     print(f"wrote {out / 'posterior.nc'} and {', '.join(p.name for p in paths.values())}")
 
 
+def _summary(run_dir: Path) -> None:
+    """The final summary line of a training run (from its eval.json)."""
+    summary = json.loads((run_dir / "eval.json").read_text())
+    seconds = summary["train_seconds"]
+    line = (
+        f"{summary['algo']} {summary['env']}: {summary['env_steps']} env steps in {seconds:.1f} s "
+        f"({summary['env_steps'] / max(seconds, 1e-9):.0f} steps/s)"
+    )
+    if "mean_return" in summary:
+        line += (
+            f"; return {summary['mean_return']:.2f} +- {summary['std_return']:.2f} over "
+            f"{summary['episodes']} episodes of Gymnasium's env"
+        )
+    print(line)
+    print(f"run directory: {run_dir}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``rlai`` console script."""
     parser = _parser()
     args = parser.parse_args(argv)
     try:
-        if args.command == "train":
+        if args.command == "train" and args.resume is not None:
+            given = [f"--{k}" for k in ("env", "algo", "config", "seed", "device", "out") if getattr(args, k)]
+            if given or args.set:
+                raise ValueError(
+                    f"--resume continues a run with its own config; drop {', '.join(given or ['--set'])}"
+                )
+            run_dir = runs.resume_run(
+                args.resume, progress=not args.no_progress, eval_episodes=args.eval_episodes
+            )
+            _summary(run_dir)
+        elif args.command == "train":
+            if args.env is None:
+                raise ValueError("rlai train needs --env ID (or --resume DIR)")
             if args.env not in envs.PORTED:
                 raise ValueError(
                     f"unknown environment {args.env!r}; ported: {', '.join(sorted(envs.PORTED))}"
@@ -174,9 +216,9 @@ def main(argv: list[str] | None = None) -> int:
                 out=args.out,
                 progress=not args.no_progress,
                 eval_episodes=args.eval_episodes,
+                checkpoint_every=args.checkpoint_every,
             )
-            print((run_dir / "eval.json").read_text().strip())
-            print(f"run directory: {run_dir}")
+            _summary(run_dir)
         elif args.command == "inspect":
             _inspect(args)
         else:

@@ -1,8 +1,11 @@
 """Training runs on disk: ``train_run`` (what ``rlai train`` does), ``load_policy`` and ``evaluate``.
 
 A run directory holds ``config.toml`` (the resolved configuration), ``metrics.csv`` (one row per
-logging interval), ``checkpoint.pt`` (the trained policy and what is needed to rebuild it, written
-atomically) and ``eval.json`` (returns on Gymnasium's own environment).
+logging interval; also TensorBoard event files under ``tensorboard/`` when the ``tensorboard``
+package is installed), ``train_state.pt`` (everything needed to continue: written atomically every
+``checkpoint_every`` env steps and at the end, read by ``rlai train --resume``), ``checkpoint.pt``
+(the trained policy and what is needed to rebuild it, written atomically) and ``eval.json``
+(returns on Gymnasium's own environment).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import csv
 import dataclasses
 import json
 import os
+import tomllib
 from pathlib import Path
 
 import gymnasium as gym
@@ -21,9 +25,19 @@ from tqdm import tqdm
 from rl_as_inference import guides
 from rl_as_inference.algos import em, mpo, sac, svi
 from rl_as_inference.checkpoint import atomic_torch_save
-from rl_as_inference.config import build_config, to_toml
+from rl_as_inference.config import apply_overrides, build_config, to_toml
+from rl_as_inference.envs.base import resolve_device
+from rl_as_inference.resume import Checkpointer, read_train_state
 
-__all__ = ["ALGORITHMS", "LoadedPolicy", "evaluate", "load_policy", "train_run"]
+__all__ = [
+    "ALGORITHMS",
+    "DEFAULT_CHECKPOINT_EVERY",
+    "LoadedPolicy",
+    "evaluate",
+    "load_policy",
+    "resume_run",
+    "train_run",
+]
 
 ALGORITHMS = {
     "em": (em.EMConfig, em.train),
@@ -35,6 +49,8 @@ POLICY_CLASSES = {
     cls.__name__: cls for cls in (guides.TanhGaussianMLP, guides.GaussianMLP, guides.CategoricalMLP)
 }
 RUN_FORMAT = "rl_as_inference.run/1"
+DEFAULT_CHECKPOINT_EVERY = 5_000  # env steps between training-state checkpoints
+TRAIN_STATE = "train_state.pt"
 
 
 def _policy_spec(policy: torch.nn.Module, config) -> dict:
@@ -56,14 +72,19 @@ def train_run(
     out: str | os.PathLike | None = None,
     progress: bool = True,
     eval_episodes: int = 100,
+    checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
 ) -> Path:
-    """Train ``algo`` (default: the recipe's) on ``env_id`` and write the run directory; returns its path."""
+    """Train ``algo`` (default: the recipe's) on ``env_id`` and write the run directory; returns its path.
+
+    The training state is checkpointed every ``checkpoint_every`` env steps (0: only at the end)
+    so that :func:`resume_run` can continue an interrupted run.
+    """
     from rl_as_inference.config import load_recipe
 
     algo = algo or load_recipe(env_id).get("default_algo", "sac")
     if algo not in ALGORITHMS:
         raise ValueError(f"unknown algorithm {algo!r}; available: {', '.join(sorted(ALGORITHMS))}")
-    config_cls, train = ALGORITHMS[algo]
+    config_cls, _ = ALGORITHMS[algo]
     extra = (
         [f"env={env_id}"]
         + ([f"seed={seed}"] if seed is not None else [])
@@ -71,40 +92,125 @@ def train_run(
     )
     config = build_config(config_cls, env_id, algo, file=config_file, sets=[*extra, *sets])
     run_dir = Path(out) if out is not None else Path("runs") / f"{env_id}-{algo}-seed{config.seed}"
+    if (run_dir / TRAIN_STATE).exists():
+        raise ValueError(f"{run_dir} already holds a run: continue it with --resume {run_dir}, or pick --out")
     run_dir.mkdir(parents=True, exist_ok=True)
-    resolved = {"algo": algo, **dataclasses.asdict(config)}
+    resolved = {"algo": algo, "checkpoint_every": checkpoint_every, **dataclasses.asdict(config)}
     (run_dir / "config.toml").write_text(to_toml(resolved))
+    checkpointer = Checkpointer(
+        run_dir / TRAIN_STATE, every=checkpoint_every, device=resolve_device(config.device)
+    )
+    return _run(run_dir, algo, config, checkpointer, progress=progress, eval_episodes=eval_episodes)
 
-    bar = tqdm(total=config.total_env_steps, disable=not progress, desc=f"{algo} {env_id}", unit="step")
-    with open(run_dir / "metrics.csv", "w", newline="") as f:
-        writer = None
 
-        def log(row: dict) -> None:
-            nonlocal writer
-            if writer is None:
-                writer = csv.DictWriter(f, fieldnames=list(row))
-                writer.writeheader()
-            writer.writerow(row)
-            f.flush()
-            bar.set_postfix(
-                ret=f"{row['return']:.1f}", elbo=f"{row.get('elbo', float('nan')):.3g}", refresh=False
-            )
-            bar.update(row["env_steps"] - bar.n)  # redraws with the postfix of this row
+def resume_run(run_dir: str | os.PathLike, *, progress: bool = True, eval_episodes: int = 100) -> Path:
+    """Continue the run in ``run_dir`` from its last training-state checkpoint, with its own config.
 
-        result = train(config, callback=log)
-    bar.close()
+    Metric rows logged after that checkpoint are dropped and logged again by the continued run; on
+    CPU the final parameters are bit-identical to those of an uninterrupted run.
+    """
+    run_dir = Path(run_dir)
+    config_path = run_dir / "config.toml"
+    if not config_path.is_file():
+        raise ValueError(f"{run_dir} is not a run directory: no config.toml")
+    try:
+        table = tomllib.loads(config_path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{config_path}: not valid TOML ({exc})") from None
+    algo = table.pop("algo", None)
+    if algo not in ALGORITHMS:
+        raise ValueError(f"{config_path}: unknown algorithm {algo!r}")
+    every = table.pop("checkpoint_every", DEFAULT_CHECKPOINT_EVERY)
+    config_cls, _ = ALGORITHMS[algo]
+    config = config_cls(**apply_overrides(config_cls, {}, table, source=str(config_path)))
+    state = read_train_state(run_dir / TRAIN_STATE, map_location="cpu")
+    _truncate_metrics(run_dir / "metrics.csv", int(state["env_steps"]))
+    checkpointer = Checkpointer(
+        run_dir / TRAIN_STATE, every=every, resume=True, device=resolve_device(config.device)
+    )
+    return _run(run_dir, algo, config, checkpointer, progress=progress, eval_episodes=eval_episodes)
+
+
+def _truncate_metrics(path: Path, env_steps: int) -> None:
+    """Keep the metric rows up to ``env_steps`` (the rest is logged again by the resumed run)."""
+    if not path.is_file():
+        return
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    kept = rows[:1] + [r for r in rows[1:] if r and float(r[0]) <= env_steps]
+    tmp = path.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="") as f:
+        csv.writer(f).writerows(kept)
+    os.replace(tmp, path)
+
+
+class _MetricLog:
+    """metrics.csv (appended to on resume), TensorBoard when installed, and the progress bar."""
+
+    def __init__(self, run_dir: Path, algo: str, config, progress: bool):
+        path = run_dir / "metrics.csv"
+        self.fieldnames = None
+        if path.is_file() and path.stat().st_size:
+            with open(path, newline="") as f:
+                self.fieldnames = next(csv.reader(f), None)
+        self.file = open(path, "a", newline="")  # noqa: SIM115 (closed in close())
+        self.writer = csv.DictWriter(self.file, fieldnames=self.fieldnames) if self.fieldnames else None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tensorboard = SummaryWriter(str(run_dir / "tensorboard"))
+        except ImportError:  # tensorboard is optional
+            self.tensorboard = None
+        self.bar = tqdm(
+            total=config.total_env_steps, disable=not progress, desc=f"{algo} {config.env}", unit="step"
+        )
+
+    def __call__(self, row: dict) -> None:
+        if self.writer is None:
+            self.writer = csv.DictWriter(self.file, fieldnames=list(row))
+            self.writer.writeheader()
+        self.writer.writerow(row)
+        self.file.flush()
+        if self.tensorboard is not None:
+            for key, value in row.items():
+                if key != "env_steps" and isinstance(value, int | float):
+                    self.tensorboard.add_scalar(key, value, row["env_steps"])
+        self.bar.set_postfix(
+            ret=f"{row['return']:.1f}", elbo=f"{row.get('elbo', float('nan')):.3g}", refresh=False
+        )
+        self.bar.update(row["env_steps"] - self.bar.n)  # redraws with the postfix of this row
+
+    def close(self) -> None:
+        self.bar.close()
+        self.file.close()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+
+
+def _run(run_dir: Path, algo: str, config, checkpointer: Checkpointer, *, progress: bool, eval_episodes: int):
+    _, train = ALGORITHMS[algo]
+    log = _MetricLog(run_dir, algo, config, progress)
+    try:
+        result = train(config, callback=log, checkpointer=checkpointer)
+    finally:
+        log.close()
     atomic_torch_save(
         {
             "format": RUN_FORMAT,
             "algo": algo,
-            "env": env_id,
+            "env": config.env,
             "policy": _policy_spec(result.policy, config),
             "state_dict": result.policy.state_dict(),
             "env_steps": result.env_steps,
         },
         run_dir / "checkpoint.pt",
     )
-    summary = {"algo": algo, "env": env_id, "env_steps": result.env_steps, "train_seconds": result.wall_time}
+    summary = {
+        "algo": algo,
+        "env": config.env,
+        "env_steps": result.env_steps,
+        "train_seconds": result.wall_time,  # across resumes: the clock continues from the checkpoint
+    }
     if eval_episodes > 0:
         returns = evaluate(run_dir, episodes=eval_episodes, seed=10_000)
         summary |= {

@@ -165,3 +165,47 @@ def test_mpo_trains_from_the_command_line_and_its_policy_loads(tmp_path):
     assert {"temperature", "kl_q_rel", "kl_mean_rel", "alpha_mean"} <= set(rows[0])
     policy = rlai.load_policy(out)
     assert policy.module.state_dependent_std and policy.act(np.zeros(3, dtype=np.float32)).shape == (1,)
+
+
+def test_a_killed_run_resumes_to_bit_identical_parameters(tmp_path, capsys):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import torch
+
+    args = ["--env", "Pendulum-v1", "--algo", "sac", "--seed", "1", "--checkpoint-every", "400"]
+    args += ["--set", "total_env_steps=3000", *TINY[2:]]  # TINY's budget replaced by 3000 steps
+    whole = tmp_path / "whole"
+    assert main(["train", *args, "--out", str(whole)]) == 0
+    cut = tmp_path / "cut"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rl_as_inference.cli", "train", *args, "--out", str(cut)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    while not (cut / "train_state.pt").exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)  # no chance to clean up: only what is on disk survives
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL and not (cut / "checkpoint.pt").exists()
+    # starting over in the same directory would overwrite the run: refused with a hint
+    assert main(["train", *args, "--out", str(cut)]) == 2
+    assert f"--resume {cut}" in capsys.readouterr().err
+    assert main(["train", "--resume", str(cut), "--eval-episodes", "3", "--no-progress"]) == 0
+    a = torch.load(whole / "checkpoint.pt", weights_only=True)["state_dict"]
+    b = torch.load(cut / "checkpoint.pt", weights_only=True)["state_dict"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    rows_a = list(csv.DictReader((whole / "metrics.csv").open()))
+    rows_b = list(csv.DictReader((cut / "metrics.csv").open()))
+    assert [r["env_steps"] for r in rows_b] == [r["env_steps"] for r in rows_a]  # no gap, no repeat
+    assert [r["critic_loss"] for r in rows_b] == [r["critic_loss"] for r in rows_a]
+    summary = capsys.readouterr().out
+    assert "sac Pendulum-v1: 3000 env steps in" in summary and "over 3 episodes" in summary
+    assert main(["train", "--resume", str(cut), "--seed", "2"]) == 2
+    assert "--resume continues a run with its own config; drop --seed" in capsys.readouterr().err
