@@ -32,6 +32,9 @@ MODULES = [
     "rl_as_inference.algos.mpo",
     "rl_as_inference.algos.collect",
     "rl_as_inference.trust_region",
+    "rl_as_inference.temperature",
+    "rl_as_inference.resume",
+    "rl_as_inference.diagnostics",
 ]
 
 
