@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from rl_as_inference import guides
-from rl_as_inference.algos import em, mpo, sac, svi
+from rl_as_inference.algos import em, mpo, sac, svi, vmpo
 from rl_as_inference.checkpoint import atomic_torch_save
 from rl_as_inference.config import apply_overrides, build_config, to_toml
 from rl_as_inference.envs.base import resolve_device
@@ -44,6 +44,7 @@ ALGORITHMS = {
     "mpo": (mpo.MPOConfig, mpo.train),
     "sac": (sac.SACConfig, sac.train),
     "svi": (svi.SVIConfig, svi.train),
+    "vmpo": (vmpo.VMPOConfig, vmpo.train),
 }
 POLICY_CLASSES = {
     cls.__name__: cls for cls in (guides.TanhGaussianMLP, guides.GaussianMLP, guides.CategoricalMLP)

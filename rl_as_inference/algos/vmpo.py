@@ -1,0 +1,396 @@
+"""V-MPO: the on-policy form of coordinate ascent variant B (Song et al. 2019, DESIGN.md s.1).
+
+Each iteration collects an on-policy batch of ``num_envs x unroll_length`` transitions with the
+current policy and learns a state value V with n-step bootstrapped targets (the unroll's n = T):
+
+    G_t = r_t + gamma * (1 - terminated_t) * (V(s'_t) if the episode was truncated at t or t = T - 1
+                                              else G_{t+1}),
+
+so a time limit bootstraps and a termination does not; the value loss is 0.5 (G - V)^2 and the
+advantages are A = G - V(s).
+E-step (seed eq. 7 over the batch's samples): keep the top half of the advantages (the set K) and
+weight them by psi(s, a) = exp(A / eta) / sum_K exp(A / eta), the non-parametric
+q(s, a) proportional to pi_old(a|s) exp(A / eta) restricted to K; the temperature solves the dual of
+KL(psi || uniform on K) <= epsilon_eta,
+
+    L_eta = eta * epsilon_eta + eta * log mean_K exp(A / eta).
+
+M-step (seed eq. 8): weighted maximum likelihood L_pi = -sum_K psi log pi(a|s) subject to
+E_s[KL(pi_old(.|s) || pi(.|s))] <= epsilon_alpha with a Lagrange multiplier alpha,
+
+    L_alpha = alpha * (epsilon_alpha - sg[KL]) + sg[alpha] * KL,
+
+one KL for a categorical policy, decoupled mean / standard-deviation KLs (two multipliers) for a
+Gaussian one, as in MPO. pi_old is a target copy of pi refreshed every K learner steps. The duals
+are log-parametrized, trained by Adam and clamped from below (eta, alpha >= ~1e-8) after each step.
+Logged like Acme: the KL / epsilon ratios and the duals.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import gymnasium as gym
+import torch
+from torch import nn
+from torch.distributions import Categorical, Distribution, Independent, Normal, kl_divergence
+
+from rl_as_inference import envs
+from rl_as_inference.algos.sac import TrainResult
+from rl_as_inference.guides.policies import CategoricalMLP, GaussianMLP, ObservationEncoder, mlp
+from rl_as_inference.resume import Checkpointer
+
+__all__ = ["Rollouts", "StateValue", "VMPOConfig", "nstep_returns", "train", "vmpo_losses"]
+
+LOG_DUAL_MIN = -18.0  # log(1.5e-8): the projection of the duals onto (nearly) positive values
+
+
+@dataclass
+class VMPOConfig:
+    """Hyperparameters of V-MPO.
+
+    The structure follows the paper (top half of the advantages, n-step targets bootstrapped at the
+    end of the unroll, a target pi_old, initial eta = 1 and alpha = 5). Its batch of
+    ~10^3 samples and single learner step per batch are made for thousands of actors; here a few
+    dozen functional envs feed ``updates_per_batch`` learner steps on each on-policy batch (as PPO
+    reuses its batches), and the defaults are the CartPole-v1 recipe's (tuned here).
+    """
+
+    env: str = "CartPole-v1"
+    total_env_steps: int = 50_000
+    num_envs: int = 32  # parallel functional envs collecting on-policy data
+    unroll_length: int = 16  # steps per env per batch: the n of the n-step targets
+    updates_per_batch: int = 8  # learner steps on each collected batch
+    target_update_every: int = 32  # learner steps between copies of pi into pi_old (K): 4 batches
+    top_fraction: float = 0.5  # share of the batch, by advantage, that the E-step keeps
+    gamma: float = 0.99
+    reward_scale: float = 0.1  # multiplies the rewards in the value targets (logged returns: unscaled)
+    epsilon_eta: float = 0.1  # E-step bound on KL(psi || uniform on the top half)
+    epsilon_alpha: float = 0.005  # M-step KL bound, categorical policies
+    epsilon_mean: float = 0.01  # M-step KL bound on the mean, Gaussian policies
+    epsilon_stddev: float = 1e-4  # M-step KL bound on the standard deviation, Gaussian policies
+    init_temperature: float = 1.0  # paper
+    init_alpha: float = 5.0  # paper (all multipliers)
+    policy_lr: float = 3e-3
+    value_lr: float = 3e-3
+    dual_lr: float = 0.1
+    anneal_lr: bool = True  # decay the network learning rates linearly to 0 over total_env_steps
+    max_grad_norm: float | None = None  # None: no clipping of the network gradients
+    hidden: tuple[int, ...] = (64, 64)
+    activation: str = "Tanh"  # a torch.nn activation, for the policy and the value network
+    seed: int = 0
+    device: str = "cpu"
+    log_every: int = 5_000  # env steps between metric rows
+
+
+class StateValue(nn.Module):
+    """V(s): an MLP over the (encoded) observation; ``forward(obs)`` returns ``[*B]`` values."""
+
+    def __init__(self, observation_space: gym.Space, hidden: tuple[int, ...], activation: type[nn.Module]):
+        super().__init__()
+        self.encoder = ObservationEncoder(observation_space)
+        self.net = mlp([self.encoder.dim, *hidden, 1], activation)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        """Values of a batch of observations ``[*B, ...]`` -> ``[*B]``."""
+        return self.net(self.encoder(obs, self.net[0].weight.dtype)).squeeze(-1)
+
+
+def nstep_returns(
+    rewards: torch.Tensor,
+    next_values: torch.Tensor,
+    terminated: torch.Tensor,
+    truncated: torch.Tensor,
+    gamma: float,
+) -> torch.Tensor:
+    """n-step bootstrapped targets over an unroll of T steps, computed backward on the device.
+
+    Args:
+        rewards: ``[T, N]`` r_t.
+        next_values: ``[T, N]`` V(s'_t) of the true next state of every step (SAME_STEP
+            ``info["final_obs"]``), used where the unroll ends or an episode is truncated.
+        terminated, truncated: ``[T, N]`` bool; a termination stops the return (no bootstrap), a
+            truncation bootstraps from V(s'_t); if both, termination wins.
+        gamma: discount.
+
+    Returns:
+        ``[T, N]`` G_t = r_t + gamma (1 - terminated_t) (V(s'_t) if truncated_t or t = T - 1 else G_{t+1}).
+    """
+    returns = torch.empty_like(rewards)
+    following = next_values[-1]
+    for t in reversed(range(rewards.shape[0])):
+        bootstrap = torch.where(truncated[t], next_values[t], following)
+        returns[t] = rewards[t] + gamma * (~terminated[t]).to(rewards.dtype) * bootstrap
+        following = returns[t]
+    return returns
+
+
+def _m_step_terms(
+    online: Distribution, target: Distribution, actions: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """log-likelihoods ``[B]`` of the fit, the KLs ``[k]`` from pi_old averaged over states, their names.
+
+    Categorical: log pi(a|s) and KL(pi_old || pi). Gaussian, decoupled as in MPO: the mean is fitted
+    with pi_old's scale and the scale with pi_old's mean, each under its own KL.
+    """
+    if isinstance(online, Categorical):
+        return online.log_prob(actions), kl_divergence(target, online).mean().unsqueeze(0), ["kl"]
+    loc, scale = online.base_dist.loc, online.base_dist.scale
+    t_loc, t_scale = target.base_dist.loc.detach(), target.base_dist.scale.detach()
+    fit_mean = Independent(Normal(loc, t_scale), 1)
+    fit_scale = Independent(Normal(t_loc, scale), 1)
+    reference = Independent(Normal(t_loc, t_scale), 1)
+    log_lik = fit_mean.log_prob(actions) + fit_scale.log_prob(actions)
+    kls = torch.stack((kl_divergence(reference, fit_mean).mean(), kl_divergence(reference, fit_scale).mean()))
+    return log_lik, kls, ["kl_mean", "kl_stddev"]
+
+
+def vmpo_losses(
+    returns: torch.Tensor,
+    values: torch.Tensor,
+    actions: torch.Tensor,
+    online: Distribution,
+    target: Distribution,
+    log_temperature: torch.Tensor,
+    log_alpha: torch.Tensor,
+    config: VMPOConfig,
+) -> tuple[torch.Tensor, dict]:
+    """The V-MPO loss as one pure function: value regression, top-half E-step with its temperature
+    dual, KL-constrained weighted maximum likelihood and the multipliers' duals.
+
+    Args:
+        returns: ``[B]`` n-step targets G (no gradient).
+        values: ``[B]`` V(s) of the same states (differentiable: the value loss trains it).
+        actions: ``[B]`` (categorical) or ``[B, d]`` (Gaussian) actions taken.
+        online: pi(.|s) over the B states, a ``Categorical`` or an ``Independent(Normal)``.
+        target: pi_old(.|s), same family (treated as a constant).
+        log_temperature: log eta (scalar, trainable).
+        log_alpha: log alpha, ``[1]`` for a categorical policy, ``[2]`` (mean, stddev) for a Gaussian.
+        config: ``top_fraction`` and the constraint sizes.
+
+    Returns:
+        (loss, stats): one scalar whose gradients train the policy, the value and all duals; stats
+        are detached tensors (Acme-style KL / epsilon ratios and duals), read back only when logged.
+    """
+    advantages = (returns - values).detach()
+    k = max(1, int(config.top_fraction * advantages.shape[0]))
+    top, index = torch.topk(advantages, k)
+    # E-step: psi = softmax(A / eta) over the top half; temperature from its dual.
+    temperature = log_temperature.exp()
+    weights = torch.softmax(top / temperature.detach(), dim=0)
+    log_mean_exp = torch.logsumexp(top / temperature, dim=0) - math.log(k)
+    temperature_loss = temperature * config.epsilon_eta + temperature * log_mean_exp
+    # M-step: weighted maximum likelihood on the top half, KL(pi_old || pi) over all states.
+    log_lik, kls, names = _m_step_terms(online, target, actions)
+    policy_loss = -(weights * log_lik[index]).sum()
+    if len(names) == 1:
+        epsilons = torch.tensor([config.epsilon_alpha], device=kls.device, dtype=kls.dtype)
+    else:
+        epsilons = torch.tensor(
+            [config.epsilon_mean, config.epsilon_stddev], device=kls.device, dtype=kls.dtype
+        )
+    alpha = log_alpha.exp()
+    kl_penalty = (alpha.detach() * kls).sum()
+    alpha_loss = (alpha * (epsilons - kls.detach())).sum()
+    value_loss = 0.5 * (returns - values).square().mean()
+    kl_q = (weights * (torch.log(weights.clamp_min(1e-30)) + math.log(k))).sum()  # KL(psi || uniform on K)
+    stats = {
+        "value_loss": value_loss.detach(),
+        "policy_loss": policy_loss.detach(),
+        "temperature": temperature.detach(),
+        "kl_q_rel": kl_q / config.epsilon_eta,
+    }
+    for i, name in enumerate(names):
+        stats[f"{name}_rel"] = kls[i].detach() / epsilons[i]
+        stats["alpha" + name.removeprefix("kl")] = alpha[i].detach()
+    return value_loss + policy_loss + kl_penalty + alpha_loss + temperature_loss, stats
+
+
+class Rollouts:
+    """On-policy unrolls of ``num_envs`` functional envs (SAME_STEP autoreset), kept on the device.
+
+    ``unroll(policy, T)`` steps every env T times with actions sampled from ``policy`` and returns
+    the ``[T, N, ...]`` observations, actions, rewards, true next observations
+    (``info["final_obs"]``: s_{t+1} even where an episode ended), terminations and truncations.
+    Episode returns are tracked on the device and read back only by :meth:`pop_mean_return`.
+    ``state_dict`` / ``load_state_dict`` let a run stop and continue bit for bit.
+    """
+
+    def __init__(self, env_id: str, *, num_envs: int, device: torch.device, seed: int):
+        self.venv = envs.make_vec(env_id, num_envs, device=device, autoreset_mode="SameStep")
+        self.observation_space = self.venv.single_observation_space
+        self.action_space = self.venv.single_action_space
+        self.device, self.num_envs = device, num_envs
+        self.obs, _ = self.venv.reset(seed=seed)
+        self.episode_return = torch.zeros(num_envs, device=device)
+        self.finished: list[torch.Tensor] = []  # per step: returns of the episodes ended there, else NaN
+        self.env_steps = 0
+
+    @torch.no_grad()
+    def unroll(self, policy: nn.Module, length: int) -> dict[str, torch.Tensor]:
+        """``length`` steps of every env under ``policy`` (sampled actions); a dict of ``[T, N, ...]``."""
+        steps: dict[str, list[torch.Tensor]] = {
+            k: [] for k in ("obs", "action", "reward", "next_obs", "terminated", "truncated")
+        }
+        for _ in range(length):
+            action = policy(self.obs).sample()
+            obs, reward, terminated, truncated, info = self.venv.step(action)
+            for key, value in zip(
+                steps, (self.obs, action, reward, info["final_obs"], terminated, truncated), strict=True
+            ):
+                steps[key].append(value)
+            self.episode_return += reward
+            done = terminated | truncated
+            self.finished.append(torch.where(done, self.episode_return, math.nan))
+            self.episode_return = torch.where(done, 0.0, self.episode_return)
+            self.obs = obs
+        self.env_steps += self.num_envs * length
+        return {key: torch.stack(values) for key, values in steps.items()}
+
+    def pop_mean_return(self) -> float:
+        """Mean return of the episodes that ended since the last call (NaN if none); one host read."""
+        if not self.finished:
+            return math.nan
+        returns = torch.cat(self.finished)
+        self.finished.clear()
+        returns = returns[~torch.isnan(returns)]
+        return returns.mean().item() if len(returns) else math.nan
+
+    def state_dict(self) -> dict:
+        """The vector env, current observations, episode returns and step count."""
+        return {
+            "venv": self.venv.state_dict(),
+            "obs": self.obs,
+            "episode_return": self.episode_return,
+            "finished": torch.cat(self.finished) if self.finished else self.episode_return[:0],
+            "env_steps": self.env_steps,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict` into rollouts built with the same settings."""
+        self.venv.load_state_dict(state["venv"])
+        self.obs = state["obs"].to(self.device)
+        self.episode_return = state["episode_return"].to(self.device)
+        self.finished = [state["finished"].to(self.device)] if len(state["finished"]) else []
+        self.env_steps = int(state["env_steps"])
+
+    def close(self) -> None:
+        """Close the vector env."""
+        self.venv.close()
+
+
+def _make_policy(config: VMPOConfig, observation_space: gym.Space, action_space: gym.Space) -> nn.Module:
+    activation = getattr(nn, config.activation)
+    if isinstance(action_space, gym.spaces.Discrete):
+        return CategoricalMLP(observation_space, action_space, hidden=config.hidden, activation=activation)
+    if isinstance(action_space, gym.spaces.Box):
+        return GaussianMLP(
+            observation_space,
+            action_space,
+            hidden=config.hidden,
+            activation=activation,
+            state_dependent_std=True,
+        )
+    raise ValueError(f"vmpo needs a Discrete or a 1-D Box action space, got {action_space}")
+
+
+def train(
+    config: VMPOConfig,
+    *,
+    callback: Callable[[dict], None] | None = None,
+    checkpointer: Checkpointer | None = None,
+) -> TrainResult:
+    """Train V-MPO on the functional port of ``config.env``; ``callback(row)`` sees each metric row,
+    ``checkpointer`` saves (and on resume restores) the whole training state."""
+    device = envs.base.resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    data = Rollouts(config.env, num_envs=config.num_envs, device=device, seed=config.seed)
+    policy = _make_policy(config, data.observation_space, data.action_space).to(device)
+    target_policy = copy.deepcopy(policy).requires_grad_(False)
+    value = StateValue(data.observation_space, config.hidden, getattr(nn, config.activation)).to(device)
+    num_kls = 1 if isinstance(data.action_space, gym.spaces.Discrete) else 2
+    duals = [
+        torch.tensor(math.log(config.init_temperature), device=device, requires_grad=True),
+        torch.full((num_kls,), math.log(config.init_alpha), device=device, requires_grad=True),
+    ]
+    net_opt = torch.optim.Adam(
+        [
+            {"params": list(policy.parameters()), "lr": config.policy_lr},
+            {"params": list(value.parameters()), "lr": config.value_lr},
+        ]
+    )
+    dual_opt = torch.optim.Adam(duals, lr=config.dual_lr)
+    networks = [p for group in net_opt.param_groups for p in group["params"]]
+
+    result = TrainResult(policy=policy)
+    loop = {"learner_steps": 0, "next_log": config.log_every, "wall_time": 0.0}
+    ckpt = checkpointer or Checkpointer(None)
+    ckpt.attach(
+        "vmpo",
+        {
+            "data": data,
+            "policy": policy,
+            "target_policy": target_policy,
+            "value": value,
+            "duals": duals,
+            "net_opt": net_opt,
+            "dual_opt": dual_opt,
+        },
+        loop,
+    )
+    start = time.perf_counter() - loop["wall_time"]
+    while data.env_steps < config.total_env_steps:
+        ckpt.maybe_save(data.env_steps, time.perf_counter() - start)
+        if config.anneal_lr:
+            remaining = max(0.0, 1.0 - data.env_steps / config.total_env_steps)
+            for group, lr in zip(net_opt.param_groups, (config.policy_lr, config.value_lr), strict=True):
+                group["lr"] = lr * remaining
+        # ---- an on-policy batch: T steps of N envs, and its n-step targets under the current V
+        batch = data.unroll(policy, config.unroll_length)
+        with torch.no_grad():
+            next_values = value(batch["next_obs"]).to(batch["reward"].dtype)
+            returns = nstep_returns(
+                batch["reward"] * config.reward_scale,
+                next_values,
+                batch["terminated"],
+                batch["truncated"],
+                config.gamma,
+            ).flatten()
+        states, actions = batch["obs"].flatten(0, 1), batch["action"].flatten(0, 1)
+        # ---- learner steps: E-step weights, M-step fit against pi_old, value regression, duals
+        for _ in range(config.updates_per_batch):
+            with torch.no_grad():
+                target = target_policy(states)
+            loss, stats = vmpo_losses(returns, value(states), actions, policy(states), target, *duals, config)
+            net_opt.zero_grad()
+            dual_opt.zero_grad()
+            loss.backward()
+            if config.max_grad_norm is not None:
+                nn.utils.clip_grad_norm_(networks, config.max_grad_norm)
+            net_opt.step()
+            dual_opt.step()
+            with torch.no_grad():  # projection: eta, alpha >= exp(LOG_DUAL_MIN)
+                for dual in duals:
+                    dual.clamp_(min=LOG_DUAL_MIN)
+            loop["learner_steps"] += 1
+            if loop["learner_steps"] % config.target_update_every == 0:
+                target_policy.load_state_dict(policy.state_dict())
+        if data.env_steps >= loop["next_log"] or data.env_steps >= config.total_env_steps:
+            loop["next_log"] += config.log_every
+            row = {
+                "env_steps": data.env_steps,
+                "wall_time": time.perf_counter() - start,
+                "return": data.pop_mean_return(),
+                "loss": loss.item(),
+            } | {key: float(v) for key, v in stats.items()}
+            result.metrics.append(row)
+            if callback is not None:
+                callback(row)
+    result.env_steps, result.wall_time = data.env_steps, time.perf_counter() - start
+    ckpt.save(data.env_steps, result.wall_time)  # the final state: a resume of a finished run stops at once
+    data.close()
+    return result
