@@ -230,7 +230,7 @@ def test_vmpo_learns_cartpole_on_a_reduced_budget():
     assert _deterministic_return(result.policy) > 150
 
 
-def test_train_run_round_trip_and_resume(tmp_path):
+def test_train_run_and_load_policy_round_trip(tmp_path):
     small = ["total_env_steps=1024", "num_envs=8", "unroll_length=16", "log_every=256", "hidden=[16]"]
     out = runs.train_run(
         "CartPole-v1", algo="vmpo", sets=small, out=tmp_path / "cartpole", progress=False, eval_episodes=2
