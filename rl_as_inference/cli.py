@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from rl_as_inference import envs, runs
 
@@ -111,6 +112,15 @@ def _parser() -> argparse.ArgumentParser:
     inspect.add_argument(
         "--device", choices=("cpu", "cuda", "auto"), default="cpu", help="where to run the episodes"
     )
+    for command in (train, evaluate, inspect):
+        command.add_argument(
+            "--threads",
+            type=int,
+            default=1,
+            metavar="N",
+            help="CPU threads for torch (default 1: the small networks here run fastest on one thread, "
+            "and concurrent runs do not fight over cores)",
+        )
     return parser
 
 
@@ -185,6 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
         if args.command == "train" and args.resume is not None:
             given = [f"--{k}" for k in ("env", "algo", "config", "seed", "device", "out") if getattr(args, k)]
             if given or args.set:

@@ -99,6 +99,9 @@ def test_inspect_a_trained_run(run_dir, tmp_path, capsys):
         ),
         (["evaluate", "/nonexistent-run"], "is not a run directory"),
         (["evaluate", ".", "--episodes", "0"], "episodes must be an int >= 1, got 0"),
+        (["train", "--env", "Pendulum-v1", "--threads", "0"], "--threads must be >= 1, got 0"),
+        (["train", "--algo", "sac"], "rlai train needs --env ID (or --resume DIR)"),
+        (["train", "--resume", "/nonexistent-run"], "is not a run directory: no config.toml"),
     ],
 )
 def test_bad_options_give_a_one_line_error(argv, message, capsys):

@@ -30,6 +30,7 @@ MODULES = [
     "rl_as_inference.algos.svi",
     "rl_as_inference.algos.em",
     "rl_as_inference.algos.mpo",
+    "rl_as_inference.algos.vmpo",
     "rl_as_inference.algos.collect",
     "rl_as_inference.trust_region",
     "rl_as_inference.temperature",

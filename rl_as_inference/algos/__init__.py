@@ -4,9 +4,12 @@
 - ``sac``: its H = 1, no-dynamics-gradient special case;
 - ``em``: coordinate ascent variant A (SVI E-step against pi_k, M-step pi_{k+1} := q_k);
 - ``mpo``: variant B (non-parametric E-step with a temperature dual, KL-constrained weighted
-  maximum likelihood M-step); Gaussian policies so far.
+  maximum likelihood M-step), Gaussian and categorical policies, off-policy from a replay buffer;
+- ``vmpo``: on-policy V-MPO (top-half advantages, learned state value, KL-constrained M-step).
+
+``collect`` (replay collection) is shared by the off-policy ones.
 """
 
-from . import em, mpo, sac, svi
+from . import em, mpo, sac, svi, vmpo
 
-__all__ = ["em", "mpo", "sac", "svi"]
+__all__ = ["em", "mpo", "sac", "svi", "vmpo"]
