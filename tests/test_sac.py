@@ -168,3 +168,11 @@ def test_em_is_svi_with_the_kl_objective_and_learns():
     assert returns[-1] > returns[0] + 300, returns
     with pytest.raises(ValueError, match="em optimizes the KL objective"):
         em.train(em.EMConfig(objective="maxent"))
+
+
+def test_metric_rows_fall_on_multiples_of_log_every_after_learning_starts():
+    config = sac.SACConfig(
+        total_env_steps=400, learning_starts=250, log_every=100, hidden=(8,), batch_size=16
+    )
+    rows = [row["env_steps"] for row in sac.train(config).metrics]
+    assert rows == [250, 300, 400]  # no catch-up row at 251 for the interval learning_starts skipped

@@ -57,6 +57,7 @@ class MPOConfig:
     epsilon_stddev: float = 1e-6  # M-step KL bound on the standard deviation
     epsilon_policy: float = 1e-3  # M-step KL bound of a categorical policy (Acme's discrete MPO)
     n_step: int = 1  # critic targets from n-step returns (1: one-step T^{pi,q})
+    anneal_lr: bool = False  # decay the policy and critic learning rates linearly to 0 over the budget
     backend: str = "functional"  # collect with the torch port, or "gymnasium" (Gymnasium's own env)
     policy_lr: float = 1e-3
     critic_lr: float = 1e-3
@@ -248,6 +249,11 @@ def train(
         data.step(None if data.env_steps < config.learning_starts else policy)
         if data.env_steps < config.learning_starts:
             continue
+        if config.anneal_lr:
+            frac = 1.0 - data.env_steps / config.total_env_steps
+            for opt, lr in ((policy_opt, config.policy_lr), (critic_opt, config.critic_lr)):
+                for group in opt.param_groups:
+                    group["lr"] = lr * frac
         batch = data.sample(config.batch_size, n_step=config.n_step, gamma=config.gamma)
         # ---- critic: T^{pi,q} at alpha = 0 against the target policy (plain expected Q backup)
         critic_loss = soft_q_loss(critic, target_policy, batch, alpha=0.0, log_pi=0.0, gamma=config.gamma)
@@ -285,7 +291,8 @@ def train(
         if loop["learner_steps"] % config.target_policy_update_every == 0:
             target_policy.load_state_dict(policy.state_dict())
         if data.env_steps >= loop["next_log"] or data.env_steps >= config.total_env_steps:
-            loop["next_log"] += config.log_every
+            # the next multiple of log_every: no catch-up rows one step apart after learning_starts
+            loop["next_log"] = (data.env_steps // config.log_every + 1) * config.log_every
             row = {
                 "env_steps": data.env_steps,
                 "wall_time": time.perf_counter() - start,

@@ -178,7 +178,8 @@ def train(
         temperature.dual_step(log_q + target_entropy if kl is None else kl - config.kl_bound)
         critic.update_target(config.tau)
         if data.env_steps >= loop["next_log"] or data.env_steps >= config.total_env_steps:
-            loop["next_log"] += config.log_every
+            # the next multiple of log_every: no catch-up rows one step apart after learning_starts
+            loop["next_log"] = (data.env_steps // config.log_every + 1) * config.log_every
             row = {
                 "env_steps": data.env_steps,
                 "wall_time": time.perf_counter() - start,

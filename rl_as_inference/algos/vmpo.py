@@ -381,7 +381,8 @@ def train(
             if loop["learner_steps"] % config.target_update_every == 0:
                 target_policy.load_state_dict(policy.state_dict())
         if data.env_steps >= loop["next_log"] or data.env_steps >= config.total_env_steps:
-            loop["next_log"] += config.log_every
+            # the next multiple of log_every: no catch-up rows one step apart after learning_starts
+            loop["next_log"] = (data.env_steps // config.log_every + 1) * config.log_every
             row = {
                 "env_steps": data.env_steps,
                 "wall_time": time.perf_counter() - start,
