@@ -29,7 +29,11 @@ history); its groups are ``posterior`` (action, state, final_state, reward, aliv
 discounted_return) and ``sample_stats`` (log_weight, log_weight_step, psis_log_weight, elbo, elbo_se,
 log_evidence, log_evidence_se, pareto_k, ess, psis_ess, and ``*_history`` from a fit or a run).
 Episodes are independent draws from q, not Markov chains: ``episode`` replaces ArviZ's
-``(chain, draw)`` sample dims (ArviZ 1.x lets every function take ``sample_dims``).
+``(chain, draw)`` sample dims (ArviZ 1.x lets every function take ``sample_dims``);
+:func:`to_arviz_samples` gives ArviZ 0.x functions such as ``az.summary`` the dims they expect.
+Attributes ``state_names``/``action_names`` (when known: the ported environments, or an env's own
+attributes of those names) label the plots; ``elbo_history_note``/``elbo_history_units`` say what a
+recorded ``elbo_history`` is (a training objective is not always the trajectory ELBO of eq. 2).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ import contextlib
 import csv
 import math
 import os
+import textwrap
 import tomllib
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -76,12 +81,50 @@ __all__ = [
     "sample_episodes",
     "save_plots",
     "summarize",
+    "to_arviz_samples",
     "to_inference_data",
     "to_netcdf",
 ]
 
 PLOTS = ("elbo", "actions", "states", "returns", "weights")
 _EQUAL_TOL = 1e-5  # relative spread below which log weights count as equal (float32 rounding)
+
+# Names of the state and action dims of the ported environments (their docstrings give the layouts).
+# The state is what the dynamics integrate, not the observation: Pendulum's theta is never wrapped.
+_ENV_LABELS: dict[str, dict[str, tuple[str, ...]]] = {
+    "Pendulum-v1": {
+        "state_names": ("theta (rad, unwrapped; 0 = up)", "theta_dot (rad/s)"),
+        "action_names": ("torque",),
+    },
+    "CartPole-v1": {
+        "state_names": ("x (m)", "x_dot (m/s)", "theta (rad)", "theta_dot (rad/s)"),
+        "action_names": ("push left", "push right"),
+    },
+    "MountainCar-v0": {
+        "state_names": ("position", "velocity"),
+        "action_names": ("push left", "no push", "push right"),
+    },
+    "MountainCarContinuous-v0": {"state_names": ("position", "velocity"), "action_names": ("force",)},
+    "Acrobot-v1": {
+        "state_names": ("theta1 (rad)", "theta2 (rad)", "dtheta1 (rad/s)", "dtheta2 (rad/s)"),
+        "action_names": ("torque -1", "torque 0", "torque +1"),
+    },
+}
+
+# What the ``elbo`` column of a run's metrics.csv is, by algorithm: (note, units).
+_RUN_ELBO_NOTES: dict[str, tuple[str, str]] = {
+    "sac": (
+        "SAC's logged 'elbo' = -actor loss: the one-step objective E[min Q(s,a) - alpha (log q(a|s) - "
+        "log pi(a))] over replayed states, with the critic of the moment (not eq. 2's trajectory ELBO)",
+        "reward units",
+    ),
+    "svi": (
+        "segment SVI's logged 'elbo' = -ELBO loss: the training objective per replayed start state "
+        "(H-step segment with a learned terminal soft value), not eq. 2's full-episode ELBO",
+        "nats",
+    ),
+}
+_RUN_ELBO_NOTES["em"] = (_RUN_ELBO_NOTES["svi"][0].replace("segment SVI's", "EM's (segment SVI)"), "nats")
 
 
 # ---------------------------------------------------------------------- importance weights
@@ -126,6 +169,11 @@ def _as_log_weights(log_weights) -> np.ndarray:
     return lw
 
 
+def _all_equal(finite: np.ndarray) -> bool:
+    """True when finite log weights differ by float rounding only (no tail to fit)."""
+    return finite.size > 0 and bool(np.ptp(finite) <= _EQUAL_TOL * (1.0 + np.abs(finite).max()))
+
+
 def _psis(lw: np.ndarray) -> tuple[np.ndarray, float]:
     """Pareto-smoothed, normalized log weights and k-hat (``arviz.psislw``, r_eff = 1).
 
@@ -136,7 +184,7 @@ def _psis(lw: np.ndarray) -> tuple[np.ndarray, float]:
     finite = lw[np.isfinite(lw)]
     if finite.size == 0:
         return np.full_like(lw, -np.inf), math.inf
-    if np.ptp(finite) <= _EQUAL_TOL * (1.0 + np.abs(finite).max()):
+    if _all_equal(finite):
         top = finite.max()
         return lw - (top + np.log(np.exp(lw - top).sum())), -math.inf
     with warnings.catch_warnings():
@@ -461,6 +509,8 @@ def to_inference_data(
     objective: str | None = None,
     seed: int | None = None,
     attrs: Mapping[str, Any] | None = None,
+    state_names: Sequence[str] | None = None,
+    action_names: Sequence[str] | None = None,
 ) -> az.InferenceData:
     """Trajectories of the guide as an ``arviz.InferenceData``, with their importance weights (eq. 2).
 
@@ -476,7 +526,10 @@ def to_inference_data(
       ``ess``, ``psis_ess`` of :func:`importance_diagnostics`; with ``fit_result`` or ``history``,
       ``{name}_history`` over dim ``step``;
     - attributes (on both groups): env, alpha, gamma, horizon, num_episodes, objective (``maxent``
-      for a uniform prior, ``kl`` for another prior) and ``attrs``.
+      for a uniform prior, ``kl`` for another prior), ``state_names``/``action_names`` when known,
+      ``history_step`` (what ``step`` counts) and ``elbo_history_note``/``elbo_history_units``
+      with a history (with ``fit_result``: eq. 2's ELBO per episode, in nats; a plain ``history``
+      gets none unless ``attrs`` gives them), and ``attrs``.
 
     Args:
         model, guide: Pyro callables ``(num_episodes, init_state=None)`` following the site
@@ -488,7 +541,11 @@ def to_inference_data(
         init_state: optional initial states passed to model and guide.
         alpha, gamma, objective: override what is read from the model's attributes.
         seed: seed of the episodes (torch's generator is forked: the caller's stream is untouched).
-        attrs: extra attributes (numbers and strings).
+        attrs: extra attributes (numbers, strings, lists of strings); they override the defaults.
+        state_names: a name per ``state_dim`` (continuous states) or per state (tabular); default
+            the env's ``state_names`` attribute, else those of a ported environment, else none
+            (the plots then say ``s[i]``).
+        action_names: likewise per ``action_dim``, or per action of a discrete action space.
 
     Returns:
         The ``InferenceData``; tensors are moved to the CPU only here, at the end.
@@ -550,10 +607,10 @@ def to_inference_data(
             stats[key] = np.asarray(value, dtype=np.float64)
             stat_dims[key] = []
     hist = _history_from(fit_result, history)
-    step_coord = None
+    step_coord, step_name = None, "SVI step" if fit_result is not None else "step"
     for key in ("env_steps", "step"):
         if key in hist:
-            step_coord = hist.pop(key)
+            step_coord, step_name = hist.pop(key), key
             if np.all(np.isfinite(step_coord)) and np.all(step_coord == np.round(step_coord)):
                 step_coord = step_coord.astype(np.int64)
             break
@@ -582,13 +639,58 @@ def to_inference_data(
         and hasattr(obs_space, "n")
     ):
         meta["num_states"] = int(obs_space.n)
+    for key, given in (("state_names", state_names), ("action_names", action_names)):
+        names = _default_names(env, key) if given is None else [str(v) for v in given]
+        if names and len(names) == _label_count(key, posterior, meta):
+            meta[key] = names
+        elif given is not None:
+            raise ValueError(f"{key} has {len(names)} names; expected {_label_count(key, posterior, meta)}")
+    if hist:
+        meta["history_step"] = step_name
+    if fit_result is not None and "elbo" in hist:
+        meta["elbo_history_note"] = "eq. 2's ELBO per episode: the SVI estimate of each step"
+        meta["elbo_history_units"] = "nats"
     meta |= {k: v for k, v in (attrs or {}).items() if v is not None}
-    # netCDF attributes: numbers and strings only (bools as 0/1)
-    meta = {
-        k: int(v) if isinstance(v, bool) else v if isinstance(v, (int, float, str)) else str(v)
-        for k, v in meta.items()
-    }
+    meta = {k: _attr(v) for k, v in meta.items()}
     return _build(posterior, dims, stats, stat_dims, H, n, step_coord, meta)
+
+
+def _attr(value):
+    """A netCDF attribute: numbers and strings as they are, bools as 0/1, lists of strings, else str."""
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, (int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return list(value)
+    return str(value)
+
+
+def _default_names(env, key: str) -> list[str]:
+    names = getattr(env, key, None)
+    if names is None:
+        labels = _ENV_LABELS.get(getattr(env, "id", None) or getattr(env, "name", None) or "", {})
+        names = labels.get(key)
+    return [str(v) for v in names] if names is not None else []
+
+
+def _label_count(key: str, posterior: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> int:
+    """How many names ``state_names``/``action_names`` need: features, or values of a discrete space."""
+    value = posterior.get("state" if key == "state_names" else "action")
+    if value is None:
+        return 0
+    if np.issubdtype(value.dtype, np.integer) and value.ndim == 2:
+        return int(meta.get("num_states" if key == "state_names" else "num_actions", -1))
+    return int(np.prod(value.shape[2:]))
+
+
+def _names(attrs: Mapping[str, Any], key: str, count: int) -> list[str] | None:
+    """``attrs[key]`` as ``count`` names (netCDF reads back a one-name list as a string), else None."""
+    value = attrs.get(key)
+    if value is None:
+        return None
+    names = [value] if isinstance(value, str) else [str(v) for v in np.atleast_1d(value)]
+    return names if len(names) == count else None
 
 
 def _build(posterior, dims, stats, stat_dims, horizon, n, step_coord, meta) -> az.InferenceData:
@@ -655,7 +757,11 @@ def from_run(
     The policy comes from ``checkpoint.pt`` (:func:`rl_as_inference.runs.load_policy`); the model is
     a ``TrajectoryModel`` on the torch port of the run's environment with the uniform prior (the
     maximum-entropy objective of seed eq. (10)); the guide is a ``PolicyGuide`` of that policy. The
-    columns of ``metrics.csv`` become the ``*_history`` variables (``env_steps`` the ``step`` coordinate).
+    columns of ``metrics.csv`` become the ``*_history`` variables under their csv names
+    (``env_steps`` the ``step`` coordinate). They are what the algorithm logged, not quantities of
+    eq. (2): SAC's ``elbo`` column is minus its actor loss (a one-step objective in reward units),
+    segment SVI's and EM's the training objective per start state (nats); the attributes
+    ``elbo_history_note``/``elbo_history_units`` say which, and :func:`plot_elbo` labels with them.
     Sampling happens in a scope of its own of Pyro's parameter store (the caller's is untouched).
 
     Args:
@@ -700,11 +806,15 @@ def from_run(
         env, models.UniformPrior(env.action_space), horizon=horizon, alpha=alpha, gamma=gamma
     )
     guide = guides.PolicyGuide(env, policy.module, horizon=horizon, name="policy")
-    attrs = {
-        "run_dir": str(run_dir),
-        "algo": config.get("algo"),
-        "seed": seed,
-    }
+    algo = config.get("algo")
+    attrs: dict[str, Any] = {"run_dir": str(run_dir), "algo": algo, "seed": seed}
+    if "elbo" in metrics:
+        note, units = _RUN_ELBO_NOTES.get(
+            str(algo), (f"the 'elbo' column of metrics.csv as {algo or 'the run'} logged it", "as logged")
+        )
+        attrs |= {"elbo_history_note": note, "elbo_history_units": units}
+    if "return" in metrics:
+        attrs["return_history_note"] = "mean return of the training episodes ended since the previous row"
     with pyro.get_param_store().scope():
         return to_inference_data(
             model, guide, num_episodes=num_episodes, history=metrics, seed=seed, attrs=attrs
@@ -763,32 +873,61 @@ def _empty(fig: Figure, message: str) -> None:
     ax.set_axis_off()
 
 
+def _history_line(ax, steps: np.ndarray, values: np.ndarray, color: str) -> int:
+    """Plot the finite points of a history (NaN rows dropped) connected, with markers; returns their count."""
+    ok = np.isfinite(values)
+    count = int(ok.sum())
+    if count:
+        size = float(np.clip(300.0 / count, 1.5, 5.0))
+        ax.plot(steps[ok], values[ok], color=color, marker="o", markersize=size, linewidth=1.2)
+    return count
+
+
 def plot_elbo(idata: az.InferenceData, *, figsize=(7, 4)) -> Figure:
-    """The ELBO history (``elbo_history`` over ``step``) and, on a twin axis, the return history.
+    """The recorded history ``elbo_history`` over ``step`` and, on a twin axis, ``return_history``.
+
+    What ``elbo_history`` measures depends on where it came from, and the plot says so: the y label
+    gives its units (attribute ``elbo_history_units``) and the title its meaning
+    (``elbo_history_note``). From a ``fit_result`` it is eq. (2)'s ELBO per episode (nats); from
+    :func:`from_run` it is the run's ``elbo`` column of ``metrics.csv``, the algorithm's own
+    training objective (SAC's is minus its actor loss, a one-step objective in reward units). NaN
+    entries (rows where no training episode ended, say) are dropped and the remaining points drawn
+    connected, with markers.
 
     Without a recorded history the figure shows this sample's ELBO (mean of eq. 2's log weights)
     and importance-sampling estimate of log p(O), with 2-standard-error bars.
     """
     fig = _figure(figsize)
     stats = idata.sample_stats
+    attrs = stats.attrs
     ax = fig.add_subplot()
     if "elbo_history" in stats:
         steps = stats["step"].values
-        ax.plot(steps, stats["elbo_history"].values, color="C0")
-        ax.set_xlabel("step")
-        ax.set_ylabel("ELBO", color="C0")
+        if not _history_line(ax, steps, stats["elbo_history"].values, "C0"):
+            ax.text(0.5, 0.5, "elbo_history: no finite value", ha="center", transform=ax.transAxes)
+        ax.set_xlabel(str(attrs.get("history_step", "step")))
+        ax.set_ylabel(f"elbo_history ({attrs.get('elbo_history_units', 'units not recorded')})", color="C0")
+        note = attrs.get("elbo_history_note", "the history's 'elbo' column as given (no note of what it is)")
+        ax.set_title(textwrap.fill(str(note), 95), fontsize="small")
         if "return_history" in stats:
             twin = ax.twinx()
-            twin.plot(steps, stats["return_history"].values, color="C1", alpha=0.7)
-            twin.set_ylabel("return", color="C1")
+            _history_line(twin, steps, stats["return_history"].values, "C1")
+            twin.set_ylabel("return_history (mean return)", color="C1")
+        what = "training history"
     else:
         values = [_scalar(stats, "elbo"), _scalar(stats, "log_evidence")]
         errors = np.nan_to_num([2 * _scalar(stats, "elbo_se"), 2 * _scalar(stats, "log_evidence_se")])
         ax.errorbar([0, 1], values, yerr=errors, fmt="o", capsize=4)
         ax.set_xticks([0, 1], ["ELBO = mean log w", "log p(O) ~ logmeanexp log w"])
         ax.set_xlim(-0.5, 1.5)
-        ax.set_title("no ELBO history recorded: this sample's estimates (+- 2 SE)", fontsize="small")
-    _suptitle(fig, "ELBO", idata)
+        ax.set_ylabel("nats")
+        title = "no ELBO history recorded: this sample's estimates (+- 2 SE)"
+        k = _scalar(stats, "pareto_k")
+        if k > 0.7:
+            title += f"\nPSIS k-hat {k:.2f} > 0.7: the IS estimate and its SE are unreliable"
+        ax.set_title(title, fontsize="small")
+        what = "ELBO"
+    _suptitle(fig, what, idata)
     return fig
 
 
@@ -811,12 +950,18 @@ def _masked(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return np.where(valid, values.astype(np.float64), np.nan)
 
 
-def _discrete_occupancy(ax, values: np.ndarray, valid: np.ndarray, count, label: str) -> None:
+def _outside_legend(ax) -> None:
+    """The legend to the right of the axes, clear of the data (constrained layout makes room)."""
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", borderaxespad=0.0)
+
+
+def _discrete_occupancy(ax, values: np.ndarray, valid: np.ndarray, count, label: str, names) -> None:
     """P(value_t = k) among valid episodes over time: stacked steps for few values, else a heatmap.
 
     With few values, a dashed line shows the fraction of episodes still alive.
     """
     k = int(count) if count else int(values.max()) + 1
+    names = names if names is not None and len(names) == k else None
     total = np.maximum(valid.sum(0), 1)
     probs = np.stack([((values == a) & valid).sum(0) / total for a in range(k)])  # [k, T]
     T = values.shape[1]
@@ -825,7 +970,7 @@ def _discrete_occupancy(ax, values: np.ndarray, valid: np.ndarray, count, label:
         ax.stackplot(
             edges,
             np.concatenate([probs, probs[:, -1:]], axis=1),
-            labels=[f"{label}={a}" for a in range(k)],
+            labels=[f"{label}={a}" + (f": {names[a]}" if names else "") for a in range(k)],
             alpha=0.85,
             step="post",
         )
@@ -837,7 +982,7 @@ def _discrete_occupancy(ax, values: np.ndarray, valid: np.ndarray, count, label:
         ax.set_xlim(0, T)
         ax.set_ylim(0, 1)
         ax.set_ylabel(f"P({label}_t)")
-        ax.legend(loc="upper right", fontsize="small", ncol=2)
+        _outside_legend(ax)
     else:
         image = ax.imshow(
             probs,
@@ -850,24 +995,34 @@ def _discrete_occupancy(ax, values: np.ndarray, valid: np.ndarray, count, label:
         )
         ax.figure.colorbar(image, ax=ax, label=f"P({label}_t)")
         ax.set_ylabel(label)
+        if names and k <= 30:
+            ax.set_yticks(np.arange(k), names, fontsize="small")
 
 
-def _ribbons(fig, values: np.ndarray, valid: np.ndarray, quantiles, label: str, count) -> None:
+def _ribbons(fig, values: np.ndarray, valid: np.ndarray, quantiles, label: str, count, names) -> None:
     """Quantile ribbons per feature of continuous ``values`` [N, T(, d)], occupancy for integers."""
     if np.issubdtype(values.dtype, np.integer):
         ax = fig.add_subplot()
-        _discrete_occupancy(ax, values, valid, count, label)
+        _discrete_occupancy(ax, values, valid, count, label, names)
         ax.set_xlabel("time t")
         return
     values = _masked(values, valid)
     values = values[..., None] if values.ndim == 2 else values.reshape(*values.shape[:2], -1)
+    names = names if names is not None and len(names) == values.shape[2] else None
     axes = fig.subplots(values.shape[2], 1, sharex=True, squeeze=False)[:, 0]
     times = np.arange(values.shape[1])
     for d, ax in enumerate(axes):
         _bands(ax, times, values[..., d], f"C{d % 10}", quantiles, label)
-        ax.set_ylabel(f"{label}[{d}]")
-    axes[0].legend(loc="upper right", fontsize="small", ncol=3)
+        ax.set_ylabel(f"{names[d]}\n{label}[{d}]" if names else f"{label}[{d}]")
+    _outside_legend(axes[0])
     axes[-1].set_xlabel("time t")
+
+
+def _label_names(attrs: Mapping[str, Any], key: str, values: np.ndarray, count_key: str) -> list[str] | None:
+    if np.issubdtype(values.dtype, np.integer) and values.ndim == 2:
+        count = attrs.get(count_key)
+        return None if count is None else _names(attrs, key, int(count))
+    return _names(attrs, key, int(np.prod(values.shape[2:])))
 
 
 def plot_actions(
@@ -875,7 +1030,8 @@ def plot_actions(
 ) -> Figure:
     """Actions a_t ~ q over time: quantile ribbons per ``action_dim``; for discrete actions P(a_t = a).
 
-    Only steps where the episode is alive count.
+    Only steps where the episode is alive count. Dims and actions are labelled with the attribute
+    ``action_names`` when it is there; legends sit outside the axes.
     """
     post = idata.posterior
     action, alive = post["action"].values, post["alive"].values
@@ -883,7 +1039,8 @@ def plot_actions(
         1 if action.ndim <= 2 or np.issubdtype(action.dtype, np.integer) else int(np.prod(action.shape[2:]))
     )
     fig = _figure(figsize or (8, 2.4 * rows + 1.0))
-    _ribbons(fig, action, alive, quantiles, "a", post.attrs.get("num_actions"))
+    names = _label_names(post.attrs, "action_names", action, "num_actions")
+    _ribbons(fig, action, alive, quantiles, "a", post.attrs.get("num_actions"), names)
     _suptitle(fig, "actions of q", idata)
     return fig
 
@@ -893,7 +1050,10 @@ def plot_states(
 ) -> Figure:
     """States s_0..s_H of q's episodes: quantile ribbons per ``state_dim``; P(s_t = s) for tabular states.
 
-    A state counts while its episode is alive, and so does the state that ends the episode.
+    A state counts while its episode is alive, and so does the state that ends the episode. The
+    states are what the dynamics integrate, which may differ from the observation (Pendulum's
+    angle is not wrapped); dims are labelled with the attribute ``state_names`` when it is there,
+    else ``s[i]``. Legends sit outside the axes.
     """
     post = idata.posterior
     if "state" not in post:
@@ -907,7 +1067,8 @@ def plot_states(
         1 if states.ndim <= 2 or np.issubdtype(states.dtype, np.integer) else int(np.prod(states.shape[2:]))
     )
     fig = _figure(figsize or (8, 2.2 * rows + 1.0))
-    _ribbons(fig, states, valid, quantiles, "s", post.attrs.get("num_states"))
+    names = _label_names(post.attrs, "state_names", states, "num_states")
+    _ribbons(fig, states, valid, quantiles, "s", post.attrs.get("num_states"), names)
     _suptitle(fig, "states under q", idata)
     return fig
 
@@ -934,52 +1095,135 @@ def plot_returns(idata: az.InferenceData, *, figsize=(6, 4)) -> Figure:
     return fig
 
 
+def _weights_histogram(ax, stats, lw: np.ndarray) -> None:
+    """Left panel of :func:`plot_weights`: the distribution of log w with the ELBO and IS lines."""
+    finite = lw[np.isfinite(lw)]
+    ax.ticklabel_format(axis="x", useOffset=False)  # absolute nats, never "+4.58" on the axis
+    if _all_equal(finite):
+        value = float(finite.mean())
+        ax.bar([value], [finite.size], width=0.08, color="C0", alpha=0.6)
+        ax.set_xlim(value - 1.0, value + 1.0)
+        ax.set_ylim(0, 1.7 * finite.size)
+        ax.text(
+            0.03,
+            0.97,
+            f"all weights equal (k-hat -inf):\n{finite.size} within {np.ptp(finite):.0e} nats (float rounding)",
+            transform=ax.transAxes,
+            va="top",
+            fontsize="small",
+        )
+    elif finite.size:
+        ax.hist(finite, bins=min(40, max(5, finite.size // 10)), color="C0", alpha=0.6)
+    else:
+        ax.text(0.5, 0.5, "no finite log weight", ha="center", transform=ax.transAxes)
+    if finite.size < lw.size:
+        ax.set_title(f"{lw.size - finite.size} episodes with log w = -inf not shown", fontsize="small")
+    unreliable = " (k-hat > 0.7: unreliable)" if _scalar(stats, "pareto_k") > 0.7 else ""
+    for name, color, style, label in (
+        ("elbo", "C2", "--", "ELBO"),
+        ("log_evidence", "C3", ":", "IS log p(O)"),
+    ):
+        value = _scalar(stats, name)
+        if math.isfinite(value):
+            suffix = unreliable if name == "log_evidence" else ""
+            ax.axvline(value, color=color, linestyle=style, linewidth=2, label=f"{label} {value:.4g}{suffix}")
+    ax.set_xlabel("log w (nats)")
+    ax.set_ylabel("episodes")
+    ax.legend(fontsize="small", loc="lower right" if _all_equal(finite) else "best")
+
+
+def _weights_ranked(ax, stats, lw: np.ndarray) -> None:
+    """Middle panel of :func:`plot_weights`: normalized weights by rank, raw and smoothed, log-log."""
+    n = lw.size
+    smallest = 1.0 / n
+    for values, label, color in ((lw, "raw", "C0"), (stats["psis_log_weight"].values, "PSIS-smoothed", "C1")):
+        if np.isfinite(values).any():
+            w = np.exp(values - values.max())
+            w = np.sort(w / w.sum())[::-1]
+            ax.plot(np.arange(1, n + 1), w, marker=".", markersize=3, color=color, label=label)
+            if (w > 0).any():
+                smallest = min(smallest, float(w[w > 0].min()))
+    ax.axhline(1.0 / n, color="grey", linestyle=":", label="1/N (equal weights)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    # limits from the data, not log-scale margins (which ran to 1e9 with one dominant weight)
+    low = max(smallest / 2, 1e-300)
+    ax.set_ylim(low, 1.5)
+    ax.set_xlim(0.8, 1.25 * n)
+    if math.log10(1.5 / low) >= 2:  # enough decades for labelled major ticks: drop minor labels
+        ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("rank")
+    ax.set_ylabel("normalized weight w_i / sum w")
+    ax.legend(fontsize="small", loc="lower left")
+    k = _scalar(stats, "pareto_k")
+    if k == -math.inf:
+        verdict = "-inf: all weights equal"
+    else:
+        verdict = f"{k:.2f} ({'good' if k < 0.5 else 'ok' if k < 0.7 else 'unreliable'})"
+    ax.set_title(f"PSIS k-hat {verdict}, ESS {_scalar(stats, 'ess'):.1f} of {n}", fontsize="medium")
+
+
 def plot_weights(idata: az.InferenceData, *, figsize=(13, 4)) -> Figure:
     """The importance weights log w = log p(tau, O) - log q(tau) of eq. (2), three panels.
 
-    Left: the distribution of log w, with the ELBO (their mean) and the IS estimate of log p(O)
-    (their log-mean-exp): the distance between the two lines is the gap KL(q || p(tau | O)).
-    Middle: the normalized weights w_i / sum w, raw and Pareto-smoothed, sorted, log-log, titled with
-    k-hat and Kish's ESS. Right: the standard deviation over episodes of the partial log weights of
-    steps 0..t, which shows where along the episode q and p(tau | O) part.
+    Left: the distribution of log w (nats, no axis offset), with the ELBO (their mean) and the IS
+    estimate of log p(O) (their log-mean-exp): the distance between the two lines is a stochastic
+    view of the gap KL(q || p(tau | O)). When every weight is equal to float rounding (q is the
+    posterior), a single bar and a note "all weights equal (k-hat -inf)".
+    Middle: the normalized weights w_i / sum w, raw and Pareto-smoothed, sorted, log-log, against
+    1/N, titled with k-hat and Kish's ESS; the y range is [smallest positive weight / 2, 1.5].
+    Right: the cumulative log-weight contributions by time step: the standard deviation over
+    episodes of the sum of the terms of log w booked at steps 0..t (``log_weight_step``). At the
+    last step it is sd(log w). Before it, a partial sum lacks the soft value of the rest of the
+    episode, so the curve is not zero even for the exact posterior: it shows how the spread of
+    log w accumulates along the episode, not where q and p(tau | O) differ.
     """
     stats = idata.sample_stats
     fig = _figure(figsize)
     left, middle, right = fig.subplots(1, 3)
     lw = stats["log_weight"].values
-    finite = lw[np.isfinite(lw)]
-    if finite.size and np.ptp(finite) > 0:
-        left.hist(finite, bins=min(40, max(5, finite.size // 10)), color="C0", alpha=0.6)
-    for name, color, label in (("elbo", "C2", "ELBO"), ("log_evidence", "C3", "IS log p(O)")):
-        value = _scalar(stats, name)
-        if math.isfinite(value):
-            left.axvline(value, color=color, linestyle="--", label=f"{label} {value:.4g}")
-    left.set_xlabel("log w")
-    left.set_ylabel("episodes")
-    left.legend(fontsize="small")
-    for values, label, color in ((lw, "raw", "C0"), (stats["psis_log_weight"].values, "PSIS-smoothed", "C1")):
-        if np.isfinite(values).any():
-            w = np.exp(values - values.max())
-            w = np.sort(w / w.sum())[::-1]
-            middle.plot(np.arange(1, w.size + 1), w, marker=".", markersize=3, color=color, label=label)
-    middle.axhline(1.0 / lw.size, color="grey", linestyle=":", label="1/N (equal weights)")
-    middle.set_xscale("log")
-    middle.set_yscale("log")
-    middle.yaxis.set_minor_formatter(NullFormatter())
-    middle.set_xlabel("rank")
-    middle.set_ylabel("normalized weight")
-    middle.legend(fontsize="small")
-    k = _scalar(stats, "pareto_k")
-    verdict = "good" if k < 0.5 else "ok" if k < 0.7 else "unreliable"
-    middle.set_title(f"PSIS k-hat {k:.2f} ({verdict}), ESS {_scalar(stats, 'ess'):.1f} of {lw.size}")
+    _weights_histogram(left, stats, lw)
+    _weights_ranked(middle, stats, lw)
     steps = stats["log_weight_step"].values
     with np.errstate(invalid="ignore"):
         spread = np.nanstd(np.where(np.isfinite(steps), steps, np.nan).cumsum(axis=1), axis=0)
-    right.plot(stats["time"].values, spread, color="C4")
+    times = stats["time"].values
+    right.plot(times, spread, color="C4", marker="." if times.size <= 60 else None)
+    right.set_ylim(bottom=0)
     right.set_xlabel("time t")
-    right.set_ylabel("sd of log w of steps 0..t")
+    right.set_ylabel("sd over episodes of the sum of\nthe log w terms of steps 0..t (nats)")
+    right.set_title("cumulative log-weight contributions by time step", fontsize="medium")
     _suptitle(fig, "importance weights log p(tau, O) - log q(tau)", idata)
     return fig
+
+
+def to_arviz_samples(idata: az.InferenceData) -> az.InferenceData:
+    """A copy in ArviZ's MCMC layout: ``episode`` renamed ``draw``, and a ``chain`` dim of size 1.
+
+    ArviZ 0.x functions (``az.summary``, ``az.plot_posterior``, ...) expect ``(chain, draw)`` sample
+    dims. The episodes are independent draws from q, so one chain of N draws is exact, but the MCMC
+    convergence columns (``r_hat``, ``ess_bulk``, ``mcse``) mean nothing here: ask for
+    ``az.summary(to_arviz_samples(idata), kind="stats")``. These are statistics under q, not under
+    p(tau | O). Only variables with an ``episode`` dim are kept (the scalar diagnostics and the
+    ``*_history`` variables stay in ``idata``); attributes are copied.
+
+    Args:
+        idata: an ``InferenceData`` from :func:`to_inference_data` (or :func:`from_run`).
+
+    Returns:
+        A new ``InferenceData``; ``idata`` is not modified.
+    """
+    groups = {}
+    for name in idata.groups():
+        ds = idata[name]
+        keep = [v for v in ds.data_vars if "episode" in ds[v].dims]
+        if not keep:
+            continue
+        out = ds[keep].rename(episode="draw").expand_dims(chain=[0])
+        out = out.transpose("chain", "draw", ...)
+        out.attrs = dict(ds.attrs)
+        groups[name] = out
+    return az.InferenceData(**groups)
 
 
 def save_plots(idata: az.InferenceData, out_dir: str | os.PathLike, *, dpi: int = 100) -> dict[str, Path]:

@@ -238,6 +238,8 @@ def test_fit_result_history_is_recorded():
     idata = diagnostics.to_inference_data(model, guide, num_episodes=16, fit_result=result, seed=0)
     np.testing.assert_allclose(idata.sample_stats["elbo_history"].values, result.elbo)
     np.testing.assert_allclose(idata.sample_stats["return_history"].values, result.returns)
+    assert idata.sample_stats.attrs["elbo_history_units"] == "nats"
+    assert idata.sample_stats.attrs["history_step"] == "SVI step"
     assert idata.sample_stats["elbo_history"].dims == ("step",)
 
 
@@ -351,6 +353,109 @@ def test_plots_return_figures_and_save(which, solution, tmp_path):
         assert (tmp_path / f"{plot.__name__}.png").stat().st_size > 1000
 
 
+def exact_idata(solution, num_episodes: int = 64, **kwargs):
+    mdp, sol = solution
+    model, guide = tabular_setup(mdp, sol.policy.log())
+    return diagnostics.to_inference_data(model, guide, num_episodes=num_episodes, seed=0, **kwargs)
+
+
+def drawn(fig: Figure) -> Figure:
+    fig.canvas.draw()  # tick labels, offsets and legend positions exist only once drawn
+    return fig
+
+
+def test_plot_weights_of_equal_weights_draws_one_bar_without_offset(solution):
+    """q* gives log w equal to ~1e-7 nats: one bar, absolute tick labels, labelled weight axis."""
+    idata = exact_idata(solution)
+    assert idata.sample_stats["pareto_k"] == -math.inf
+    left, middle, right = drawn(diagnostics.plot_weights(idata)).axes
+    assert len(left.patches) == 1  # a single bar, not a histogram of float rounding
+    assert any("all weights equal (k-hat -inf)" in t.get_text() for t in left.texts)
+    assert left.xaxis.get_major_formatter().get_offset() == ""
+    lw = float(idata.sample_stats["log_weight"].values.mean())
+    lo, hi = left.get_xlim()
+    assert lo < lw < hi and hi - lo >= 1.0  # a nats-wide window, not a 1e-7-wide one
+    assert [t.get_text() for t in middle.get_yticklabels() if t.get_text()]
+    assert middle.get_ylim() == pytest.approx((0.5 / 64, 1.5))
+    assert "equal" in middle.get_title()
+
+
+def test_plot_weights_of_degenerate_weights_has_data_limits(solution):
+    idata = exact_idata(solution)
+    lw = np.linspace(0.0, -200.0, 64)  # one weight carries nearly all the mass
+    smoothed, _ = diagnostics._psis(lw)
+    stats = idata.sample_stats.assign(log_weight=("episode", lw), psis_log_weight=("episode", smoothed))
+    idata = az.InferenceData(posterior=idata.posterior, sample_stats=stats)
+    _, middle, _ = drawn(diagnostics.plot_weights(idata)).axes
+    w = np.exp(lw - lw.max())
+    w /= w.sum()
+    low, high = middle.get_ylim()
+    assert high == pytest.approx(1.5)  # not 1e9 from log-scale margins
+    assert low == pytest.approx(min(w.min(), np.exp(smoothed).min()) / 2)
+    assert [t.get_text() for t in middle.get_yticklabels() if t.get_text()]
+
+
+def test_plot_weights_right_panel_says_what_it_shows(solution):
+    idata = exact_idata(solution)
+    _, _, right = diagnostics.plot_weights(idata).axes
+    assert right.get_title() == "cumulative log-weight contributions by time step"
+    spread = right.lines[0].get_ydata()
+    # the last point is sd(log w) (0 for q*); before it, partial sums lack V_{t+1}: not 0 for q*
+    assert spread[-1] == pytest.approx(idata.sample_stats["log_weight"].values.std(), abs=1e-6)
+    assert spread[:-1].max() > 0.1
+
+
+def test_plot_elbo_drops_nan_returns_and_labels_units(solution):
+    history = {"elbo": [1.0, 2.0, 2.5, 3.0], "return": [np.nan, 5.0, np.nan, 6.0], "env_steps": [1, 2, 3, 4]}
+    fig = diagnostics.plot_elbo(exact_idata(solution, history=history))
+    ax, twin = fig.axes
+    (line,) = twin.lines
+    np.testing.assert_array_equal(line.get_xdata(), [2, 4])
+    np.testing.assert_array_equal(line.get_ydata(), [5.0, 6.0])
+    assert line.get_marker() not in (None, "None", "")
+    assert ax.get_xlabel() == "env_steps"
+    assert "units not recorded" in ax.get_ylabel()  # a plain history: nobody said what it measures
+    noted = exact_idata(
+        solution, history=history, attrs={"elbo_history_note": "my note", "elbo_history_units": "nats"}
+    )
+    ax = diagnostics.plot_elbo(noted).axes[0]
+    assert ax.get_ylabel() == "elbo_history (nats)" and ax.get_title() == "my note"
+
+
+def test_names_label_the_plots_and_legends_sit_outside(solution, tmp_path):
+    idata = exact_idata(solution, action_names=["left", "stay", "right"])
+    assert idata.posterior.attrs["action_names"] == ["left", "stay", "right"]
+    fig = drawn(diagnostics.plot_actions(idata))
+    ax = fig.axes[0]
+    legend = ax.get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == ["a=0: left", "a=1: stay", "a=2: right"]
+    assert legend.get_window_extent().x0 >= ax.get_window_extent().x1  # beside the data, not on it
+    fig = drawn(diagnostics.plot_states(idata))  # no state names: s=k
+    ax = fig.axes[0]
+    assert ax.get_legend().get_window_extent().x0 >= ax.get_window_extent().x1
+    assert "s=0" in [t.get_text() for t in ax.get_legend().get_texts()]
+    with pytest.raises(ValueError, match="action_names has 2 names; expected 3"):
+        exact_idata(solution, action_names=["left", "right"])
+    # continuous dims without names keep s[i] / a[i]
+    _, loc, scale = gaussian_exact()
+    gauss = diagnostics.to_inference_data(gaussian_model, gaussian_guide(loc, scale), num_episodes=16, seed=0)
+    assert "state_names" not in gauss.posterior.attrs
+    assert drawn(diagnostics.plot_states(gauss)).axes[0].get_ylabel() == "s[0]"
+
+
+def test_to_arviz_samples_gives_az_summary_its_dims(solution):
+    idata = exact_idata(solution)
+    samples = diagnostics.to_arviz_samples(idata)
+    assert samples.posterior["return"].dims == ("chain", "draw")
+    assert samples.posterior["action"].dims == ("chain", "draw", "time")
+    assert samples.sample_stats["log_weight"].dims == ("chain", "draw")
+    assert "pareto_k" not in samples.sample_stats  # no episode dim: stays in idata
+    assert idata.posterior["return"].dims == ("episode",)  # the input is untouched
+    table = az.summary(samples, var_names=["return", "discounted_return"], kind="stats")
+    assert list(table.index) == ["return", "discounted_return"]
+    assert table.loc["return", "mean"] == pytest.approx(float(idata.posterior["return"].mean()), abs=1e-3)
+
+
 # ---------------------------------------------------------------------- run directories and the CLI
 def write_run(path, env_id: str = "Pendulum-v1"):
     """A run directory as rlai train writes it, with an untrained 16-unit policy (no training: fast)."""
@@ -390,6 +495,16 @@ def test_from_run_reads_the_run_directory(tmp_path):
     assert idata.posterior["state"].dims == ("episode", "time", "state_dim")
     np.testing.assert_array_equal(idata.sample_stats["step"].values, [100, 200, 300])
     np.testing.assert_allclose(idata.sample_stats["elbo_history"].values, [-3.2, -2.5, -2.0])
+    # SAC's "elbo" column is minus its actor loss in reward units, and the plot says so
+    assert attrs["algo"] == "sac" and attrs["elbo_history_units"] == "reward units"
+    assert "actor loss" in attrs["elbo_history_note"] and attrs["history_step"] == "env_steps"
+    ax = diagnostics.plot_elbo(idata).axes[0]
+    assert ax.get_ylabel() == "elbo_history (reward units)" and "actor loss" in ax.get_title()
+    # state and action dims named from Pendulum's layout (the state is not the observation)
+    assert attrs["state_names"][0].startswith("theta (rad, unwrapped") and attrs["action_names"] == ["torque"]
+    back = diagnostics.from_netcdf(diagnostics.to_netcdf(idata, tmp_path / "p.nc"))  # 1-name list -> str
+    assert diagnostics.plot_actions(back).axes[0].get_ylabel() == "torque\na[0]"
+    assert diagnostics.plot_states(back).axes[1].get_ylabel() == "theta_dot (rad/s)\ns[1]"
     a = idata.posterior["action"].values
     assert np.all(np.abs(a) <= 2.0)  # inside Pendulum's action box
     # default horizon: the environment's time limit
