@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import weakref
+
 import gymnasium as gym
 import numpy as np
 import pyro
@@ -56,6 +58,10 @@ class TrajectoryGuide:
         return d
 
 
+# name -> the module a PolicyGuide registered under it (weak: a dropped module frees its name)
+_REGISTERED: weakref.WeakValueDictionary[str, nn.Module] = weakref.WeakValueDictionary()
+
+
 class PolicyGuide(TrajectoryGuide):
     """Closed-loop q(a_t|s_t) = ``policy(observe(s_t))`` for a torch module ``policy``.
 
@@ -76,6 +82,21 @@ class PolicyGuide(TrajectoryGuide):
         self.horizon = check_horizon(horizon)
 
     def register(self) -> None:
+        """Register the policy with ``pyro.module(name, policy)``; a second module under a name that
+        another live module holds in the param store is an error (Pyro would silently hand it the
+        first module's parameters, and training it would change nothing)."""
+        other = _REGISTERED.get(self.name)
+        store = pyro.get_param_store()
+        if (
+            other is not None
+            and other is not self.policy
+            and any(key.startswith(f"{self.name}$$$") for key in store)
+        ):
+            raise ValueError(
+                f"another module is already registered in Pyro's param store as {self.name!r}; "
+                f"give this guide its own name=..., or call pyro.clear_param_store() first"
+            )
+        _REGISTERED[self.name] = self.policy
         pyro.module(self.name, self.policy)
 
     def action_dist(self, t: int, state: torch.Tensor):

@@ -285,3 +285,21 @@ def test_tanh_gaussian_log_prob_stays_finite_when_the_action_saturates():
     stored = d.rsample().detach().clone()  # a copy, as from a replay buffer: goes through atanh
     assert (stored == 2.0).all()
     assert torch.isfinite(fresh).all() and torch.isfinite(d.log_prob(stored)).all()
+
+
+def test_two_policy_guides_under_one_name_are_refused():
+    env = envs.make("Pendulum-v1")
+    first = guides.PolicyGuide(
+        env, guides.TanhGaussianMLP(env.observation_space, env.action_space), horizon=2
+    )
+    first.register()
+    second = guides.PolicyGuide(
+        env, guides.TanhGaussianMLP(env.observation_space, env.action_space), horizon=2
+    )
+    with pytest.raises(
+        ValueError, match="another module is already registered in Pyro's param store as 'policy'"
+    ):
+        second.register()
+    first.register()  # the same module again is fine
+    pyro.clear_param_store()
+    second.register()  # a cleared store frees the name
