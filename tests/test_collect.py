@@ -191,3 +191,33 @@ def test_temperature_fixed_scheduled_and_learned():
         Temperature(alpha=1.0, alpha_final=0.1, schedule="cosine")
     with pytest.raises(ValueError, match="alpha must be a positive finite number"):
         Temperature(alpha=-1.0)
+
+
+def test_interval_means_average_every_step_and_survive_a_checkpoint():
+    from rl_as_inference.algos.stats import IntervalMeans
+
+    stats = IntervalMeans()
+    for k in range(4):
+        stats.add({"kl": torch.tensor(float(k)), "loss": 2.0 * k})
+    copy = IntervalMeans()
+    copy.load_state_dict(stats.state_dict())
+    assert stats.pop() == {"kl": 1.5, "loss": 3.0} == copy.pop()
+    assert stats.pop() == {}
+
+
+def test_mpo_logs_m_step_kl_averaged_over_the_interval():
+    from rl_as_inference.algos import mpo
+
+    # rows every 100 learner steps and pi_k refreshed every 50: a row read at the logging step alone
+    # always sees KL(pi_k || pi) = 0 right after a refresh
+    config = mpo.MPOConfig(
+        total_env_steps=500,
+        learning_starts=200,
+        log_every=100,
+        target_policy_update_every=50,
+        hidden=(16,),
+        batch_size=32,
+        num_samples=4,
+    )
+    rows = mpo.train(config).metrics
+    assert all(row["kl_mean_rel"] > 0 and row["kl_stddev_rel"] > 0 for row in rows[1:]), rows

@@ -31,6 +31,7 @@ from torch.distributions import Independent, Normal, kl_divergence
 from rl_as_inference import envs
 from rl_as_inference.algos.collect import Collector
 from rl_as_inference.algos.sac import TrainResult
+from rl_as_inference.algos.stats import IntervalMeans
 from rl_as_inference.critics import TwinQ, soft_q_loss
 from rl_as_inference.guides.policies import CategoricalMLP, GaussianMLP
 from rl_as_inference.resume import Checkpointer
@@ -228,6 +229,7 @@ def train(
 
     result = TrainResult(policy=policy)
     loop = {"learner_steps": 0, "next_log": config.log_every, "wall_time": 0.0}
+    interval = IntervalMeans()  # statistics averaged over every learner step of a metric row
     ckpt = checkpointer or Checkpointer(None)
     ckpt.attach(
         "mpo",
@@ -240,6 +242,7 @@ def train(
             "policy_opt": policy_opt,
             "dual_opt": dual_opt,
             "critic_opt": critic_opt,
+            "stats": interval,
         },
         loop,
     )
@@ -287,6 +290,7 @@ def train(
             for dual in duals:
                 dual.clamp_(min=-18.0)
         critic.update_target(config.tau)
+        interval.add({"critic_loss": critic_loss, "loss": loss} | stats)
         loop["learner_steps"] += 1
         if loop["learner_steps"] % config.target_policy_update_every == 0:
             target_policy.load_state_dict(policy.state_dict())
@@ -297,9 +301,7 @@ def train(
                 "env_steps": data.env_steps,
                 "wall_time": time.perf_counter() - start,
                 "return": data.pop_mean_return(),
-                "critic_loss": critic_loss.item(),
-                "loss": loss.item(),
-            } | {k: float(v) for k, v in stats.items()}
+            } | interval.pop()
             result.metrics.append(row)
             if callback is not None:
                 callback(row)

@@ -26,12 +26,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import pyro
 import torch
 
 import rl_as_inference as rlai
 from rl_as_inference import envs, guides, models
 from rl_as_inference.algos.collect import Collector
 from rl_as_inference.algos.sac import TrainResult, make_temperature, uniform_log_prior
+from rl_as_inference.algos.stats import IntervalMeans
 from rl_as_inference.critics import TwinQ, soft_q_loss
 from rl_as_inference.resume import Checkpointer
 
@@ -79,6 +81,20 @@ def train(
 ) -> TrainResult:
     """Train the segment-SVI policy on the functional port of ``config.env`` (callback and
     checkpointer as in :func:`rl_as_inference.algos.sac.train`)."""
+    # A param-store scope of its own: the guide registers its policy with Pyro, and a second run in
+    # the same process (or the caller's own guides) must not meet this run's parameters.
+    with pyro.get_param_store().scope():
+        return _train(config, callback=callback, checkpointer=checkpointer)
+
+
+def _train(
+    config: SVIConfig,
+    *,
+    callback: Callable[[dict], None] | None = None,
+    checkpointer: Checkpointer | None = None,
+) -> TrainResult:
+    """Train the segment-SVI policy on the functional port of ``config.env`` (callback and
+    checkpointer as in :func:`rl_as_inference.algos.sac.train`)."""
     if config.objective not in ("maxent", "kl"):
         raise ValueError(f"objective={config.objective!r} is not allowed; use 'maxent' or 'kl'")
     device = envs.base.resolve_device(config.device)
@@ -119,6 +135,7 @@ def train(
 
     result = TrainResult(policy=policy)
     loop = {"actor_steps": 0, "next_log": config.log_every, "wall_time": 0.0}
+    interval = IntervalMeans()  # statistics averaged over every actor step of a metric row
     ckpt = checkpointer or Checkpointer(None)
     components = {
         "data": data,
@@ -128,6 +145,7 @@ def train(
         "critic_opt": critic_opt,
         "temperature": temperature,
         "loss": loss_fn,
+        "stats": interval,
     }
     if reference is not None:
         components["reference"] = reference
@@ -177,6 +195,8 @@ def train(
             kl = (log_q - reference(batch["obs"]).log_prob(a)).mean() if reference is not None else None
         temperature.dual_step(log_q + target_entropy if kl is None else kl - config.kl_bound)
         critic.update_target(config.tau)
+        step_stats = {"critic_loss": critic_loss, "actor_loss": actor_loss, "elbo": -elbo_loss}
+        interval.add(step_stats | ({"kl": kl} if kl is not None else {}))
         if data.env_steps >= loop["next_log"] or data.env_steps >= config.total_env_steps:
             # the next multiple of log_every: no catch-up rows one step apart after learning_starts
             loop["next_log"] = (data.env_steps // config.log_every + 1) * config.log_every
@@ -184,13 +204,13 @@ def train(
                 "env_steps": data.env_steps,
                 "wall_time": time.perf_counter() - start,
                 "return": data.pop_mean_return(),
-                "critic_loss": critic_loss.item(),
-                "actor_loss": actor_loss.item(),
-                "elbo": -elbo_loss.item(),  # per start state, in nats (H-step segment + terminal value)
                 "alpha": temperature.item(),
                 # sample estimate of KL(q || pi_k) at replayed states ("kl" objective; NaN for maxent)
-                "kl": kl.item() if kl is not None else float("nan"),
+                "kl": float("nan"),
             }
+            # means over the interval's actor steps; elbo is per start state, in nats (H-step
+            # segment + terminal value)
+            row |= interval.pop()
             result.metrics.append(row)
             if callback is not None:
                 callback(row)

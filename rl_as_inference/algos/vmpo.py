@@ -41,6 +41,7 @@ from torch.distributions import Categorical, Distribution, Independent, Normal, 
 
 from rl_as_inference import envs
 from rl_as_inference.algos.sac import TrainResult
+from rl_as_inference.algos.stats import IntervalMeans
 from rl_as_inference.guides.policies import CategoricalMLP, GaussianMLP, ObservationEncoder, mlp
 from rl_as_inference.resume import Checkpointer
 
@@ -329,6 +330,7 @@ def train(
 
     result = TrainResult(policy=policy)
     loop = {"learner_steps": 0, "next_log": config.log_every, "wall_time": 0.0}
+    interval = IntervalMeans()  # statistics averaged over every learner step of a metric row
     ckpt = checkpointer or Checkpointer(None)
     ckpt.attach(
         "vmpo",
@@ -340,6 +342,7 @@ def train(
             "duals": duals,
             "net_opt": net_opt,
             "dual_opt": dual_opt,
+            "stats": interval,
         },
         loop,
     )
@@ -377,6 +380,7 @@ def train(
             with torch.no_grad():  # projection: eta, alpha >= exp(LOG_DUAL_MIN)
                 for dual in duals:
                     dual.clamp_(min=LOG_DUAL_MIN)
+            interval.add({"loss": loss} | stats)
             loop["learner_steps"] += 1
             if loop["learner_steps"] % config.target_update_every == 0:
                 target_policy.load_state_dict(policy.state_dict())
@@ -387,8 +391,7 @@ def train(
                 "env_steps": data.env_steps,
                 "wall_time": time.perf_counter() - start,
                 "return": data.pop_mean_return(),
-                "loss": loss.item(),
-            } | {key: float(v) for key, v in stats.items()}
+            } | interval.pop()
             result.metrics.append(row)
             if callback is not None:
                 callback(row)
