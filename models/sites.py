@@ -31,7 +31,12 @@ times >= t only.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from typing import NamedTuple
+
+import torch
+from pyro.distributions.util import scale_and_mask
+from pyro.poutine.util import site_is_subsample
 
 EPISODES = "episodes"
 
@@ -67,3 +72,20 @@ def parse_site(name: str) -> SiteInfo:
     if match is None:
         return SiteInfo("global", None)
     return SiteInfo(_ROLES[match.group(1)], int(match.group(2)))
+
+
+def sample_sites(trace, *, latent_only: bool) -> Iterator[tuple[str, dict]]:
+    """The sample sites of a Pyro trace that enter log p or log q (no subsample or deterministic
+    sites); ``latent_only`` also drops observed ones (factors, observations)."""
+    for name, site in trace.nodes.items():
+        if site["type"] != "sample" or site_is_subsample(site) or site["infer"].get("_deterministic"):
+            continue
+        if latent_only and site["is_observed"]:
+            continue
+        yield name, site
+
+
+def site_log_prob(site: dict) -> torch.Tensor:
+    """log p(value) of a traced site, scaled and masked as Pyro's own ELBOs do (per element, unsummed)."""
+    lp = site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"])
+    return scale_and_mask(lp, site["scale"], site["mask"])

@@ -56,12 +56,10 @@ import xarray as xr
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 from pyro import poutine
-from pyro.distributions.util import scale_and_mask
-from pyro.poutine.util import site_is_subsample
 
 from rl_as_inference.models.priors import UniformPrior
 from rl_as_inference.models.rollout import Trajectory
-from rl_as_inference.models.sites import parse_site, state_site
+from rl_as_inference.models.sites import parse_site, sample_sites, site_log_prob, state_site
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", FutureWarning)  # ArviZ 0.23 announces its 1.x refactor on import
@@ -276,20 +274,6 @@ class EpisodeSample:
         return self.actions.shape[1]
 
 
-def _sample_sites(trace, *, latent_only: bool):
-    for name, site in trace.nodes.items():
-        if site["type"] != "sample" or site_is_subsample(site) or site["infer"].get("_deterministic"):
-            continue
-        if latent_only and site["is_observed"]:
-            continue
-        yield name, site
-
-
-def _log_prob(site) -> torch.Tensor:
-    lp = site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"])
-    return scale_and_mask(lp, site["scale"], site["mask"])
-
-
 def _mask(site, n: int, device) -> torch.Tensor:
     mask = site["mask"]
     if mask is None:
@@ -327,14 +311,14 @@ def sample_episodes(
     with torch.no_grad():
         guide_trace = poutine.trace(guide).get_trace(n, *args, **kwargs)
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(n, *args, **kwargs)
-    for name, _ in _sample_sites(model_trace, latent_only=True):
+    for name, _ in sample_sites(model_trace, latent_only=True):
         if name not in guide_trace.nodes:
             raise ValueError(
                 f"the guide has no site {name!r}, a latent site of the model: every action (and "
                 "stochastic transition) site of the model must be sampled in the guide"
             )
     action_sites = {}
-    for name, site in _sample_sites(guide_trace, latent_only=True):
+    for name, site in sample_sites(guide_trace, latent_only=True):
         info = parse_site(name)
         if info.role == "action":
             action_sites[info.time] = site
@@ -369,8 +353,8 @@ def sample_episodes(
     steps: list[torch.Tensor | float] = [0.0] * horizon
     latents: dict[str, torch.Tensor] = {}
     for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
-        for name, site in _sample_sites(trace, latent_only=sign < 0):
-            lp = _log_prob(site)
+        for name, site in sample_sites(trace, latent_only=sign < 0):
+            lp = site_log_prob(site)
             if lp.dim() == 0 and not site["is_observed"]:
                 raise ValueError(
                     f"site {name!r} is a latent outside the episodes plate: one draw is shared by every "
@@ -413,7 +397,7 @@ def sample_episodes(
         a = float(alpha if alpha is not None else getattr(model, "alpha", 1.0))
         g = float(gamma if gamma is not None else getattr(model, "gamma", 1.0))
         found = {}
-        for name, site in _sample_sites(model_trace, latent_only=False):
+        for name, site in sample_sites(model_trace, latent_only=False):
             info = parse_site(name)
             if info.role == "factor" and info.time is not None and info.time < horizon:
                 fn = site["fn"]

@@ -34,13 +34,12 @@ from pyro.infer import ELBO
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.runtime import _PYRO_STACK
 from pyro.poutine.trace_messenger import TraceMessenger
-from pyro.poutine.util import site_is_subsample
 from torch.distributions.kl import kl_divergence
 
 from rl_as_inference.guides import TrajectoryGuide
 from rl_as_inference.models import TrajectoryModel
 from rl_as_inference.models.rollout import Trajectory
-from rl_as_inference.models.sites import parse_site, state_site
+from rl_as_inference.models.sites import parse_site, sample_sites, site_log_prob, state_site
 
 __all__ = ["ELBOTerms", "TrajectoryELBO"]
 
@@ -200,8 +199,8 @@ class TrajectoryELBO(ELBO):
             model_trace, guide_trace = self._traces(model, guide, args, kwargs)
             total: torch.Tensor | None = None
             for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
-                for name, site in _sample_sites(trace, latent_only=sign < 0):
-                    lp = _log_prob(site)
+                for name, site in sample_sites(trace, latent_only=sign < 0):
+                    lp = site_log_prob(site)
                     if lp.dim() != 1:
                         raise ValueError(
                             f"log_weights needs every site inside the episodes plate; site {name!r} has "
@@ -286,9 +285,9 @@ class TrajectoryELBO(ELBO):
             num_episodes = value.shape[0]
             by_time.setdefault(0 if time is None else time, []).append(value)
 
-        for name, site in _sample_sites(guide_trace, latent_only=True):
+        for name, site in sample_sites(guide_trace, latent_only=True):
             info = parse_site(name)
-            log_q = _log_prob(site)
+            log_q = site_log_prob(site)
             time = info.time
             model_site = model_trace.nodes.get(name)
             kl = self._analytic_kl(site, model_site) if info.role == "action" else None
@@ -301,9 +300,9 @@ class TrajectoryELBO(ELBO):
                 # A per-episode site without a time index is upstream of the whole episode (time 0);
                 # a global one (outside the plate) is upstream of every episode.
                 score_sites.append(((time or 0) if log_q.dim() else None, log_q))
-        for name, site in _sample_sites(model_trace, latent_only=False):
+        for name, site in sample_sites(model_trace, latent_only=False):
             if name not in handled:
-                add(name, parse_site(name).time, _log_prob(site))
+                add(name, parse_site(name).time, site_log_prob(site))
         return by_time, global_terms, score_sites
 
     def _fused_call(self, model, guide, args, kwargs):
@@ -427,7 +426,7 @@ class TrajectoryELBO(ELBO):
             guide = _ScoreFunctionActions()(guide)
         guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
-        for name, _ in _sample_sites(model_trace, latent_only=True):
+        for name, _ in sample_sites(model_trace, latent_only=True):
             if name not in guide_trace.nodes:
                 raise ValueError(
                     f"the guide has no site {name!r}, a latent site of the model: every action (and "
@@ -525,20 +524,6 @@ def _trace_states(guide_trace) -> torch.Tensor | None:
             break
         states.append(site["value"])
     return torch.stack(states) if states else None
-
-
-def _sample_sites(trace, *, latent_only: bool):
-    for name, site in trace.nodes.items():
-        if site["type"] != "sample" or site_is_subsample(site) or site["infer"].get("_deterministic"):
-            continue
-        if latent_only and site["is_observed"]:
-            continue
-        yield name, site
-
-
-def _log_prob(site) -> torch.Tensor:
-    lp = site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"])
-    return scale_and_mask(lp, site["scale"], site["mask"])
 
 
 def _sum(terms: list[torch.Tensor] | None) -> torch.Tensor | None:
