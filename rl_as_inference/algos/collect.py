@@ -10,7 +10,7 @@ import torch
 from rl_as_inference import envs
 from rl_as_inference.replay import ReplayBuffer, transition_fields
 
-__all__ = ["BACKENDS", "Collector"]
+__all__ = ["BACKENDS", "Collector", "EpisodeReturns"]
 
 BACKENDS = ("functional", "gymnasium")
 
@@ -26,6 +26,43 @@ def _make_vec(env_id: str, num_envs: int, device: torch.device, backend: str, se
             vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP},
         )
     raise ValueError(f"backend={backend!r} is not allowed; use one of {', '.join(BACKENDS)}")
+
+
+class EpisodeReturns:
+    """Returns of the episodes of ``num_envs`` parallel envs, tracked on the device: :meth:`add`
+    never reads back, :meth:`pop_mean` makes one host read per metric row."""
+
+    def __init__(self, num_envs: int, device: torch.device):
+        self.current = torch.zeros(num_envs, device=device)
+        # since the last pop: per step, the returns of the episodes that ended there, else NaN
+        self.finished: list[torch.Tensor] = []
+
+    def add(self, reward: torch.Tensor, done: torch.Tensor) -> None:
+        """Add one step's rewards; episodes with ``done`` end here and start again from 0."""
+        self.current = self.current + reward.to(self.current.dtype)
+        self.finished.append(torch.where(done, self.current, math.nan))
+        self.current = torch.where(done, 0.0, self.current)
+
+    def pop_mean(self) -> float:
+        """Mean return of the episodes that ended since the last call (NaN if none)."""
+        if not self.finished:
+            return math.nan
+        returns = torch.cat(self.finished)
+        self.finished.clear()
+        returns = returns[~torch.isnan(returns)]
+        return returns.mean().item() if len(returns) else math.nan
+
+    def state_dict(self) -> dict:
+        """The running returns and the ended episodes not yet popped."""
+        return {
+            "current": self.current,
+            "finished": torch.cat(self.finished) if self.finished else self.current[:0],
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`."""
+        self.current = state["current"].to(self.current.device)
+        self.finished = [state["finished"].to(self.current.device)] if len(state["finished"]) else []
 
 
 class Collector:
@@ -89,9 +126,7 @@ class Collector:
             self.low = torch.as_tensor(self.action_space.low, device=device)
             self.high = torch.as_tensor(self.action_space.high, device=device)
         self.obs, _ = self.venv.reset(seed=seed)
-        self.episode_return = torch.zeros(num_envs, device=device)
-        # since the last metric row: per step, the returns of the episodes that ended there, else NaN
-        self.finished: list[torch.Tensor] = []
+        self.returns = EpisodeReturns(num_envs, device)
         self.env_steps = 0
 
     def random_actions(self) -> torch.Tensor:
@@ -112,7 +147,7 @@ class Collector:
             with torch.no_grad():
                 action = policy(self.obs).sample()
         next_obs, reward, terminated, truncated, info = self.venv.step(action)
-        reward = reward.to(self.episode_return.dtype)
+        reward = reward.to(self.returns.current.dtype)
         final_obs = self._final_obs(next_obs, terminated | truncated, info)
         extra = {"state": state} if self.store_states else {}
         self.buffer.add(
@@ -124,12 +159,7 @@ class Collector:
             truncated=truncated,
             **extra,
         )
-        self.episode_return += reward
-        done = terminated | truncated
-        self.finished.append(
-            torch.where(done, self.episode_return, torch.full_like(self.episode_return, math.nan))
-        )
-        self.episode_return = torch.where(done, torch.zeros_like(self.episode_return), self.episode_return)
+        self.returns.add(reward, terminated | truncated)
         self.obs = next_obs
         self.env_steps += self.num_envs
 
@@ -164,8 +194,7 @@ class Collector:
             "venv": self.venv.state_dict(),
             "generator": self.generator.get_state(),
             "obs": self.obs,
-            "episode_return": self.episode_return,
-            "finished": torch.cat(self.finished) if self.finished else self.episode_return[:0],
+            "returns": self.returns.state_dict(),
             "env_steps": self.env_steps,
         }
 
@@ -175,18 +204,12 @@ class Collector:
         self.venv.load_state_dict(state["venv"])
         self.generator.set_state(state["generator"])
         self.obs = state["obs"].to(self.device)
-        self.episode_return = state["episode_return"].to(self.device)
-        self.finished = [state["finished"].to(self.device)] if len(state["finished"]) else []
+        self.returns.load_state_dict(state["returns"])
         self.env_steps = int(state["env_steps"])
 
     def pop_mean_return(self) -> float:
         """Mean return of the episodes that ended since the last call (NaN if none); one host read."""
-        if not self.finished:
-            return math.nan
-        returns = torch.cat(self.finished)
-        self.finished.clear()
-        returns = returns[~torch.isnan(returns)]
-        return returns.mean().item() if len(returns) else math.nan
+        return self.returns.pop_mean()
 
     def close(self) -> None:
         """Close the vector env."""

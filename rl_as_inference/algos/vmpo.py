@@ -40,6 +40,7 @@ from torch import nn
 from torch.distributions import Categorical, Distribution, Independent, Normal, kl_divergence
 
 from rl_as_inference import envs
+from rl_as_inference.algos.collect import EpisodeReturns
 from rl_as_inference.algos.sac import TrainResult
 from rl_as_inference.algos.stats import IntervalMeans
 from rl_as_inference.guides.policies import CategoricalMLP, GaussianMLP, ObservationEncoder, mlp
@@ -228,8 +229,7 @@ class Rollouts:
         self.action_space = self.venv.single_action_space
         self.device, self.num_envs = device, num_envs
         self.obs, _ = self.venv.reset(seed=seed)
-        self.episode_return = torch.zeros(num_envs, device=device)
-        self.finished: list[torch.Tensor] = []  # per step: returns of the episodes ended there, else NaN
+        self.returns = EpisodeReturns(num_envs, device)
         self.env_steps = 0
 
     @torch.no_grad()
@@ -245,30 +245,21 @@ class Rollouts:
                 steps, (self.obs, action, reward, info["final_obs"], terminated, truncated), strict=True
             ):
                 steps[key].append(value)
-            self.episode_return += reward
-            done = terminated | truncated
-            self.finished.append(torch.where(done, self.episode_return, math.nan))
-            self.episode_return = torch.where(done, 0.0, self.episode_return)
+            self.returns.add(reward, terminated | truncated)
             self.obs = obs
         self.env_steps += self.num_envs * length
         return {key: torch.stack(values) for key, values in steps.items()}
 
     def pop_mean_return(self) -> float:
         """Mean return of the episodes that ended since the last call (NaN if none); one host read."""
-        if not self.finished:
-            return math.nan
-        returns = torch.cat(self.finished)
-        self.finished.clear()
-        returns = returns[~torch.isnan(returns)]
-        return returns.mean().item() if len(returns) else math.nan
+        return self.returns.pop_mean()
 
     def state_dict(self) -> dict:
         """The vector env, current observations, episode returns and step count."""
         return {
             "venv": self.venv.state_dict(),
             "obs": self.obs,
-            "episode_return": self.episode_return,
-            "finished": torch.cat(self.finished) if self.finished else self.episode_return[:0],
+            "returns": self.returns.state_dict(),
             "env_steps": self.env_steps,
         }
 
@@ -276,8 +267,7 @@ class Rollouts:
         """Restore :meth:`state_dict` into rollouts built with the same settings."""
         self.venv.load_state_dict(state["venv"])
         self.obs = state["obs"].to(self.device)
-        self.episode_return = state["episode_return"].to(self.device)
-        self.finished = [state["finished"].to(self.device)] if len(state["finished"]) else []
+        self.returns.load_state_dict(state["returns"])
         self.env_steps = int(state["env_steps"])
 
     def close(self) -> None:
