@@ -24,6 +24,7 @@ import torch
 
 from rl_as_inference import envs
 from rl_as_inference.algos.collect import Collector
+from rl_as_inference.algos.stats import emit_row, finish, row_due
 from rl_as_inference.critics import TwinQ, soft_q_loss
 from rl_as_inference.guides.policies import TanhGaussianMLP
 from rl_as_inference.resume import Checkpointer
@@ -167,22 +168,12 @@ def train(
             # ---- temperature: dual of the entropy constraint E[-log q] >= target_entropy
             temperature.dual_step(log_q + target_entropy)
             critic.update_target(config.tau)
-        if data.env_steps >= loop["next_log"] or data.env_steps >= config.total_env_steps:
-            # the next multiple of log_every: no catch-up rows one step apart after learning_starts
-            loop["next_log"] = (data.env_steps // config.log_every + 1) * config.log_every
-            row = {
-                "env_steps": data.env_steps,
-                "wall_time": time.perf_counter() - start,
-                "return": data.pop_mean_return(),
+        if row_due(loop, data.env_steps, config):
+            stats = {
                 "critic_loss": critic_loss.item(),
                 "actor_loss": loss.item(),
                 "elbo": -loss.item(),  # the H = 1 trajectory ELBO in reward units (batch mean)
                 "alpha": temperature.item(),
             }
-            result.metrics.append(row)
-            if callback is not None:
-                callback(row)
-    result.env_steps, result.wall_time = data.env_steps, time.perf_counter() - start
-    ckpt.save(data.env_steps, result.wall_time)  # the final state: a resume of a finished run stops at once
-    data.close()
-    return result
+            emit_row(result, callback, data, start, stats)
+    return finish(result, data, ckpt, start)

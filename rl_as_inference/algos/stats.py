@@ -1,4 +1,5 @@
-"""Per-learner-step statistics averaged over each logging interval, kept on the device.
+"""Metric rows of the training loops: when a row is due, what every row holds, and per-learner-step
+statistics averaged over each logging interval, kept on the device.
 
 A statistic read only at the logging step aliases with anything periodic in the loop: with pi_k
 refreshed every K learner steps and rows every multiple of K, MPO's KL(pi_k || pi) reads exactly 0 in
@@ -7,9 +8,44 @@ every row. Averaging every learner step of the interval shows what the constrain
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 import torch
 
-__all__ = ["IntervalMeans"]
+__all__ = ["IntervalMeans", "emit_row", "finish", "row_due"]
+
+
+def row_due(loop: dict, env_steps: int, config) -> bool:
+    """Whether a metric row is due: at each multiple of ``config.log_every`` env steps and at the end
+    of the budget. Moves ``loop["next_log"]`` to the next multiple past ``env_steps``, so the steps
+    skipped before ``learning_starts`` leave no catch-up rows one step apart."""
+    if env_steps < loop["next_log"] and env_steps < config.total_env_steps:
+        return False
+    loop["next_log"] = (env_steps // config.log_every + 1) * config.log_every
+    return True
+
+
+def emit_row(result, callback: Callable[[dict], None] | None, data, start: float, stats: dict) -> None:
+    """Append the row ``env_steps, wall_time, return`` + ``stats`` to ``result.metrics`` and hand it
+    to ``callback``; ``return`` is the mean of the episodes ``data`` finished since the last row."""
+    row = {
+        "env_steps": data.env_steps,
+        "wall_time": time.perf_counter() - start,
+        "return": data.pop_mean_return(),
+    } | stats
+    result.metrics.append(row)
+    if callback is not None:
+        callback(row)
+
+
+def finish(result, data, checkpointer, start: float):
+    """End a training loop: record steps and time in ``result``, write the final training state
+    (a resume of a finished run then stops at once), close the envs; returns ``result``."""
+    result.env_steps, result.wall_time = data.env_steps, time.perf_counter() - start
+    checkpointer.save(data.env_steps, result.wall_time)
+    data.close()
+    return result
 
 
 class IntervalMeans:

@@ -33,7 +33,7 @@ import rl_as_inference as rlai
 from rl_as_inference import envs, guides, models
 from rl_as_inference.algos.collect import Collector
 from rl_as_inference.algos.sac import TrainResult, make_temperature, uniform_log_prior
-from rl_as_inference.algos.stats import IntervalMeans
+from rl_as_inference.algos.stats import IntervalMeans, emit_row, finish, row_due
 from rl_as_inference.critics import TwinQ, soft_q_loss
 from rl_as_inference.resume import Checkpointer
 
@@ -197,24 +197,10 @@ def _train(
         critic.update_target(config.tau)
         step_stats = {"critic_loss": critic_loss, "actor_loss": actor_loss, "elbo": -elbo_loss}
         interval.add(step_stats | ({"kl": kl} if kl is not None else {}))
-        if data.env_steps >= loop["next_log"] or data.env_steps >= config.total_env_steps:
-            # the next multiple of log_every: no catch-up rows one step apart after learning_starts
-            loop["next_log"] = (data.env_steps // config.log_every + 1) * config.log_every
-            row = {
-                "env_steps": data.env_steps,
-                "wall_time": time.perf_counter() - start,
-                "return": data.pop_mean_return(),
-                "alpha": temperature.item(),
-                # sample estimate of KL(q || pi_k) at replayed states ("kl" objective; NaN for maxent)
-                "kl": float("nan"),
-            }
+        if row_due(loop, data.env_steps, config):
             # means over the interval's actor steps; elbo is per start state, in nats (H-step
-            # segment + terminal value)
-            row |= interval.pop()
-            result.metrics.append(row)
-            if callback is not None:
-                callback(row)
-    result.env_steps, result.wall_time = data.env_steps, time.perf_counter() - start
-    ckpt.save(data.env_steps, result.wall_time)  # the final state: a resume of a finished run stops at once
-    data.close()
-    return result
+            # segment + terminal value); kl is the sample estimate of KL(q || pi_k) at replayed
+            # states ("kl" objective; NaN for maxent)
+            stats = {"alpha": temperature.item(), "kl": float("nan")} | interval.pop()
+            emit_row(result, callback, data, start, stats)
+    return finish(result, data, ckpt, start)

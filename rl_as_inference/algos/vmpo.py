@@ -42,7 +42,7 @@ from torch.distributions import Categorical, Distribution, Independent, Normal, 
 from rl_as_inference import envs
 from rl_as_inference.algos.collect import EpisodeReturns
 from rl_as_inference.algos.sac import TrainResult
-from rl_as_inference.algos.stats import IntervalMeans
+from rl_as_inference.algos.stats import IntervalMeans, emit_row, finish, row_due
 from rl_as_inference.guides.policies import CategoricalMLP, GaussianMLP, ObservationEncoder, mlp
 from rl_as_inference.resume import Checkpointer
 
@@ -374,18 +374,6 @@ def train(
             loop["learner_steps"] += 1
             if loop["learner_steps"] % config.target_update_every == 0:
                 target_policy.load_state_dict(policy.state_dict())
-        if data.env_steps >= loop["next_log"] or data.env_steps >= config.total_env_steps:
-            # the next multiple of log_every: no catch-up rows one step apart after learning_starts
-            loop["next_log"] = (data.env_steps // config.log_every + 1) * config.log_every
-            row = {
-                "env_steps": data.env_steps,
-                "wall_time": time.perf_counter() - start,
-                "return": data.pop_mean_return(),
-            } | interval.pop()
-            result.metrics.append(row)
-            if callback is not None:
-                callback(row)
-    result.env_steps, result.wall_time = data.env_steps, time.perf_counter() - start
-    ckpt.save(data.env_steps, result.wall_time)  # the final state: a resume of a finished run stops at once
-    data.close()
-    return result
+        if row_due(loop, data.env_steps, config):
+            emit_row(result, callback, data, start, interval.pop())
+    return finish(result, data, ckpt, start)
