@@ -13,7 +13,14 @@ import pyro
 import torch
 from pyro.distributions import constraints
 
-__all__ = ["atomic_torch_save", "get_rng_state", "load_checkpoint", "save_checkpoint", "set_rng_state"]
+__all__ = [
+    "atomic_torch_save",
+    "get_rng_state",
+    "load_checkpoint",
+    "load_tagged",
+    "save_checkpoint",
+    "set_rng_state",
+]
 
 FORMAT = "rl_as_inference.checkpoint/1"
 # Constraints are stored by name (weights_only=True loads no Python objects).
@@ -38,6 +45,27 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def load_tagged(
+    path: str | os.PathLike, fmt: str, what: str, map_location: str | torch.device | None = None
+) -> dict:
+    """``torch.load`` (``weights_only=True``) of a file this library wrote as ``{"format": fmt, ...}``.
+
+    Raises:
+        FileNotFoundError: there is no such file.
+        ValueError: naming ``path`` and ``what`` (e.g. "training state"), if the file is corrupt or
+            foreign (not a dict with that format tag).
+    """
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # pickle/zip errors of a corrupt or foreign file
+        raise ValueError(f"{path} is not a readable {what}: {exc}") from exc
+    if not isinstance(state, dict) or state.get("format") != fmt:
+        raise ValueError(f"{path} is not an rl_as_inference {what} (format {fmt!r})")
+    return state
 
 
 def get_rng_state() -> dict:
@@ -116,14 +144,7 @@ def load_checkpoint(
     Raises:
         ValueError: the file is not a checkpoint of this library, or is corrupt.
     """
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except FileNotFoundError:
-        raise
-    except Exception as exc:  # pickle/zip errors of a corrupt or foreign file
-        raise ValueError(f"{path} is not a readable checkpoint: {exc}") from exc
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise ValueError(f"{path} is not an rl_as_inference checkpoint (format {FORMAT!r})")
+    state = load_tagged(path, FORMAT, "checkpoint", map_location)
     if guide is not None and hasattr(guide, "register"):
         guide.register()
     store = pyro.get_param_store()

@@ -16,7 +16,15 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-__all__ = ["apply_overrides", "build_config", "load_recipe", "parse_assignment", "recipe_ids", "to_toml"]
+__all__ = [
+    "apply_overrides",
+    "build_config",
+    "load_recipe",
+    "parse_assignment",
+    "read_toml",
+    "recipe_ids",
+    "to_toml",
+]
 
 
 def recipe_ids() -> list[str]:
@@ -111,6 +119,14 @@ def parse_assignment(text: str) -> tuple[str, str]:
     return key.strip(), value.strip()
 
 
+def read_toml(path: Path, label: str) -> dict:
+    """The TOML file ``path`` as a dict; a ValueError starting with ``label`` if it is not valid TOML."""
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{label}: not valid TOML ({exc})") from None
+
+
 def build_config(cls, env_id: str, algo: str, *, file: str | Path | None = None, sets: list[str] = ()):
     """The resolved config: dataclass defaults < recipe < ``--config`` file < ``--set`` values."""
     values: dict = {}
@@ -120,10 +136,7 @@ def build_config(cls, env_id: str, algo: str, *, file: str | Path | None = None,
         path = Path(file)
         if not path.is_file():
             raise ValueError(f"--config {file}: no such file")
-        try:
-            data = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as exc:
-            raise ValueError(f"--config {file}: not valid TOML ({exc})") from None
+        data = read_toml(path, f"--config {file}")
         table = data.get(algo, data)
         table = {k: v for k, v in table.items() if not isinstance(v, dict)}
         values = apply_overrides(cls, values, table, source=str(file))

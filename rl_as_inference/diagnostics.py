@@ -43,7 +43,6 @@ import csv
 import math
 import os
 import textwrap
-import tomllib
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -57,6 +56,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 from pyro import poutine
 
+from rl_as_inference.config import read_toml
 from rl_as_inference.models.priors import UniformPrior
 from rl_as_inference.models.rollout import Trajectory
 from rl_as_inference.models.sites import parse_site, sample_sites, site_log_prob, state_site
@@ -766,7 +766,7 @@ def from_run(
     run_dir = Path(run_dir)
     policy = runs.load_policy(run_dir, device=device)
     config_path = run_dir / "config.toml"
-    config = tomllib.loads(config_path.read_text()) if config_path.is_file() else {}
+    config = read_toml(config_path, str(config_path)) if config_path.is_file() else {}
     metrics = _read_metrics(run_dir / "metrics.csv")
     if policy.env_id not in envs.PORTED:
         raise ValueError(f"{policy.env_id} has no torch port: trajectories cannot be re-simulated")

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from rl_as_inference.checkpoint import atomic_torch_save, get_rng_state, set_rng_state
+from rl_as_inference.checkpoint import atomic_torch_save, get_rng_state, load_tagged, set_rng_state
 
 __all__ = ["TRAIN_STATE_FORMAT", "Checkpointer", "read_train_state"]
 
@@ -30,13 +30,7 @@ def read_train_state(path: str | os.PathLike, map_location: str | torch.device |
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: no training state to resume from")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"{path} is not a readable training state: {exc}") from exc
-    if not isinstance(state, dict) or state.get("format") != TRAIN_STATE_FORMAT:
-        raise ValueError(f"{path} is not an rl_as_inference training state (format {TRAIN_STATE_FORMAT!r})")
-    return state
+    return load_tagged(path, TRAIN_STATE_FORMAT, "training state", map_location)
 
 
 def _state_of(obj: Any) -> Any:

@@ -14,7 +14,6 @@ import csv
 import dataclasses
 import json
 import os
-import tomllib
 from pathlib import Path
 
 import gymnasium as gym
@@ -24,8 +23,8 @@ from tqdm import tqdm
 
 from rl_as_inference import guides
 from rl_as_inference.algos import em, mpo, sac, svi, vmpo
-from rl_as_inference.checkpoint import atomic_torch_save
-from rl_as_inference.config import apply_overrides, build_config, to_toml
+from rl_as_inference.checkpoint import atomic_torch_save, load_tagged
+from rl_as_inference.config import apply_overrides, build_config, read_toml, to_toml
 from rl_as_inference.envs.base import resolve_device
 from rl_as_inference.resume import Checkpointer, read_train_state
 
@@ -114,10 +113,7 @@ def resume_run(run_dir: str | os.PathLike, *, progress: bool = True, eval_episod
     config_path = run_dir / "config.toml"
     if not config_path.is_file():
         raise ValueError(f"{run_dir} is not a run directory: no config.toml")
-    try:
-        table = tomllib.loads(config_path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise ValueError(f"{config_path}: not valid TOML ({exc})") from None
+    table = read_toml(config_path, str(config_path))
     algo = table.pop("algo", None)
     if algo not in ALGORITHMS:
         raise ValueError(f"{config_path}: unknown algorithm {algo!r}")
@@ -267,12 +263,7 @@ def load_policy(run_dir: str | os.PathLike, device: str | torch.device = "cpu") 
     path = Path(run_dir) / "checkpoint.pt"
     if not path.is_file():
         raise ValueError(f"{run_dir} is not a run directory: no checkpoint.pt")
-    try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"{path} is not a readable checkpoint: {exc}") from exc
-    if not isinstance(state, dict) or state.get("format") != RUN_FORMAT:
-        raise ValueError(f"{path} is not an rl_as_inference run checkpoint")
+    state = load_tagged(path, RUN_FORMAT, "run checkpoint", device)
     spec = state["policy"]
     probe = gym.make(state["env"])
     cls = POLICY_CLASSES[spec["class"]]
