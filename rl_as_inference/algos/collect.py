@@ -147,7 +147,6 @@ class Collector:
             with torch.no_grad():
                 action = policy(self.obs).sample()
         next_obs, reward, terminated, truncated, info = self.venv.step(action)
-        reward = reward.to(self.returns.current.dtype)
         final_obs = self._final_obs(next_obs, terminated | truncated, info)
         extra = {"state": state} if self.store_states else {}
         self.buffer.add(

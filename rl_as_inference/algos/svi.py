@@ -93,8 +93,7 @@ def _train(
     callback: Callable[[dict], None] | None = None,
     checkpointer: Checkpointer | None = None,
 ) -> TrainResult:
-    """Train the segment-SVI policy on the functional port of ``config.env`` (callback and
-    checkpointer as in :func:`rl_as_inference.algos.sac.train`)."""
+    """The body of :func:`train`, run inside its param-store scope."""
     if config.objective not in ("maxent", "kl"):
         raise ValueError(f"objective={config.objective!r} is not allowed; use 'maxent' or 'kl'")
     device = envs.base.resolve_device(config.device)
