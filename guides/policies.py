@@ -56,20 +56,39 @@ def mlp(sizes: Sequence[int], activation: type[nn.Module] = nn.Tanh) -> nn.Seque
 
 
 class ObservationEncoder(nn.Module):
-    """Turns Gymnasium observations into float features: Box -> as is, Discrete(n) -> one-hot."""
+    """Turns Gymnasium observations into float features: Box -> as is, Discrete(n) -> one-hot.
 
-    def __init__(self, space: gym.Space):
+    With ``rescale=True`` every Box coordinate with finite bounds is mapped affinely onto [-1, 1]
+    (unbounded ones pass unchanged). Networks then see coordinates of comparable size: MountainCar's
+    velocity lives in +-0.07 beside a position in [-1.2, 0.6], and unscaled it barely moves a
+    tanh layer. The map comes from the space, so it is the same at training and at evaluation
+    and is not saved with the weights.
+    """
+
+    def __init__(self, space: gym.Space, rescale: bool = False):
         super().__init__()
+        self.rescale = bool(rescale)
         if isinstance(space, gym.spaces.Discrete):
             self.num_classes, self.dim = int(space.n), int(space.n)
         elif isinstance(space, gym.spaces.Box) and len(space.shape) == 1:
             self.num_classes, self.dim = None, int(space.shape[0])
+            if self.rescale:
+                low, high = space.low.astype(np.float64), space.high.astype(np.float64)
+                finite = np.isfinite(low) & np.isfinite(high)
+                center = np.where(finite, (low + high) / 2, 0.0)
+                half = np.where(finite, (high - low) / 2, 1.0)
+                self.register_buffer("center", torch.as_tensor(center, dtype=torch.float32), persistent=False)
+                self.register_buffer(
+                    "inv_half", torch.as_tensor(1.0 / half, dtype=torch.float32), persistent=False
+                )
         else:
             raise TypeError(f"observation spaces must be Discrete or a 1-D Box, got {space}")
 
     def forward(self, obs: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         if self.num_classes is not None:
             return nn.functional.one_hot(obs.long(), self.num_classes).to(dtype)
+        if self.rescale:
+            return (obs.to(dtype) - self.center.to(dtype)) * self.inv_half.to(dtype)
         return obs.to(dtype)
 
 
@@ -87,9 +106,12 @@ class Policy(nn.Module):
 
 
 class _MLPPolicy(Policy):
-    def __init__(self, observation_space: gym.Space, out_dim: int, hidden: Sequence[int], activation):
+    def __init__(
+        self, observation_space: gym.Space, out_dim: int, hidden: Sequence[int], activation, rescale_obs: bool
+    ):
         super().__init__()
-        self.encoder = ObservationEncoder(observation_space)
+        self.rescale_obs = bool(rescale_obs)
+        self.encoder = ObservationEncoder(observation_space, rescale=rescale_obs)
         self.net = mlp([self.encoder.dim, *hidden, out_dim], activation)
 
     def features(self, obs: torch.Tensor) -> torch.Tensor:
@@ -97,7 +119,10 @@ class _MLPPolicy(Policy):
 
 
 class CategoricalMLP(_MLPPolicy):
-    """q(a|s) = Categorical(logits = MLP(obs)) for a Discrete action space."""
+    """q(a|s) = Categorical(logits = MLP(obs)) for a Discrete action space.
+
+    ``rescale_obs=True`` maps bounded observation coordinates onto [-1, 1] (:class:`ObservationEncoder`).
+    """
 
     def __init__(
         self,
@@ -105,10 +130,11 @@ class CategoricalMLP(_MLPPolicy):
         action_space: gym.Space,
         hidden: Sequence[int] = (64, 64),
         activation: type[nn.Module] = nn.Tanh,
+        rescale_obs: bool = False,
     ):
         if not isinstance(action_space, gym.spaces.Discrete):
             raise TypeError(f"CategoricalMLP needs a Discrete action space, got {action_space}")
-        super().__init__(observation_space, int(action_space.n), hidden, activation)
+        super().__init__(observation_space, int(action_space.n), hidden, activation, rescale_obs)
         with torch.no_grad():  # start near uniform: small last layer
             self.net[-1].weight.mul_(0.01)
             self.net[-1].bias.zero_()
@@ -133,6 +159,8 @@ class GaussianMLP(_MLPPolicy):
     of the network (MPO fits the covariance per state). Reparameterizable (pathwise gradients). Its
     support is the whole real line, so pair it with a ``GaussianPrior`` (a uniform prior on a box
     would make KL(q || pi) infinite); environments clip out-of-range actions.
+
+    ``rescale_obs=True`` maps bounded observation coordinates onto [-1, 1] (:class:`ObservationEncoder`).
     """
 
     def __init__(
@@ -143,11 +171,14 @@ class GaussianMLP(_MLPPolicy):
         activation: type[nn.Module] = nn.Tanh,
         init_std: float = 1.0,
         state_dependent_std: bool = False,
+        rescale_obs: bool = False,
     ):
         _box_bounds(action_space)
         dim = int(action_space.shape[0])
         self.state_dependent_std = bool(state_dependent_std)
-        super().__init__(observation_space, 2 * dim if state_dependent_std else dim, hidden, activation)
+        super().__init__(
+            observation_space, 2 * dim if state_dependent_std else dim, hidden, activation, rescale_obs
+        )
         if state_dependent_std:
             with torch.no_grad():
                 self.net[-1].weight[dim:].mul_(0.01)
@@ -177,6 +208,8 @@ class TanhGaussianMLP(_MLPPolicy):
     The density includes the exact log-determinant of the squashing (torch's ``TanhTransform``,
     computed stably from u and cached, so log q of a saturated action stays finite). Support is
     the box, so KL against ``UniformPrior`` is finite: ELBO (10) = E[r]/alpha + H(q) - log vol.
+
+    ``rescale_obs=True`` maps bounded observation coordinates onto [-1, 1] (:class:`ObservationEncoder`).
     """
 
     def __init__(
@@ -186,12 +219,13 @@ class TanhGaussianMLP(_MLPPolicy):
         hidden: Sequence[int] = (64, 64),
         activation: type[nn.Module] = nn.Tanh,
         init_std: float = 1.0,
+        rescale_obs: bool = False,
     ):
         low, high = _box_bounds(action_space)
         if not (np.isfinite(low).all() and np.isfinite(high).all()):
             raise ValueError(f"TanhGaussianMLP needs a bounded action space, got {action_space}")
         dim = int(action_space.shape[0])
-        super().__init__(observation_space, 2 * dim, hidden, activation)
+        super().__init__(observation_space, 2 * dim, hidden, activation, rescale_obs)
         self.register_buffer("action_mid", torch.as_tensor((high + low) / 2, dtype=torch.float32))
         self.register_buffer("action_half", torch.as_tensor((high - low) / 2, dtype=torch.float32))
         with torch.no_grad():

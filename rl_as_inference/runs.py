@@ -58,6 +58,8 @@ def _policy_spec(policy: torch.nn.Module, config) -> dict:
     spec = {"class": type(policy).__name__, "hidden": list(config.hidden), "activation": activation}
     if hasattr(policy, "state_dependent_std"):
         spec["state_dependent_std"] = policy.state_dependent_std
+    if policy.rescale_obs:  # absent in runs written before the option: False
+        spec["rescale_obs"] = True
     return spec
 
 
@@ -268,6 +270,7 @@ def load_policy(run_dir: str | os.PathLike, device: str | torch.device = "cpu") 
     probe = gym.make(state["env"])
     cls = POLICY_CLASSES[spec["class"]]
     extra = {"state_dependent_std": spec["state_dependent_std"]} if "state_dependent_std" in spec else {}
+    extra["rescale_obs"] = spec.get("rescale_obs", False)
     module = cls(
         probe.observation_space,
         probe.action_space,

@@ -123,6 +123,27 @@ def test_discrete_collector_stores_integer_actions_and_true_transitions():
         )
 
 
+def test_collector_exploring_starts_store_box_states_and_need_the_functional_backend():
+    cpu = torch.device("cpu")
+    data = Collector(
+        "MountainCarContinuous-v0", num_envs=64, device=cpu, seed=0, buffer_size=64, exploring_starts=1.0
+    )
+    data.step(None)
+    # Gymnasium's p(s_0) starts at rest; box starts move (velocity 0 has probability 0).
+    assert (data.buffer.storage["obs"][:, 1] != 0).all()
+    with pytest.raises(ValueError, match="exploring_starts needs backend='functional'"):
+        Collector(
+            "MountainCar-v0",
+            num_envs=1,
+            device=cpu,
+            seed=0,
+            buffer_size=8,
+            discrete=True,
+            backend="gymnasium",
+            exploring_starts=0.5,
+        )
+
+
 def test_gymnasium_backend_stores_what_gymnasium_returned():
     data = Collector(
         "CartPole-v1",

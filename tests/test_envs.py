@@ -336,3 +336,60 @@ def test_cuda_matches_cpu(id):
     s = gpu.reset(1000, seed=0)
     assert s.device.type == "cuda" and s.shape[0] == 1000
     assert gpu.observe(s).device.type == "cuda"
+
+
+# ---------------------------------------------------------------------- exploring starts
+BOXED = sorted(id for id in IDS if envs.PORTED[id].state_low is not None)
+
+
+def test_exploring_starts_are_declared_where_the_state_has_a_box():
+    assert BOXED == ["Acrobot-v1", "MountainCar-v0", "MountainCarContinuous-v0", "Pendulum-v1"]
+
+
+@pytest.mark.parametrize("id", BOXED)
+def test_exploring_starts_zero_is_the_default_reset_and_one_covers_the_box(id):
+    n = 20_000
+    assert torch.equal(envs.make(id, exploring_starts=0.0).reset(n, seed=3), envs.make(id).reset(n, seed=3))
+    env = envs.make(id, dtype=F64, exploring_starts=1.0)
+    states = env.reset(n, seed=3)
+    low, high = torch.tensor(env.state_low, dtype=F64), torch.tensor(env.state_high, dtype=F64)
+    assert (states >= low).all() and (states <= high).all()
+    # Uniform on the box: the mean is its centre (standard error (h - l) / sqrt(12 n), 5 SE), and
+    # draws reach within 1% of both faces (a 1% slab is missed by all n draws with prob. 0.99^n).
+    se = (high - low) / math.sqrt(12 * n)
+    assert ((states.mean(0) - (low + high) / 2).abs() < 5 * se).all()
+    assert (states.min(0).values < low + 0.01 * (high - low)).all()
+    assert (states.max(0).values > high - 0.01 * (high - low)).all()
+
+
+def test_exploring_starts_mix_box_draws_with_p_s0_at_the_given_share():
+    n, share = 40_000, 0.3
+    states = envs.make("MountainCar-v0", exploring_starts=share).reset(n, seed=0)
+    # p(s_0) starts at rest; a box draw has velocity exactly 0 with probability 0.
+    moving = (states[:, 1] != 0).double().mean().item()
+    assert abs(moving - share) < 5 * math.sqrt(share * (1 - share) / n)  # 5 binomial SE
+    at_rest = states[states[:, 1] == 0, 0]
+    assert (at_rest >= -0.6).all() and (at_rest <= -0.4).all()  # Gymnasium's reset range
+
+
+def test_exploring_starts_reach_the_vector_env_and_its_autoresets():
+    venv = envs.make_vec("MountainCar-v0", 256, exploring_starts=1.0, autoreset_mode="SameStep")
+    obs, _ = venv.reset(seed=0)
+    assert (obs[:, 1] != 0).float().mean() > 0.99
+    ended = torch.zeros(256, dtype=torch.bool)
+    for _ in range(20):  # box starts beside the goal terminate within a few steps and reset anywhere
+        obs, _, terminated, truncated, _ = venv.step(torch.full((256,), 2))
+        ended |= terminated | truncated
+    assert ended.any()
+
+
+def test_bad_exploring_starts():
+    with pytest.raises(ValueError, match="CartPole-v1 declares none"):
+        envs.make("CartPole-v1", exploring_starts=0.5)
+    envs.make("CartPole-v1", exploring_starts=0.0)  # zero means p(s_0): allowed everywhere
+    with pytest.raises(ValueError, match=r"exploring_starts=1.5 is not allowed; use a share in \[0, 1\]"):
+        envs.make("MountainCar-v0", exploring_starts=1.5)
+    with pytest.raises(TypeError, match="exploring_starts must be a number"):
+        envs.make("MountainCar-v0", exploring_starts="half")
+    with pytest.raises(ValueError, match="cannot be used with exploring_starts"):
+        envs.make("MountainCar-v0", exploring_starts=0.5).reset(4, seed=0, seeding="gymnasium")

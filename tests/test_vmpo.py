@@ -7,6 +7,7 @@ import inspect
 import json
 import math
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -265,3 +266,27 @@ def test_interrupted_and_resumed_run_ends_bit_identical(tmp_path):
     assert resumed.env_steps == whole.env_steps
     for key, value in whole.policy.state_dict().items():
         assert torch.equal(value, resumed.policy.state_dict()[key]), key
+
+
+def test_rescaled_observations_and_exploring_starts_round_trip_through_a_run(tmp_path):
+    small = ["total_env_steps=1024", "num_envs=8", "unroll_length=16", "log_every=256", "hidden=[16]"]
+    sets = [*small, "rescale_obs=true", "exploring_starts=0.5"]
+    out = runs.train_run(
+        "MountainCar-v0", algo="vmpo", sets=sets, out=tmp_path / "mc", progress=False, eval_episodes=1
+    )
+    policy = rlai.load_policy(out)
+    space = gym.make("MountainCar-v0").observation_space
+    assert policy.module.rescale_obs
+    # The observation box's faces map onto -1 and +1, its centre onto 0.
+    faces = torch.tensor(np.stack((space.low, space.high, (space.low + space.high) / 2)))
+    expected = torch.tensor([[-1.0, -1.0], [1.0, 1.0], [0.0, 0.0]])
+    assert torch.allclose(policy.module.encoder(faces, torch.float32), expected, atol=1e-6)
+    # The map is rebuilt from the space, not saved: the weights' keys are those of a plain policy.
+    config = vmpo.VMPOConfig(hidden=(16,))
+    plain = vmpo._make_policy(config, space, gym.spaces.Discrete(3))
+    assert set(plain.state_dict()) == set(policy.module.state_dict())
+    # Rescaling changes what the network sees: the same weights act differently without it.
+    plain.load_state_dict(policy.module.state_dict())
+    obs = torch.tensor(np.stack([space.sample() for _ in range(64)]))
+    with torch.no_grad():
+        assert not torch.allclose(plain(obs).logits, policy.module(obs).logits)

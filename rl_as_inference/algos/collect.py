@@ -15,10 +15,16 @@ __all__ = ["BACKENDS", "Collector", "EpisodeReturns"]
 BACKENDS = ("functional", "gymnasium")
 
 
-def _make_vec(env_id: str, num_envs: int, device: torch.device, backend: str, seed: int):
+def _make_vec(env_id: str, num_envs: int, device: torch.device, backend: str, exploring_starts: float):
     if backend == "functional":
-        return envs.make_vec(env_id, num_envs, device=device, autoreset_mode="SameStep")
+        return envs.make_vec(
+            env_id, num_envs, device=device, autoreset_mode="SameStep", exploring_starts=exploring_starts
+        )
     if backend == "gymnasium":
+        if exploring_starts:
+            raise ValueError(
+                "exploring_starts needs backend='functional': Gymnasium's envs reset from p(s_0)"
+            )
         return envs.from_gymnasium(
             env_id,
             num_envs,
@@ -84,6 +90,8 @@ class Collector:
             consecutive transitions stay ``num_envs`` slots apart, which n-step sampling relies on).
         store_states: also store the functional-env state s_t (algorithms that re-simulate from it).
         discrete: whether a Discrete action space is accepted (the algorithm has a categorical policy).
+        exploring_starts: share of resets drawn uniformly from the env's state box
+            (:meth:`rl_as_inference.envs.FunctionalEnv.use_exploring_starts`; functional backend only).
         algorithm: its name, for error messages.
     """
 
@@ -98,11 +106,12 @@ class Collector:
         store_states: bool = False,
         discrete: bool = False,
         backend: str = "functional",
+        exploring_starts: float = 0.0,
         algorithm: str = "this algorithm",
     ):
         if store_states and backend != "functional":
             raise ValueError(f"{algorithm} re-simulates from stored states and needs backend='functional'")
-        self.venv = _make_vec(env_id, num_envs, device, backend, seed)
+        self.venv = _make_vec(env_id, num_envs, device, backend, exploring_starts)
         self.action_space = self.venv.single_action_space
         self.observation_space = self.venv.single_observation_space
         self.discrete = isinstance(self.action_space, gym.spaces.Discrete)

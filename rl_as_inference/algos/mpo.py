@@ -66,6 +66,7 @@ class MPOConfig:
     init_log_temperature: float = 0.0
     init_log_alpha: float = 0.0
     hidden: tuple[int, ...] = (256, 256)
+    exploring_starts: float = 0.0  # share of training resets drawn anywhere in the state box (0: p(s_0))
     seed: int = 0
     device: str = "cpu"
     log_every: int = 1_000
@@ -203,6 +204,7 @@ def train(
         buffer_size=config.buffer_size,
         discrete=True,
         backend=config.backend,
+        exploring_starts=config.exploring_starts,
         algorithm="mpo",
     )
     space = data.action_space

@@ -58,6 +58,7 @@ class SACConfig:
     updates_per_step: int = 1  # gradient steps per collected batch
     n_step: int = 1  # critic targets from n-step returns (1: one-step T^{pi,q})
     backend: str = "functional"  # collect with the torch port, or "gymnasium" (Gymnasium's own env)
+    exploring_starts: float = 0.0  # share of training resets drawn anywhere in the state box (0: p(s_0))
     seed: int = 0
     device: str = "cpu"
     log_every: int = 1_000  # env steps between metric rows
@@ -117,6 +118,7 @@ def train(
         seed=config.seed,
         buffer_size=config.buffer_size,
         backend=config.backend,
+        exploring_starts=config.exploring_starts,
         algorithm="sac",
     )
     space = data.action_space

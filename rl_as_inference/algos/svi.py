@@ -68,6 +68,7 @@ class SVIConfig:
     alpha_anneal_steps: int | None = None  # env steps of the schedule (None: total_env_steps)
     target_entropy: float | None = None  # None: -dim(A)
     n_step: int = 1  # critic targets from n-step returns (1: one-step T^{pi,q})
+    exploring_starts: float = 0.0  # share of training resets drawn anywhere in the state box (0: p(s_0))
     seed: int = 0
     device: str = "cpu"
     log_every: int = 1_000
@@ -105,6 +106,7 @@ def _train(
         seed=config.seed,
         buffer_size=config.buffer_size,
         store_states=True,  # the actor re-simulates from replayed states
+        exploring_starts=config.exploring_starts,
         algorithm="svi",
     )
     env, space, obs_space = data.env, data.action_space, data.observation_space

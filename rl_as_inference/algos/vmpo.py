@@ -90,6 +90,8 @@ class VMPOConfig:
     max_grad_norm: float | None = None  # None: no clipping of the network gradients
     hidden: tuple[int, ...] = (64, 64)
     activation: str = "Tanh"  # a torch.nn activation, for the policy and the value network
+    rescale_obs: bool = False  # map bounded observation coordinates onto [-1, 1] (ObservationEncoder)
+    exploring_starts: float = 0.0  # share of training resets drawn anywhere in the state box (0: p(s_0))
     seed: int = 0
     device: str = "cpu"
     log_every: int = 5_000  # env steps between metric rows
@@ -98,9 +100,15 @@ class VMPOConfig:
 class StateValue(nn.Module):
     """V(s): an MLP over the (encoded) observation; ``forward(obs)`` returns ``[*B]`` values."""
 
-    def __init__(self, observation_space: gym.Space, hidden: tuple[int, ...], activation: type[nn.Module]):
+    def __init__(
+        self,
+        observation_space: gym.Space,
+        hidden: tuple[int, ...],
+        activation: type[nn.Module],
+        rescale_obs: bool = False,
+    ):
         super().__init__()
-        self.encoder = ObservationEncoder(observation_space)
+        self.encoder = ObservationEncoder(observation_space, rescale=rescale_obs)
         self.net = mlp([self.encoder.dim, *hidden, 1], activation)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
@@ -221,10 +229,15 @@ class Rollouts:
     (``info["final_obs"]``: s_{t+1} even where an episode ended), terminations and truncations.
     Episode returns are tracked on the device and read back only by :meth:`pop_mean_return`.
     ``state_dict`` / ``load_state_dict`` let a run stop and continue bit for bit.
+    ``exploring_starts`` is the share of resets drawn anywhere in the env's state box.
     """
 
-    def __init__(self, env_id: str, *, num_envs: int, device: torch.device, seed: int):
-        self.venv = envs.make_vec(env_id, num_envs, device=device, autoreset_mode="SameStep")
+    def __init__(
+        self, env_id: str, *, num_envs: int, device: torch.device, seed: int, exploring_starts: float = 0.0
+    ):
+        self.venv = envs.make_vec(
+            env_id, num_envs, device=device, autoreset_mode="SameStep", exploring_starts=exploring_starts
+        )
         self.observation_space = self.venv.single_observation_space
         self.action_space = self.venv.single_action_space
         self.device, self.num_envs = device, num_envs
@@ -278,7 +291,13 @@ class Rollouts:
 def _make_policy(config: VMPOConfig, observation_space: gym.Space, action_space: gym.Space) -> nn.Module:
     activation = getattr(nn, config.activation)
     if isinstance(action_space, gym.spaces.Discrete):
-        return CategoricalMLP(observation_space, action_space, hidden=config.hidden, activation=activation)
+        return CategoricalMLP(
+            observation_space,
+            action_space,
+            hidden=config.hidden,
+            activation=activation,
+            rescale_obs=config.rescale_obs,
+        )
     if isinstance(action_space, gym.spaces.Box):
         return GaussianMLP(
             observation_space,
@@ -286,6 +305,7 @@ def _make_policy(config: VMPOConfig, observation_space: gym.Space, action_space:
             hidden=config.hidden,
             activation=activation,
             state_dependent_std=True,
+            rescale_obs=config.rescale_obs,
         )
     raise ValueError(f"vmpo needs a Discrete or a 1-D Box action space, got {action_space}")
 
@@ -300,10 +320,18 @@ def train(
     ``checkpointer`` saves (and on resume restores) the whole training state."""
     device = envs.base.resolve_device(config.device)
     torch.manual_seed(config.seed)
-    data = Rollouts(config.env, num_envs=config.num_envs, device=device, seed=config.seed)
+    data = Rollouts(
+        config.env,
+        num_envs=config.num_envs,
+        device=device,
+        seed=config.seed,
+        exploring_starts=config.exploring_starts,
+    )
     policy = _make_policy(config, data.observation_space, data.action_space).to(device)
     target_policy = copy.deepcopy(policy).requires_grad_(False)
-    value = StateValue(data.observation_space, config.hidden, getattr(nn, config.activation)).to(device)
+    value = StateValue(
+        data.observation_space, config.hidden, getattr(nn, config.activation), config.rescale_obs
+    ).to(device)
     num_kls = 1 if isinstance(data.action_space, gym.spaces.Discrete) else 2
     duals = [
         torch.tensor(math.log(config.init_temperature), device=device, requires_grad=True),

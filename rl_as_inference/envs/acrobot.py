@@ -89,6 +89,8 @@ class Acrobot(FunctionalEnv):
     state_shape = (4,)
     reset_low = (-0.1,) * 4
     reset_high = (0.1,) * 4
+    state_low = (-math.pi, -math.pi, -MAX_VEL_1, -MAX_VEL_2)
+    state_high = (math.pi, math.pi, MAX_VEL_1, MAX_VEL_2)
 
     def __init__(self, *, device=None, dtype=None):
         super().__init__(device=device, dtype=dtype)

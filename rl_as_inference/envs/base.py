@@ -88,6 +88,10 @@ class FunctionalEnv:
         stochastic: True where the next state is random given (state, action); then
             :meth:`transition_dist` returns its distribution.
         state_shape: the event shape of one state (``(k,)``, or ``()`` for tabular states).
+        state_low, state_high: bounds of the box the state lives in, where the env has one
+            (``None`` otherwise); exploring starts draw from it.
+        exploring_starts: the share of resets drawn uniformly from the state box instead of
+            from p(s_0) (0 by default; set by :meth:`use_exploring_starts`).
     """
 
     id: str | None = None
@@ -101,6 +105,9 @@ class FunctionalEnv:
     # the same order as Gymnasium's reset so that the numpy path can reproduce it exactly.
     reset_low: tuple[float, ...] = ()
     reset_high: tuple[float, ...] = ()
+    state_low: tuple[float, ...] | None = None
+    state_high: tuple[float, ...] | None = None
+    exploring_starts: float = 0.0
 
     def __init__(self, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None):
         self.device = resolve_device(device)
@@ -132,6 +139,11 @@ class FunctionalEnv:
         """
         num_envs = check_num_envs(num_envs)
         if seeding == "gymnasium":
+            if self.exploring_starts > 0:
+                raise ValueError(
+                    "seeding='gymnasium' reproduces Gymnasium's reset distribution; it cannot be used "
+                    f"with exploring_starts={self.exploring_starts}"
+                )
             if generator is not None:
                 raise ValueError("generator= is only used with seeding='torch'")
             rngs = gymnasium_rngs(num_envs, seed)
@@ -148,11 +160,51 @@ class FunctionalEnv:
                 generator.manual_seed(int(seed))
         return self.sample_initial(num_envs, generator)
 
+    def use_exploring_starts(self, fraction: float) -> FunctionalEnv:
+        """Draw a share ``fraction`` of all resets uniformly from the state box; returns ``self``.
+
+        Exploring starts (Sutton and Barto, s.5.3) let a learner see states that its own policy
+        would take long to reach, e.g. a MountainCar already moving fast: training data then
+        covers the states where the sparse reward is, while evaluation keeps p(s_0). The dynamics,
+        rewards and terminations are unchanged; only where episodes begin moves.
+
+        Raises:
+            ValueError: ``fraction`` outside [0, 1], or the env has no state box.
+        """
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)):
+            raise TypeError(f"exploring_starts must be a number in [0, 1], got {fraction!r}")
+        if not 0.0 <= fraction <= 1.0:
+            raise ValueError(f"exploring_starts={fraction!r} is not allowed; use a share in [0, 1]")
+        if fraction > 0 and self.state_low is None:
+            raise ValueError(
+                f"exploring_starts needs a bounded state box, and {self.name} declares none; "
+                f"envs with one: MountainCar-v0, MountainCarContinuous-v0, Pendulum-v1, Acrobot-v1"
+            )
+        self.exploring_starts = float(fraction)
+        return self
+
     def sample_initial(self, num_envs: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Draw ``[num_envs, *state_shape]`` initial states on the device (no host sync)."""
         low, high = self._reset_bounds()
         u = torch.rand(num_envs, low.numel(), generator=generator, device=self.device, dtype=torch.float64)
-        return self._initial_from_uniform(low + (high - low) * u).to(self.dtype)
+        initial = self._initial_from_uniform(low + (high - low) * u).to(self.dtype)
+        if self.exploring_starts == 0:
+            return initial
+        box_low, box_high = self._state_box()
+        u = torch.rand(
+            num_envs, box_low.numel(), generator=generator, device=self.device, dtype=torch.float64
+        )
+        anywhere = (box_low + (box_high - box_low) * u).to(self.dtype)
+        pick = torch.rand(num_envs, generator=generator, device=self.device) < self.exploring_starts
+        return torch.where(pick.unsqueeze(-1), anywhere, initial)
+
+    def _state_box(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if getattr(self, "_state_box_cache", None) is None:
+            self._state_box_cache = (
+                torch.tensor(self.state_low, device=self.device, dtype=torch.float64),
+                torch.tensor(self.state_high, device=self.device, dtype=torch.float64),
+            )
+        return self._state_box_cache
 
     def _reset_bounds(self) -> tuple[torch.Tensor, torch.Tensor]:
         # Built once: a torch.tensor(...) per call would be a blocking host-to-device copy on CUDA.

@@ -25,6 +25,8 @@ class _MountainCarBase(FunctionalEnv):
     state_shape = (2,)
     reset_low = (-0.6,)
     reset_high = (-0.4,)
+    state_low = (MIN_POSITION, -MAX_SPEED)
+    state_high = (MAX_POSITION, MAX_SPEED)
 
     def __init__(self, *, device=None, dtype=None):
         super().__init__(device=device, dtype=dtype)

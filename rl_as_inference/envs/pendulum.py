@@ -36,6 +36,8 @@ class Pendulum(FunctionalEnv):
     differentiable = True
     reset_low = (-math.pi, -1.0)
     reset_high = (math.pi, 1.0)
+    state_low = (-math.pi, -MAX_SPEED)  # theta is never wrapped, but every angle has a representative here
+    state_high = (math.pi, MAX_SPEED)
 
     def __init__(self, *, device=None, dtype=None, g: float = 10.0):
         super().__init__(device=device, dtype=dtype)

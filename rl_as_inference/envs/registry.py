@@ -30,7 +30,9 @@ def make(
             MountainCarContinuous-v0, Acrobot-v1).
         device: torch device for states and actions (default CPU; ``"auto"`` picks CUDA when present).
         dtype: torch.float32 (default, fast) or torch.float64 (bit-faithful to Gymnasium on CPU).
-        **kwargs: environment parameters (e.g. ``g`` for Pendulum-v1).
+        **kwargs: environment parameters (e.g. ``g`` for Pendulum-v1), and ``exploring_starts``:
+            the share of resets drawn uniformly from the state box
+            (:meth:`FunctionalEnv.use_exploring_starts`; 0 by default).
 
     Returns:
         A :class:`FunctionalEnv` whose ``max_episode_steps`` is the time limit of Gymnasium's registry.
@@ -42,9 +44,10 @@ def make(
             f"unknown environment id {id!r}: ported ids are {sorted(PORTED)}; any other Gymnasium "
             f"environment can be wrapped (without re-simulation) by envs.from_gymnasium({id!r}, num_envs)"
         )
+    exploring_starts = kwargs.pop("exploring_starts", 0.0)
     try:
         env = PORTED[id](device=device, dtype=dtype, **kwargs)
     except TypeError as exc:
         raise TypeError(f"invalid arguments for {id}: {exc}") from exc
     env.max_episode_steps = gym.spec(id).max_episode_steps
-    return env
+    return env.use_exploring_starts(exploring_starts)
