@@ -212,3 +212,18 @@ def test_a_killed_run_resumes_to_bit_identical_parameters(tmp_path, capsys):
     assert "sac Pendulum-v1: 3000 env steps in" in summary and "over 3 episodes" in summary
     assert main(["train", "--resume", str(cut), "--seed", "2"]) == 2
     assert "--resume continues a run with its own config; drop --seed" in capsys.readouterr().err
+
+
+def test_every_env_has_a_recipe_whose_tables_resolve():
+    from rl_as_inference import envs, runs
+
+    assert rconfig.recipe_ids() == sorted(envs.PORTED)  # `rlai train --env ID` works for every port
+    for env_id in rconfig.recipe_ids():
+        recipe = rconfig.load_recipe(env_id)
+        assert recipe["default_algo"] in runs.ALGORITHMS, env_id
+        for algo in (name for name, table in recipe.items() if isinstance(table, dict)):
+            config_cls, _ = runs.ALGORITHMS[algo]  # a table named after an unknown algorithm fails here
+            config = rconfig.build_config(config_cls, env_id, algo, sets=[f"env={env_id}"])
+            assert config.env == env_id
+            # exploring starts only where the env declares a state box (make raises otherwise)
+            envs.make(env_id, exploring_starts=getattr(config, "exploring_starts", 0.0))
