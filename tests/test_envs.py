@@ -393,3 +393,6 @@ def test_bad_exploring_starts():
         envs.make("MountainCar-v0", exploring_starts="half")
     with pytest.raises(ValueError, match="cannot be used with exploring_starts"):
         envs.make("MountainCar-v0", exploring_starts=0.5).reset(4, seed=0, seeding="gymnasium")
+    venv = envs.make_vec("MountainCar-v0", 4, seeding="gymnasium", exploring_starts=0.5)
+    with pytest.raises(ValueError, match="cannot be used with exploring_starts"):
+        venv.reset(seed=0)

@@ -289,24 +289,15 @@ class Rollouts:
 
 
 def _make_policy(config: VMPOConfig, observation_space: gym.Space, action_space: gym.Space) -> nn.Module:
-    activation = getattr(nn, config.activation)
+    shape = {
+        "hidden": config.hidden,
+        "activation": getattr(nn, config.activation),
+        "rescale_obs": config.rescale_obs,
+    }
     if isinstance(action_space, gym.spaces.Discrete):
-        return CategoricalMLP(
-            observation_space,
-            action_space,
-            hidden=config.hidden,
-            activation=activation,
-            rescale_obs=config.rescale_obs,
-        )
+        return CategoricalMLP(observation_space, action_space, **shape)
     if isinstance(action_space, gym.spaces.Box):
-        return GaussianMLP(
-            observation_space,
-            action_space,
-            hidden=config.hidden,
-            activation=activation,
-            state_dependent_std=True,
-            rescale_obs=config.rescale_obs,
-        )
+        return GaussianMLP(observation_space, action_space, state_dependent_std=True, **shape)
     raise ValueError(f"vmpo needs a Discrete or a 1-D Box action space, got {action_space}")
 
 

@@ -139,11 +139,6 @@ class FunctionalEnv:
         """
         num_envs = check_num_envs(num_envs)
         if seeding == "gymnasium":
-            if self.exploring_starts > 0:
-                raise ValueError(
-                    "seeding='gymnasium' reproduces Gymnasium's reset distribution; it cannot be used "
-                    f"with exploring_starts={self.exploring_starts}"
-                )
             if generator is not None:
                 raise ValueError("generator= is only used with seeding='torch'")
             rngs = gymnasium_rngs(num_envs, seed)
@@ -185,12 +180,12 @@ class FunctionalEnv:
 
     def sample_initial(self, num_envs: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Draw ``[num_envs, *state_shape]`` initial states on the device (no host sync)."""
-        low, high = self._reset_bounds()
+        low, high = self._device_box("reset_low", "reset_high")
         u = torch.rand(num_envs, low.numel(), generator=generator, device=self.device, dtype=torch.float64)
         initial = self._initial_from_uniform(low + (high - low) * u).to(self.dtype)
         if self.exploring_starts == 0:
             return initial
-        box_low, box_high = self._state_box()
+        box_low, box_high = self._device_box("state_low", "state_high")
         u = torch.rand(
             num_envs, box_low.numel(), generator=generator, device=self.device, dtype=torch.float64
         )
@@ -198,25 +193,24 @@ class FunctionalEnv:
         pick = torch.rand(num_envs, generator=generator, device=self.device) < self.exploring_starts
         return torch.where(pick.unsqueeze(-1), anywhere, initial)
 
-    def _state_box(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if getattr(self, "_state_box_cache", None) is None:
-            self._state_box_cache = (
-                torch.tensor(self.state_low, device=self.device, dtype=torch.float64),
-                torch.tensor(self.state_high, device=self.device, dtype=torch.float64),
-            )
-        return self._state_box_cache
-
-    def _reset_bounds(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def _device_box(self, low: str, high: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The float64 bounds named by the class attributes ``low`` / ``high``, on the env's device."""
         # Built once: a torch.tensor(...) per call would be a blocking host-to-device copy on CUDA.
-        if getattr(self, "_reset_bounds_cache", None) is None:
-            self._reset_bounds_cache = (
-                torch.tensor(self.reset_low, device=self.device, dtype=torch.float64),
-                torch.tensor(self.reset_high, device=self.device, dtype=torch.float64),
+        cache = self.__dict__.setdefault("_device_boxes", {})
+        if low not in cache:
+            cache[low] = tuple(
+                torch.tensor(getattr(self, name), device=self.device, dtype=torch.float64)
+                for name in (low, high)
             )
-        return self._reset_bounds_cache
+        return cache[low]
 
     def reset_numpy(self, rngs: list[np.random.Generator]) -> torch.Tensor:
         """Initial states drawn exactly as Gymnasium's ``reset`` draws them, one numpy generator per env."""
+        if self.exploring_starts > 0:  # every Gymnasium-seeded reset (env or vector env) comes here
+            raise ValueError(
+                "seeding='gymnasium' reproduces Gymnasium's reset distribution; it cannot be used "
+                f"with exploring_starts={self.exploring_starts}"
+            )
         draws = np.stack([rng.uniform(low=self.reset_low, high=self.reset_high) for rng in rngs])
         return self._initial_from_uniform(torch.as_tensor(draws, dtype=torch.float64)).to(
             device=self.device, dtype=self.dtype
