@@ -17,13 +17,18 @@ __all__ = ["QNetwork", "TwinQ", "soft_q_loss"]
 
 class QNetwork(nn.Module):
     """Q(s, a): for a Box action space an MLP over [features(obs), a] -> [B]; for Discrete(n) an MLP
-    over features(obs) -> [B, n] (all actions at once, so expectations over q are exact)."""
+    over features(obs) -> [B, n] (all actions at once, so expectations over q are exact).
+    ``rescale_obs=True`` maps bounded observation coordinates onto [-1, 1] (:class:`ObservationEncoder`)."""
 
     def __init__(
-        self, observation_space: gym.Space, action_space: gym.Space, hidden: Sequence[int] = (256, 256)
+        self,
+        observation_space: gym.Space,
+        action_space: gym.Space,
+        hidden: Sequence[int] = (256, 256),
+        rescale_obs: bool = False,
     ):
         super().__init__()
-        self.encoder = ObservationEncoder(observation_space)
+        self.encoder = ObservationEncoder(observation_space, rescale=rescale_obs)
         self.discrete = isinstance(action_space, gym.spaces.Discrete)
         if self.discrete:
             self.net = mlp([self.encoder.dim, *hidden, int(action_space.n)], nn.ReLU)
@@ -42,11 +47,15 @@ class TwinQ(nn.Module):
     overestimation that a max or an expectation over a learned Q otherwise accumulates."""
 
     def __init__(
-        self, observation_space: gym.Space, action_space: gym.Space, hidden: Sequence[int] = (256, 256)
+        self,
+        observation_space: gym.Space,
+        action_space: gym.Space,
+        hidden: Sequence[int] = (256, 256),
+        rescale_obs: bool = False,
     ):
         super().__init__()
-        self.q1 = QNetwork(observation_space, action_space, hidden)
-        self.q2 = QNetwork(observation_space, action_space, hidden)
+        self.q1 = QNetwork(observation_space, action_space, hidden, rescale_obs)
+        self.q2 = QNetwork(observation_space, action_space, hidden, rescale_obs)
         self.target = copy.deepcopy(nn.ModuleList([self.q1, self.q2])).requires_grad_(False)
 
     def forward(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+import rl_as_inference as rlai
 from rl_as_inference.algos import mpo
 
 
@@ -137,3 +138,15 @@ def test_categorical_mpo_learns_cartpole_at_a_reduced_budget():
     # (about 290 to 300 after 3000 steps for seeds 0 and 1 here).
     assert sum(returns) / len(returns) > 100, returns
     assert {"kl_q_rel", "kl_policy_rel", "alpha_policy", "temperature"} <= set(result.metrics[-1])
+
+
+def test_mpo_with_rescaled_observations_round_trips_through_a_run(tmp_path):
+    from rl_as_inference import runs
+
+    sets = ["total_env_steps=600", "learning_starts=500", "num_envs=4", "hidden=[16]", "log_every=100"]
+    sets += ["rescale_obs=true", "exploring_starts=0.5"]
+    out = runs.train_run(
+        "MountainCar-v0", algo="mpo", sets=sets, out=tmp_path / "mc", progress=False, eval_episodes=1
+    )
+    policy = rlai.load_policy(out)
+    assert policy.module.rescale_obs and policy.module.encoder.rescale

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pyro
 import pytest
 import torch
@@ -53,6 +54,22 @@ def test_twin_q_targets_track_by_polyak_averaging():
     for b, t, o in zip(before, critic.target[0].parameters(), critic.q1.parameters(), strict=True):
         torch.testing.assert_close(t, 0.75 * b + 0.25 * o)
     assert not any(p.requires_grad for p in critic.target.parameters())
+
+
+def test_twin_q_with_rescaled_observations_sees_the_box_faces_as_plus_minus_one():
+    env = envs.make("MountainCarContinuous-v0")
+    space = env.observation_space
+    critic = TwinQ(space, env.action_space, hidden=(8,), rescale_obs=True)
+    plain = TwinQ(space, env.action_space, hidden=(8,))
+    faces = torch.tensor(np.stack((space.low, space.high, (space.low + space.high) / 2)))
+    expected = torch.tensor([[-1.0, -1.0], [1.0, 1.0], [0.0, 0.0]])
+    for q in (critic.q1, critic.q2, critic.target[0], critic.target[1]):
+        assert torch.allclose(q.encoder(faces, torch.float32), expected, atol=1e-6)
+    # Same weights, different inputs: the map is a non-persistent buffer, so the keys agree.
+    assert set(plain.state_dict()) == set(critic.state_dict())
+    plain.load_state_dict(critic.state_dict())
+    action = torch.zeros(3, 1)
+    assert not torch.allclose(plain.min(faces, action), critic.min(faces, action))
 
 
 def test_sac_actor_loss_equals_the_trajectory_elbo_at_horizon_one():

@@ -67,6 +67,7 @@ class MPOConfig:
     init_log_alpha: float = 0.0
     hidden: tuple[int, ...] = (256, 256)
     exploring_starts: float = 0.0  # share of training resets drawn anywhere in the state box (0: p(s_0))
+    rescale_obs: bool = False  # map bounded observation coordinates onto [-1, 1] (ObservationEncoder)
     seed: int = 0
     device: str = "cpu"
     log_every: int = 1_000
@@ -208,19 +209,16 @@ def train(
         algorithm="mpo",
     )
     space = data.action_space
+    net = {"hidden": config.hidden, "activation": torch.nn.ELU, "rescale_obs": config.rescale_obs}
     if data.discrete:
-        policy = CategoricalMLP(data.observation_space, space, hidden=config.hidden, activation=torch.nn.ELU)
+        policy = CategoricalMLP(data.observation_space, space, **net)
     else:
-        policy = GaussianMLP(
-            data.observation_space,
-            space,
-            hidden=config.hidden,
-            activation=torch.nn.ELU,
-            state_dependent_std=True,
-        )
+        policy = GaussianMLP(data.observation_space, space, state_dependent_std=True, **net)
     policy.to(device)
     target_policy = copy.deepcopy(policy).requires_grad_(False)
-    critic = TwinQ(data.observation_space, space, hidden=config.hidden).to(device)
+    critic = TwinQ(data.observation_space, space, hidden=config.hidden, rescale_obs=config.rescale_obs).to(
+        device
+    )
     duals = [
         torch.tensor(v, device=device, requires_grad=True)
         for v in (config.init_log_temperature, config.init_log_alpha, config.init_log_alpha)

@@ -59,6 +59,7 @@ class SACConfig:
     n_step: int = 1  # critic targets from n-step returns (1: one-step T^{pi,q})
     backend: str = "functional"  # collect with the torch port, or "gymnasium" (Gymnasium's own env)
     exploring_starts: float = 0.0  # share of training resets drawn anywhere in the state box (0: p(s_0))
+    rescale_obs: bool = False  # map bounded observation coordinates onto [-1, 1] (ObservationEncoder)
     seed: int = 0
     device: str = "cpu"
     log_every: int = 1_000  # env steps between metric rows
@@ -122,8 +123,14 @@ def train(
         algorithm="sac",
     )
     space = data.action_space
-    policy = TanhGaussianMLP(data.observation_space, space, hidden=config.hidden, activation=torch.nn.ReLU)
-    critic = TwinQ(data.observation_space, space, hidden=config.hidden)
+    policy = TanhGaussianMLP(
+        data.observation_space,
+        space,
+        hidden=config.hidden,
+        activation=torch.nn.ReLU,
+        rescale_obs=config.rescale_obs,
+    )
+    critic = TwinQ(data.observation_space, space, hidden=config.hidden, rescale_obs=config.rescale_obs)
     policy.to(device)
     critic.to(device)
     actor_opt = torch.optim.Adam(policy.parameters(), lr=config.actor_lr)

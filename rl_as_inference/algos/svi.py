@@ -69,6 +69,7 @@ class SVIConfig:
     target_entropy: float | None = None  # None: -dim(A)
     n_step: int = 1  # critic targets from n-step returns (1: one-step T^{pi,q})
     exploring_starts: float = 0.0  # share of training resets drawn anywhere in the state box (0: p(s_0))
+    rescale_obs: bool = False  # map bounded observation coordinates onto [-1, 1] (ObservationEncoder)
     seed: int = 0
     device: str = "cpu"
     log_every: int = 1_000
@@ -114,10 +115,10 @@ def _train(
         raise ValueError(
             f"svi needs a differentiable env with continuous actions; {config.env} is not differentiable"
         )
-    policy = guides.TanhGaussianMLP(obs_space, space, hidden=config.hidden, activation=torch.nn.ReLU).to(
-        device
-    )
-    critic = TwinQ(obs_space, space, hidden=config.hidden).to(device)
+    policy = guides.TanhGaussianMLP(
+        obs_space, space, hidden=config.hidden, activation=torch.nn.ReLU, rescale_obs=config.rescale_obs
+    ).to(device)
+    critic = TwinQ(obs_space, space, hidden=config.hidden, rescale_obs=config.rescale_obs).to(device)
     actor_opt = torch.optim.Adam(policy.parameters(), lr=config.actor_lr)
     critic_opt = torch.optim.Adam(critic.online_parameters(), lr=config.critic_lr)
     temperature = make_temperature(config, device)
