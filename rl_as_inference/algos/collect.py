@@ -8,6 +8,7 @@ import gymnasium as gym
 import torch
 
 from rl_as_inference import envs
+from rl_as_inference.algos.settings import RunSettings
 from rl_as_inference.replay import ReplayBuffer, transition_fields
 
 __all__ = ["BACKENDS", "Collector", "EpisodeReturns"]
@@ -137,6 +138,24 @@ class Collector:
         self.obs, _ = self.venv.reset(seed=seed)
         self.returns = EpisodeReturns(num_envs, device)
         self.env_steps = 0
+
+    @classmethod
+    def for_config(cls, config: RunSettings, device: torch.device, algorithm: str, **kwargs) -> Collector:
+        """The Collector an off-policy algorithm's config describes: its env, ``num_envs``, seed,
+        ``exploring_starts``, ``buffer_size`` (which every replay-based config adds to
+        :class:`RunSettings`) and, where it has one, ``backend``; ``kwargs`` add ``store_states`` or
+        ``discrete``."""
+        return cls(
+            config.env,
+            num_envs=config.num_envs,
+            device=device,
+            seed=config.seed,
+            buffer_size=config.buffer_size,
+            backend=getattr(config, "backend", "functional"),
+            exploring_starts=config.exploring_starts,
+            algorithm=algorithm,
+            **kwargs,
+        )
 
     def random_actions(self) -> torch.Tensor:
         """One uniformly random action per env (the exploration before learning starts)."""

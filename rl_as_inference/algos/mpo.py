@@ -31,6 +31,7 @@ from torch.distributions import Independent, Normal, kl_divergence
 from rl_as_inference import envs
 from rl_as_inference.algos.collect import Collector
 from rl_as_inference.algos.sac import TrainResult
+from rl_as_inference.algos.settings import RunSettings
 from rl_as_inference.algos.stats import IntervalMeans, emit_row, finish, row_due
 from rl_as_inference.critics import TwinQ, soft_q_loss
 from rl_as_inference.guides.policies import CategoricalMLP, GaussianMLP
@@ -40,12 +41,9 @@ __all__ = ["MPOConfig", "categorical_mpo_losses", "mpo_losses", "realized_kl", "
 
 
 @dataclass
-class MPOConfig:
+class MPOConfig(RunSettings):
     """Hyperparameters of MPO (constraint sizes and sample count: Acme's defaults)."""
 
-    env: str = "Pendulum-v1"
-    total_env_steps: int = 20_000
-    num_envs: int = 1
     learning_starts: int = 1_000
     batch_size: int = 256
     num_samples: int = 20  # actions sampled per state in the E-step
@@ -66,11 +64,6 @@ class MPOConfig:
     init_log_temperature: float = 0.0
     init_log_alpha: float = 0.0
     hidden: tuple[int, ...] = (256, 256)
-    exploring_starts: float = 0.0  # share of training resets drawn anywhere in the state box (0: p(s_0))
-    rescale_obs: bool = False  # map bounded observation coordinates onto [-1, 1] (ObservationEncoder)
-    seed: int = 0
-    device: str = "cpu"
-    log_every: int = 1_000
 
 
 def realized_kl(weights: torch.Tensor) -> torch.Tensor:
@@ -197,17 +190,7 @@ def train(
     """Train MPO on ``config.env`` (callback and checkpointer as in :func:`rl_as_inference.algos.sac.train`)."""
     device = envs.base.resolve_device(config.device)
     torch.manual_seed(config.seed)
-    data = Collector(
-        config.env,
-        num_envs=config.num_envs,
-        device=device,
-        seed=config.seed,
-        buffer_size=config.buffer_size,
-        discrete=True,
-        backend=config.backend,
-        exploring_starts=config.exploring_starts,
-        algorithm="mpo",
-    )
+    data = Collector.for_config(config, device, "mpo", discrete=True)
     space = data.action_space
     net = {"hidden": config.hidden, "activation": torch.nn.ELU, "rescale_obs": config.rescale_obs}
     if data.discrete:

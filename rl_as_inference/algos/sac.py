@@ -24,6 +24,7 @@ import torch
 
 from rl_as_inference import envs
 from rl_as_inference.algos.collect import Collector
+from rl_as_inference.algos.settings import RunSettings
 from rl_as_inference.algos.stats import emit_row, finish, row_due
 from rl_as_inference.critics import TwinQ, soft_q_loss
 from rl_as_inference.guides.policies import TanhGaussianMLP
@@ -34,12 +35,9 @@ __all__ = ["SACConfig", "TrainResult", "actor_loss", "make_temperature", "train"
 
 
 @dataclass
-class SACConfig:
+class SACConfig(RunSettings):
     """Hyperparameters of SAC (defaults: rl-baselines3-zoo, Pendulum-v1)."""
 
-    env: str = "Pendulum-v1"
-    total_env_steps: int = 20_000
-    num_envs: int = 1  # parallel functional envs collecting data
     learning_starts: int = 1_000  # random actions before the first update
     batch_size: int = 256
     buffer_size: int = 100_000
@@ -58,11 +56,6 @@ class SACConfig:
     updates_per_step: int = 1  # gradient steps per collected batch
     n_step: int = 1  # critic targets from n-step returns (1: one-step T^{pi,q})
     backend: str = "functional"  # collect with the torch port, or "gymnasium" (Gymnasium's own env)
-    exploring_starts: float = 0.0  # share of training resets drawn anywhere in the state box (0: p(s_0))
-    rescale_obs: bool = False  # map bounded observation coordinates onto [-1, 1] (ObservationEncoder)
-    seed: int = 0
-    device: str = "cpu"
-    log_every: int = 1_000  # env steps between metric rows
 
 
 @dataclass
@@ -112,16 +105,7 @@ def train(
     on resume restores) the whole training state."""
     device = envs.base.resolve_device(config.device)
     torch.manual_seed(config.seed)
-    data = Collector(
-        config.env,
-        num_envs=config.num_envs,
-        device=device,
-        seed=config.seed,
-        buffer_size=config.buffer_size,
-        backend=config.backend,
-        exploring_starts=config.exploring_starts,
-        algorithm="sac",
-    )
+    data = Collector.for_config(config, device, "sac")
     space = data.action_space
     policy = TanhGaussianMLP(
         data.observation_space,

@@ -33,6 +33,7 @@ import rl_as_inference as rlai
 from rl_as_inference import envs, guides, models
 from rl_as_inference.algos.collect import Collector
 from rl_as_inference.algos.sac import TrainResult, make_temperature, uniform_log_prior
+from rl_as_inference.algos.settings import RunSettings
 from rl_as_inference.algos.stats import IntervalMeans, emit_row, finish, row_due
 from rl_as_inference.critics import TwinQ, soft_q_loss
 from rl_as_inference.resume import Checkpointer
@@ -41,12 +42,9 @@ __all__ = ["SVIConfig", "train"]
 
 
 @dataclass
-class SVIConfig:
+class SVIConfig(RunSettings):
     """Hyperparameters of segment SVI (critic settings as SAC's rl-baselines3-zoo Pendulum-v1 ones)."""
 
-    env: str = "Pendulum-v1"
-    total_env_steps: int = 20_000
-    num_envs: int = 1
     learning_starts: int = 1_000
     horizon: int = 5  # H: steps differentiated through the dynamics per actor update
     batch_size: int = 256  # transitions per critic update
@@ -68,11 +66,6 @@ class SVIConfig:
     alpha_anneal_steps: int | None = None  # env steps of the schedule (None: total_env_steps)
     target_entropy: float | None = None  # None: -dim(A)
     n_step: int = 1  # critic targets from n-step returns (1: one-step T^{pi,q})
-    exploring_starts: float = 0.0  # share of training resets drawn anywhere in the state box (0: p(s_0))
-    rescale_obs: bool = False  # map bounded observation coordinates onto [-1, 1] (ObservationEncoder)
-    seed: int = 0
-    device: str = "cpu"
-    log_every: int = 1_000
 
 
 def train(
@@ -100,16 +93,8 @@ def _train(
         raise ValueError(f"objective={config.objective!r} is not allowed; use 'maxent' or 'kl'")
     device = envs.base.resolve_device(config.device)
     torch.manual_seed(config.seed)
-    data = Collector(
-        config.env,
-        num_envs=config.num_envs,
-        device=device,
-        seed=config.seed,
-        buffer_size=config.buffer_size,
-        store_states=True,  # the actor re-simulates from replayed states
-        exploring_starts=config.exploring_starts,
-        algorithm="svi",
-    )
+    # store_states: the actor re-simulates from replayed states
+    data = Collector.for_config(config, device, "svi", store_states=True)
     env, space, obs_space = data.env, data.action_space, data.observation_space
     if not env.differentiable:
         raise ValueError(

@@ -42,6 +42,7 @@ from torch.distributions import Categorical, Distribution, Independent, Normal, 
 from rl_as_inference import envs
 from rl_as_inference.algos.collect import EpisodeReturns
 from rl_as_inference.algos.sac import TrainResult
+from rl_as_inference.algos.settings import RunSettings
 from rl_as_inference.algos.stats import IntervalMeans, emit_row, finish, row_due
 from rl_as_inference.guides.policies import CategoricalMLP, GaussianMLP, ObservationEncoder, mlp
 from rl_as_inference.resume import Checkpointer
@@ -52,7 +53,7 @@ LOG_DUAL_MIN = -18.0  # log(1.5e-8): the projection of the duals onto (nearly) p
 
 
 @dataclass
-class VMPOConfig:
+class VMPOConfig(RunSettings):
     """Hyperparameters of V-MPO.
 
     The structure follows the paper: the top half of the advantages, n-step targets bootstrapped
@@ -68,9 +69,10 @@ class VMPOConfig:
     size MPO uses; the Pendulum-v1 recipe loosens them.
     """
 
-    env: str = "CartPole-v1"
+    env: str = "CartPole-v1"  # shared settings (RunSettings) with V-MPO's own defaults
     total_env_steps: int = 50_000
     num_envs: int = 32  # parallel functional envs collecting on-policy data
+    log_every: int = 5_000
     unroll_length: int = 16  # steps per env per batch: the n of the n-step targets
     updates_per_batch: int = 8  # learner steps on each collected batch
     target_update_every: int = 32  # learner steps between copies of pi into pi_old (K): 4 batches
@@ -90,11 +92,6 @@ class VMPOConfig:
     max_grad_norm: float | None = None  # None: no clipping of the network gradients
     hidden: tuple[int, ...] = (64, 64)
     activation: str = "Tanh"  # a torch.nn activation, for the policy and the value network
-    rescale_obs: bool = False  # map bounded observation coordinates onto [-1, 1] (ObservationEncoder)
-    exploring_starts: float = 0.0  # share of training resets drawn anywhere in the state box (0: p(s_0))
-    seed: int = 0
-    device: str = "cpu"
-    log_every: int = 5_000  # env steps between metric rows
 
 
 class StateValue(nn.Module):
