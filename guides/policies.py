@@ -75,6 +75,8 @@ class ObservationEncoder(nn.Module):
             if self.rescale:
                 low, high = space.low.astype(np.float64), space.high.astype(np.float64)
                 finite = np.isfinite(low) & np.isfinite(high)
+                # inf - inf would warn (and give NaN) where a coordinate is unbounded: zero those first
+                low, high = np.where(finite, low, 0.0), np.where(finite, high, 0.0)
                 center = np.where(finite, (low + high) / 2, 0.0)
                 half = np.where(finite, (high - low) / 2, 1.0)
                 self.register_buffer("center", torch.as_tensor(center, dtype=torch.float32), persistent=False)

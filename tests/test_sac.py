@@ -72,6 +72,21 @@ def test_twin_q_with_rescaled_observations_sees_the_box_faces_as_plus_minus_one(
     assert not torch.allclose(plain.min(faces, action), critic.min(faces, action))
 
 
+def test_rescaling_passes_unbounded_coordinates_unchanged_and_warns_about_nothing():
+    import warnings
+
+    from rl_as_inference.guides.policies import ObservationEncoder
+
+    space = envs.make("CartPole-v1").observation_space  # x and theta bounded, both velocities not
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # inf - inf in the bounds used to raise a RuntimeWarning
+        encoder = ObservationEncoder(space, rescale=True)
+    obs = torch.tensor([[4.8, 3.0, -0.41887903, -7.0], [0.0, -2.0, 0.0, 5.0]])
+    out = encoder(obs, torch.float32)
+    assert torch.allclose(out[:, [0, 2]], torch.tensor([[1.0, -1.0], [0.0, 0.0]]), atol=1e-6)
+    assert torch.equal(out[:, [1, 3]], obs[:, [1, 3]])
+
+
 def test_sac_actor_loss_equals_the_trajectory_elbo_at_horizon_one():
     env = envs.make("Pendulum-v1")
     alpha, gamma = 0.3, 0.9
