@@ -224,6 +224,9 @@ def test_interval_means_average_every_step_and_survive_a_checkpoint():
     copy.load_state_dict(stats.state_dict())
     assert stats.pop() == {"kl": 1.5, "loss": 3.0} == copy.pop()
     assert stats.pop() == {}
+    stats.add({"loss": 1.0})  # floats only: no tensor to say where the sums live
+    stats.add({"loss": 2.0})
+    assert stats.pop() == {"loss": 1.5}
 
 
 def test_mpo_logs_m_step_kl_averaged_over_the_interval():

@@ -67,8 +67,10 @@ class IntervalMeans:
         if not self.count:
             return {}
         keys = list(self.sums)
-        values = [torch.as_tensor(self.sums[k]).double().cpu() for k in keys]
-        means = (torch.stack(values) / self.count).tolist()
+        # Stack where the sums live and copy once: a .cpu() per statistic would sync once per key.
+        device = next((v.device for v in self.sums.values() if isinstance(v, torch.Tensor)), None)
+        values = [torch.as_tensor(self.sums[k], dtype=torch.float64, device=device) for k in keys]
+        means = (torch.stack(values) / self.count).cpu().tolist()
         self.sums, self.count = {}, 0
         return dict(zip(keys, means, strict=True))
 
