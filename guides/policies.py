@@ -112,9 +112,13 @@ class _MLPPolicy(Policy):
         self, observation_space: gym.Space, out_dim: int, hidden: Sequence[int], activation, rescale_obs: bool
     ):
         super().__init__()
-        self.rescale_obs = bool(rescale_obs)
         self.encoder = ObservationEncoder(observation_space, rescale=rescale_obs)
         self.net = mlp([self.encoder.dim, *hidden, out_dim], activation)
+
+    @property
+    def rescale_obs(self) -> bool:
+        """Whether bounded observation coordinates are mapped onto [-1, 1] (the encoder's setting)."""
+        return self.encoder.rescale
 
     def features(self, obs: torch.Tensor) -> torch.Tensor:
         return self.net(self.encoder(obs, self.net[0].weight.dtype))
