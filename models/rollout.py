@@ -39,12 +39,15 @@ class Trajectory(NamedTuple):
         actions: ``[H, N, *action_shape]`` (garbage where ``alive`` is False).
         rewards: ``[H, N]`` undiscounted rewards r_t, zero after termination.
         alive: ``[H, N]`` bool, True where step t belongs to the episode.
+        terminated: ``[H, N]`` bool, True where the episode ended at step t (a rollout always
+            fills it; ``None`` only in a Trajectory built by hand).
     """
 
     states: torch.Tensor
     actions: torch.Tensor
     rewards: torch.Tensor
     alive: torch.Tensor
+    terminated: torch.Tensor | None = None
 
     @property
     def returns(self) -> torch.Tensor:
@@ -182,7 +185,7 @@ def rollout(
                     f"{', '.join(map(str, env.state_shape))}] for {num_episodes} episodes"
                 )
             state = init_state
-        states, actions, rewards, alives = [state], [], [], []
+        states, actions, rewards, alives, ends = [state], [], [], [], []
         for t in range(horizon):
             sites.set_alive(alive)
             action = sites.action(t, state, action_dist(t, state))
@@ -201,6 +204,7 @@ def rollout(
             actions.append(action)
             rewards.append(torch.where(alive, step.reward, torch.zeros_like(step.reward)))
             alives.append(alive)
+            ends.append(alive & step.terminated)
             alive = alive & ~step.terminated
         if optimality is not None and optimality.terminal_value is not None:
             sites.set_alive(alive)
@@ -211,4 +215,6 @@ def rollout(
                     f"got {tuple(value.shape)}"
                 )
             sites.factor(horizon, (optimality.gamma**horizon / optimality.alpha) * value)
-    return Trajectory(torch.stack(states), torch.stack(actions), torch.stack(rewards), torch.stack(alives))
+    return Trajectory(
+        torch.stack(states), torch.stack(actions), torch.stack(rewards), torch.stack(alives), torch.stack(ends)
+    )

@@ -27,6 +27,7 @@ __all__ = [
     "bellman_operator",
     "bellman_target",
     "greedy_in_kl",
+    "lambda_returns",
     "n_step_target",
     "policy_evaluation",
     "soft_value_of_distribution",
@@ -90,6 +91,39 @@ def n_step_target(
         if k > 0:
             target = target - kl_penalties[k]
     return target
+
+
+def lambda_returns(
+    rewards: torch.Tensor, terminated: torch.Tensor, values: torch.Tensor, gamma: float, lam: float
+) -> torch.Tensor:
+    """TD(lambda) targets of a state value along on-policy paths, cut at termination.
+
+    G_t = r_t + gamma (1 - terminated_t) ((1 - lambda) V(s_{t+1}) + lambda G_{t+1}), G_T = V(s_T):
+    lambda = 0 is the one-step target r_t + gamma V(s_{t+1}) (:func:`bellman_target`), lambda = 1
+    the whole path's discounted return plus gamma^(T-t) V(s_T). For the soft value of T^{pi,q},
+    pass soft rewards r_t - alpha (log q(a_t|s_t) - log pi(a_t|s_t)).
+
+    Args:
+        rewards: ``[T, B]`` (soft) rewards of steps 0..T-1.
+        terminated: ``[T, B]`` bool, True where step t ended the episode (no bootstrap past it).
+        values: ``[T+1, B]`` V(s_0)..V(s_T) (only s_1..s_T are used).
+        gamma: discount; lam: lambda in [0, 1].
+
+    Returns:
+        ``[T, B]`` targets G_0..G_{T-1}.
+    """
+    horizon = rewards.shape[0]
+    if values.shape[0] != horizon + 1:
+        raise ValueError(
+            f"values must have T + 1 = {horizon + 1} rows for T = {horizon} rewards, got {values.shape[0]}"
+        )
+    target = values[horizon]
+    out = []
+    for t in reversed(range(horizon)):
+        cont = (~terminated[t]).to(rewards.dtype)
+        target = rewards[t] + gamma * cont * ((1.0 - lam) * values[t + 1] + lam * target)
+        out.append(target)
+    return torch.stack(out[::-1])
 
 
 def greedy_in_kl(q_values: torch.Tensor, log_prior: torch.Tensor, alpha: float) -> torch.Tensor:

@@ -12,7 +12,7 @@ from torch import nn
 from rl_as_inference import bellman
 from rl_as_inference.guides.policies import ObservationEncoder, mlp
 
-__all__ = ["QNetwork", "TwinQ", "soft_q_loss"]
+__all__ = ["QNetwork", "StateValue", "TwinQ", "soft_q_loss"]
 
 
 class QNetwork(nn.Module):
@@ -40,6 +40,25 @@ class QNetwork(nn.Module):
         if self.discrete:
             return self.net(x)
         return self.net(torch.cat((x, action.to(x.dtype)), dim=-1)).squeeze(-1)
+
+
+class StateValue(nn.Module):
+    """V(s): an MLP over the (encoded) observation; ``forward(obs)`` returns ``[*B]`` values."""
+
+    def __init__(
+        self,
+        observation_space: gym.Space,
+        hidden: tuple[int, ...],
+        activation: type[nn.Module],
+        rescale_obs: bool = False,
+    ):
+        super().__init__()
+        self.encoder = ObservationEncoder(observation_space, rescale=rescale_obs)
+        self.net = mlp([self.encoder.dim, *hidden, 1], activation)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        """Values of a batch of observations ``[*B, ...]`` -> ``[*B]``."""
+        return self.net(self.encoder(obs, self.net[0].weight.dtype)).squeeze(-1)
 
 
 class TwinQ(nn.Module):

@@ -1,5 +1,5 @@
 """Resumable training: a run stopped mid-way and resumed from its training state ends bit-identical
-to an uninterrupted one (CPU), for every replay-based algorithm."""
+to an uninterrupted one (CPU), for every replay-based algorithm and on-policy segment SVI."""
 
 from __future__ import annotations
 
@@ -19,6 +19,10 @@ CASES = {
         mpo.MPOConfig(env="CartPole-v1", num_envs=3, target_policy_update_every=9, **SMALL),
     ),
     "mpo-gaussian": (mpo, mpo.MPOConfig(env="Pendulum-v1", num_samples=4, **SMALL)),
+    "svi-rollout": (
+        svi,
+        svi.SVIConfig(env="Pendulum-v1", start_states="rollout", num_envs=4, horizon=3, alpha=None, **SMALL),
+    ),
 }
 
 
@@ -41,7 +45,8 @@ def test_interrupted_and_resumed_run_ends_bit_identical(name, tmp_path):
         )
     saved = read_train_state(tmp_path / "cut.pt")
     # the checkpoint at >= 500 would come at the top of the next iteration, which never ran
-    assert 250 <= saved["env_steps"] < 250 + config.num_envs
+    steps_per_iteration = config.num_envs * (config.horizon if name == "svi-rollout" else 1)
+    assert 250 <= saved["env_steps"] < 250 + steps_per_iteration
     rows = []
     resumed = module.train(
         config, callback=rows.append, checkpointer=Checkpointer(tmp_path / "cut.pt", every=250, resume=True)

@@ -31,6 +31,7 @@ from torch.distributions import Independent, Normal, kl_divergence
 from rl_as_inference import envs
 from rl_as_inference.algos.collect import Collector
 from rl_as_inference.algos.sac import TrainResult
+from rl_as_inference.algos.schedules import decay_learning_rates
 from rl_as_inference.algos.settings import RunSettings
 from rl_as_inference.algos.stats import IntervalMeans, emit_row, finish, row_due
 from rl_as_inference.critics import TwinQ, soft_q_loss
@@ -236,10 +237,9 @@ def train(
         if data.env_steps < config.learning_starts:
             continue
         if config.anneal_lr:
-            frac = 1.0 - data.env_steps / config.total_env_steps
-            for opt, lr in ((policy_opt, config.policy_lr), (critic_opt, config.critic_lr)):
-                for group in opt.param_groups:
-                    group["lr"] = lr * frac
+            groups = [(g, config.policy_lr) for g in policy_opt.param_groups]
+            groups += [(g, config.critic_lr) for g in critic_opt.param_groups]
+            decay_learning_rates(groups, data.env_steps, config.total_env_steps)
         batch = data.sample(config.batch_size, n_step=config.n_step, gamma=config.gamma)
         # ---- critic: T^{pi,q} at alpha = 0 against the target policy (plain expected Q backup)
         critic_loss = soft_q_loss(critic, target_policy, batch, alpha=0.0, log_pi=0.0, gamma=config.gamma)

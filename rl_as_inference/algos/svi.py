@@ -33,12 +33,16 @@ import rl_as_inference as rlai
 from rl_as_inference import envs, guides, models
 from rl_as_inference.algos.collect import Collector
 from rl_as_inference.algos.sac import TrainResult, make_temperature, uniform_log_prior
+from rl_as_inference.algos.schedules import decay_learning_rates
 from rl_as_inference.algos.settings import RunSettings
 from rl_as_inference.algos.stats import IntervalMeans, emit_row, finish, row_due
+from rl_as_inference.algos.svi_rollout import train_on_rollouts
 from rl_as_inference.critics import TwinQ, soft_q_loss
 from rl_as_inference.resume import Checkpointer
 
-__all__ = ["SVIConfig", "train"]
+__all__ = ["START_STATES", "SVIConfig", "train"]
+
+START_STATES = ("replay", "rollout")
 
 
 @dataclass
@@ -66,6 +70,13 @@ class SVIConfig(RunSettings):
     alpha_anneal_steps: int | None = None  # env steps of the schedule (None: total_env_steps)
     target_entropy: float | None = None  # None: -dim(A)
     n_step: int = 1  # critic targets from n-step returns (1: one-step T^{pi,q})
+    # "replay": segments start at replayed states, twin soft Q critics (this module); "rollout":
+    # segments continue the envs' own episodes, soft V critic by TD(lambda) (svi_rollout)
+    start_states: str = "replay"
+    anneal_lr: bool = False  # decay the actor and critic learning rates linearly to 0 over the budget
+    td_lambda: float = 0.95  # rollout: lambda of the critic's TD(lambda) targets
+    critic_updates: int = 4  # rollout: critic steps per segment
+    reward_scale: float = 1.0  # rollout: the critic learns reward_scale * V (targets of order one)
 
 
 def train(
@@ -78,7 +89,13 @@ def train(
     checkpointer as in :func:`rl_as_inference.algos.sac.train`)."""
     # A param-store scope of its own: the guide registers its policy with Pyro, and a second run in
     # the same process (or the caller's own guides) must not meet this run's parameters.
+    if config.objective not in ("maxent", "kl"):
+        raise ValueError(f"objective={config.objective!r} is not allowed; use 'maxent' or 'kl'")
+    if config.start_states not in START_STATES:
+        raise ValueError(f"start_states={config.start_states!r} is not allowed; use one of {START_STATES}")
     with pyro.get_param_store().scope():
+        if config.start_states == "rollout":
+            return train_on_rollouts(config, callback=callback, checkpointer=checkpointer)
         return _train(config, callback=callback, checkpointer=checkpointer)
 
 
@@ -89,8 +106,6 @@ def _train(
     checkpointer: Checkpointer | None = None,
 ) -> TrainResult:
     """The body of :func:`train`, run inside its param-store scope."""
-    if config.objective not in ("maxent", "kl"):
-        raise ValueError(f"objective={config.objective!r} is not allowed; use 'maxent' or 'kl'")
     device = envs.base.resolve_device(config.device)
     torch.manual_seed(config.seed)
     # store_states: the actor re-simulates from replayed states
@@ -143,6 +158,10 @@ def _train(
         data.step(None if data.env_steps < config.learning_starts else policy)
         if data.env_steps < config.learning_starts:
             continue
+        if config.anneal_lr:
+            groups = [(g, config.actor_lr) for g in actor_opt.param_groups]
+            groups += [(g, config.critic_lr) for g in critic_opt.param_groups]
+            decay_learning_rates(groups, data.env_steps, config.total_env_steps)
         temperature.advance(data.env_steps)
         alpha = temperature.value  # a device tensor when learned: never read back in the loop
         batch = data.sample(config.batch_size, n_step=config.n_step, gamma=config.gamma)

@@ -42,9 +42,11 @@ from torch.distributions import Categorical, Distribution, Independent, Normal, 
 from rl_as_inference import envs
 from rl_as_inference.algos.collect import EpisodeReturns
 from rl_as_inference.algos.sac import TrainResult
+from rl_as_inference.algos.schedules import decay_learning_rates
 from rl_as_inference.algos.settings import RunSettings
 from rl_as_inference.algos.stats import IntervalMeans, emit_row, finish, row_due
-from rl_as_inference.guides.policies import CategoricalMLP, GaussianMLP, ObservationEncoder, mlp
+from rl_as_inference.critics import StateValue
+from rl_as_inference.guides.policies import CategoricalMLP, GaussianMLP
 from rl_as_inference.resume import Checkpointer
 
 __all__ = ["Rollouts", "StateValue", "VMPOConfig", "nstep_returns", "train", "vmpo_losses"]
@@ -92,25 +94,6 @@ class VMPOConfig(RunSettings):
     max_grad_norm: float | None = None  # None: no clipping of the network gradients
     hidden: tuple[int, ...] = (64, 64)
     activation: str = "Tanh"  # a torch.nn activation, for the policy and the value network
-
-
-class StateValue(nn.Module):
-    """V(s): an MLP over the (encoded) observation; ``forward(obs)`` returns ``[*B]`` values."""
-
-    def __init__(
-        self,
-        observation_space: gym.Space,
-        hidden: tuple[int, ...],
-        activation: type[nn.Module],
-        rescale_obs: bool = False,
-    ):
-        super().__init__()
-        self.encoder = ObservationEncoder(observation_space, rescale=rescale_obs)
-        self.net = mlp([self.encoder.dim, *hidden, 1], activation)
-
-    def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        """Values of a batch of observations ``[*B, ...]`` -> ``[*B]``."""
-        return self.net(self.encoder(obs, self.net[0].weight.dtype)).squeeze(-1)
 
 
 def nstep_returns(
@@ -356,9 +339,10 @@ def train(
     while data.env_steps < config.total_env_steps:
         ckpt.maybe_save(data.env_steps, time.perf_counter() - start)
         if config.anneal_lr:
-            remaining = max(0.0, 1.0 - data.env_steps / config.total_env_steps)
-            for group, lr in zip(net_opt.param_groups, (config.policy_lr, config.value_lr), strict=True):
-                group["lr"] = lr * remaining
+            lrs = (config.policy_lr, config.value_lr)
+            decay_learning_rates(
+                zip(net_opt.param_groups, lrs, strict=True), data.env_steps, config.total_env_steps
+            )
         # ---- an on-policy batch: T steps of N envs, and its n-step targets under the current V
         batch = data.unroll(policy, config.unroll_length)
         with torch.no_grad():

@@ -1,0 +1,198 @@
+"""Segment SVI on the learner's own rollouts: ``svi`` with ``start_states = "rollout"``.
+
+The same trajectory model and ELBO as :mod:`rl_as_inference.algos.svi`,
+
+    ELBO = E_q[ sum_{t<H} gamma^t r_t / alpha + gamma^H V(s_H) / alpha ] - E_q[ sum_{t<H} KL(q || pi) ],
+
+(seed eq. 2; eq. 10 with pi uniform), but the H-step segments are not re-simulated from replayed
+states: they continue the ``num_envs`` episodes the learner is playing (:class:`SegmentEnvs`). One
+rollout of the guide is at once the interaction with the envs, the Monte-Carlo sample of the ELBO
+(its gradient pathwise through the differentiable dynamics) and the critic's data. This is the
+short-horizon actor-critic of differentiable simulators (SHAC, Xu et al. 2022) written as SVI:
+
+- actor: one step on -ELBO (in reward units, times alpha) per segment;
+- critic: a soft state value V, regressed ``critic_updates`` times per segment on TD(lambda)
+  targets of the segment's soft rewards r_t - alpha (log q - log pi) (:func:`bellman.lambda_returns`),
+  bootstrapped from a target copy that tracks it at rate ``tau``. It learns ``reward_scale`` times
+  the value (targets of order one are easier to fit); the terminal factor divides that back out.
+- temperature: fixed, scheduled, or the dual of the entropy target (maxent) / KL bound (kl), fed
+  with the segment's own log q - log pi, so it costs no extra forward pass.
+
+With no replay buffer and no twin Q, each env step is used once; what it buys is that every
+update is cheap, on-policy and sees the dynamics' gradient over H steps, with many envs in
+parallel. The replay-buffer settings of :class:`~rl_as_inference.algos.svi.SVIConfig`
+(``learning_starts``, ``batch_size``, ``actor_batch_size``, ``buffer_size``, ``n_step``) do not apply.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+import rl_as_inference as rlai
+from rl_as_inference import bellman, envs, guides, models
+from rl_as_inference.algos.sac import TrainResult, make_temperature, uniform_log_prior
+from rl_as_inference.algos.schedules import decay_learning_rates
+from rl_as_inference.algos.segments import SegmentEnvs
+from rl_as_inference.algos.stats import IntervalMeans, emit_row, finish, row_due
+from rl_as_inference.critics import StateValue
+from rl_as_inference.elbo import ELBOTerms
+from rl_as_inference.resume import Checkpointer
+
+if TYPE_CHECKING:
+    from rl_as_inference.algos.svi import SVIConfig
+
+__all__ = ["segment_log_ratios", "train_on_rollouts"]
+
+
+def segment_log_ratios(terms: ELBOTerms, alpha: float | torch.Tensor, gamma: float) -> torch.Tensor:
+    """``[H, N]`` per-step log pi(a_t|s_t) - log q(a_t|s_t) (or -KL(q || pi) where analytic) of an
+    evaluated segment, read off the ELBO's own costs without another forward pass:
+    costs[t] = gamma^t r_t / alpha + that log-ratio (zero after termination)."""
+    rewards = terms.trajectory.rewards
+    discounts = gamma ** torch.arange(rewards.shape[0], device=rewards.device, dtype=rewards.dtype)
+    return terms.costs[: rewards.shape[0]] - discounts[:, None] * rewards / alpha
+
+
+def _check(config: SVIConfig) -> None:
+    if not 0.0 <= config.td_lambda <= 1.0:
+        raise ValueError(f"td_lambda={config.td_lambda!r} is not allowed; use a value in [0, 1]")
+    if isinstance(config.critic_updates, bool) or config.critic_updates < 1:
+        raise ValueError(f"critic_updates={config.critic_updates!r} is not allowed; use an int >= 1")
+    if not config.reward_scale > 0:
+        raise ValueError(f"reward_scale={config.reward_scale!r} is not allowed; use a number > 0")
+    if not 0.0 < config.tau <= 1.0:
+        raise ValueError(f"tau={config.tau!r} is not allowed; use a value in (0, 1]")
+
+
+def train_on_rollouts(
+    config: SVIConfig,
+    *,
+    callback: Callable[[dict], None] | None = None,
+    checkpointer: Checkpointer | None = None,
+) -> TrainResult:
+    """Train segment SVI on the learner's own rollouts (call through :func:`svi.train`, which opens
+    the param-store scope and dispatches on ``config.start_states``)."""
+    _check(config)
+    device = envs.base.resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    data = SegmentEnvs(
+        config.env,
+        num_envs=config.num_envs,
+        device=device,
+        seed=config.seed,
+        exploring_starts=config.exploring_starts,
+    )
+    env, space, obs_space = data.env, data.action_space, data.observation_space
+    if not isinstance(space, gym.spaces.Box):
+        raise ValueError(f"svi needs a continuous (Box) action space; {config.env} has {space}")
+    if not env.differentiable:
+        raise ValueError(
+            f"svi needs a differentiable env with continuous actions; {config.env} is not differentiable"
+        )
+    policy = guides.TanhGaussianMLP(
+        obs_space, space, hidden=config.hidden, activation=torch.nn.ReLU, rescale_obs=config.rescale_obs
+    ).to(device)
+    value = StateValue(obs_space, config.hidden, torch.nn.ReLU, rescale_obs=config.rescale_obs).to(device)
+    target = copy.deepcopy(value).requires_grad_(False)
+    actor_opt = torch.optim.Adam(policy.parameters(), lr=config.actor_lr)
+    critic_opt = torch.optim.Adam(value.parameters(), lr=config.critic_lr)
+    temperature = make_temperature(config, device)
+    target_entropy = -float(np.prod(space.shape)) if config.target_entropy is None else config.target_entropy
+    log_pi = uniform_log_prior(space)
+    horizon, gamma, scale = config.horizon, config.gamma, config.reward_scale
+
+    if config.objective == "maxent":
+        reference = None
+        prior = models.UniformPrior(space)
+    else:
+        reference = copy.deepcopy(policy).requires_grad_(False)
+        prior = models.PolicyPrior(lambda state: reference(env.observe(state)))
+    guide = guides.PolicyGuide(env, policy, horizon=horizon, name="svi_policy")
+    loss_fn = rlai.TrajectoryELBO(reduction="mean")
+
+    def soft_value(state: torch.Tensor) -> torch.Tensor:
+        """The terminal factor's V(s_H) in reward units (the critic learns it times reward_scale)."""
+        return value(env.observe(state, dtype=None).float()) / scale
+
+    result = TrainResult(policy=policy)
+    loop = {"actor_steps": 0, "next_log": config.log_every, "wall_time": 0.0}
+    interval = IntervalMeans()
+    ckpt = checkpointer or Checkpointer(None)
+    components = {
+        "data": data,
+        "policy": policy,
+        "value": value,
+        "target": target,
+        "actor_opt": actor_opt,
+        "critic_opt": critic_opt,
+        "temperature": temperature,
+        "loss": loss_fn,
+        "stats": interval,
+    }
+    if reference is not None:
+        components["reference"] = reference
+    ckpt.attach("svi-rollout", components, loop)
+    start = time.perf_counter() - loop["wall_time"]
+    while data.env_steps < config.total_env_steps:
+        ckpt.maybe_save(data.env_steps, time.perf_counter() - start)
+        if config.anneal_lr:
+            groups = [(g, config.actor_lr) for g in actor_opt.param_groups]
+            groups += [(g, config.critic_lr) for g in critic_opt.param_groups]
+            decay_learning_rates(groups, data.env_steps, config.total_env_steps)
+        temperature.advance(data.env_steps)
+        alpha = temperature.value
+        # ---- actor: one SVI step on the segment that continues every env's episode
+        model = models.TrajectoryModel(
+            env, prior, horizon=horizon, alpha=alpha, gamma=gamma, terminal_value=soft_value
+        )
+        terms = loss_fn.terms(model, guide, data.num_envs, data.states)
+        actor_loss = alpha * terms.surrogate  # reward units: the step size does not drift with alpha
+        actor_opt.zero_grad()
+        actor_loss.backward()
+        actor_opt.step()
+        loop["actor_steps"] += 1
+        if reference is not None and loop["actor_steps"] % config.prior_update_every == 0:
+            reference.load_state_dict(policy.state_dict())
+        traj = terms.trajectory
+
+        # ---- critic: TD(lambda) on the segment's soft rewards, from the target copy
+        with torch.no_grad():
+            alive = traj.alive.to(torch.float32)
+            log_ratio = segment_log_ratios(terms, alpha, gamma)
+            soft_rewards = scale * (traj.rewards + alpha * log_ratio)
+            obs = env.observe(traj.states, dtype=None).float()
+            returns = bellman.lambda_returns(
+                soft_rewards, traj.terminated, target(obs), gamma, config.td_lambda
+            )
+            weight = alive / alive.sum().clamp(min=1.0)
+        for _ in range(config.critic_updates):
+            critic_loss = ((value(obs[:horizon]) - returns).square() * weight).sum()
+            critic_opt.zero_grad()
+            critic_loss.backward()
+            critic_opt.step()
+        with torch.no_grad():
+            for p_target, p in zip(target.parameters(), value.parameters(), strict=True):
+                p_target.lerp_(p, config.tau)
+
+        # ---- temperature: the same duals as replay svi, from the segment's log-ratios
+        mean_log_ratio = (log_ratio * weight).sum()
+        if reference is None:  # maxent: log q = log pi - log_ratio; constraint E[-log q] >= target
+            temperature.dual_step(log_pi - mean_log_ratio + target_entropy)
+        else:  # kl: E[KL(q || pi_k)] <= kl_bound
+            temperature.dual_step(-mean_log_ratio - config.kl_bound)
+        data.advance(traj)
+        step_stats = {"critic_loss": critic_loss, "actor_loss": actor_loss, "elbo": terms.elbo}
+        interval.add(step_stats | ({"kl": -mean_log_ratio} if reference is not None else {}))
+        if row_due(loop, data.env_steps, config):
+            # elbo: per episode, in nats (H-step segment + terminal value); kl: E[KL(q || pi_k)]
+            # over the segments' steps ("kl" objective; NaN for maxent)
+            stats = {"alpha": temperature.item(), "kl": float("nan")} | interval.pop()
+            emit_row(result, callback, data, start, stats)
+    return finish(result, data, ckpt, start)
