@@ -216,5 +216,9 @@ def rollout(
                 )
             sites.factor(horizon, (optimality.gamma**horizon / optimality.alpha) * value)
     return Trajectory(
-        torch.stack(states), torch.stack(actions), torch.stack(rewards), torch.stack(alives), torch.stack(ends)
+        torch.stack(states),
+        torch.stack(actions),
+        torch.stack(rewards),
+        torch.stack(alives),
+        torch.stack(ends),
     )
