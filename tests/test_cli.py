@@ -145,7 +145,7 @@ def test_default_algorithm_comes_from_the_recipe(tmp_path):
     argv = ["train", "--env", "Pendulum-v1", "--out", str(out), "--set", "horizon=2", *TINY]
     assert main(argv) == 0
     config = tomllib.loads((out / "config.toml").read_text())
-    assert config["algo"] == "svi" and config["horizon"] == 2 and config["actor_batch_size"] == 64
+    assert config["algo"] == "svi" and config["horizon"] == 2 and config["start_states"] == "rollout"
     assert rlai.load_policy(out).act(np.zeros(3, dtype=np.float32)).shape == (1,)
 
 

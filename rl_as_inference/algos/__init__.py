@@ -1,13 +1,15 @@
 """Algorithms of the seed's family, each a small module that reads top to bottom.
 
-- ``svi``: trajectory SVI over H-step segments with a learned soft terminal value (the flagship);
+- ``svi``: trajectory SVI over H-step segments with a learned soft terminal value (the flagship),
+  started at replayed states or, in ``svi_rollout``, continuing the learner's own envs;
 - ``sac``: its H = 1, no-dynamics-gradient special case;
 - ``em``: coordinate ascent variant A (SVI E-step against pi_k, M-step pi_{k+1} := q_k);
 - ``mpo``: variant B (non-parametric E-step with a temperature dual, KL-constrained weighted
   maximum likelihood M-step), Gaussian and categorical policies, off-policy from a replay buffer;
 - ``vmpo``: on-policy V-MPO (top-half advantages, learned state value, KL-constrained M-step).
 
-``collect`` (replay collection) is shared by the off-policy ones.
+``collect`` (replay collection) is shared by the off-policy ones, ``segments`` carries the envs of
+on-policy segment SVI, ``schedules`` decays learning rates over the budget.
 """
 
 from . import em, mpo, sac, svi, vmpo
