@@ -12,7 +12,14 @@ from torch import nn
 from rl_as_inference import bellman
 from rl_as_inference.guides.policies import ObservationEncoder, mlp
 
-__all__ = ["QNetwork", "StateValue", "TwinQ", "soft_q_loss"]
+__all__ = ["QNetwork", "StateValue", "TwinQ", "polyak_update", "soft_q_loss"]
+
+
+@torch.no_grad()
+def polyak_update(target: nn.Module, online: nn.Module, tau: float) -> None:
+    """Polyak averaging of a target network: target <- (1 - tau) target + tau online."""
+    for online_param, target_param in zip(online.parameters(), target.parameters(), strict=True):
+        target_param.lerp_(online_param, tau)
 
 
 class QNetwork(nn.Module):
@@ -97,10 +104,8 @@ class TwinQ(nn.Module):
     @torch.no_grad()
     def update_target(self, tau: float) -> None:
         """Polyak averaging: target <- (1 - tau) target + tau online."""
-        for online, target in zip(self.q1.parameters(), self.target[0].parameters(), strict=True):
-            target.lerp_(online, tau)
-        for online, target in zip(self.q2.parameters(), self.target[1].parameters(), strict=True):
-            target.lerp_(online, tau)
+        polyak_update(self.target[0], self.q1, tau)
+        polyak_update(self.target[1], self.q2, tau)
 
 
 def soft_q_loss(

@@ -20,7 +20,6 @@ Reads top to bottom: config, networks, collection, critic, actor (SVI), temperat
 
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,13 +28,12 @@ import numpy as np
 import pyro
 import torch
 
-import rl_as_inference as rlai
-from rl_as_inference import envs, guides, models
+from rl_as_inference import envs, models
 from rl_as_inference.algos.collect import Collector
 from rl_as_inference.algos.sac import TrainResult, make_temperature, uniform_log_prior
-from rl_as_inference.algos.schedules import decay_learning_rates
 from rl_as_inference.algos.settings import RunSettings
 from rl_as_inference.algos.stats import IntervalMeans, emit_row, finish, row_due
+from rl_as_inference.algos.svi_actor import SegmentActor, anneal_actor_critic
 from rl_as_inference.algos.svi_rollout import train_on_rollouts
 from rl_as_inference.critics import TwinQ, soft_q_loss
 from rl_as_inference.resume import Checkpointer
@@ -111,57 +109,29 @@ def _train(
     # store_states: the actor re-simulates from replayed states
     data = Collector.for_config(config, device, "svi", store_states=True)
     env, space, obs_space = data.env, data.action_space, data.observation_space
-    if not env.differentiable:
-        raise ValueError(
-            f"svi needs a differentiable env with continuous actions; {config.env} is not differentiable"
-        )
-    policy = guides.TanhGaussianMLP(
-        obs_space, space, hidden=config.hidden, activation=torch.nn.ReLU, rescale_obs=config.rescale_obs
-    ).to(device)
+    actor = SegmentActor.build(config, env, device)  # q, the prior (uniform or pi_k), guide, loss
+    policy, reference = actor.policy, actor.reference
     critic = TwinQ(obs_space, space, hidden=config.hidden, rescale_obs=config.rescale_obs).to(device)
-    actor_opt = torch.optim.Adam(policy.parameters(), lr=config.actor_lr)
     critic_opt = torch.optim.Adam(critic.online_parameters(), lr=config.critic_lr)
     temperature = make_temperature(config, device)
     target_entropy = -float(np.prod(space.shape)) if config.target_entropy is None else config.target_entropy
     log_pi = uniform_log_prior(space)
 
-    # The trajectory model's prior: uniform (eq. 10) or a lagged copy of q (eq. 2).
-    if config.objective == "maxent":
-        reference = None
-        prior = models.UniformPrior(space)
-    else:
-        reference = copy.deepcopy(policy).requires_grad_(False)
-        prior = models.PolicyPrior(lambda state: reference(env.observe(state)))
-    guide = guides.PolicyGuide(env, policy, horizon=config.horizon, name="svi_policy")
-    loss_fn = rlai.TrajectoryELBO(reduction="mean")
-
     result = TrainResult(policy=policy)
     loop = {"actor_steps": 0, "next_log": config.log_every, "wall_time": 0.0}
     interval = IntervalMeans()  # statistics averaged over every actor step of a metric row
     ckpt = checkpointer or Checkpointer(None)
-    components = {
-        "data": data,
-        "policy": policy,
-        "critic": critic,
-        "actor_opt": actor_opt,
-        "critic_opt": critic_opt,
-        "temperature": temperature,
-        "loss": loss_fn,
-        "stats": interval,
-    }
-    if reference is not None:
-        components["reference"] = reference
-    ckpt.attach("svi", components, loop)  # em runs too: em is svi with the KL objective
+    components = {"data": data, "critic": critic, "critic_opt": critic_opt, "temperature": temperature}
+    ckpt.attach(
+        "svi", components | actor.components() | {"stats": interval}, loop
+    )  # em runs too: em is svi with the KL objective
     start = time.perf_counter() - loop["wall_time"]
     while data.env_steps < config.total_env_steps:
         ckpt.maybe_save(data.env_steps, time.perf_counter() - start)
         data.step(None if data.env_steps < config.learning_starts else policy)
         if data.env_steps < config.learning_starts:
             continue
-        if config.anneal_lr:
-            groups = [(g, config.actor_lr) for g in actor_opt.param_groups]
-            groups += [(g, config.critic_lr) for g in critic_opt.param_groups]
-            decay_learning_rates(groups, data.env_steps, config.total_env_steps)
+        anneal_actor_critic(config, actor, critic_opt, data.env_steps)
         temperature.advance(data.env_steps)
         alpha = temperature.value  # a device tensor when learned: never read back in the loop
         batch = data.sample(config.batch_size, n_step=config.n_step, gamma=config.gamma)
@@ -179,17 +149,19 @@ def _train(
             return critic.min(o, a) - alpha * (d.log_prob(a) - log_pi)
 
         model = models.TrajectoryModel(
-            env, prior, horizon=config.horizon, alpha=alpha, gamma=config.gamma, terminal_value=soft_value
+            env,
+            actor.prior,
+            horizon=config.horizon,
+            alpha=alpha,
+            gamma=config.gamma,
+            terminal_value=soft_value,
         )
         starts = batch["state"][: config.actor_batch_size]
-        elbo_loss = loss_fn.differentiable_loss(model, guide, len(starts), starts)
+        elbo_loss = actor.loss.differentiable_loss(model, actor.guide, len(starts), starts)
         actor_loss = alpha * elbo_loss  # reward units: the step size does not drift with alpha
-        actor_opt.zero_grad()
-        actor_loss.backward()
-        actor_opt.step()
+        actor.step(actor_loss)
         loop["actor_steps"] += 1
-        if config.objective == "kl" and loop["actor_steps"] % config.prior_update_every == 0:
-            reference.load_state_dict(policy.state_dict())
+        actor.refresh_prior(loop["actor_steps"], config.prior_update_every)
         # ---- temperature: a dual variable. maxent: the entropy constraint E[-log q] >= target_entropy;
         # kl: the trust region E_s[KL(q || pi_k)] <= kl_bound (alpha grows while q strays too far).
         with torch.no_grad():

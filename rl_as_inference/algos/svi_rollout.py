@@ -31,17 +31,15 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-import gymnasium as gym
 import numpy as np
 import torch
 
-import rl_as_inference as rlai
-from rl_as_inference import bellman, envs, guides, models
+from rl_as_inference import bellman, envs, models
 from rl_as_inference.algos.sac import TrainResult, make_temperature, uniform_log_prior
-from rl_as_inference.algos.schedules import decay_learning_rates
 from rl_as_inference.algos.segments import SegmentEnvs
 from rl_as_inference.algos.stats import IntervalMeans, emit_row, finish, row_due
-from rl_as_inference.critics import StateValue
+from rl_as_inference.algos.svi_actor import SegmentActor, anneal_actor_critic
+from rl_as_inference.critics import StateValue, polyak_update
 from rl_as_inference.elbo import ELBOTerms
 from rl_as_inference.resume import Checkpointer
 
@@ -90,76 +88,41 @@ def train_on_rollouts(
         exploring_starts=config.exploring_starts,
     )
     env, space, obs_space = data.env, data.action_space, data.observation_space
-    if not isinstance(space, gym.spaces.Box):
-        raise ValueError(f"svi needs a continuous (Box) action space; {config.env} has {space}")
-    if not env.differentiable:
-        raise ValueError(
-            f"svi needs a differentiable env with continuous actions; {config.env} is not differentiable"
-        )
-    policy = guides.TanhGaussianMLP(
-        obs_space, space, hidden=config.hidden, activation=torch.nn.ReLU, rescale_obs=config.rescale_obs
-    ).to(device)
+    actor = SegmentActor.build(config, env, device)  # q, the prior (uniform or pi_k), guide, loss
     value = StateValue(obs_space, config.hidden, torch.nn.ReLU, rescale_obs=config.rescale_obs).to(device)
     target = copy.deepcopy(value).requires_grad_(False)
-    actor_opt = torch.optim.Adam(policy.parameters(), lr=config.actor_lr)
     critic_opt = torch.optim.Adam(value.parameters(), lr=config.critic_lr)
     temperature = make_temperature(config, device)
     target_entropy = -float(np.prod(space.shape)) if config.target_entropy is None else config.target_entropy
     log_pi = uniform_log_prior(space)
     horizon, gamma, scale = config.horizon, config.gamma, config.reward_scale
 
-    if config.objective == "maxent":
-        reference = None
-        prior = models.UniformPrior(space)
-    else:
-        reference = copy.deepcopy(policy).requires_grad_(False)
-        prior = models.PolicyPrior(lambda state: reference(env.observe(state)))
-    guide = guides.PolicyGuide(env, policy, horizon=horizon, name="svi_policy")
-    loss_fn = rlai.TrajectoryELBO(reduction="mean")
-
     def soft_value(state: torch.Tensor) -> torch.Tensor:
         """The terminal factor's V(s_H) in reward units (the critic learns it times reward_scale)."""
         return value(env.observe(state, dtype=None).float()) / scale
 
-    result = TrainResult(policy=policy)
+    result = TrainResult(policy=actor.policy)
     loop = {"actor_steps": 0, "next_log": config.log_every, "wall_time": 0.0}
     interval = IntervalMeans()
     ckpt = checkpointer or Checkpointer(None)
-    components = {
-        "data": data,
-        "policy": policy,
-        "value": value,
-        "target": target,
-        "actor_opt": actor_opt,
-        "critic_opt": critic_opt,
-        "temperature": temperature,
-        "loss": loss_fn,
-        "stats": interval,
-    }
-    if reference is not None:
-        components["reference"] = reference
+    components = {"data": data, "value": value, "target": target, "critic_opt": critic_opt}
+    components |= {"temperature": temperature} | actor.components() | {"stats": interval}
     ckpt.attach("svi-rollout", components, loop)
     start = time.perf_counter() - loop["wall_time"]
     while data.env_steps < config.total_env_steps:
         ckpt.maybe_save(data.env_steps, time.perf_counter() - start)
-        if config.anneal_lr:
-            groups = [(g, config.actor_lr) for g in actor_opt.param_groups]
-            groups += [(g, config.critic_lr) for g in critic_opt.param_groups]
-            decay_learning_rates(groups, data.env_steps, config.total_env_steps)
+        anneal_actor_critic(config, actor, critic_opt, data.env_steps)
         temperature.advance(data.env_steps)
         alpha = temperature.value
         # ---- actor: one SVI step on the segment that continues every env's episode
         model = models.TrajectoryModel(
-            env, prior, horizon=horizon, alpha=alpha, gamma=gamma, terminal_value=soft_value
+            env, actor.prior, horizon=horizon, alpha=alpha, gamma=gamma, terminal_value=soft_value
         )
-        terms = loss_fn.terms(model, guide, data.num_envs, data.states)
+        terms = actor.loss.terms(model, actor.guide, data.num_envs, data.states)
         actor_loss = alpha * terms.surrogate  # reward units: the step size does not drift with alpha
-        actor_opt.zero_grad()
-        actor_loss.backward()
-        actor_opt.step()
+        actor.step(actor_loss)
         loop["actor_steps"] += 1
-        if reference is not None and loop["actor_steps"] % config.prior_update_every == 0:
-            reference.load_state_dict(policy.state_dict())
+        actor.refresh_prior(loop["actor_steps"], config.prior_update_every)
         traj = terms.trajectory
 
         # ---- critic: TD(lambda) on the segment's soft rewards, from the target copy
@@ -177,19 +140,17 @@ def train_on_rollouts(
             critic_opt.zero_grad()
             critic_loss.backward()
             critic_opt.step()
-        with torch.no_grad():
-            for p_target, p in zip(target.parameters(), value.parameters(), strict=True):
-                p_target.lerp_(p, config.tau)
+        polyak_update(target, value, config.tau)
 
         # ---- temperature: the same duals as replay svi, from the segment's log-ratios
         mean_log_ratio = (log_ratio * weight).sum()
-        if reference is None:  # maxent: log q = log pi - log_ratio; constraint E[-log q] >= target
+        if actor.reference is None:  # maxent: log q = log pi - log_ratio; constraint E[-log q] >= target
             temperature.dual_step(log_pi - mean_log_ratio + target_entropy)
         else:  # kl: E[KL(q || pi_k)] <= kl_bound
             temperature.dual_step(-mean_log_ratio - config.kl_bound)
         data.advance(traj)
         step_stats = {"critic_loss": critic_loss, "actor_loss": actor_loss, "elbo": terms.elbo}
-        interval.add(step_stats | ({"kl": -mean_log_ratio} if reference is not None else {}))
+        interval.add(step_stats | ({"kl": -mean_log_ratio} if actor.reference is not None else {}))
         if row_due(loop, data.env_steps, config):
             # elbo: per episode, in nats (H-step segment + terminal value); kl: E[KL(q || pi_k)]
             # over the segments' steps ("kl" objective; NaN for maxent)
