@@ -7,6 +7,7 @@ action plan (planning as inference).
 
 from .guides import OpenLoopGuide, PolicyGuide, TabularGuide, TrajectoryGuide
 from .policies import CategoricalMLP, GaussianMLP, ObservationEncoder, Policy, TanhGaussianMLP, mlp
+from .squashed import SquashedNormal
 
 __all__ = [
     "CategoricalMLP",
@@ -15,6 +16,7 @@ __all__ = [
     "OpenLoopGuide",
     "Policy",
     "PolicyGuide",
+    "SquashedNormal",
     "TabularGuide",
     "TanhGaussianMLP",
     "TrajectoryGuide",

@@ -9,14 +9,15 @@ import numpy as np
 import pyro.distributions as dist
 import torch
 from torch import nn
-from torch.distributions.transforms import AffineTransform, TanhTransform
+
+from .squashed import SquashedNormal
 
 __all__ = [
     "CategoricalMLP",
     "GaussianMLP",
     "ObservationEncoder",
     "Policy",
-    "SafeTanhTransform",
+    "SquashedNormal",
     "TanhGaussianMLP",
     "mlp",
     "squashed_gaussian",
@@ -25,24 +26,9 @@ __all__ = [
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 
 
-class SafeTanhTransform(TanhTransform):
-    """tanh whose inverse clamps to the open interval first.
-
-    A sampled action's log-density comes from the cached pre-tanh value; an action that was stored
-    and comes back later (a replay buffer, a second log_prob call) goes through atanh, and float32
-    tanh rounds to exactly +-1 for |u| > ~9, where atanh is infinite. Clamping keeps the density
-    finite (as if u were ~9), which is what a loss on stored actions needs.
-    """
-
-    def _inverse(self, y: torch.Tensor) -> torch.Tensor:
-        eps = torch.finfo(y.dtype).eps
-        return torch.atanh(y.clamp(-1 + eps, 1 - eps))
-
-
 def squashed_gaussian(loc: torch.Tensor, scale: torch.Tensor, mid: torch.Tensor, half: torch.Tensor):
     """mid + half * tanh(u), u ~ Normal(loc, scale): a distribution on the box [mid - half, mid + half]."""
-    transforms = [SafeTanhTransform(cache_size=1), AffineTransform(mid, half, event_dim=1, cache_size=1)]
-    return dist.TransformedDistribution(dist.Normal(loc, scale).to_event(1), transforms)
+    return SquashedNormal(loc, scale, mid, half)
 
 
 def mlp(sizes: Sequence[int], activation: type[nn.Module] = nn.Tanh) -> nn.Sequential:
@@ -211,7 +197,7 @@ class GaussianMLP(_MLPPolicy):
 class TanhGaussianMLP(_MLPPolicy):
     """q(a|s): u ~ Normal(mu(obs), sigma(obs)^2), a = mid + half * tanh(u), inside the action box.
 
-    The density includes the exact log-determinant of the squashing (torch's ``TanhTransform``,
+    The density includes the exact log-determinant of the squashing (:class:`SquashedNormal`,
     computed stably from u and cached, so log q of a saturated action stays finite). Support is
     the box, so KL against ``UniformPrior`` is finite: ELBO (10) = E[r]/alpha + H(q) - log vol.
 
@@ -238,10 +224,10 @@ class TanhGaussianMLP(_MLPPolicy):
             self.net[-1].weight[dim:].mul_(0.01)
             self.net[-1].bias[dim:].fill_(float(np.log(init_std)))
 
-    def forward(self, obs: torch.Tensor) -> dist.TransformedDistribution:
+    def forward(self, obs: torch.Tensor) -> SquashedNormal:
         loc, log_std = self.features(obs).chunk(2, dim=-1)
         scale = log_std.clamp(LOG_STD_MIN, LOG_STD_MAX).exp()
         return squashed_gaussian(loc, scale, self.action_mid, self.action_half)
 
     def mode(self, d) -> torch.Tensor:
-        return self.action_mid + self.action_half * torch.tanh(d.base_dist.base_dist.loc)
+        return d.mode

@@ -1,0 +1,121 @@
+"""The squashed Gaussian q(a|s) of bounded action spaces, with its density in closed form.
+
+a = mid + half * tanh(u), u ~ Normal(loc, scale), independently per action coordinate. Written as
+one Pyro distribution rather than torch's ``TransformedDistribution(Normal, [Tanh, Affine])``:
+the policy builds one of these per time step of every rollout, and the transform stack costs
+more to construct and score (its caches, its event-dim bookkeeping) than the arithmetic does.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pyro.distributions as dist
+import torch
+from pyro.distributions import constraints
+from torch.distributions import Normal, register_kl
+from torch.nn.functional import softplus
+
+__all__ = ["SquashedNormal"]
+
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+_LOG_2 = math.log(2.0)
+_NO_SAMPLE_SHAPE = torch.Size()
+
+
+class SquashedNormal(dist.TorchDistribution):
+    """mid + half * tanh(u), u ~ Normal(loc, scale) per coordinate: a density on the box [mid - half, mid + half].
+
+    The log-density is the change of variables
+    log q(a) = sum_i [log N(u_i; loc_i, scale_i) - log half_i - log(1 - tanh(u_i)^2)],
+    with log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2u)), which stays finite where tanh(u)
+    rounds to +-1. An action this distribution just sampled is scored from its cached u (exact,
+    and differentiable through u, as the pathwise ELBO gradient of seed eq. (10) needs); any other
+    action is mapped back by atanh, clamped inside the open box so a stored saturated action keeps
+    a finite density.
+
+    Args:
+        loc, scale: ``[..., d]`` parameters of u (the last dimension is the event).
+        mid, half: ``[d]`` (or broadcastable; numbers are accepted) centre and half-width of the
+            action box.
+    """
+
+    arg_constraints = {"loc": constraints.real, "scale": constraints.positive}
+    has_rsample = True
+
+    def __init__(
+        self,
+        loc: torch.Tensor,
+        scale: torch.Tensor,
+        mid: torch.Tensor | float,
+        half: torch.Tensor | float,
+        validate_args: bool | None = None,
+    ):
+        if loc.dim() < 1:
+            raise ValueError(
+                f"SquashedNormal needs loc with an event dimension, got shape {tuple(loc.shape)}"
+            )
+        self.loc, self.scale = torch.broadcast_tensors(loc, scale)
+        if not isinstance(mid, torch.Tensor) or not isinstance(half, torch.Tensor):
+            mid = torch.as_tensor(mid, dtype=loc.dtype, device=loc.device)
+            half = torch.as_tensor(half, dtype=loc.dtype, device=loc.device)
+        self.mid, self.half = mid, half
+        self._cached: tuple[torch.Tensor, torch.Tensor] | None = None
+        super().__init__(self.loc.shape[:-1], self.loc.shape[-1:], validate_args=validate_args)
+
+    @constraints.dependent_property(is_discrete=False, event_dim=1)
+    def support(self):
+        return constraints.independent(constraints.interval(self.mid - self.half, self.mid + self.half), 1)
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(SquashedNormal, _instance)
+        shape = torch.Size(batch_shape) + self.event_shape
+        new.loc, new.scale = self.loc.expand(shape), self.scale.expand(shape)
+        new.mid, new.half, new._cached = self.mid, self.half, None
+        super(SquashedNormal, new).__init__(torch.Size(batch_shape), self.event_shape, validate_args=False)
+        new._validate_args = self._validate_args
+        return new
+
+    def rsample(self, sample_shape: torch.Size = _NO_SAMPLE_SHAPE) -> torch.Tensor:
+        shape = self._extended_shape(sample_shape)
+        eps = torch.randn(shape, dtype=self.loc.dtype, device=self.loc.device)
+        u = self.loc + self.scale * eps
+        action = self.mid + self.half * torch.tanh(u)
+        self._cached = (action, u)
+        return action
+
+    def pre_tanh(self, value: torch.Tensor) -> torch.Tensor:
+        """u with mid + half * tanh(u) = value: the cached one for the last sample, else atanh."""
+        if self._cached is not None and self._cached[0] is value:
+            return self._cached[1]
+        y = (value - self.mid) / self.half
+        eps = torch.finfo(y.dtype).eps
+        return torch.atanh(y.clamp(-1 + eps, 1 - eps))
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        u = self.pre_tanh(value)
+        z = (u - self.loc) / self.scale
+        log_normal = -0.5 * z * z - self.scale.log() - _HALF_LOG_2PI
+        log_jacobian = self.half.log() + 2 * (_LOG_2 - u - softplus(-2 * u))
+        return (log_normal - log_jacobian).sum(-1)
+
+    @property
+    def mode(self) -> torch.Tensor:
+        """The squashed location mid + half * tanh(loc), the action a deterministic policy takes."""
+        return self.mid + self.half * torch.tanh(self.loc)
+
+    def same_box(self, other: SquashedNormal) -> bool:
+        """True if both live on the same action box (identical tensors short-cut the comparison)."""
+        if self.mid is other.mid and self.half is other.half:
+            return True
+        return bool(torch.equal(self.mid, other.mid) and torch.equal(self.half, other.half))
+
+
+@register_kl(SquashedNormal, SquashedNormal)
+def _kl_squashed_squashed(q: SquashedNormal, p: SquashedNormal) -> torch.Tensor:
+    """KL(q || p) = KL of the pre-tanh Gaussians: the same invertible map squashes both."""
+    if not q.same_box(p):
+        raise NotImplementedError("KL between squashed Gaussians on different boxes")
+    return torch.distributions.kl_divergence(Normal(q.loc, q.scale), Normal(p.loc, p.scale)).sum(-1)
