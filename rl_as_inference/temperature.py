@@ -17,6 +17,8 @@ import math
 
 import torch
 
+from rl_as_inference.optim import adam
+
 __all__ = ["SCHEDULES", "Temperature"]
 
 SCHEDULES = ("linear", "exponential")
@@ -66,7 +68,7 @@ class Temperature:
         self.log_alpha = torch.tensor(
             math.log(initial_alpha if self.learned else alpha), device=device, requires_grad=self.learned
         )
-        self.optimizer = torch.optim.Adam([self.log_alpha], lr=lr) if self.learned else None
+        self.optimizer = adam([self.log_alpha], lr=lr) if self.learned else None
         self._value: float | torch.Tensor = self.log_alpha.detach().exp() if self.learned else float(alpha)
 
     @property

@@ -36,6 +36,7 @@ from rl_as_inference.algos.settings import RunSettings
 from rl_as_inference.algos.stats import IntervalMeans, emit_row, finish, row_due
 from rl_as_inference.critics import TwinQ, soft_q_loss
 from rl_as_inference.guides.policies import CategoricalMLP, GaussianMLP
+from rl_as_inference.optim import adam
 from rl_as_inference.resume import Checkpointer
 
 __all__ = ["MPOConfig", "categorical_mpo_losses", "mpo_losses", "realized_kl", "train"]
@@ -207,9 +208,9 @@ def train(
         torch.tensor(v, device=device, requires_grad=True)
         for v in (config.init_log_temperature, config.init_log_alpha, config.init_log_alpha)
     ]
-    policy_opt = torch.optim.Adam(policy.parameters(), lr=config.policy_lr)
-    dual_opt = torch.optim.Adam(duals, lr=config.dual_lr)
-    critic_opt = torch.optim.Adam(critic.online_parameters(), lr=config.critic_lr)
+    policy_opt = adam(policy.parameters(), lr=config.policy_lr)
+    dual_opt = adam(duals, lr=config.dual_lr)
+    critic_opt = adam(critic.online_parameters(), lr=config.critic_lr)
 
     result = TrainResult(policy=policy)
     loop = {"learner_steps": 0, "next_log": config.log_every, "wall_time": 0.0}

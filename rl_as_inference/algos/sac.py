@@ -28,6 +28,7 @@ from rl_as_inference.algos.settings import RunSettings
 from rl_as_inference.algos.stats import emit_row, finish, row_due
 from rl_as_inference.critics import TwinQ, soft_q_loss
 from rl_as_inference.guides.policies import TanhGaussianMLP
+from rl_as_inference.optim import adam
 from rl_as_inference.resume import Checkpointer
 from rl_as_inference.temperature import Temperature
 
@@ -117,8 +118,8 @@ def train(
     critic = TwinQ(data.observation_space, space, hidden=config.hidden, rescale_obs=config.rescale_obs)
     policy.to(device)
     critic.to(device)
-    actor_opt = torch.optim.Adam(policy.parameters(), lr=config.actor_lr)
-    critic_opt = torch.optim.Adam(critic.online_parameters(), lr=config.critic_lr)
+    actor_opt = adam(policy.parameters(), lr=config.actor_lr)
+    critic_opt = adam(critic.online_parameters(), lr=config.critic_lr)
     temperature = make_temperature(config, device)
     target_entropy = -float(np.prod(space.shape)) if config.target_entropy is None else config.target_entropy
     log_pi = uniform_log_prior(space)

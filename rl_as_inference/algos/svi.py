@@ -36,6 +36,7 @@ from rl_as_inference.algos.stats import IntervalMeans, emit_row, finish, row_due
 from rl_as_inference.algos.svi_actor import SegmentActor, anneal_actor_critic
 from rl_as_inference.algos.svi_rollout import train_on_rollouts
 from rl_as_inference.critics import TwinQ, soft_q_loss
+from rl_as_inference.optim import adam
 from rl_as_inference.resume import Checkpointer
 
 __all__ = ["START_STATES", "SVIConfig", "train"]
@@ -112,7 +113,7 @@ def _train(
     actor = SegmentActor.build(config, env, device)  # q, the prior (uniform or pi_k), guide, loss
     policy, reference = actor.policy, actor.reference
     critic = TwinQ(obs_space, space, hidden=config.hidden, rescale_obs=config.rescale_obs).to(device)
-    critic_opt = torch.optim.Adam(critic.online_parameters(), lr=config.critic_lr)
+    critic_opt = adam(critic.online_parameters(), lr=config.critic_lr)
     temperature = make_temperature(config, device)
     target_entropy = -float(np.prod(space.shape)) if config.target_entropy is None else config.target_entropy
     log_pi = uniform_log_prior(space)

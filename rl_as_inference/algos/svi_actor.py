@@ -18,6 +18,7 @@ import rl_as_inference as rlai
 from rl_as_inference import guides, models
 from rl_as_inference.algos.schedules import decay_learning_rates
 from rl_as_inference.envs import FunctionalEnv
+from rl_as_inference.optim import adam
 
 __all__ = ["SegmentActor", "anneal_actor_critic"]
 
@@ -66,7 +67,7 @@ class SegmentActor:
             reference = copy.deepcopy(policy).requires_grad_(False)
             prior = models.PolicyPrior(lambda state: reference(env.observe(state)))
         guide = guides.PolicyGuide(env, policy, horizon=config.horizon, name="svi_policy")
-        optimizer = torch.optim.Adam(policy.parameters(), lr=config.actor_lr)
+        optimizer = adam(policy.parameters(), lr=config.actor_lr)
         return cls(policy, reference, prior, guide, rlai.TrajectoryELBO(reduction="mean"), optimizer)
 
     def step(self, loss: torch.Tensor) -> None:

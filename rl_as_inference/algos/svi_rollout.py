@@ -41,6 +41,7 @@ from rl_as_inference.algos.stats import IntervalMeans, emit_row, finish, row_due
 from rl_as_inference.algos.svi_actor import SegmentActor, anneal_actor_critic
 from rl_as_inference.critics import StateValue, polyak_update
 from rl_as_inference.elbo import ELBOTerms
+from rl_as_inference.optim import adam
 from rl_as_inference.resume import Checkpointer
 
 if TYPE_CHECKING:
@@ -91,7 +92,7 @@ def train_on_rollouts(
     actor = SegmentActor.build(config, env, device)  # q, the prior (uniform or pi_k), guide, loss
     value = StateValue(obs_space, config.hidden, torch.nn.ReLU, rescale_obs=config.rescale_obs).to(device)
     target = copy.deepcopy(value).requires_grad_(False)
-    critic_opt = torch.optim.Adam(value.parameters(), lr=config.critic_lr)
+    critic_opt = adam(value.parameters(), lr=config.critic_lr)
     temperature = make_temperature(config, device)
     target_entropy = -float(np.prod(space.shape)) if config.target_entropy is None else config.target_entropy
     log_pi = uniform_log_prior(space)

@@ -47,6 +47,7 @@ from rl_as_inference.algos.settings import RunSettings
 from rl_as_inference.algos.stats import IntervalMeans, emit_row, finish, row_due
 from rl_as_inference.critics import StateValue
 from rl_as_inference.guides.policies import CategoricalMLP, GaussianMLP
+from rl_as_inference.optim import adam
 from rl_as_inference.resume import Checkpointer
 
 __all__ = ["Rollouts", "StateValue", "VMPOConfig", "nstep_returns", "train", "vmpo_losses"]
@@ -308,13 +309,14 @@ def train(
         torch.tensor(math.log(config.init_temperature), device=device, requires_grad=True),
         torch.full((num_kls,), math.log(config.init_alpha), device=device, requires_grad=True),
     ]
-    net_opt = torch.optim.Adam(
+    net_opt = adam(
         [
             {"params": list(policy.parameters()), "lr": config.policy_lr},
             {"params": list(value.parameters()), "lr": config.value_lr},
-        ]
+        ],
+        lr=config.policy_lr,
     )
-    dual_opt = torch.optim.Adam(duals, lr=config.dual_lr)
+    dual_opt = adam(duals, lr=config.dual_lr)
     networks = [p for group in net_opt.param_groups for p in group["params"]]
 
     result = TrainResult(policy=policy)
