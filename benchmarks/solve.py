@@ -29,9 +29,9 @@ Evaluation protocol (identical for both libraries):
 builds the collector and networks; SB3's ``make_vec_env`` and model constructor) to the evaluation
 that reached the threshold, minus the time spent in every evaluation (measured around each one).
 Imports and the child process's start are excluded for both (``torch._dynamo`` included, which
-torch.optim would otherwise import inside the clock at the first optimizer constructor, ~1 s). "Env steps to threshold" is the env
-step count at that evaluation, so its resolution is ``--eval-every`` (and, for batched learners,
-their collection batch). Budgets: our recipe's ``total_env_steps`` and the zoo's ``n_timesteps``,
+torch.optim would otherwise import inside the clock at the first optimizer constructor, ~1 s).
+"Env steps to threshold" is the env step count at that evaluation, so its resolution is
+``--eval-every`` (and, for batched learners, their collection batch). Budgets: our recipe's ``total_env_steps`` and the zoo's ``n_timesteps``,
 each times ``--budget-scale`` (a changed budget also stretches any schedule tied to it, e.g. SB3's
 ``lin_`` learning rates or our temperature annealing). Ratios are ours / SB3 (below 1: ours is
 faster); if only SB3 reached the threshold the ratio is infinite, if SB3 did not there is none. The

@@ -25,8 +25,7 @@ def polyak_update(target: nn.Module, online: nn.Module, tau: float) -> None:
     targets, onlines = list(target.parameters()), list(online.parameters())
     if len(targets) != len(onlines):
         raise ValueError(f"target has {len(targets)} parameters, online {len(onlines)}")
-    with torch.no_grad():
-        torch._foreach_lerp_(targets, onlines, tau)
+    torch._foreach_lerp_(targets, onlines, tau)
 
 
 class QNetwork(nn.Module):
