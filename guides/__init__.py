@@ -6,7 +6,15 @@ action plan (planning as inference).
 """
 
 from .guides import OpenLoopGuide, PolicyGuide, TabularGuide, TrajectoryGuide
-from .policies import CategoricalMLP, GaussianMLP, ObservationEncoder, Policy, TanhGaussianMLP, mlp
+from .policies import (
+    CategoricalMLP,
+    GaussianMLP,
+    ObservationEncoder,
+    Policy,
+    SoftQPolicy,
+    TanhGaussianMLP,
+    mlp,
+)
 from .squashed import SquashedNormal
 
 __all__ = [
@@ -16,6 +24,7 @@ __all__ = [
     "OpenLoopGuide",
     "Policy",
     "PolicyGuide",
+    "SoftQPolicy",
     "SquashedNormal",
     "TabularGuide",
     "TanhGaussianMLP",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import gymnasium as gym
@@ -17,6 +18,7 @@ __all__ = [
     "GaussianMLP",
     "ObservationEncoder",
     "Policy",
+    "SoftQPolicy",
     "SquashedNormal",
     "TanhGaussianMLP",
     "mlp",
@@ -136,6 +138,48 @@ class CategoricalMLP(_MLPPolicy):
 
     def mode(self, d) -> torch.Tensor:
         return d.logits.argmax(-1)
+
+
+class SoftQPolicy(CategoricalMLP):
+    """q(a|s) = pi(a|s) exp(Q(s, a) / alpha) / Z(s) with pi uniform: the closed-form E-step of seed
+    eq. (7) (and the optimal policy of the maximum-entropy eq. 10) for the network's own Q(s, a).
+
+    The network outputs Q(s, a) for every action (:meth:`q_values`); the distribution's logits are
+    Q / alpha, with the temperature alpha a buffer saved in the state dict (set it with
+    :meth:`set_temperature`). Its mode is argmax_a Q(s, a), whatever alpha is.
+    """
+
+    def __init__(
+        self,
+        observation_space: gym.Space,
+        action_space: gym.Space,
+        hidden: Sequence[int] = (64, 64),
+        activation: type[nn.Module] = nn.ReLU,
+        rescale_obs: bool = False,
+        temperature: float = 1.0,
+    ):
+        super().__init__(observation_space, action_space, hidden, activation, rescale_obs)
+        self.register_buffer("temperature", torch.tensor(float(temperature)))
+        self.set_temperature(temperature)
+
+    def set_temperature(self, alpha: float | torch.Tensor) -> None:
+        """Set alpha (a positive float, or a 0-d tensor: copied on the device, no host read)."""
+        if not isinstance(alpha, torch.Tensor) and not (alpha > 0 and math.isfinite(alpha)):
+            raise ValueError(f"temperature must be a positive finite number, got {alpha!r}")
+        self.temperature.fill_(alpha)
+
+    def q_values(self, obs: torch.Tensor) -> torch.Tensor:
+        """Q(s, a) for every action: ``[*B, A]``."""
+        return self.features(obs)
+
+    def soft_value(self, q_values: torch.Tensor) -> torch.Tensor:
+        """V(s) = alpha log sum_a pi(a) exp(Q(s, a) / alpha) = E_q[Q - alpha (log q - log pi)] over the
+        last axis, pi uniform (the soft maximum, tending to max_a Q as alpha -> 0)."""
+        alpha = self.temperature.to(q_values.dtype)
+        return alpha * (torch.logsumexp(q_values / alpha, dim=-1) - math.log(q_values.shape[-1]))
+
+    def forward(self, obs: torch.Tensor) -> dist.Categorical:
+        return dist.Categorical(logits=self.q_values(obs) / self.temperature.to(self.net[0].weight.dtype))
 
 
 def _box_bounds(action_space: gym.Space) -> tuple[np.ndarray, np.ndarray]:

@@ -22,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from rl_as_inference import guides
-from rl_as_inference.algos import em, mpo, sac, svi, vmpo
+from rl_as_inference.algos import em, mpo, sac, softq, svi, vmpo
 from rl_as_inference.checkpoint import atomic_torch_save, load_tagged
 from rl_as_inference.config import apply_overrides, build_config, read_toml, to_toml
 from rl_as_inference.envs.base import resolve_device
@@ -42,11 +42,13 @@ ALGORITHMS = {
     "em": (em.EMConfig, em.train),
     "mpo": (mpo.MPOConfig, mpo.train),
     "sac": (sac.SACConfig, sac.train),
+    "softq": (softq.SoftQConfig, softq.train),
     "svi": (svi.SVIConfig, svi.train),
     "vmpo": (vmpo.VMPOConfig, vmpo.train),
 }
 POLICY_CLASSES = {
-    cls.__name__: cls for cls in (guides.TanhGaussianMLP, guides.GaussianMLP, guides.CategoricalMLP)
+    cls.__name__: cls
+    for cls in (guides.TanhGaussianMLP, guides.GaussianMLP, guides.CategoricalMLP, guides.SoftQPolicy)
 }
 RUN_FORMAT = "rl_as_inference.run/1"
 DEFAULT_CHECKPOINT_EVERY = 5_000  # env steps between training-state checkpoints

@@ -6,12 +6,14 @@
 - ``em``: coordinate ascent variant A (SVI E-step against pi_k, M-step pi_{k+1} := q_k);
 - ``mpo``: variant B (non-parametric E-step with a temperature dual, KL-constrained weighted
   maximum likelihood M-step), Gaussian and categorical policies, off-policy from a replay buffer;
+- ``softq``: soft Q-learning for Discrete actions: one critic, its policy the closed-form E-step
+  q proportional to pi exp(Q / alpha);
 - ``vmpo``: on-policy V-MPO (top-half advantages, learned state value, KL-constrained M-step).
 
 ``collect`` (replay collection) is shared by the off-policy ones, ``segments`` carries the envs of
 on-policy segment SVI, ``schedules`` decays learning rates over the budget.
 """
 
-from . import em, mpo, sac, svi, vmpo
+from . import em, mpo, sac, softq, svi, vmpo
 
-__all__ = ["em", "mpo", "sac", "svi", "vmpo"]
+__all__ = ["em", "mpo", "sac", "softq", "svi", "vmpo"]

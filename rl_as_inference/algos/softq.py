@@ -1,0 +1,192 @@
+"""Soft Q-learning: the KL-regularized critic alone, its policy the closed-form E-step (Discrete actions).
+
+With a finite action set the E-step of seed eq. (7) needs no network: the optimal variational
+policy for a critic Q at temperature alpha is q(a|s) = pi(a|s) exp(Q(s, a) / alpha) / Z(s), and the
+soft value it attains is V(s) = E_q[Q - alpha (log q - log pi)] = alpha log sum_a pi(a) exp(Q / alpha).
+So one network Q is trained, by regression onto the sampled soft Bellman target
+
+    y = r + gamma (1 - terminated) V'(s'),   V'(s') = alpha log sum_a pi(a) exp(Q'(s', a) / alpha),
+
+with Q' a Polyak-averaged copy, and acting samples from q (:class:`~rl_as_inference.guides.
+SoftQPolicy`, pi uniform: the maximum-entropy eq. 10). It is the fixed point of T^{pi,q} with q
+greedy-in-KL (:func:`rl_as_inference.bellman.greedy_in_kl`), i.e. ``exact.soft_value_iteration`` on
+samples; as alpha -> 0 it becomes Q-learning. alpha can be annealed (:class:`~rl_as_inference.
+temperature.Temperature`): large early for exploration, small late for a near-greedy policy.
+
+Against MPO's categorical variant on the same data, it drops the policy network, its target copy
+and the second critic: one network's forward and backward per learner step instead of five,
+which is what a compute-bound learner (MountainCar-v0's) pays for. ``n_step`` > 1 sums the
+rewards of the replayed path without the intermediate KL terms (exact for n = 1, the usual n-step
+approximation otherwise).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from rl_as_inference import bellman, envs
+from rl_as_inference.algos.collect import Collector
+from rl_as_inference.algos.sac import TrainResult
+from rl_as_inference.algos.schedules import decay_learning_rates
+from rl_as_inference.algos.settings import RunSettings
+from rl_as_inference.algos.stats import IntervalMeans, emit_row, finish, row_due
+from rl_as_inference.critics import polyak_update
+from rl_as_inference.guides.policies import SoftQPolicy
+from rl_as_inference.optim import adam
+from rl_as_inference.resume import Checkpointer
+from rl_as_inference.temperature import SCHEDULES, Temperature
+
+__all__ = ["SoftQConfig", "soft_q_loss", "train"]
+
+LOSSES = ("mse", "huber")
+
+
+@dataclass
+class SoftQConfig(RunSettings):
+    """Hyperparameters of soft Q-learning."""
+
+    env: str = "MountainCar-v0"
+    learning_starts: int = 1_000
+    batch_size: int = 256
+    buffer_size: int = 100_000
+    gamma: float = 0.99
+    tau: float = 0.005  # Polyak rate of the target network
+    n_step: int = 1
+    updates_every: int = 1  # collection steps (of num_envs transitions) per learner step
+    lr: float = 1e-3
+    anneal_lr: bool = False  # decay the learning rate linearly to 0 over the budget
+    alpha: float = 1.0  # temperature of q (reward units), the start of a schedule with alpha_final
+    alpha_final: float | None = None
+    alpha_schedule: str = "exponential"
+    alpha_anneal_steps: int | None = None  # env steps of the schedule (None: total_env_steps)
+    double_q: bool = False  # the next state's q from the online network, its values from the target
+    loss: str = "huber"  # "huber" (smooth L1 at delta 1, as DQN) or "mse"
+    hidden: tuple[int, ...] = (256, 256)
+
+    def __post_init__(self) -> None:
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss={self.loss!r} is not allowed; use one of {', '.join(LOSSES)}")
+        if self.alpha_schedule not in SCHEDULES:
+            raise ValueError(
+                f"alpha_schedule={self.alpha_schedule!r} is not allowed; use one of {', '.join(SCHEDULES)}"
+            )
+        if (
+            isinstance(self.updates_every, bool)
+            or not isinstance(self.updates_every, int)
+            or self.updates_every < 1
+        ):
+            raise ValueError(f"updates_every must be an int >= 1, got {self.updates_every!r}")
+
+
+def soft_q_loss(
+    q_net: SoftQPolicy,
+    target: SoftQPolicy,
+    batch: dict,
+    *,
+    gamma: float,
+    loss: str = "huber",
+    double_q: bool = False,
+) -> torch.Tensor:
+    """Regression of Q(s, a) onto y = r + gamma (1 - terminated) V'(s') at replayed transitions.
+
+    V'(s') is the target network's soft value alpha log sum_a pi(a) exp(Q'(s', a) / alpha); with
+    ``double_q`` it is E_{a~q}[Q'(s', a)] - alpha KL(q || pi) with q from the online network (the
+    soft analogue of double DQN's decoupling of selection from evaluation). An n-step batch (a
+    ``discount`` field) uses its summed reward and gamma^m.
+    """
+    discount = batch.get("discount", gamma)
+    with torch.no_grad():
+        q_next = target.q_values(batch["next_obs"])
+        if double_q:
+            probs = q_net(batch["next_obs"]).probs
+            log_pi = torch.as_tensor(-math.log(q_next.shape[-1]), dtype=q_next.dtype, device=q_next.device)
+            v_next = bellman.soft_value_of_distribution(q_next, probs, log_pi, q_net.temperature)
+        else:
+            v_next = target.soft_value(q_next)
+        y = bellman.bellman_target(batch["reward"], batch["terminated"], v_next, discount)
+    q = q_net.q_values(batch["obs"]).gather(-1, batch["action"].long().unsqueeze(-1)).squeeze(-1)
+    if loss == "huber":
+        return torch.nn.functional.smooth_l1_loss(q, y)
+    return (q - y).square().mean()
+
+
+def train(
+    config: SoftQConfig,
+    *,
+    callback: Callable[[dict], None] | None = None,
+    checkpointer: Checkpointer | None = None,
+) -> TrainResult:
+    """Train soft Q-learning on ``config.env`` (callback and checkpointer as in :func:`rl_as_inference.algos.sac.train`)."""
+    device = envs.base.resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    data = Collector.for_config(config, device, "softq", discrete=True)
+    if not data.discrete:
+        data.close()
+        raise ValueError(f"softq needs a Discrete action space; {config.env} has {data.action_space}")
+    q_net = SoftQPolicy(
+        data.observation_space,
+        data.action_space,
+        hidden=config.hidden,
+        activation=torch.nn.ReLU,
+        rescale_obs=config.rescale_obs,
+        temperature=config.alpha,
+    ).to(device)
+    target = copy.deepcopy(q_net).requires_grad_(False)
+    optimizer = adam(q_net.parameters(), lr=config.lr)
+    temperature = Temperature(
+        alpha=config.alpha,
+        alpha_final=config.alpha_final,
+        schedule=config.alpha_schedule,
+        anneal_steps=config.alpha_anneal_steps or config.total_env_steps,
+        device=device,
+    )
+
+    result = TrainResult(policy=q_net)
+    loop = {"learner_steps": 0, "collections": 0, "next_log": config.log_every, "wall_time": 0.0}
+    interval = IntervalMeans()
+    ckpt = checkpointer or Checkpointer(None)
+    ckpt.attach(
+        "softq",
+        {
+            "data": data,
+            "policy": q_net,
+            "target": target,
+            "optimizer": optimizer,
+            "temperature": temperature,
+            "stats": interval,
+        },
+        loop,
+    )
+    start = time.perf_counter() - loop["wall_time"]
+    while data.env_steps < config.total_env_steps:
+        ckpt.maybe_save(data.env_steps, time.perf_counter() - start)
+        data.step(None if data.env_steps < config.learning_starts else q_net)
+        loop["collections"] += 1
+        if data.env_steps < config.learning_starts or loop["collections"] % config.updates_every:
+            continue
+        temperature.advance(data.env_steps)
+        q_net.set_temperature(temperature.value)
+        target.set_temperature(temperature.value)
+        if config.anneal_lr:
+            decay_learning_rates(
+                [(g, config.lr) for g in optimizer.param_groups], data.env_steps, config.total_env_steps
+            )
+        batch = data.sample(config.batch_size, n_step=config.n_step, gamma=config.gamma)
+        loss = soft_q_loss(
+            q_net, target, batch, gamma=config.gamma, loss=config.loss, double_q=config.double_q
+        )
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        polyak_update(target, q_net, config.tau)
+        interval.add({"critic_loss": loss, "alpha": temperature.item()})
+        loop["learner_steps"] += 1
+        if row_due(loop, data.env_steps, config):
+            emit_row(result, callback, data, start, interval.pop())
+    return finish(result, data, ckpt, start)
