@@ -164,3 +164,21 @@ def test_softq_learns_cartpole_at_a_reduced_budget():
     assert sum(returns) / len(returns) > 100, returns
     assert {"critic_loss", "alpha"} <= set(result.metrics[-1])
     assert float(result.policy.temperature) == pytest.approx(0.05, rel=1e-6)  # the schedule's end
+
+
+def test_softq_run_round_trips_through_load_policy(tmp_path):
+    import rl_as_inference as rlai
+    from rl_as_inference import runs
+
+    sets = ["total_env_steps=600", "learning_starts=500", "num_envs=4", "hidden=[16]", "log_every=100"]
+    sets += ["alpha=0.3", "alpha_final=0.2"]
+    out = runs.train_run(
+        "MountainCar-v0", algo="softq", sets=sets, out=tmp_path / "mc", progress=False, eval_episodes=1
+    )
+    policy = rlai.load_policy(out)
+    assert isinstance(policy.module, SoftQPolicy)
+    assert policy.module.rescale_obs  # the recipe's setting, carried into the saved spec
+    assert float(policy.module.temperature) == pytest.approx(0.2)  # the schedule's end, from the weights
+    obs, _ = gym.make("MountainCar-v0").reset(seed=0)
+    assert policy.act(obs) in (0, 1, 2)
+    assert 0 <= policy.act(obs, deterministic=False, generator=torch.Generator().manual_seed(0)) < 3
