@@ -82,7 +82,7 @@ def test_inspect_a_trained_run(run_dir, tmp_path, capsys):
         (["train", "--env", "Foo-v0"], "unknown environment 'Foo-v0'; ported: Acrobot-v1"),
         (
             ["train", "--env", "Pendulum-v1", "--algo", "ppo"],
-            "unknown algorithm 'ppo'; available: em, mpo, sac, svi",
+            "unknown algorithm 'ppo'; available: em, mpo, sac, softq, svi, vmpo",
         ),
         (
             ["train", "--env", "Pendulum-v1", "--algo", "sac", "--set", "batchsize=3"],
