@@ -32,6 +32,7 @@ __all__ = [
     "ALGORITHMS",
     "DEFAULT_CHECKPOINT_EVERY",
     "LoadedPolicy",
+    "episode_returns",
     "evaluate",
     "load_policy",
     "resume_run",
@@ -285,11 +286,17 @@ def load_policy(run_dir: str | os.PathLike, device: str | torch.device = "cpu") 
     return LoadedPolicy(module.to(device), state["env"], torch.device(device))
 
 
-def evaluate(run_dir, *, episodes: int = 100, seed: int = 0, stochastic: bool = False) -> list[float]:
-    """Returns of ``episodes`` episodes on Gymnasium's own environment (episode i reset with seed + i)."""
+def _check_episodes(episodes) -> None:
     if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
         raise ValueError(f"episodes must be an int >= 1, got {episodes!r}")
-    policy = load_policy(run_dir)
+
+
+def episode_returns(
+    policy: LoadedPolicy, *, episodes: int = 100, seed: int = 0, stochastic: bool = False
+) -> list[float]:
+    """Returns of ``episodes`` episodes of ``policy`` on Gymnasium's own environment (episode i reset
+    with seed + i); the mode of each action unless ``stochastic`` (then sampled reproducibly from ``seed``)."""
+    _check_episodes(episodes)
     env = gym.make(policy.env_id)
     generator = torch.Generator().manual_seed(seed)
     returns = []
@@ -303,3 +310,9 @@ def evaluate(run_dir, *, episodes: int = 100, seed: int = 0, stochastic: bool = 
         returns.append(total)
     env.close()
     return returns
+
+
+def evaluate(run_dir, *, episodes: int = 100, seed: int = 0, stochastic: bool = False) -> list[float]:
+    """Returns of ``episodes`` episodes of a run directory's policy (:func:`episode_returns`)."""
+    _check_episodes(episodes)  # before reading the run: a bad count is reported first
+    return episode_returns(load_policy(run_dir), episodes=episodes, seed=seed, stochastic=stochastic)

@@ -110,9 +110,7 @@ def test_categorical_m_step_moves_toward_the_e_step_and_its_kl_stays_finite():
 
 
 def test_categorical_mpo_learns_cartpole_at_a_reduced_budget():
-    import gymnasium as gym
-
-    from rl_as_inference.runs import LoadedPolicy
+    from rl_as_inference.runs import LoadedPolicy, episode_returns
 
     config = mpo.MPOConfig(
         env="CartPole-v1",
@@ -124,16 +122,7 @@ def test_categorical_mpo_learns_cartpole_at_a_reduced_budget():
         log_every=500,
     )
     result = mpo.train(config)
-    policy = LoadedPolicy(result.policy, "CartPole-v1", torch.device("cpu"))
-    env = gym.make("CartPole-v1")
-    returns = []
-    for i in range(10):
-        obs, _ = env.reset(seed=i)
-        total, done = 0.0, False
-        while not done:
-            obs, reward, terminated, truncated, _ = env.step(policy.act(obs))
-            total, done = total + reward, terminated or truncated
-        returns.append(total)
+    returns = episode_returns(LoadedPolicy(result.policy, "CartPole-v1", torch.device("cpu")), episodes=10)
     # A uniformly random policy averages about 22 on CartPole-v1; 2500 steps of MPO reach far more
     # (about 290 to 300 after 3000 steps for seeds 0 and 1 here).
     assert sum(returns) / len(returns) > 100, returns

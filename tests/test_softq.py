@@ -134,7 +134,7 @@ def test_continuous_actions_are_refused():
 
 
 def test_softq_learns_cartpole_at_a_reduced_budget():
-    from rl_as_inference.runs import LoadedPolicy
+    from rl_as_inference.runs import LoadedPolicy, episode_returns
 
     config = softq.SoftQConfig(
         env="CartPole-v1",
@@ -149,16 +149,7 @@ def test_softq_learns_cartpole_at_a_reduced_budget():
         log_every=1000,
     )
     result = softq.train(config)
-    policy = LoadedPolicy(result.policy, "CartPole-v1", torch.device("cpu"))
-    env = gym.make("CartPole-v1")
-    returns = []
-    for i in range(10):
-        obs, _ = env.reset(seed=i)
-        total, done = 0.0, False
-        while not done:
-            obs, reward, terminated, truncated, _ = env.step(policy.act(obs))
-            total, done = total + reward, terminated or truncated
-        returns.append(total)
+    returns = episode_returns(LoadedPolicy(result.policy, "CartPole-v1", torch.device("cpu")), episodes=10)
     # A uniformly random policy averages about 22 on CartPole-v1 (std about 12 per episode, so a
     # 10-episode mean of a random policy above 100 is impossible in practice).
     assert sum(returns) / len(returns) > 100, returns

@@ -9,13 +9,13 @@ So one network Q is trained, by regression onto the sampled soft Bellman target
 
 with Q' a Polyak-averaged copy, and acting samples from q (:class:`~rl_as_inference.guides.
 SoftQPolicy`, pi uniform: the maximum-entropy eq. 10). It is the fixed point of T^{pi,q} with q
-greedy-in-KL (:func:`rl_as_inference.bellman.greedy_in_kl`), i.e. ``exact.soft_value_iteration`` on
+greedy-in-KL (:func:`rl_as_inference.bellman.greedy_in_kl`), i.e. soft value iteration on
 samples; as alpha -> 0 it becomes Q-learning. alpha can be annealed (:class:`~rl_as_inference.
 temperature.Temperature`): large early for exploration, small late for a near-greedy policy.
 
 Against MPO's categorical variant on the same data, it drops the policy network, its target copy
-and the second critic: one network's forward and backward per learner step instead of five,
-which is what a compute-bound learner (MountainCar-v0's) pays for. ``n_step`` > 1 sums the
+and the second critic with its target: a learner step runs two networks (Q forward and backward,
+Q' forward) instead of six, which is what a compute-bound learner (MountainCar-v0's) pays for. ``n_step`` > 1 sums the
 rewards of the replayed path without the intermediate KL terms (exact for n = 1, the usual n-step
 approximation otherwise).
 """
@@ -105,7 +105,7 @@ def soft_q_loss(
         q_next = target.q_values(batch["next_obs"])
         if double_q:
             probs = q_net(batch["next_obs"]).probs
-            log_pi = torch.as_tensor(-math.log(q_next.shape[-1]), dtype=q_next.dtype, device=q_next.device)
+            log_pi = torch.as_tensor(-math.log(q_next.shape[-1]))  # 0-d on the host: no copy per step
             v_next = bellman.soft_value_of_distribution(q_next, probs, log_pi, q_net.temperature)
         else:
             v_next = target.soft_value(q_next)
