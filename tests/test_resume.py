@@ -1,15 +1,18 @@
 """Resumable training: a run stopped mid-way and resumed from its training state ends bit-identical
-to an uninterrupted one (CPU), for every replay-based algorithm and on-policy segment SVI."""
+to an uninterrupted one (CPU), for every replay-based algorithm, V-MPO and on-policy segment SVI."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from rl_as_inference.algos import em, mpo, sac, softq, svi
+from rl_as_inference.algos import em, mpo, sac, softq, svi, vmpo
 from rl_as_inference.resume import Checkpointer, read_train_state
 
 SMALL = {"total_env_steps": 700, "learning_starts": 200, "log_every": 100, "batch_size": 32, "hidden": (16,)}
+# On-policy: batches of 32 env steps; pi_old refreshed every 5 learner steps, inside a batch of 3
+ON_POLICY = {"total_env_steps": 700, "log_every": 100, "hidden": (16,), "unroll_length": 8}
+ON_POLICY |= {"updates_per_batch": 3, "target_update_every": 5}
 CASES = {
     "sac": (sac, sac.SACConfig(env="Pendulum-v1", num_envs=2, n_step=2, **SMALL)),
     "svi": (svi, svi.SVIConfig(env="Pendulum-v1", horizon=2, actor_batch_size=8, **SMALL)),
@@ -31,6 +34,8 @@ CASES = {
             **SMALL,
         ),
     ),
+    "vmpo-categorical": (vmpo, vmpo.VMPOConfig(env="CartPole-v1", num_envs=4, **ON_POLICY)),
+    "vmpo-gaussian": (vmpo, vmpo.VMPOConfig(env="Pendulum-v1", num_envs=4, **ON_POLICY)),
     "svi-rollout": (
         svi,
         svi.SVIConfig(env="Pendulum-v1", start_states="rollout", num_envs=4, horizon=3, alpha=None, **SMALL),
@@ -57,7 +62,9 @@ def test_interrupted_and_resumed_run_ends_bit_identical(name, tmp_path):
         )
     saved = read_train_state(tmp_path / "cut.pt")
     # the checkpoint at >= 500 would come at the top of the next iteration, which never ran
-    steps_per_iteration = config.num_envs * (config.horizon if name == "svi-rollout" else 1)
+    steps_per_iteration = config.num_envs * (
+        config.horizon if name == "svi-rollout" else getattr(config, "unroll_length", 1)
+    )
     if name == "softq":  # it logs after a learner step, every updates_every collections: the stop
         # can come one collection after the checkpoint at >= 500, whose work is then lost
         assert 250 <= saved["env_steps"] < 500 + config.num_envs

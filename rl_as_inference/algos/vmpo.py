@@ -309,15 +309,17 @@ def train(
         torch.tensor(math.log(config.init_temperature), device=device, requires_grad=True),
         torch.full((num_kls,), math.log(config.init_alpha), device=device, requires_grad=True),
     ]
-    net_opt = adam(
+    # One optimizer for networks and duals: one fused step per learner step (the groups' updates
+    # are independent, so this equals two optimizers' steps).
+    optimizer = adam(
         [
             {"params": list(policy.parameters()), "lr": config.policy_lr},
             {"params": list(value.parameters()), "lr": config.value_lr},
+            {"params": duals, "lr": config.dual_lr},
         ],
         lr=config.policy_lr,
     )
-    dual_opt = adam(duals, lr=config.dual_lr)
-    networks = [p for group in net_opt.param_groups for p in group["params"]]
+    networks = [p for group in optimizer.param_groups[:2] for p in group["params"]]
 
     result = TrainResult(policy=policy)
     loop = {"learner_steps": 0, "next_log": config.log_every, "wall_time": 0.0}
@@ -331,8 +333,7 @@ def train(
             "target_policy": target_policy,
             "value": value,
             "duals": duals,
-            "net_opt": net_opt,
-            "dual_opt": dual_opt,
+            "optimizer": optimizer,
             "stats": interval,
         },
         loop,
@@ -343,7 +344,7 @@ def train(
         if config.anneal_lr:
             lrs = (config.policy_lr, config.value_lr)
             decay_learning_rates(
-                zip(net_opt.param_groups, lrs, strict=True), data.env_steps, config.total_env_steps
+                zip(optimizer.param_groups[:2], lrs, strict=True), data.env_steps, config.total_env_steps
             )
         # ---- an on-policy batch: T steps of N envs, and its n-step targets under the current V
         batch = data.unroll(policy, config.unroll_length)
@@ -358,17 +359,17 @@ def train(
             ).flatten()
         states, actions = batch["obs"].flatten(0, 1), batch["action"].flatten(0, 1)
         # ---- learner steps: E-step weights, M-step fit against pi_old, value regression, duals
+        target = None  # pi_old(.|s) of the batch: constant until pi_old is refreshed
         for _ in range(config.updates_per_batch):
-            with torch.no_grad():
-                target = target_policy(states)
+            if target is None:
+                with torch.no_grad():
+                    target = target_policy(states)
             loss, stats = vmpo_losses(returns, value(states), actions, policy(states), target, *duals, config)
-            net_opt.zero_grad()
-            dual_opt.zero_grad()
+            optimizer.zero_grad()
             loss.backward()
             if config.max_grad_norm is not None:
                 nn.utils.clip_grad_norm_(networks, config.max_grad_norm)
-            net_opt.step()
-            dual_opt.step()
+            optimizer.step()
             with torch.no_grad():  # projection: eta, alpha >= exp(LOG_DUAL_MIN)
                 for dual in duals:
                     dual.clamp_(min=LOG_DUAL_MIN)
@@ -376,6 +377,7 @@ def train(
             loop["learner_steps"] += 1
             if loop["learner_steps"] % config.target_update_every == 0:
                 target_policy.load_state_dict(policy.state_dict())
+                target = None
         if row_due(loop, data.env_steps, config):
             emit_row(result, callback, data, start, interval.pop())
     return finish(result, data, ckpt, start)
