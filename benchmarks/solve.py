@@ -37,6 +37,11 @@ each times ``--budget-scale`` (a changed budget also stretches any schedule tied
 faster); if only SB3 reached the threshold the ratio is infinite, if SB3 did not there is none. The
 median and the worst (largest) ratio over seeds are printed per environment.
 
+``--device cuda`` (or ``auto``: CUDA when torch sees it) trains both libraries there (ours through
+the config's ``device``, SB3 through its ``device`` argument; ``--set device=...`` still overrides
+ours alone); the clock synchronizes CUDA before every reading, so queued training work is never
+timed as evaluation, and evaluation itself steps Gymnasium on the CPU as above.
+
 Run (the numbers in benchmarks/RESULTS.md):
 
     python benchmarks/solve.py --envs Pendulum-v1 CartPole-v1 --seeds 0 --threads 1
@@ -205,9 +210,12 @@ class _Solved(Exception):
 class Tracker:
     """Evaluations every ``every`` env steps, with their time kept out of the training clock."""
 
-    def __init__(self, result: RunResult, every: int, episodes: int, stop_at_threshold: bool):
+    def __init__(
+        self, result: RunResult, every: int, episodes: int, stop_at_threshold: bool, device: str = "cpu"
+    ):
         self.result, self.every, self.episodes = result, every, episodes
         self.stop_at_threshold = stop_at_threshold
+        self.cuda = device.startswith("cuda")
         self.next_eval = every
         self.last_eval_steps = -1
         self.start = time.perf_counter()
@@ -218,6 +226,12 @@ class Tracker:
 
     def train_seconds(self) -> float:
         """Wall-clock since :meth:`restart_clock`, evaluations excluded."""
+        if self.cuda:
+            # CUDA kernels run asynchronously: without this, training work still queued would be
+            # finished, and timed, inside the evaluation that follows.
+            import torch
+
+            torch.cuda.synchronize()
         return time.perf_counter() - self.start - self.result.eval_seconds
 
     def due(self, env_steps: int) -> bool:
@@ -274,15 +288,16 @@ def run_ours(job: dict) -> RunResult:
 
     env_id, seed, algo = job["env"], job["seed"], job["algo"]
     config_cls, train = _resolve_algorithm(algo)
-    sets = [f"env={env_id}", f"seed={seed}", "device=cpu", *job["sets"]]
+    sets = [f"env={env_id}", f"seed={seed}", f"device={job['device']}", *job["sets"]]
     config = build_config(config_cls, env_id, algo, sets=sets)
     budget = int(round(config.total_env_steps * job["budget_scale"]))
     config = dataclasses.replace(config, total_env_steps=budget)
     result = RunResult("ours", env_id, seed, algo, budget, THRESHOLDS[env_id])
-    tracker = Tracker(result, job["eval_every"], job["eval_episodes"], not job["full"])
+    tracker = Tracker(result, job["eval_every"], job["eval_episodes"], not job["full"], str(config.device))
 
     def actor(module: torch.nn.Module) -> Callable[[np.ndarray], Any]:
-        loaded = LoadedPolicy(module, env_id, torch.device("cpu"))  # sets eval mode: restored below
+        device = next(module.parameters()).device
+        loaded = LoadedPolicy(module, env_id, device)  # sets eval mode: restored below
         return loaded.act
 
     class EvalHook(Checkpointer):
@@ -345,7 +360,7 @@ def run_sb3(job: dict) -> RunResult:
     zoo = ZOO[env_id]
     budget = int(round(zoo["n_timesteps"] * job["budget_scale"]))
     result = RunResult("sb3", env_id, seed, zoo["algo"], budget, THRESHOLDS[env_id])
-    tracker = Tracker(result, job["eval_every"], job["eval_episodes"], not job["full"])
+    tracker = Tracker(result, job["eval_every"], job["eval_episodes"], not job["full"], job["device"])
     holder: dict[str, Any] = {}
 
     def act(obs: np.ndarray) -> Any:
@@ -369,7 +384,7 @@ def run_sb3(job: dict) -> RunResult:
         extra = {"gamma": zoo["gamma"]} if "gamma" in zoo else {}  # the zoo uses the algorithm's gamma
         venv = VecNormalize(venv, **extra)
     model = getattr(sb3, zoo["algo"])(
-        "MlpPolicy", venv, seed=seed, device="cpu", verbose=0, **sb3_kwargs(zoo)
+        "MlpPolicy", venv, seed=seed, device=job["device"], verbose=0, **sb3_kwargs(zoo)
     )
     holder.update(model=model, venv=venv)
     model.learn(total_timesteps=budget, callback=EvalCallback())
@@ -407,7 +422,7 @@ def run_job(job: dict) -> RunResult:
 
 
 # ------------------------------------------------------------------------------------------- reports
-def machine_info(argv: list[str], threads: int) -> list[str]:
+def machine_info(argv: list[str], threads: int, device: str = "cpu") -> list[str]:
     """Lines describing the machine, the versions and the command."""
     import gymnasium
     import torch
@@ -440,6 +455,7 @@ def machine_info(argv: list[str], threads: int) -> list[str]:
         f"python {platform.python_version()}, torch {torch.__version__}, gymnasium {gymnasium.__version__}, "
         f"numpy {np.__version__}, stable-baselines3 {sb3_version}",
         f"torch threads per run: {threads}; git: {git}",
+        f"device: {torch.cuda.get_device_name(device) if device.startswith('cuda') else device}",
         f"load average at start: {[round(x, 2) for x in load]}",
     ]
 
@@ -512,6 +528,17 @@ def _parse_algo(items: list[str]) -> dict[str, str]:
     return out
 
 
+def _resolve_device(name: str) -> str | None:
+    """``cpu``, ``cuda`` (None when torch sees no CUDA device) or ``auto`` (CUDA when present)."""
+    import torch
+
+    if name == "cpu":
+        return "cpu"
+    if torch.cuda.is_available():
+        return "cuda"
+    return "cpu" if name == "auto" else None
+
+
 def main(argv: list[str] | None = None) -> None:
     """Command line (``--help``)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -544,12 +571,22 @@ def main(argv: list[str] | None = None) -> None:
         help="key=value for our config (every env); repeatable",
     )
     parser.add_argument("--threads", type=int, default=1, help="torch threads of each run")
+    parser.add_argument(
+        "--device",
+        choices=("cpu", "cuda", "auto"),
+        default="cpu",
+        help="where both libraries train (auto: CUDA when present); evaluation steps Gymnasium on the CPU",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write all results (and eval curves)")
     args = parser.parse_args(argv)
     if args.ours_only and args.sb3_only:
         parser.error("--ours-only and --sb3-only exclude each other")
 
-    header = machine_info(["benchmarks/solve.py", *(sys.argv[1:] if argv is None else argv)], args.threads)
+    device = _resolve_device(args.device)
+    if device is None:
+        parser.error("--device cuda: torch sees no CUDA device")
+    argv_printed = ["benchmarks/solve.py", *(sys.argv[1:] if argv is None else argv)]
+    header = machine_info(argv_printed, args.threads, device)
     print("\n".join(f"- {line}" for line in header), flush=True)
     overrides = _parse_algo(args.algo)
     jobs = []
@@ -564,6 +601,7 @@ def main(argv: list[str] | None = None) -> None:
                 "budget_scale": args.budget_scale,
                 "full": args.full,
                 "threads": args.threads,
+                "device": device,
                 "sets": args.sets,
             }
             if not args.sb3_only:

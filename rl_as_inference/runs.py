@@ -244,7 +244,7 @@ class LoadedPolicy:
             if deterministic:
                 action = self.module.mode(d)
             else:
-                action = d.sample() if generator is None else _sample_with(d, generator)
+                action = d.sample() if generator is None else _sample_with(d, generator, self.device)
         action = action.cpu().numpy()
         if isinstance(self.action_space, gym.spaces.Discrete):
             action = action.astype(np.int64)
@@ -255,10 +255,12 @@ class LoadedPolicy:
         return action[0] if single else action
 
 
-def _sample_with(d, generator: torch.Generator):
-    # torch distributions draw from the global RNG; fork it so a seeded evaluation is reproducible
-    # without disturbing the caller's stream.
-    with torch.random.fork_rng(devices=[]):
+def _sample_with(d, generator: torch.Generator, device: torch.device):
+    # torch distributions draw from the global RNG of the policy's device; fork it (and the CPU's,
+    # which manual_seed also reseeds) so a seeded evaluation is reproducible without disturbing
+    # the caller's streams.
+    devices = [device] if torch.device(device).type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
         torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
         return d.sample()
 
