@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Issue 6's GPU checks in one call of the device tool, prepared so that a session lent a GPU spends
+# its few minutes measuring (see ../shared/gpu/README.md for the machine: Python 3.12, torch with
+# CUDA, no pyro-ppl, gymnasium or arviz, no network).
+#
+# Here, before the call (wheels of what the machine lacks, and of this project, into .whl/):
+#     ../shared/gpu/prepare-wheels stable-baselines3==2.9.2 cloudpickle==3.1.3
+#     python3 -m pip wheel -q --no-deps -w .whl .
+# Then: run(command="bash benchmarks/gpu_session.sh", carry=[".whl"], timeout_s=540)
+#
+# Stages, each bounded by `timeout` so that a slow one cannot eat the others' time; logs in $OUT:
+#   1. the gpu-marked tests (every algorithm trains, resumes and acts on CUDA);
+#   2. benchmarks/solve.py, ours on CUDA: CartPole-v1 and Pendulum-v1, seeds 0-4 (issue 6's GPU goals:
+#      <= 2 s and <= 5 s to threshold);
+#   3. the baseline in the same session on the same machine: ours on its CPU (1 torch thread) and
+#      SB3's zoo PPO on CartPole-v1 (its SAC on Pendulum-v1 takes minutes a seed: seed 0 only).
+# Walk the same path on a CPU machine (its venv has the dependencies) with:
+#     DEVICE=cpu OUT=/tmp/gpu-out PY=.venv/bin/python SITE=/tmp/site-cpu WHEELS='.whl/rl_as_inference-*' \\
+#         bash benchmarks/gpu_session.sh
+set -uo pipefail
+: "${OUT:?set OUT to the folder that receives the logs}"
+DEVICE=${DEVICE:-cuda}
+PY=${PY:-python3}
+SITE=${SITE:-/tmp/site}
+export PYTHONUNBUFFERED=1
+repo=$PWD
+
+# shellcheck disable=SC2086  # WHEELS is a glob (locally: only the project's, the rest is installed)
+"$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" ${WHEELS:-.whl/*.whl} || exit 1
+# The wheel, not the checkout, must provide rl_as_inference (models/ and guides/ install as its
+# subpackages): the tests run from a copy outside the checkout, solve.py with -P.
+export PYTHONPATH="$SITE"
+work=$(mktemp -d)
+cp -r tests pyproject.toml "$work"/
+(nvidia-smi || true) > "$OUT/nvidia-smi.txt" 2>&1
+{
+    git rev-parse --short HEAD 2> /dev/null || echo "git: not in this copy"
+    (cd "$work" && "$PY" -c "import sys, torch, rl_as_inference as r; print(sys.version.split()[0], \
+        torch.__version__, 'cuda', torch.cuda.is_available(), r.__file__)")
+} | tee "$OUT/versions.txt"
+
+stage() {  # stage NAME SECONDS COMMAND...: run with a time limit, log to $OUT/NAME.log, print its tail
+    local name=$1 limit=$2
+    shift 2
+    local start=$SECONDS
+    (cd "$work" && timeout "$limit" "$@") > "$OUT/$name.log" 2>&1
+    local rc=$?
+    echo "== $name: rc $rc after $((SECONDS - start)) s"
+    tail -n 25 "$OUT/$name.log"
+}
+
+solve=("$PY" -P "$repo/benchmarks/solve.py")
+stage pytest-gpu 150 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests
+stage solve-ours-"$DEVICE" 150 "${solve[@]}" --envs CartPole-v1 Pendulum-v1 --seeds 0 1 2 3 4 \
+    --ours-only --device "$DEVICE" --final-episodes 100 --json "$OUT/solve-ours-$DEVICE.json"
+stage solve-cpu-baseline 120 "${solve[@]}" --envs CartPole-v1 --seeds 0 1 2 3 4 --device cpu \
+    --final-episodes 20 --json "$OUT/solve-cpu-baseline.json"
+stage solve-cpu-pendulum 90 "${solve[@]}" --envs Pendulum-v1 --seeds 0 --device cpu \
+    --final-episodes 20 --json "$OUT/solve-cpu-pendulum.json"
+rm -rf "$work"
