@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 
 import gymnasium as gym
 import numpy as np
@@ -23,14 +23,29 @@ __all__ = [
     "TanhGaussianMLP",
     "mlp",
     "squashed_gaussian",
+    "validate_on",
 ]
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 
 
-def squashed_gaussian(loc: torch.Tensor, scale: torch.Tensor, mid: torch.Tensor, half: torch.Tensor):
-    """mid + half * tanh(u), u ~ Normal(loc, scale): a distribution on the box [mid - half, mid + half]."""
-    return SquashedNormal(loc, scale, mid, half)
+def validate_on(t: torch.Tensor) -> bool | None:
+    """``validate_args`` for a distribution whose parameters live where ``t`` does.
+
+    On the CPU: None (torch's and Pyro's default, checks on: a NaN parameter or an out-of-support
+    value raises where it arises). On an accelerator: False, because each check reads a boolean back
+    to the host, a device synchronization per distribution built in the rollout and learner loops;
+    the functional envs skip their host checks there for the same reason.
+    """
+    return None if t.device.type == "cpu" else False
+
+
+def squashed_gaussian(
+    loc: torch.Tensor, scale: torch.Tensor, mid: torch.Tensor, half: torch.Tensor, box: Hashable | None = None
+) -> SquashedNormal:
+    """mid + half * tanh(u), u ~ Normal(loc, scale): a distribution on the box [mid - half, mid + half]
+    (``box``: its host-side key, see :class:`SquashedNormal`)."""
+    return SquashedNormal(loc, scale, mid, half, validate_args=validate_on(loc), box=box)
 
 
 def mlp(sizes: Sequence[int], activation: type[nn.Module] = nn.Tanh) -> nn.Sequential:
@@ -134,7 +149,8 @@ class CategoricalMLP(_MLPPolicy):
             self.net[-1].bias.zero_()
 
     def forward(self, obs: torch.Tensor) -> dist.Categorical:
-        return dist.Categorical(logits=self.features(obs))
+        logits = self.features(obs)
+        return dist.Categorical(logits=logits, validate_args=validate_on(logits))
 
     def mode(self, d) -> torch.Tensor:
         return d.logits.argmax(-1)
@@ -179,7 +195,8 @@ class SoftQPolicy(CategoricalMLP):
         return alpha * (torch.logsumexp(q_values / alpha, dim=-1) - math.log(q_values.shape[-1]))
 
     def forward(self, obs: torch.Tensor) -> dist.Categorical:
-        return dist.Categorical(logits=self.q_values(obs) / self.temperature.to(self.net[0].weight.dtype))
+        logits = self.q_values(obs) / self.temperature.to(self.net[0].weight.dtype)
+        return dist.Categorical(logits=logits, validate_args=validate_on(logits))
 
 
 def _box_bounds(action_space: gym.Space) -> tuple[np.ndarray, np.ndarray]:
@@ -232,7 +249,7 @@ class GaussianMLP(_MLPPolicy):
 
     def forward(self, obs: torch.Tensor) -> dist.Independent:
         loc, scale = self.params(obs)
-        return dist.Normal(loc, scale).to_event(1)
+        return dist.Normal(loc, scale, validate_args=validate_on(loc)).to_event(1)
 
     def mode(self, d) -> torch.Tensor:
         return d.base_dist.loc
@@ -264,6 +281,8 @@ class TanhGaussianMLP(_MLPPolicy):
         super().__init__(observation_space, 2 * dim, hidden, activation, rescale_obs)
         self.register_buffer("action_mid", torch.as_tensor((high + low) / 2, dtype=torch.float32))
         self.register_buffer("action_half", torch.as_tensor((high - low) / 2, dtype=torch.float32))
+        # the bounds on the host: a frozen copy (a prior pi_k) compares boxes without a device read
+        self.box = (tuple(map(float, low)), tuple(map(float, high)))
         with torch.no_grad():
             self.net[-1].weight[dim:].mul_(0.01)
             self.net[-1].bias[dim:].fill_(float(np.log(init_std)))
@@ -271,7 +290,7 @@ class TanhGaussianMLP(_MLPPolicy):
     def forward(self, obs: torch.Tensor) -> SquashedNormal:
         loc, log_std = self.features(obs).chunk(2, dim=-1)
         scale = log_std.clamp(LOG_STD_MIN, LOG_STD_MAX).exp()
-        return squashed_gaussian(loc, scale, self.action_mid, self.action_half)
+        return squashed_gaussian(loc, scale, self.action_mid, self.action_half, self.box)
 
     def mode(self, d) -> torch.Tensor:
         return d.mode

@@ -9,6 +9,7 @@ more to construct and score (its caches, its event-dim bookkeeping) than the ari
 from __future__ import annotations
 
 import math
+from collections.abc import Hashable
 
 import pyro.distributions as dist
 import torch
@@ -38,6 +39,9 @@ class SquashedNormal(dist.TorchDistribution):
         loc, scale: ``[..., d]`` parameters of u (the last dimension is the event).
         mid, half: ``[d]`` (or broadcastable; numbers are accepted) centre and half-width of the
             action box.
+        box: optional host-side key of the box (e.g. its bounds as a tuple of floats). The KL
+            between two squashed Gaussians needs them on the same box; where both carry a key the
+            keys are compared, not the tensors, whose comparison would synchronize a GPU.
     """
 
     arg_constraints = {"loc": constraints.real, "scale": constraints.positive}
@@ -50,6 +54,7 @@ class SquashedNormal(dist.TorchDistribution):
         mid: torch.Tensor | float,
         half: torch.Tensor | float,
         validate_args: bool | None = None,
+        box: Hashable | None = None,
     ):
         if loc.dim() < 1:
             raise ValueError(
@@ -59,7 +64,7 @@ class SquashedNormal(dist.TorchDistribution):
         if not isinstance(mid, torch.Tensor) or not isinstance(half, torch.Tensor):
             mid = torch.as_tensor(mid, dtype=loc.dtype, device=loc.device)
             half = torch.as_tensor(half, dtype=loc.dtype, device=loc.device)
-        self.mid, self.half = mid, half
+        self.mid, self.half, self.box = mid, half, box
         self._cached: tuple[torch.Tensor, torch.Tensor] | None = None
         super().__init__(self.loc.shape[:-1], self.loc.shape[-1:], validate_args=validate_args)
 
@@ -71,7 +76,7 @@ class SquashedNormal(dist.TorchDistribution):
         new = self._get_checked_instance(SquashedNormal, _instance)
         shape = torch.Size(batch_shape) + self.event_shape
         new.loc, new.scale = self.loc.expand(shape), self.scale.expand(shape)
-        new.mid, new.half, new._cached = self.mid, self.half, None
+        new.mid, new.half, new.box, new._cached = self.mid, self.half, self.box, None
         super(SquashedNormal, new).__init__(torch.Size(batch_shape), self.event_shape, validate_args=False)
         new._validate_args = self._validate_args
         return new
@@ -107,9 +112,12 @@ class SquashedNormal(dist.TorchDistribution):
         return self.mid + self.half * torch.tanh(self.loc)
 
     def same_box(self, other: SquashedNormal) -> bool:
-        """True if both live on the same action box (identical tensors short-cut the comparison)."""
+        """True if both live on the same action box: identical tensors, else equal ``box`` keys, else
+        (one has no key) equal tensors."""
         if self.mid is other.mid and self.half is other.half:
             return True
+        if self.box is not None and other.box is not None:
+            return self.box == other.box
         return bool(torch.equal(self.mid, other.mid) and torch.equal(self.half, other.half))
 
 
@@ -118,4 +126,6 @@ def _kl_squashed_squashed(q: SquashedNormal, p: SquashedNormal) -> torch.Tensor:
     """KL(q || p) = KL of the pre-tanh Gaussians: the same invertible map squashes both."""
     if not q.same_box(p):
         raise NotImplementedError("KL between squashed Gaussians on different boxes")
-    return torch.distributions.kl_divergence(Normal(q.loc, q.scale), Normal(p.loc, p.scale)).sum(-1)
+    # q and p checked their parameters when they were built: no second validation (a device sync)
+    pre_q, pre_p = Normal(q.loc, q.scale, validate_args=False), Normal(p.loc, p.scale, validate_args=False)
+    return torch.distributions.kl_divergence(pre_q, pre_p).sum(-1)

@@ -35,7 +35,7 @@ from rl_as_inference.algos.schedules import decay_learning_rates
 from rl_as_inference.algos.settings import RunSettings
 from rl_as_inference.algos.stats import IntervalMeans, emit_row, finish, row_due
 from rl_as_inference.critics import TwinQ, soft_q_loss
-from rl_as_inference.guides.policies import CategoricalMLP, GaussianMLP
+from rl_as_inference.guides.policies import CategoricalMLP, GaussianMLP, validate_on
 from rl_as_inference.optim import adam
 from rl_as_inference.resume import Checkpointer
 
@@ -123,7 +123,8 @@ def categorical_mpo_losses(
 
 
 def _gaussian(loc: torch.Tensor, scale: torch.Tensor) -> Independent:
-    return Independent(Normal(loc, scale), 1)
+    check = validate_on(loc)
+    return Independent(Normal(loc, scale, validate_args=check), 1, validate_args=check)
 
 
 def mpo_losses(

@@ -46,7 +46,7 @@ from rl_as_inference.algos.schedules import decay_learning_rates
 from rl_as_inference.algos.settings import RunSettings
 from rl_as_inference.algos.stats import IntervalMeans, emit_row, finish, row_due
 from rl_as_inference.critics import StateValue
-from rl_as_inference.guides.policies import CategoricalMLP, GaussianMLP
+from rl_as_inference.guides.policies import CategoricalMLP, GaussianMLP, validate_on
 from rl_as_inference.optim import adam
 from rl_as_inference.resume import Checkpointer
 
@@ -138,9 +138,10 @@ def _m_step_terms(
         return online.log_prob(actions), kl_divergence(target, online).mean().unsqueeze(0), ["kl"]
     loc, scale = online.base_dist.loc, online.base_dist.scale
     t_loc, t_scale = target.base_dist.loc.detach(), target.base_dist.scale.detach()
-    fit_mean = Independent(Normal(loc, t_scale), 1)
-    fit_scale = Independent(Normal(t_loc, scale), 1)
-    reference = Independent(Normal(t_loc, t_scale), 1)
+    check = validate_on(loc)
+    fit_mean = Independent(Normal(loc, t_scale, validate_args=check), 1, validate_args=check)
+    fit_scale = Independent(Normal(t_loc, scale, validate_args=check), 1, validate_args=check)
+    reference = Independent(Normal(t_loc, t_scale, validate_args=check), 1, validate_args=check)
     log_lik = fit_mean.log_prob(actions) + fit_scale.log_prob(actions)
     kls = torch.stack((kl_divergence(reference, fit_mean).mean(), kl_divergence(reference, fit_scale).mean()))
     return log_lik, kls, ["kl_mean", "kl_stddev"]
