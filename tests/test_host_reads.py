@@ -1,8 +1,8 @@
-"""No host reads in the hot paths: the policies' distributions and the MPO / V-MPO losses, run on
-torch's ``meta`` device, where any read of a tensor's value back to the host (``bool``, ``item``,
-a distribution's argument validation) raises. On CUDA each such read is a device synchronization
-per rollout or learner step; this is how CI, which has no GPU, catches one. On the CPU the same
-distributions still validate their arguments."""
+"""No host reads in the hot paths: the policies' distributions, the MPO / V-MPO losses and the SAC
+and soft Q-learning learner steps run on torch's ``meta`` device, where any read of a tensor's
+value back to the host (``bool``, ``item``, a distribution's argument validation) raises. On CUDA
+each such read is a device synchronization per rollout or learner step; this is how CI, which has
+no GPU, catches one. On the CPU the same distributions still validate their arguments."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ import pytest
 import torch
 from torch.distributions import kl_divergence
 
-from rl_as_inference.algos import mpo, vmpo
+from rl_as_inference import critics
+from rl_as_inference.algos import mpo, sac, softq, vmpo
+from rl_as_inference.critics import TwinQ
 from rl_as_inference.guides import CategoricalMLP, GaussianMLP, SoftQPolicy, TanhGaussianMLP
 
 META = torch.device("meta")
@@ -103,3 +105,39 @@ def test_the_gaussian_mpo_loss_reads_nothing_back():
         mpo.MPOConfig(env="Pendulum-v1"),
     )
     assert loss.shape == () and stats
+
+
+def _batch(env: gym.Env, b: int, device: torch.device) -> dict:
+    obs_dim = env.observation_space.shape[0]
+    discrete = isinstance(env.action_space, gym.spaces.Discrete)
+    action = torch.zeros(b, dtype=torch.long, device=device) if discrete else torch.zeros(b, 1, device=device)
+    return {
+        "obs": torch.zeros(b, obs_dim, device=device),
+        "action": action,
+        "reward": torch.zeros(b, device=device),
+        "next_obs": torch.zeros(b, obs_dim, device=device),
+        "terminated": torch.zeros(b, dtype=torch.bool, device=device),
+    }
+
+
+@pytest.mark.parametrize("env_id", ["Pendulum-v1", "CartPole-v1"])
+def test_a_sac_learner_step_reads_nothing_back(env_id):
+    env = gym.make(env_id)
+    policy_cls = TanhGaussianMLP if env_id == "Pendulum-v1" else CategoricalMLP
+    policy = policy_cls(env.observation_space, env.action_space).to(META)
+    critic = TwinQ(env.observation_space, env.action_space, hidden=(16,)).to(META)
+    batch = _batch(env, 8, META)
+    loss = critics.soft_q_loss(critic, policy, batch, alpha=0.2, log_pi=0.0, gamma=0.99)
+    assert loss.shape == ()
+    if env_id == "Pendulum-v1":  # the reparameterized actor loss (continuous actions only)
+        actor, log_q = sac.actor_loss(policy, critic, batch["obs"], 0.2, 0.0)
+        assert actor.shape == () and log_q.shape == (8,)
+
+
+@pytest.mark.parametrize("double_q", [False, True])
+def test_a_soft_q_learner_step_reads_nothing_back(double_q):
+    env = gym.make("CartPole-v1")
+    q_net = SoftQPolicy(env.observation_space, env.action_space, hidden=(16,), temperature=0.1).to(META)
+    target = copy.deepcopy(q_net)
+    loss = softq.soft_q_loss(q_net, target, _batch(env, 8, META), gamma=0.99, double_q=double_q)
+    assert loss.shape == ()
