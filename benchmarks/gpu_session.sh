@@ -51,10 +51,10 @@ stage() {  # stage NAME SECONDS COMMAND...: run with a time limit, log to $OUT/N
 
 solve=("$PY" -P "$repo/benchmarks/solve.py")
 stage pytest-gpu 150 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests
-stage solve-ours-"$DEVICE" 150 "${solve[@]}" --envs CartPole-v1 Pendulum-v1 --seeds 0 1 2 3 4 \
+stage solve-ours-"$DEVICE" 200 "${solve[@]}" --envs CartPole-v1 Pendulum-v1 --seeds 0 1 2 3 4 \
     --ours-only --device "$DEVICE" --final-episodes 100 --json "$OUT/solve-ours-$DEVICE.json"
-stage solve-cpu-baseline 120 "${solve[@]}" --envs CartPole-v1 --seeds 0 1 2 3 4 --device cpu \
+stage solve-cpu-baseline 100 "${solve[@]}" --envs CartPole-v1 --seeds 0 1 2 3 4 --device cpu \
     --final-episodes 20 --json "$OUT/solve-cpu-baseline.json"
-stage solve-cpu-pendulum 90 "${solve[@]}" --envs Pendulum-v1 --seeds 0 --device cpu \
+stage solve-cpu-pendulum 60 "${solve[@]}" --envs Pendulum-v1 --seeds 0 --device cpu \
     --final-episodes 20 --json "$OUT/solve-cpu-pendulum.json"
 rm -rf "$work"
