@@ -283,6 +283,7 @@ def run_ours(job: dict) -> RunResult:
     import torch
 
     from rl_as_inference.config import build_config
+    from rl_as_inference.envs.base import resolve_device
     from rl_as_inference.resume import Checkpointer
     from rl_as_inference.runs import LoadedPolicy
 
@@ -293,7 +294,8 @@ def run_ours(job: dict) -> RunResult:
     budget = int(round(config.total_env_steps * job["budget_scale"]))
     config = dataclasses.replace(config, total_env_steps=budget)
     result = RunResult("ours", env_id, seed, algo, budget, THRESHOLDS[env_id])
-    tracker = Tracker(result, job["eval_every"], job["eval_episodes"], not job["full"], str(config.device))
+    device = resolve_device(config.device).type  # --set device=auto is resolved here too
+    tracker = Tracker(result, job["eval_every"], job["eval_episodes"], not job["full"], device)
 
     def actor(module: torch.nn.Module) -> Callable[[np.ndarray], Any]:
         device = next(module.parameters()).device
