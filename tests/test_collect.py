@@ -229,6 +229,27 @@ def test_interval_means_average_every_step_and_survive_a_checkpoint():
     assert stats.pop() == {"loss": 1.5}
 
 
+def test_a_metric_row_refuses_a_policy_with_a_non_finite_parameter():
+    # On an accelerator the distributions do not validate (no per-step sync): this per-row check is
+    # what stops a diverged run there, with the parameter's name.
+    from types import SimpleNamespace
+
+    from rl_as_inference.algos.stats import emit_row
+    from rl_as_inference.guides import GaussianMLP
+
+    env = gym.make("Pendulum-v1")
+    policy = GaussianMLP(env.observation_space, env.action_space, hidden=(8,))
+    data = SimpleNamespace(env_steps=64, pop_mean_return=lambda: float("nan"))
+    result = SimpleNamespace(policy=policy, metrics=[])
+    emit_row(result, None, data, 0.0, {"loss": 1.0})
+    assert len(result.metrics) == 1
+    with torch.no_grad():
+        policy.log_std[0] = float("nan")
+    with pytest.raises(ValueError, match="diverged by env step 64: the policy's parameter 'log_std'"):
+        emit_row(result, None, data, 0.0, {"loss": 1.0})
+    assert len(result.metrics) == 1
+
+
 def test_mpo_logs_m_step_kl_averaged_over_the_interval():
     from rl_as_inference.algos import mpo
 
