@@ -5,7 +5,7 @@
 #
 # Here, before the call (wheels of what the machine lacks, and of this project, into .whl/):
 #     ../shared/gpu/prepare-wheels stable-baselines3==2.9.2 cloudpickle==3.1.3
-#     python3 -m pip wheel -q --no-deps -w .whl .
+#     rm -f .whl/rl_as_inference-* && python3 -m pip wheel -q --no-deps -w .whl .   (rebuild: the code changes)
 # Then: run(command="bash benchmarks/gpu_session.sh", carry=[".whl"], timeout_s=540)
 #
 # Stages, each bounded by `timeout` so that a slow one cannot eat the others' time; logs in $OUT:
@@ -13,9 +13,9 @@
 #   2. benchmarks/solve.py, ours on CUDA: CartPole-v1 and Pendulum-v1, seeds 0-4 (issue 6's GPU goals:
 #      <= 2 s and <= 5 s to threshold);
 #   3. the baseline in the same session on the same machine: ours on its CPU (1 torch thread) and
-#      SB3's zoo PPO on CartPole-v1 (its SAC on Pendulum-v1 takes minutes a seed: seed 0 only).
+#      SB3's zoo PPO on CartPole-v1 (its SAC on Pendulum-v1 takes about a minute a seed: seed 0 only).
 # Walk the same path on a CPU machine (its venv has the dependencies) with:
-#     DEVICE=cpu OUT=/tmp/gpu-out PY=.venv/bin/python SITE=/tmp/site-cpu WHEELS='.whl/rl_as_inference-*' \\
+#     DEVICE=cpu OUT=/tmp/gpu-out PY=.venv/bin/python SITE=/tmp/site-cpu WHEELS='.whl/rl_as_inference-*' \
 #         bash benchmarks/gpu_session.sh
 set -uo pipefail
 : "${OUT:?set OUT to the folder that receives the logs}"
@@ -25,6 +25,7 @@ SITE=${SITE:-/tmp/site}
 export PYTHONUNBUFFERED=1
 repo=$PWD
 
+rm -rf "$SITE"  # pip --target skips packages already there: a rebuilt wheel would be ignored
 # shellcheck disable=SC2086  # WHEELS is a glob (locally: only the project's, the rest is installed)
 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" ${WHEELS:-.whl/*.whl} || exit 1
 # The wheel, not the checkout, must provide rl_as_inference (models/ and guides/ install as its
@@ -50,11 +51,11 @@ stage() {  # stage NAME SECONDS COMMAND...: run with a time limit, log to $OUT/N
 }
 
 solve=("$PY" -P "$repo/benchmarks/solve.py")
-stage pytest-gpu 150 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests
-stage solve-ours-"$DEVICE" 200 "${solve[@]}" --envs CartPole-v1 Pendulum-v1 --seeds 0 1 2 3 4 \
+stage pytest-gpu 120 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests
+stage solve-ours-"$DEVICE" 180 "${solve[@]}" --envs CartPole-v1 Pendulum-v1 --seeds 0 1 2 3 4 \
     --ours-only --device "$DEVICE" --final-episodes 100 --json "$OUT/solve-ours-$DEVICE.json"
 stage solve-cpu-baseline 100 "${solve[@]}" --envs CartPole-v1 --seeds 0 1 2 3 4 --device cpu \
     --final-episodes 20 --json "$OUT/solve-cpu-baseline.json"
-stage solve-cpu-pendulum 60 "${solve[@]}" --envs Pendulum-v1 --seeds 0 --device cpu \
+stage solve-cpu-pendulum 90 "${solve[@]}" --envs Pendulum-v1 --seeds 0 --device cpu \
     --final-episodes 20 --json "$OUT/solve-cpu-pendulum.json"
 rm -rf "$work"

@@ -281,7 +281,9 @@ class TanhGaussianMLP(_MLPPolicy):
         super().__init__(observation_space, 2 * dim, hidden, activation, rescale_obs)
         self.register_buffer("action_mid", torch.as_tensor((high + low) / 2, dtype=torch.float32))
         self.register_buffer("action_half", torch.as_tensor((high - low) / 2, dtype=torch.float32))
-        # the bounds on the host: a frozen copy (a prior pi_k) compares boxes without a device read
+        # the bounds on the host: a frozen copy (a prior pi_k) compares boxes without a device read.
+        # They come from action_space, not from the buffers: build the policy for the box it acts in
+        # (a state_dict of another box would leave the key stale).
         self.box = (tuple(map(float, low)), tuple(map(float, high)))
         with torch.no_grad():
             self.net[-1].weight[dim:].mul_(0.01)

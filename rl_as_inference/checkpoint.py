@@ -81,14 +81,15 @@ def get_rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
-    """Restore generator states saved by :func:`get_rng_state`."""
-    torch.set_rng_state(state["torch"])
+    """Restore generator states saved by :func:`get_rng_state` (wherever a ``map_location`` put
+    them: torch takes generator states as CPU byte tensors only)."""
+    torch.set_rng_state(state["torch"].cpu())
     if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
     version, internal, gauss = state["random"]
     random.setstate((version, tuple(internal), gauss))
     kind, key, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, key.numpy().astype(np.uint32), pos, has_gauss, cached))  # noqa: NPY002
+    np.random.set_state((kind, key.cpu().numpy().astype(np.uint32), pos, has_gauss, cached))  # noqa: NPY002
 
 
 def _constraint_name(c: constraints.Constraint) -> str | None:

@@ -256,10 +256,11 @@ class LoadedPolicy:
 
 
 def _sample_with(d, generator: torch.Generator, device: torch.device):
-    # torch distributions draw from the global RNG of the policy's device; fork it (and the CPU's,
-    # which manual_seed also reseeds) so a seeded evaluation is reproducible without disturbing
-    # the caller's streams.
-    devices = [device] if torch.device(device).type == "cuda" else []
+    # torch distributions draw from the global RNG of the policy's device; fork the generators that
+    # manual_seed reseeds (the CPU's, and every CUDA device's once CUDA is in use) so a seeded
+    # evaluation is reproducible without disturbing the caller's streams.
+    cuda = torch.device(device).type == "cuda" or torch.cuda.is_initialized()
+    devices = list(range(torch.cuda.device_count())) if cuda else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
         return d.sample()

@@ -1,9 +1,10 @@
 """Training on CUDA (marked ``gpu``: skipped where torch sees no CUDA device, as on CI).
 
 Every algorithm of ``tests/test_resume.py`` trains, checkpoints, resumes and is evaluated on
-Gymnasium observations with its networks on the GPU; ``rlai train --device auto`` picks CUDA. The
-CPU side of the same contract (bit-identical resume, reproducible evaluation) is tested in
-``test_resume.py`` and ``test_cli.py``; the device runs are recorded in ``benchmarks/RESULTS.md``.
+Gymnasium observations with its networks on the GPU; ``train_run(device="auto")`` (what
+``rlai train --device auto`` calls) picks CUDA. The CPU side of the same contract (bit-identical
+resume, reproducible evaluation) is tested in ``test_resume.py`` and ``test_cli.py``; device runs
+of this module go into ``benchmarks/RESULTS.md`` (``benchmarks/gpu_session.sh`` runs it).
 """
 
 from __future__ import annotations
@@ -49,10 +50,14 @@ def test_trains_resumes_and_acts_on_cuda(name, tmp_path):
         )
     saved = read_train_state(tmp_path / "cut.pt")
     assert 250 <= saved["env_steps"] < 500 + 64
+    rows = []
     resumed = module.train(
-        config, checkpointer=Checkpointer(tmp_path / "cut.pt", every=250, resume=True, device=DEVICE)
+        config,
+        callback=rows.append,
+        checkpointer=Checkpointer(tmp_path / "cut.pt", every=250, resume=True, device=DEVICE),
     )
-    # CUDA kernels need not be bit-reproducible (atomics), so only the step count is compared
+    assert rows and rows[0]["env_steps"] > saved["env_steps"]  # continued, not started over
+    # CUDA kernels need not be bit-reproducible (atomics), so parameters are not compared
     assert resumed.env_steps == whole.env_steps
     _on_device_and_finite(resumed.policy)
 
@@ -81,7 +86,7 @@ def test_seeded_stochastic_evaluation_on_cuda_is_reproducible_and_leaves_the_cud
     assert not np.array_equal(first, other)
 
 
-def test_rlai_train_device_auto_picks_cuda_and_the_run_loads_there(tmp_path):
+def test_train_run_device_auto_picks_cuda_and_the_run_loads_there(tmp_path):
     run_dir = train_run(
         "CartPole-v1",
         algo="vmpo",

@@ -229,7 +229,7 @@ class Collector:
         """Restore :meth:`state_dict` into a collector built with the same settings."""
         self.buffer.load_state_dict(state["buffer"])
         self.venv.load_state_dict(state["venv"])
-        self.generator.set_state(state["generator"])
+        self.generator.set_state(state["generator"].cpu())  # loaded to the device with the rest
         self.obs = state["obs"].to(self.device)
         self.returns.load_state_dict(state["returns"])
         self.env_steps = int(state["env_steps"])

@@ -97,7 +97,7 @@ class SegmentEnvs:
         """Restore :meth:`state_dict` into envs built with the same settings."""
         self.states = state["states"].to(self.device)
         self.elapsed = state["elapsed"].to(self.device)
-        self.generator.set_state(state["generator"])
+        self.generator.set_state(state["generator"].cpu())  # loaded to the device with the rest
         self.returns.load_state_dict(state["returns"])
         self.env_steps = int(state["env_steps"])
 

@@ -197,7 +197,7 @@ class FunctionalVectorEnv(VectorEnv):
         self._state = None if state["state"] is None else state["state"].to(self.device)
         self._elapsed = state["elapsed"].to(self.device)
         self._autoreset = state["autoreset"].to(self.device)
-        self._generator.set_state(state["generator"])
+        self._generator.set_state(state["generator"].cpu())  # loaded to the device with the rest
         if "rngs" in state:
             self._rngs = gymnasium_rngs(self.num_envs, None)
             for rng, rng_state in zip(self._rngs, state["rngs"], strict=True):
