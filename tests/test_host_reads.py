@@ -1,8 +1,9 @@
-"""No host reads in the hot paths: the policies' distributions, the MPO / V-MPO losses and the SAC
-and soft Q-learning learner steps run on torch's ``meta`` device, where any read of a tensor's
-value back to the host (``bool``, ``item``, a distribution's argument validation) raises. On CUDA
-each such read is a device synchronization per rollout or learner step; this is how CI, which has
-no GPU, catches one. On the CPU the same distributions still validate their arguments."""
+"""No host reads in the hot paths: the policies' distributions, the MPO / V-MPO losses, the SAC
+and soft Q-learning learner steps and segment SVI's actor step run on torch's ``meta`` device,
+where any read of a tensor's value back to the host (``bool``, ``item``, a distribution's argument
+validation) raises. On CUDA each such read is a device synchronization per rollout or learner
+step; this is how CI, which has no GPU, catches one. On the CPU the same distributions still
+validate their arguments."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ import pytest
 import torch
 from torch.distributions import kl_divergence
 
-from rl_as_inference import critics
-from rl_as_inference.algos import mpo, sac, softq, vmpo
+from rl_as_inference import critics, envs, models
+from rl_as_inference.algos import mpo, sac, softq, svi, vmpo
+from rl_as_inference.algos.svi_actor import SegmentActor
 from rl_as_inference.critics import TwinQ
 from rl_as_inference.guides import CategoricalMLP, GaussianMLP, SoftQPolicy, TanhGaussianMLP
 
@@ -141,3 +143,27 @@ def test_a_soft_q_learner_step_reads_nothing_back(double_q):
     target = copy.deepcopy(q_net)
     loss = softq.soft_q_loss(q_net, target, _batch(env, 8, META), gamma=0.99, double_q=double_q)
     assert loss.shape == ()
+
+
+@pytest.mark.parametrize("objective", ["maxent", "kl"])
+def test_an_svi_actor_step_reads_nothing_back(objective):
+    # segment SVI (and em, its "kl" objective against a frozen pi_k): the trajectory ELBO of an
+    # H-step model rolled out through the torch port of Pendulum-v1, its gradient and Adam step
+    env = envs.make("Pendulum-v1", device=META)
+    config = svi.SVIConfig(env="Pendulum-v1", horizon=3, objective=objective, hidden=(16,))
+    actor = SegmentActor.build(config, env, META)
+    critic = TwinQ(env.observation_space, env.action_space, hidden=(16,)).to(META)
+
+    def soft_value(s: torch.Tensor) -> torch.Tensor:
+        obs = env.observe(s, dtype=None).float()
+        d = actor.policy(obs)
+        action = d.rsample()
+        return critic.min(obs, action) - 0.2 * d.log_prob(action)
+
+    model = models.TrajectoryModel(
+        env, actor.prior, horizon=3, alpha=0.2, gamma=0.99, terminal_value=soft_value
+    )
+    starts = torch.zeros(8, *env.state_shape, device=META)
+    loss = actor.loss.differentiable_loss(model, actor.guide, 8, starts)
+    assert loss.shape == ()
+    actor.step(0.2 * loss)
