@@ -538,17 +538,6 @@ def _parse_algo(items: list[str]) -> dict[str, str]:
     return out
 
 
-def _resolve_device(name: str) -> str | None:
-    """``cpu``, ``cuda`` (None when torch sees no CUDA device) or ``auto`` (CUDA when present)."""
-    import torch
-
-    if name == "cpu":
-        return "cpu"
-    if torch.cuda.is_available():
-        return "cuda"
-    return "cpu" if name == "auto" else None
-
-
 def main(argv: list[str] | None = None) -> None:
     """Command line (``--help``)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -592,8 +581,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.ours_only and args.sb3_only:
         parser.error("--ours-only and --sb3-only exclude each other")
 
-    device = _resolve_device(args.device)
-    if device is None:
+    import torch
+
+    from rl_as_inference.envs.base import resolve_device
+
+    device = resolve_device(args.device).type  # auto: CUDA when present
+    if device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: torch sees no CUDA device")
     argv_printed = ["benchmarks/solve.py", *(sys.argv[1:] if argv is None else argv)]
     header = machine_info(argv_printed, args.threads, device)
