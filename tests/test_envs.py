@@ -198,7 +198,8 @@ def test_spaces_and_time_limit_match_gymnasium(id):
     assert env.observation_space == ref.observation_space
     assert env.action_space == ref.action_space
     assert env.max_episode_steps == gym.spec(id).max_episode_steps
-    assert env.differentiable == isinstance(ref.action_space, gym.spaces.Box)
+    # pathwise gradients of the return are unbiased on Pendulum-v1 only (tests/test_pathwise.py)
+    assert env.differentiable == (id == "Pendulum-v1")
     state = env.reset(5, seed=0)
     obs = env.observe(state)
     assert obs.dtype == torch.float32 and obs.shape == (5, *ref.observation_space.shape)

@@ -83,8 +83,16 @@ class FunctionalEnv:
         id: Gymnasium id this env reproduces (``None`` for a user-built env such as a tabular MDP).
         observation_space, action_space: Gymnasium spaces of ONE environment.
         max_episode_steps: the time limit of Gymnasium's registry (``None`` when there is none).
-        differentiable: True where gradients flow through :meth:`step` with respect to both the
-            state and a continuous action, so pathwise (reparameterized) gradients apply.
+        differentiable: True only where pathwise (reparameterized) gradients of the expected
+            return are unbiased: actions are continuous, the next state and the reward are
+            continuous functions of (state, action), differentiable almost everywhere (clips
+            and kinks are fine), and no episode terminates. A jump (a goal bonus, a termination,
+            a wall that zeroes the velocity) adds a boundary term to d E[sum_t r_t] / d theta
+            that autograd cannot see, so an env with one declares False even where torch
+            gradients flow through :meth:`step` (``TrajectoryELBO(estimator="pathwise")`` still
+            takes them). It selects the estimator of ``TrajectoryELBO(estimator="auto")``
+            (pathwise where True, score function otherwise) and gates ``svi``;
+            ``tests/test_pathwise.py`` checks that both estimators agree wherever it is True.
         stochastic: True where the next state is random given (state, action); then
             :meth:`transition_dist` returns its distribution.
         state_shape: the event shape of one state (``(k,)``, or ``()`` for tabular states).

@@ -25,7 +25,9 @@ class Pendulum(FunctionalEnv):
 
     The reward is computed from the PRE-step state: -(norm(theta)^2 + 0.1 theta_dot^2 + 0.001 u^2)
     with u = clip(action, -2, 2); semi-implicit Euler with the speed clipped to +-8. Never
-    terminates. Differentiable in state and action (zero gradient where the clips bind).
+    terminates. Differentiable in state and action (zero gradient where the clips bind), and the
+    return is continuous (the clips are, and so is norm(theta)^2 where the wrap jumps), so
+    pathwise gradients of the expected return are unbiased: ``differentiable`` is True.
 
     Terms in the action follow the action's dtype, as numpy does: a float32 action in a float64 env
     gives ``3*u`` and ``0.001*u^2`` in float32, exactly as Gymnasium computes them.
