@@ -41,11 +41,17 @@ def validate_on(t: torch.Tensor) -> bool | None:
 
 
 def squashed_gaussian(
-    loc: torch.Tensor, scale: torch.Tensor, mid: torch.Tensor, half: torch.Tensor, box: Hashable | None = None
+    loc: torch.Tensor,
+    scale: torch.Tensor,
+    mid: torch.Tensor,
+    half: torch.Tensor,
+    box: Hashable | None = None,
+    low: torch.Tensor | None = None,
+    high: torch.Tensor | None = None,
 ) -> SquashedNormal:
-    """mid + half * tanh(u), u ~ Normal(loc, scale): a distribution on the box [mid - half, mid + half]
-    (``box``: its host-side key, see :class:`SquashedNormal`)."""
-    return SquashedNormal(loc, scale, mid, half, validate_args=validate_on(loc), box=box)
+    """mid + half * tanh(u), u ~ Normal(loc, scale): a distribution on the box [low, high] (by
+    default [mid - half, mid + half]; ``box``: its host-side key, see :class:`SquashedNormal`)."""
+    return SquashedNormal(loc, scale, mid, half, validate_args=validate_on(loc), box=box, low=low, high=high)
 
 
 def mlp(sizes: Sequence[int], activation: type[nn.Module] = nn.Tanh) -> nn.Sequential:
@@ -281,6 +287,10 @@ class TanhGaussianMLP(_MLPPolicy):
         super().__init__(observation_space, 2 * dim, hidden, activation, rescale_obs)
         self.register_buffer("action_mid", torch.as_tensor((high + low) / 2, dtype=torch.float32))
         self.register_buffer("action_half", torch.as_tensor((high - low) / 2, dtype=torch.float32))
+        # The box's own bounds, into which actions are clamped: mid + half can round past them.
+        # Not persistent, so state dicts (and checkpoints) keep their keys.
+        self.register_buffer("action_low", torch.as_tensor(low, dtype=torch.float32), persistent=False)
+        self.register_buffer("action_high", torch.as_tensor(high, dtype=torch.float32), persistent=False)
         # the bounds on the host: a frozen copy (a prior pi_k) compares boxes without a device read.
         # They come from action_space, not from the buffers: build the policy for the box it acts in
         # (a state_dict of another box would leave the key stale).
@@ -292,7 +302,9 @@ class TanhGaussianMLP(_MLPPolicy):
     def forward(self, obs: torch.Tensor) -> SquashedNormal:
         loc, log_std = self.features(obs).chunk(2, dim=-1)
         scale = log_std.clamp(LOG_STD_MIN, LOG_STD_MAX).exp()
-        return squashed_gaussian(loc, scale, self.action_mid, self.action_half, self.box)
+        return squashed_gaussian(
+            loc, scale, self.action_mid, self.action_half, self.box, self.action_low, self.action_high
+        )
 
     def mode(self, d) -> torch.Tensor:
         return d.mode

@@ -35,6 +35,13 @@ class SquashedNormal(dist.TorchDistribution):
     action is mapped back by atanh, clamped inside the open box so a stored saturated action keeps
     a finite density.
 
+    In floating point mid + half * tanh(u) can round past the box: where tanh(u) rounds to +-1,
+    mid + half and mid - half are rounded sums whose error is an ulp of the larger of mid and half,
+    so on a box that is not symmetric the action can land outside [low, high] (log pi = -inf under
+    a uniform prior on the box). Samples and the mode are therefore clamped into [low, high], the
+    box's own bounds where they are given. The clamp moves a value by rounding errors only: the
+    pathwise gradient stays that of mid + half * tanh(u) and the density that of the draw u.
+
     Args:
         loc, scale: ``[..., d]`` parameters of u (the last dimension is the event).
         mid, half: ``[d]`` (or broadcastable; numbers are accepted) centre and half-width of the
@@ -42,6 +49,10 @@ class SquashedNormal(dist.TorchDistribution):
         box: optional host-side key of the box (e.g. its bounds as a tuple of floats). The KL
             between two squashed Gaussians needs them on the same box; where both carry a key the
             keys are compared, not the tensors, whose comparison would synchronize a GPU.
+        low, high: optional bounds of the box that ``mid`` and ``half`` describe (broadcastable
+            like them), exactly as the action space stores them (``TanhGaussianMLP`` passes its
+            space's): the support is [low, high] and actions are clamped into it. Without them
+            the box is [mid - half, mid + half] as computed in ``mid``'s dtype.
     """
 
     arg_constraints = {"loc": constraints.real, "scale": constraints.positive}
@@ -55,6 +66,8 @@ class SquashedNormal(dist.TorchDistribution):
         half: torch.Tensor | float,
         validate_args: bool | None = None,
         box: Hashable | None = None,
+        low: torch.Tensor | None = None,
+        high: torch.Tensor | None = None,
     ):
         if loc.dim() < 1:
             raise ValueError(
@@ -65,18 +78,22 @@ class SquashedNormal(dist.TorchDistribution):
             mid = torch.as_tensor(mid, dtype=loc.dtype, device=loc.device)
             half = torch.as_tensor(half, dtype=loc.dtype, device=loc.device)
         self.mid, self.half, self.box = mid, half, box
+        if (low is None) != (high is None):
+            raise ValueError("SquashedNormal needs both low and high, or neither")
+        self.low, self.high = (mid - half, mid + half) if low is None else (low, high)
         self._cached: tuple[torch.Tensor, torch.Tensor] | None = None
         super().__init__(self.loc.shape[:-1], self.loc.shape[-1:], validate_args=validate_args)
 
     @constraints.dependent_property(is_discrete=False, event_dim=1)
     def support(self):
-        return constraints.independent(constraints.interval(self.mid - self.half, self.mid + self.half), 1)
+        return constraints.independent(constraints.interval(self.low, self.high), 1)
 
     def expand(self, batch_shape, _instance=None):
         new = self._get_checked_instance(SquashedNormal, _instance)
         shape = torch.Size(batch_shape) + self.event_shape
         new.loc, new.scale = self.loc.expand(shape), self.scale.expand(shape)
         new.mid, new.half, new.box, new._cached = self.mid, self.half, self.box, None
+        new.low, new.high = self.low, self.high
         super(SquashedNormal, new).__init__(torch.Size(batch_shape), self.event_shape, validate_args=False)
         new._validate_args = self._validate_args
         return new
@@ -85,9 +102,17 @@ class SquashedNormal(dist.TorchDistribution):
         shape = self._extended_shape(sample_shape)
         eps = torch.randn(shape, dtype=self.loc.dtype, device=self.loc.device)
         u = self.loc + self.scale * eps
-        action = self.mid + self.half * torch.tanh(u)
+        action = self._into_box(self.mid + self.half * torch.tanh(u))
         self._cached = (action, u)
         return action
+
+    def _into_box(self, action: torch.Tensor) -> torch.Tensor:
+        """``action`` clamped into [low, high], with the gradient of the unclamped value (the clamp
+        only undoes rounding: the value is exact, the derivative that of mid + half tanh(u))."""
+        inside = torch.minimum(torch.maximum(action, self.low), self.high)
+        if not action.requires_grad:
+            return inside
+        return inside.detach() + (action - action.detach())
 
     def pre_tanh(self, value: torch.Tensor) -> torch.Tensor:
         """u with mid + half * tanh(u) = value: the cached one for the last sample, else atanh."""
@@ -109,7 +134,7 @@ class SquashedNormal(dist.TorchDistribution):
     @property
     def mode(self) -> torch.Tensor:
         """The squashed location mid + half * tanh(loc), the action a deterministic policy takes."""
-        return self.mid + self.half * torch.tanh(self.loc)
+        return self._into_box(self.mid + self.half * torch.tanh(self.loc))
 
     def same_box(self, other: SquashedNormal) -> bool:
         """True if both live on the same action box: identical tensors, else equal ``box`` keys, else
