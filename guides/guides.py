@@ -15,7 +15,7 @@ from torch import nn
 from rl_as_inference.envs import FunctionalEnv, TabularMDP
 from rl_as_inference.models.priors import as_pyro_distribution, check_action_distribution
 from rl_as_inference.models.rollout import Trajectory, rollout
-from rl_as_inference.models.trajectory import check_horizon
+from rl_as_inference.models.trajectory import check_gamma, check_horizon
 
 from .policies import squashed_gaussian
 
@@ -23,10 +23,16 @@ __all__ = ["OpenLoopGuide", "PolicyGuide", "TabularGuide", "TrajectoryGuide"]
 
 
 class TrajectoryGuide:
-    """Base class: ``guide(num_episodes, init_state=None)`` rolls out q with the model's signature."""
+    """Base class: ``guide(num_episodes, init_state=None)`` rolls out q with the model's signature.
+
+    ``gamma`` is the continuation probability of the model that this guide approximates: step t's
+    sites run under ``poutine.scale(gamma**t)`` here as in the model (q shares the dynamics and the
+    death time, seed eq. 12), which is what makes Pyro's own ELBOs compute the discounted ELBO.
+    """
 
     env: FunctionalEnv
     horizon: int
+    gamma: float = 1.0
 
     def action_dist(self, t: int, state: torch.Tensor):
         """q(a_t | s_t) for a batch of states."""
@@ -47,6 +53,7 @@ class TrajectoryGuide:
             horizon=self.horizon,
             num_episodes=num_episodes,
             init_state=init_state,
+            gamma=self.gamma,
             optimality=optimality,
             sites=sites,
         )
@@ -71,7 +78,9 @@ class PolicyGuide(TrajectoryGuide):
     policy runs unchanged on Gymnasium's own environment.
     """
 
-    def __init__(self, env: FunctionalEnv, policy: nn.Module, *, horizon: int, name: str = "policy"):
+    def __init__(
+        self, env: FunctionalEnv, policy: nn.Module, *, horizon: int, name: str = "policy", gamma: float = 1.0
+    ):
         if not isinstance(env, FunctionalEnv):
             raise TypeError(f"env must be a functional env, got {type(env).__name__}")
         if not isinstance(policy, nn.Module):
@@ -80,6 +89,7 @@ class PolicyGuide(TrajectoryGuide):
             )
         self.env, self.policy, self.name = env, policy, name
         self.horizon = check_horizon(horizon)
+        self.gamma = check_gamma(gamma)
 
     def register(self) -> None:
         """Register the policy with ``pyro.module(name, policy)``; a second module under a name that
@@ -110,12 +120,19 @@ class TabularGuide(TrajectoryGuide):
     """
 
     def __init__(
-        self, mdp: TabularMDP, *, horizon: int, name: str = "tabular_guide", init_scale: float = 0.0
+        self,
+        mdp: TabularMDP,
+        *,
+        horizon: int,
+        name: str = "tabular_guide",
+        init_scale: float = 0.0,
+        gamma: float = 1.0,
     ):
         if not isinstance(mdp, TabularMDP):
             raise TypeError(f"TabularGuide needs an envs.TabularMDP, got {type(mdp).__name__}")
         self.env, self.name = mdp, name
         self.horizon = check_horizon(horizon)
+        self.gamma = check_gamma(gamma)
         self.init_scale = float(init_scale)
 
     def _init_logits(self) -> torch.Tensor:
@@ -145,11 +162,20 @@ class OpenLoopGuide(TrajectoryGuide):
     unbounded Box a per-step Gaussian.
     """
 
-    def __init__(self, env: FunctionalEnv, *, horizon: int, name: str = "open_loop", init_std: float = 1.0):
+    def __init__(
+        self,
+        env: FunctionalEnv,
+        *,
+        horizon: int,
+        name: str = "open_loop",
+        init_std: float = 1.0,
+        gamma: float = 1.0,
+    ):
         if not isinstance(env, FunctionalEnv):
             raise TypeError(f"env must be a functional env, got {type(env).__name__}")
         self.env, self.name = env, name
         self.horizon = check_horizon(horizon)
+        self.gamma = check_gamma(gamma)
         self.init_std = float(init_std)
         space = env.action_space
         self.discrete = isinstance(space, gym.spaces.Discrete)

@@ -14,6 +14,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro.poutine.mask_messenger import MaskMessenger
+from pyro.poutine.scale_messenger import ScaleMessenger
 from torch.distributions import Distribution
 
 from rl_as_inference.envs import FunctionalEnv, TabularMDP
@@ -56,7 +57,8 @@ class Trajectory(NamedTuple):
 
 
 class Optimality(NamedTuple):
-    """The optimality factors of a model: exp(gamma^t r_t / alpha) and the terminal exp(gamma^H V(s_H) / alpha)."""
+    """The optimality factors of a model: exp(r_t / alpha) at step t and the terminal exp(V(s_H) / alpha),
+    each under the step's continuation probability gamma^t (``poutine.scale``)."""
 
     alpha: float
     gamma: float
@@ -112,25 +114,35 @@ def initial_distribution(env: FunctionalEnv, num_episodes: int) -> Distribution:
 class PyroSites:
     """The site statements of a rollout as Pyro primitives: the rollout is then a Pyro model or guide.
 
-    Enters ``pyro.plate("episodes", N)`` and one mask handler whose mask is the alive flag of the
-    current step (a fresh ``poutine.mask`` per step would cost more Python than a small batch's step).
+    Enters ``pyro.plate("episodes", N)``, one mask handler whose mask is the alive flag of the
+    current step and one scale handler whose scale is the step's continuation probability gamma^t
+    (a fresh ``poutine.mask``/``poutine.scale`` per step would cost more Python than a small
+    batch's step).
     """
 
     def __init__(self, num_episodes: int):
         self._plate = pyro.plate(EPISODES, num_episodes, dim=-1)
         self._mask = MaskMessenger(mask=True)
+        self._scale = ScaleMessenger(scale=1.0)
 
     def __enter__(self) -> PyroSites:
         self._plate.__enter__()
+        self._scale.__enter__()
         self._mask.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
         self._mask.__exit__(*exc)
+        self._scale.__exit__(*exc)
         self._plate.__exit__(*exc)
 
     def set_alive(self, alive: torch.Tensor) -> None:
         self._mask.mask = alive
+
+    def set_scale(self, scale: float) -> None:
+        # Set directly: ScaleMessenger's constructor refuses 0, which gamma**t reaches by underflow
+        # only after thousands of steps, where the step's weight is 0 anyway.
+        self._scale.scale = scale
 
     def initial(self, d: Distribution) -> torch.Tensor:
         return pyro.sample(state_site(0), d)
@@ -152,10 +164,18 @@ def rollout(
     horizon: int,
     num_episodes: int,
     init_state: torch.Tensor | None = None,
+    gamma: float | None = None,
     optimality: Optimality | None = None,
     sites=None,
 ) -> Trajectory:
     """Roll out ``num_episodes`` episodes of ``horizon`` steps as a Pyro program.
+
+    Step t's sites (``a_t``, a stochastic transition ``s_{t+1}``, the factor ``O_t = r_t / alpha``)
+    run under ``poutine.scale(gamma**t)``, and the terminal factor ``O_H = V(s_H) / alpha`` under
+    gamma^H: gamma is the probability that the episode continues after each step (it ends in an
+    absorbing state with zero reward otherwise), the same in a model and in its guide. The ELBO of
+    Pyro's ``Trace_ELBO`` is then E_q[sum_t gamma^t (r_t / alpha - KL(q(.|s_t) || pi(.|s_t)))]
+    (+ gamma^H V(s_H) / alpha).
 
     Args:
         env: the functional environment (its pure ``step`` is the dynamics).
@@ -164,6 +184,8 @@ def rollout(
         num_episodes: size of the ``episodes`` plate.
         init_state: optional ``[N, *state_shape]`` initial states given by the caller (no site);
             otherwise ``s_0`` is sampled from p(s_0).
+        gamma: the continuation probability in (0, 1]; default ``optimality.gamma`` in a model,
+            1 otherwise. A guide passes its own, which must equal its model's.
         optimality: add the factor sites of a model (``None`` in a guide).
         sites: what the site statements do; default :class:`PyroSites` (Pyro primitives).
             ``TrajectoryELBO`` passes a recorder that evaluates model and guide in one pass.
@@ -172,6 +194,13 @@ def rollout(
         The :class:`Trajectory` (stacked states, actions, rewards and alive masks).
     """
     check_num_envs(num_episodes)
+    if gamma is None:
+        gamma = 1.0 if optimality is None else optimality.gamma
+    elif optimality is not None and float(gamma) != float(optimality.gamma):
+        raise ValueError(
+            f"the guide runs under gamma={gamma} but the model under gamma={optimality.gamma}: q shares "
+            "the model's continuation probability, so build the guide with the model's gamma"
+        )
     event_dim = len(env.state_shape)
     alive = torch.ones(num_episodes, dtype=torch.bool, device=env.device)
     with PyroSites(num_episodes) if sites is None else sites as sites:
@@ -188,6 +217,7 @@ def rollout(
         states, actions, rewards, alives, ends = [state], [], [], [], []
         for t in range(horizon):
             sites.set_alive(alive)
+            sites.set_scale(gamma**t)
             action = sites.action(t, state, action_dist(t, state))
             if env.stochastic:
                 next_state = sites.transition(t, env.transition_dist(state, action))
@@ -195,7 +225,7 @@ def rollout(
             else:
                 step = env.step(state, action)
             if optimality is not None:
-                sites.factor(t, (optimality.gamma**t / optimality.alpha) * step.reward)
+                sites.factor(t, step.reward / optimality.alpha)
             # Freeze finished episodes at their terminal state: their later steps are masked out,
             # and a frozen state keeps the (unused) dynamics finite: no NaN reaches a gradient.
             keep = alive.reshape(alive.shape + (1,) * event_dim)
@@ -208,13 +238,14 @@ def rollout(
             alive = alive & ~step.terminated
         if optimality is not None and optimality.terminal_value is not None:
             sites.set_alive(alive)
+            sites.set_scale(gamma**horizon)
             value = optimality.terminal_value(state)
             if value.shape != (num_episodes,):
                 raise ValueError(
                     f"terminal_value must return one value per episode, shape ({num_episodes},); "
                     f"got {tuple(value.shape)}"
                 )
-            sites.factor(horizon, (optimality.gamma**horizon / optimality.alpha) * value)
+            sites.factor(horizon, value / optimality.alpha)
     return Trajectory(
         torch.stack(states),
         torch.stack(actions),

@@ -12,7 +12,7 @@ from rl_as_inference.envs import FunctionalEnv
 from .priors import Prior, check_action_distribution
 from .rollout import Optimality, Trajectory, rollout
 
-__all__ = ["TrajectoryModel", "check_horizon"]
+__all__ = ["TrajectoryModel", "check_gamma", "check_horizon"]
 
 
 def check_horizon(horizon: int) -> int:
@@ -25,12 +25,16 @@ def check_horizon(horizon: int) -> int:
 
 
 class TrajectoryModel:
-    """p(tau, O) = p(s_0) prod_t pi(a_t|s_t) p(s_{t+1}|s_t, a_t) exp(sum_t gamma^t r_t / alpha) as a Pyro model.
+    """p(tau, O) = p(s_0) prod_t pi(a_t|s_t) p(s_{t+1}|s_t, a_t) exp(r_t / alpha), gamma a continuation probability.
 
-    With a guide q that shares the dynamics, the ELBO of this model is seed eq. (2),
-    E_q[sum_t gamma^t r_t / alpha] - E_q[sum_t KL(q(.|s_t) || pi(.|s_t))] <= log p(O), which with
-    ``UniformPrior`` is the maximum-entropy objective of seed eq. (10). The KL terms are not
-    discounted (DESIGN.md s.1). Sites follow :mod:`rl_as_inference.models.sites`.
+    After every step the episode ends with probability 1 - gamma in an absorbing state with zero
+    reward: step t's sites run under ``poutine.scale(gamma**t)`` (the death time marginalized). With
+    a guide q that shares the dynamics and gamma (``PolicyGuide(..., gamma=...)``), the ELBO of
+    this model is seed eq. (2), discounted,
+    E_q[sum_t gamma^t (r_t / alpha - KL(q(.|s_t) || pi(.|s_t)))] (+ gamma^H V(s_H) / alpha)
+    <= log p(O), which with ``UniformPrior`` is the maximum-entropy objective of seed eq. (10); its
+    optimum is the stationary soft value that the critics learn. gamma = 1 is the undiscounted
+    eq. (2). Sites follow :mod:`rl_as_inference.models.sites`.
 
     Args:
         env: a functional env (``envs.make(...)`` or ``envs.TabularMDP``).
@@ -38,9 +42,11 @@ class TrajectoryModel:
         horizon: H action steps.
         alpha: temperature > 0 (rewards are divided by it); a 0-d tensor (e.g. a learned temperature
             on the device) is used without reading it back.
-        gamma: discount in (0, 1], applied inside the factor as gamma^t.
+        gamma: the continuation probability in (0, 1]: step t's sites run under
+            ``poutine.scale(gamma**t)``.
         terminal_value: optional ``V(s_H) -> [N]`` soft value of the rest of the episode in reward
-            units; adds the factor gamma^H V(s_H) / alpha (truncated horizons, soft critics).
+            units; adds the factor ``O_H = V(s_H) / alpha`` under scale gamma^H (truncated
+            horizons, soft critics).
 
     Calling ``model(num_episodes, init_state=None)`` runs the episodes and returns a
     :class:`~rl_as_inference.models.rollout.Trajectory`.
@@ -68,7 +74,7 @@ class TrajectoryModel:
         self.env, self.prior = env, prior
         self.horizon = check_horizon(horizon)
         self.alpha = _check_alpha(alpha)
-        self.gamma = _check_gamma(gamma)
+        self.gamma = check_gamma(gamma)
         if terminal_value is not None and not callable(terminal_value):
             raise TypeError(
                 f"terminal_value must be callable (state -> [N] values), got {type(terminal_value).__name__}"
@@ -86,7 +92,7 @@ class TrajectoryModel:
 
     @property
     def optimality(self) -> Optimality:
-        """The factors exp(gamma^t r_t / alpha) (and the terminal one) of this model."""
+        """The factors exp(r_t / alpha) (and the terminal one) of this model, under scale gamma^t."""
         return Optimality(self.alpha, self.gamma, self.terminal_value)
 
     def __call__(self, num_episodes: int, init_state: torch.Tensor | None = None) -> Trajectory:
@@ -124,7 +130,8 @@ def _check_alpha(alpha: float | torch.Tensor) -> float | torch.Tensor:
     return value
 
 
-def _check_gamma(gamma: float) -> float:
+def check_gamma(gamma: float) -> float:
+    """gamma, the per-step continuation probability, is a number in (0, 1]."""
     try:
         value = float(gamma)
     except (TypeError, ValueError) as exc:

@@ -2,12 +2,16 @@
 
 Each episode tau ~ q(tau) that the guide rolls out carries the importance weight of seed eq. (2),
 
-    log w(tau) = log p(tau, O) - log q(tau)
-               = sum_t [ gamma^t r_t / alpha + log pi(a_t|s_t) - log q(a_t|s_t) ]  (+ gamma^H V(s_H) / alpha)
+    log w(tau) = log p(tau, O) - log q(tau),   l_t = r_t / alpha + log pi(a_t|s_t) - log q(a_t|s_t)
 
-(p(s_0) and the dynamics are shared by model and guide and cancel, seed eq. (12)). From N of them:
+(p(s_0) and the dynamics are shared by model and guide and cancel, seed eq. (12)). Without
+discounting log w = sum_t l_t (+ V(s_H) / alpha). With gamma < 1, a continuation probability, the
+episode also draws a death time that model and guide share; it is marginalized exactly, so that
+E_q[w] = p(O): log w = logsumexp_t [log(gamma^t - gamma^{t+1}) + sum_{k <= t} l_k] (the site ledger,
+:mod:`rl_as_inference.ledger`). From N episodes:
 
-- the ELBO, E_q[log w] <= log p(O), estimated by mean(log w) with standard error sd(log w) / sqrt(N);
+- the ELBO, E_q[sum_t gamma^t l_t] <= log p(O), estimated by the mean of those per-episode sums
+  (mean(log w) without discounting) with its standard error;
 - the importance-sampling estimate of the evidence, log p(O) ~= logsumexp(log w) - log N, with the
   delta-method standard error sd(w) / (sqrt(N) mean(w)) = sqrt((N / ESS - 1) / (N - 1));
 - Kish's effective sample size ESS = (sum w)^2 / sum w^2 of the weights;
@@ -57,9 +61,10 @@ from matplotlib.ticker import NullFormatter
 from pyro import poutine
 
 from rl_as_inference.config import read_toml
+from rl_as_inference.ledger import from_traces
 from rl_as_inference.models.priors import UniformPrior
 from rl_as_inference.models.rollout import Trajectory
-from rl_as_inference.models.sites import parse_site, sample_sites, site_log_prob, state_site
+from rl_as_inference.models.sites import parse_site, sample_sites, state_site
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", FutureWarning)  # ArviZ 0.23 announces its 1.x refactor on import
@@ -132,8 +137,9 @@ class ImportanceDiagnostics:
 
     Attributes:
         num_samples: N.
-        elbo: mean_i log w_i, the Monte-Carlo ELBO of eq. (2) (a lower bound of log p(O) in expectation).
-        elbo_se: its standard error sd(log w) / sqrt(N).
+        elbo: the Monte-Carlo ELBO of eq. (2) (a lower bound of log p(O) in expectation): mean_i log w_i
+            without discounting, the mean of the per-episode ELBO terms with it.
+        elbo_se: its standard error (standard deviation of those terms / sqrt(N)).
         log_evidence: logsumexp_i(log w_i) - log N, the importance-sampling estimate of log p(O).
         log_evidence_se: delta-method standard error sd(w) / (sqrt(N) mean(w)) of that estimate
             (meaningful only when ``pareto_k`` < 0.7).
@@ -198,12 +204,16 @@ def _kish(lw: np.ndarray) -> float:
     return float(v.sum() ** 2 / np.square(v).sum())
 
 
-def importance_diagnostics(log_weights) -> ImportanceDiagnostics:
+def importance_diagnostics(log_weights, elbo_terms=None) -> ImportanceDiagnostics:
     """ELBO, IS estimate of log p(O), PSIS k-hat and ESS from log weights log p(tau_i, O) - log q(tau_i).
 
     Args:
         log_weights: ``[N]`` log importance weights of eq. (2) (numpy or torch), N >= 2; -inf is
             allowed (a trajectory impossible under the model).
+        elbo_terms: optional ``[N]`` per-episode ELBO terms whose mean is the ELBO (with
+            discounting, :attr:`EpisodeSample.elbo_terms`: the log weights with the death time
+            averaged out of the log rather than marginalized inside it); default the log weights
+            themselves, whose mean is the ELBO when gamma = 1.
 
     Returns:
         An :class:`ImportanceDiagnostics`.
@@ -211,8 +221,11 @@ def importance_diagnostics(log_weights) -> ImportanceDiagnostics:
     lw = _as_log_weights(log_weights)
     n = lw.size
     finite = np.isfinite(lw).any()
-    elbo = float(lw.mean())
-    elbo_se = float(lw.std(ddof=1) / math.sqrt(n)) if np.isfinite(lw).all() else math.nan
+    terms = lw if elbo_terms is None else _as_log_weights(elbo_terms)
+    if terms.size != n:
+        raise ValueError(f"elbo_terms has {terms.size} values for {n} log weights")
+    elbo = float(terms.mean())
+    elbo_se = float(terms.std(ddof=1) / math.sqrt(n)) if np.isfinite(terms).all() else math.nan
     smoothed, k = _psis(lw)
     if finite:
         top = lw.max()
@@ -241,27 +254,32 @@ class EpisodeSample:
     Attributes:
         actions: ``[H, N, *action_shape]`` values of the guide's ``a_t`` sites.
         alive: ``[H, N]`` bool, True where step t belongs to the episode (the mask of ``a_t``).
-        log_weight_steps: ``[H, N]`` the part of log p(tau, O) - log q(tau) booked at step t: the
-            sites ``a_t``, ``s_{t+1}`` and ``O_t`` (``s_0``, per-episode globals at t = 0, ``O_H`` at
-            t = H - 1), model minus guide. Their sum over t is the log weight of eq. (2).
+        log_weight_steps: ``[H, N]`` the unscaled part l_t of log p(tau, O) - log q(tau) booked at
+            step t by the site ledger (:mod:`rl_as_inference.ledger`): the sites ``a_t``,
+            ``s_{t+1}`` and ``O_t`` (``s_0`` and per-episode latents at t = 0; ``O_H`` and
+            observations outside the convention at t = H - 1), model minus guide.
+        continuation: ``[H]`` (or ``[H, N]``) c_t, the probability that the episode still runs at
+            step t: the scale gamma^t of step t's sites (all ones without discounting).
+        log_weights: ``[N]`` log w of each episode with the death time marginalized,
+            logsumexp_t [log(c_t - c_{t+1}) + sum_{k <= t} l_k]: E_q[w] = p(O) (with c = 1, the
+            plain sum of ``log_weight_steps``).
+        elbo_terms: ``[N]`` sum_t c_t l_t: their mean is the ELBO of eq. (2), discounted.
         states: ``[H+1, N, *state_shape]`` s_0..s_H (from a returned ``Trajectory`` or the ``s_t``
             sites), or None when neither model nor guide exposes them.
         rewards: ``[H, N]`` rewards r_t (from a returned ``Trajectory``, else recovered from the
-            ``O_t`` factors as r_t = alpha log O_t / gamma^t), zero after termination, or None.
+            ``O_t`` factors as r_t = alpha log O_t), zero after termination, or None.
         latents: the guide's other per-episode latent sites, ``[N, ...]`` each.
     """
 
     actions: torch.Tensor
     alive: torch.Tensor
     log_weight_steps: torch.Tensor
+    continuation: torch.Tensor
+    log_weights: torch.Tensor
+    elbo_terms: torch.Tensor
     states: torch.Tensor | None = None
     rewards: torch.Tensor | None = None
     latents: dict[str, torch.Tensor] = field(default_factory=dict)
-
-    @property
-    def log_weights(self) -> torch.Tensor:
-        """``[N]`` log w = log p(tau, O) - log q(tau) of each episode (seed eq. 2)."""
-        return self.log_weight_steps.sum(0)
 
     @property
     def horizon(self) -> int:
@@ -287,21 +305,21 @@ def sample_episodes(
     num_episodes: int,
     *args,
     alpha: float | None = None,
-    gamma: float | None = None,
     **kwargs,
 ) -> EpisodeSample:
     """Roll out ``num_episodes`` episodes from the guide, replay them in the model, read them by site name.
 
     Traces ``guide(num_episodes, *args, **kwargs)``, replays ``model`` on that trace, and books each
-    site's log-probability (model minus guide) at its step, so the log weights are those of eq. (2):
-    log p(tau, O) - log q(tau). Works with any model/guide pair that follows
+    site's log-probability (model minus guide) at its step through the site ledger, so the log
+    weights are those of eq. (2), log p(tau, O) - log q(tau), with the death time of a discounted
+    model marginalized. Works with any model/guide pair that follows
     :mod:`rl_as_inference.models.sites`; no gradients are recorded.
 
     Args:
         model, guide: Pyro callables taking ``(num_episodes, *args, **kwargs)``.
         num_episodes: N, the size of the ``episodes`` plate.
-        alpha, gamma: used only to recover rewards from the ``O_t`` factors of a model that does not
-            return a ``Trajectory`` (default: the model's ``alpha``/``gamma`` attributes, else 1).
+        alpha: used only to recover rewards from the ``O_t`` factors of a model that does not
+            return a ``Trajectory`` (default: the model's ``alpha`` attribute, else 1).
 
     Raises:
         ValueError: the guide has no ``a_t`` sites, misses a latent site of the model, or has a latent
@@ -349,36 +367,22 @@ def sample_episodes(
     else:
         alive = torch.stack([_mask(action_sites[t], n, device) for t in range(horizon)])
 
-    # ---- log weights booked per step
-    steps: list[torch.Tensor | float] = [0.0] * horizon
-    latents: dict[str, torch.Tensor] = {}
-    for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
-        for name, site in sample_sites(trace, latent_only=sign < 0):
-            lp = site_log_prob(site)
-            if lp.dim() == 0 and not site["is_observed"]:
-                raise ValueError(
-                    f"site {name!r} is a latent outside the episodes plate: one draw is shared by every "
-                    "episode, so per-episode importance weights are undefined"
-                )
-            if lp.dim() > 1 or (lp.dim() == 1 and lp.shape[0] != n):
-                raise ValueError(
-                    f"site {name!r} has log-prob shape {tuple(lp.shape)}: trajectory sites must be inside "
-                    f"pyro.plate('episodes', {n}) (shape [{n}])"
-                )
-            info = parse_site(name)
-            t = 0 if info.time is None else info.time
-            t = min(max(t - 1, 0) if info.role == "state" else t, horizon - 1)
-            steps[t] = steps[t] + sign * lp.to(torch.float64)
-            if (
-                sign < 0
-                and info.role == "global"
-                and site["value"].dim() >= 1
-                and site["value"].shape[0] == n
-            ):
-                latents[name] = site["value"]
-    log_weight_steps = torch.stack(
-        [torch.as_tensor(s, dtype=torch.float64, device=device).expand(n) for s in steps]
-    )
+    # ---- log weights, booked per step by the site ledger
+    ledger = from_traces(model_trace, guide_trace)
+    log_weights = ledger.log_weights()  # raises for a latent outside the plate
+    log_ratios, survival, _ = ledger.discounted()
+    if log_ratios.shape[1] != n:
+        raise ValueError(
+            f"the sites have {log_ratios.shape[1]} episodes; expected {n} (pyro.plate('episodes', {n}))"
+        )
+    # Rows past the last action (the terminal factor, observations outside the convention) are shown
+    # with the last step.
+    log_weight_steps = torch.cat((log_ratios[: horizon - 1], log_ratios[horizon - 1 :].sum(0, keepdim=True)))
+    latents = {
+        name: site["value"]
+        for name, site in sample_sites(guide_trace, latent_only=True)
+        if parse_site(name).role == "global" and site["value"].dim() >= 1 and site["value"].shape[0] == n
+    }
 
     # ---- states s_0..s_H
     states = None
@@ -395,14 +399,13 @@ def sample_episodes(
         rewards = traj.rewards
     else:
         a = float(alpha if alpha is not None else getattr(model, "alpha", 1.0))
-        g = float(gamma if gamma is not None else getattr(model, "gamma", 1.0))
         found = {}
         for name, site in sample_sites(model_trace, latent_only=False):
             info = parse_site(name)
             if info.role == "factor" and info.time is not None and info.time < horizon:
                 fn = site["fn"]
                 lf = fn.log_factor if hasattr(fn, "log_factor") else fn.log_prob(site["value"])
-                found[info.time] = a * lf.to(torch.float64).expand(n) / g**info.time
+                found[info.time] = a * lf.to(torch.float64).expand(n)
         if found:
             zero = torch.zeros(n, dtype=torch.float64, device=device)
             rewards = torch.stack([found.get(t, zero) for t in range(horizon)])
@@ -411,6 +414,11 @@ def sample_episodes(
         actions=actions,
         alive=alive,
         log_weight_steps=log_weight_steps,
+        continuation=survival[:horizon, 0]
+        if bool((survival == survival[:, :1]).all())
+        else survival[:horizon],
+        log_weights=log_weights,
+        elbo_terms=ledger.elbo_terms(),
         states=states,
         rewards=rewards,
         latents=latents,
@@ -544,7 +552,7 @@ def to_inference_data(
     gamma = gamma if gamma is not None else getattr(model, "gamma", None)
     kwargs = {} if init_state is None else {"init_state": init_state}
     with _seeded(seed, device):
-        sample = sample_episodes(model, guide, n, alpha=alpha, gamma=gamma, **kwargs)
+        sample = sample_episodes(model, guide, n, alpha=alpha, **kwargs)
     H = sample.horizon
 
     posterior: dict[str, np.ndarray] = {}
@@ -574,7 +582,7 @@ def to_inference_data(
             dims[name] = ["episode", *_feature_dims(f"{name}_dim", value.dim() - 1)]
 
     lw = _numpy(sample.log_weights)
-    diag = importance_diagnostics(lw)
+    diag = importance_diagnostics(lw, _numpy(sample.elbo_terms))
     smoothed, _ = _psis(lw)  # cheap: O(N log N) once more
     stats: dict[str, np.ndarray] = {
         "log_weight": lw,
@@ -789,7 +797,7 @@ def from_run(
     model = models.TrajectoryModel(
         env, models.UniformPrior(env.action_space), horizon=horizon, alpha=alpha, gamma=gamma
     )
-    guide = guides.PolicyGuide(env, policy.module, horizon=horizon, name="policy")
+    guide = guides.PolicyGuide(env, policy.module, horizon=horizon, name="policy", gamma=gamma)
     algo = config.get("algo")
     attrs: dict[str, Any] = {"run_dir": str(run_dir), "algo": algo, "seed": seed}
     if "elbo" in metrics:
@@ -1158,7 +1166,8 @@ def plot_weights(idata: az.InferenceData, *, figsize=(13, 4)) -> Figure:
     1/N, titled with k-hat and Kish's ESS; the y range is [smallest positive weight / 2, 1.5].
     Right: the cumulative log-weight contributions by time step: the standard deviation over
     episodes of the sum of the terms of log w booked at steps 0..t (``log_weight_step``). At the
-    last step it is sd(log w). Before it, a partial sum lacks the soft value of the rest of the
+    last step it is sd(log w) without discounting (with it, the spread of the undiscounted sum,
+    whose death-time mixture log w is). Before it, a partial sum lacks the soft value of the rest of the
     episode, so the curve is not zero even for the exact posterior: it shows how the spread of
     log w accumulates along the episode, not where q and p(tau | O) differ.
     """

@@ -6,13 +6,18 @@ reward-to-go credit but is quadratic in the horizon. This loss reads the trace t
 convention (:mod:`rl_as_inference.models.sites`) instead: it traces the guide, replays the model,
 stacks the per-step costs into a ``[T, N]`` tensor, and forms one surrogate in O(T):
 
-    ELBO = E_q[ sum_t ( gamma^t r_t / alpha + log pi(a_t|s_t) - log q(a_t|s_t) ) + gamma^H V(s_H) / alpha ]
+    ELBO = E_q[ sum_t gamma^t ( r_t / alpha + log pi(a_t|s_t) - log q(a_t|s_t) ) + gamma^H V(s_H) / alpha ]
+
+(gamma a continuation probability: step t's sites run under ``poutine.scale(gamma**t)``). Every
+site is booked through the one site ledger (:mod:`rl_as_inference.ledger`):
 
 - pathwise gradients flow through reparameterized actions and differentiable dynamics;
-- every non-reparameterized guide site x_t (discrete actions, or all actions with
-  ``estimator="score"``) adds the score-function term log q(x_t) * (sum_{t' >= t} cost_t' - b_t):
-  reward-to-go credit, so a_t is never blamed for costs incurred before it;
-- baselines b_t: none, a running average per time step, or a learned state-value baseline;
+- every non-reparameterized guide site x_t of step t (discrete actions, all actions with
+  ``estimator="score"``, a stochastic transition s_{t+1} whose law depends on a pathwise action)
+  adds the score-function term log q(x_t) * (sum_{t' >= t} cost_t' - b_t): reward-to-go credit,
+  so a_t is never blamed for costs incurred before it;
+- baselines b_t: none, a running average per time step, or a learned state-value baseline
+  V(s_t) of the step's own state (never of a later one: the estimate stays unbiased);
 - where torch has the analytic KL(q(.|s_t) || pi(.|s_t)) it replaces the Monte-Carlo
   log q - log pi (same expectation, less variance).
 
@@ -22,14 +27,12 @@ one scalar back at the end, as Pyro's SVI expects.
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass
 
 import pyro
 import torch
 from pyro import poutine
-from pyro.distributions.util import scale_and_mask
 from pyro.infer import ELBO
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.runtime import _PYRO_STACK
@@ -37,9 +40,10 @@ from pyro.poutine.trace_messenger import TraceMessenger
 from torch.distributions.kl import kl_divergence
 
 from rl_as_inference.guides import TrajectoryGuide
+from rl_as_inference.ledger import FusedSites, from_traces, without_rsample
 from rl_as_inference.models import TrajectoryModel
 from rl_as_inference.models.rollout import Trajectory
-from rl_as_inference.models.sites import parse_site, sample_sites, site_log_prob, state_site
+from rl_as_inference.models.sites import parse_site, sample_sites, state_site
 
 __all__ = ["ELBOTerms", "TrajectoryELBO"]
 
@@ -53,17 +57,7 @@ class _ScoreFunctionActions(Messenger):
 
     def _pyro_sample(self, msg):
         if not msg["is_observed"] and parse_site(msg["name"]).role == "action" and msg["fn"].has_rsample:
-            msg["fn"] = _without_rsample(msg["fn"])
-
-
-def _without_rsample(d):
-    """A shallow copy of ``d`` that samples without reparameterization (wrappers delegate to their base)."""
-    new = copy.copy(d)
-    if hasattr(d, "base_dist"):  # Independent, TransformedDistribution: has_rsample is the base's
-        new.base_dist = _without_rsample(d.base_dist)
-    else:
-        new.has_rsample_(False)
-    return new
+            msg["fn"] = without_rsample(msg["fn"])
 
 
 @dataclass
@@ -71,8 +65,9 @@ class ELBOTerms:
     """The pieces of one ELBO evaluation (all per episode unless noted).
 
     Attributes:
-        costs: ``[T+1, N]`` cost of each time step: gamma^t r_t / alpha + log pi - log q (or -KL) of
-            the sites at time t; row H holds the terminal factor when there is one.
+        costs: ``[H+1, N]`` cost of each step t: gamma^t (r_t / alpha + log pi - log q (or -KL)) of
+            the sites booked at t (:mod:`rl_as_inference.ledger`); row H holds the terminal factor
+            gamma^H V(s_H) / alpha and observed sites outside the convention.
         global_cost: scalar cost of sites outside the episodes plate (global latents), summed.
         elbo: the ELBO estimate, reduced over episodes (mean or sum).
         surrogate: a differentiable scalar whose value is -elbo and whose gradient is the ELBO
@@ -104,7 +99,7 @@ class TrajectoryELBO(ELBO):
         baseline: ``"mean"`` (default): an exponential running average of the reward-to-go per
             time step; ``"none"``; ``"value"``: a learned state-value baseline V(s_t, t) (a
             :class:`~rl_as_inference.baselines.ValueBaseline` built from ``model.env``), or pass
-            your own module ``(states [T+1, N, ...], times [T+1]) -> [T+1, N]``. Baselines only
+            your own module ``(states [H, N, ...], times [H]) -> [H, N]`` (V(s_t, t) for t < H). Baselines only
             reduce variance; every choice is unbiased.
         baseline_decay: decay of the running average (``baseline="mean"``).
         analytic_kl: use torch's analytic KL(q || pi) per action site where it is registered.
@@ -190,24 +185,15 @@ class TrajectoryELBO(ELBO):
 
     # ------------------------------------------------------------------ diagnostics
     def log_weights(self, model, guide, *args, **kwargs) -> torch.Tensor:
-        """Per-episode log importance weights log p(tau, O) - log q(tau), shape ``[N]`` (no gradients).
+        """Per-episode log importance weights log p(tau, O) - log q(tau), shape ``[N]``, float64, no gradients.
 
-        Their mean is an ELBO estimate without analytic KL; ``logsumexp(w) - log N`` is the
-        importance-sampling estimate of log p(O). Every latent site must be inside the episodes plate.
+        With gamma < 1 the death time is marginalized exactly (:meth:`SiteLedger.log_weights`), so
+        E_q[w] = p(O): ``logsumexp(w) - log N`` is the importance-sampling estimate of log p(O), and
+        mean(log w) a lower bound of it, at least as tight as the ELBO (equal when gamma = 1).
+        Every latent site must be inside the episodes plate.
         """
         with torch.no_grad():
-            model_trace, guide_trace = self._traces(model, guide, args, kwargs)
-            total: torch.Tensor | None = None
-            for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
-                for name, site in sample_sites(trace, latent_only=sign < 0):
-                    lp = site_log_prob(site)
-                    if lp.dim() != 1:
-                        raise ValueError(
-                            f"log_weights needs every site inside the episodes plate; site {name!r} has "
-                            f"log-prob shape {tuple(lp.shape)}"
-                        )
-                    total = sign * lp if total is None else total + sign * lp
-        return total
+            return self._ledger(model, guide, args, kwargs, kl=False)[0].log_weights()
 
     # ------------------------------------------------------------------ the estimator
     def terms(self, model, guide, *args, **kwargs) -> ELBOTerms:
@@ -218,40 +204,15 @@ class TrajectoryELBO(ELBO):
         time): the same estimator as tracing the guide and replaying the model, with the model's
         dynamics run once and no per-site Pyro overhead. Anything else is traced.
         """
-        fused = self._fused_call(model, guide, args, kwargs)
-        if fused is not None:
-            sites, trajectory = fused
-            by_time, global_terms, score_sites = sites.by_time, [], sites.score_sites
-            returned_states = trajectory.states
-        else:
-            model_trace, guide_trace = self._traces(model, guide, args, kwargs)
-            by_time, global_terms, score_sites = self._collect_traced(model_trace, guide_trace)
-            ret = model_trace.nodes.get("_RETURN", {}).get("value")
-            trajectory = ret if isinstance(ret, Trajectory) else None
-            returned_states = _trace_states(guide_trace)
-        num_episodes = next((len(v[0]) for v in by_time.values() if v), None)
-        if num_episodes is None:
-            raise ValueError("the model has no site inside pyro.plate('episodes', N): nothing to estimate")
-        horizon = max(by_time)
-        rows = [_sum(by_time.get(t)) for t in range(horizon + 1)]
-        dtype = rows[0].dtype if rows[0] is not None else torch.float32
-        for r in rows:
-            if r is not None:
-                dtype = torch.promote_types(dtype, r.dtype)
-        device = next(r for r in rows if r is not None).device
-        zeros = torch.zeros(num_episodes, dtype=dtype, device=device)
-        costs = torch.stack([zeros if r is None else r.to(dtype).expand(num_episodes) for r in rows])
-        global_cost = _sum(global_terms)
-        global_cost = (
-            torch.zeros((), dtype=dtype, device=device) if global_cost is None else global_cost.to(dtype)
-        )
-
+        ledger, trajectory, states = self._ledger(model, guide, args, kwargs, kl=True)
+        costs, global_cost = ledger.costs(), ledger.global_cost()
+        num_episodes, horizon = ledger.num_episodes, ledger.horizon
         total = costs.sum() + global_cost
         scale = 1.0 / num_episodes if self.reduction == "mean" else 1.0
         elbo = total * scale
         surrogate = -elbo
-        if score_sites:
-            score = self._score_term(score_sites, costs, total, returned_states, model, horizon)
+        if ledger.score_sites:
+            score = self._score_term(ledger.score_sites, costs, total, states, model, horizon)
             surrogate = surrogate - (score - score.detach()) * scale
         terms = ELBOTerms(
             costs=costs,
@@ -264,48 +225,26 @@ class TrajectoryELBO(ELBO):
         self.last = terms
         return terms
 
-    def _collect_traced(self, model_trace, guide_trace):
-        """Per-time costs, global costs and score-function sites from a (model, guide) trace pair."""
-        by_time: dict[int, list[torch.Tensor]] = {}
-        global_terms: list[torch.Tensor] = []
-        score_sites: list[tuple[int | None, torch.Tensor]] = []
-        handled: set[str] = set()
-        num_episodes: int | None = None
+    def _ledger(self, model, guide, args, kwargs, *, kl: bool):
+        """The site ledger of one evaluation, the model's Trajectory (or None) and the states s_0..s_H.
 
-        def add(name: str, time: int | None, value: torch.Tensor) -> None:
-            nonlocal num_episodes
-            if value.dim() == 0:
-                global_terms.append(value)
-                return
-            if value.dim() != 1 or (num_episodes is not None and value.shape[0] != num_episodes):
-                raise ValueError(
-                    f"site {name!r} has log-prob shape {tuple(value.shape)}: trajectory sites must be inside "
-                    "pyro.plate('episodes', N) (shape [N]) or global (shape [])"
-                )
-            num_episodes = value.shape[0]
-            by_time.setdefault(0 if time is None else time, []).append(value)
+        A ``TrajectoryModel`` with a ``TrajectoryGuide`` on the same env is booked during one fused
+        rollout (:class:`~rl_as_inference.ledger.FusedSites`); anything else is traced and booked by
+        :func:`~rl_as_inference.ledger.from_traces`. Both book every site by the same rules.
+        """
+        self._check_estimator(model)
+        kl_fn = self._analytic_kl_of if kl else None
+        fused = self._fused_call(model, guide, args, kwargs, kl_fn)
+        if fused is not None:
+            sites, trajectory = fused
+            return sites.ledger, trajectory, trajectory.states
+        model_trace, guide_trace = self._traces(model, guide, args, kwargs)
+        ledger = from_traces(model_trace, guide_trace, kl=kl_fn)
+        ret = model_trace.nodes.get("_RETURN", {}).get("value")
+        trajectory = ret if isinstance(ret, Trajectory) else None
+        return ledger, trajectory, _trace_states(guide_trace)
 
-        for name, site in sample_sites(guide_trace, latent_only=True):
-            info = parse_site(name)
-            log_q = site_log_prob(site)
-            time = info.time
-            model_site = model_trace.nodes.get(name)
-            kl = self._analytic_kl(site, model_site) if info.role == "action" else None
-            if kl is not None:
-                add(name, time, -kl)
-                handled.add(name)
-            else:
-                add(name, time, -log_q)
-            if not site["fn"].has_rsample and log_q.requires_grad:
-                # A per-episode site without a time index is upstream of the whole episode (time 0);
-                # a global one (outside the plate) is upstream of every episode.
-                score_sites.append(((time or 0) if log_q.dim() else None, log_q))
-        for name, site in sample_sites(model_trace, latent_only=False):
-            if name not in handled:
-                add(name, parse_site(name).time, site_log_prob(site))
-        return by_time, global_terms, score_sites
-
-    def _fused_call(self, model, guide, args, kwargs):
+    def _fused_call(self, model, guide, args, kwargs, kl_fn):
         """Run model and guide in one pass when their structure is known; None when it is not."""
         if self.fused is False or not (
             isinstance(model, TrajectoryModel) and isinstance(guide, TrajectoryGuide)
@@ -319,7 +258,7 @@ class TrajectoryELBO(ELBO):
         if len(args) > 2 or set(kwargs) - set(names[len(args) :]):
             return self._require_unfused("the arguments are not (num_episodes, init_state=None)")
         call = dict(zip(names, args, strict=False)) | kwargs
-        sites = _JointSites(self, model)
+        sites = FusedSites(model.action_dist, kl=kl_fn, score_actions=self._use_score_for_actions(model))
         guide.register()
         trajectory = guide.rollout(
             call["num_episodes"], call.get("init_state"), optimality=model.optimality, sites=sites
@@ -332,19 +271,23 @@ class TrajectoryELBO(ELBO):
         return None
 
     def _score_term(self, score_sites, costs, total, states, model, horizon) -> torch.Tensor:
-        """Sum over non-reparameterized sites of log q(x_t) * (reward-to-go_t - b_t), detached weights."""
-        to_go = costs.detach().flip(0).cumsum(0).flip(0)  # [T+1, N]: costs at times >= t
+        """Sum over non-reparameterized sites of log q(x_t) * (reward-to-go_t - b_t), detached weights.
+
+        Score sites sit at rows 0..H-1 (the ledger books s_{t+1} at row t), so a baseline of row t
+        is a function of s_t and the past only: unbiased for every site of the row.
+        """
+        to_go = costs.detach().flip(0).cumsum(0).flip(0)  # [R, N]: costs at rows >= t
         advantage = to_go
         value_loss = None
         if self.baseline == "mean":
             advantage = to_go - self._running_mean(to_go.mean(1))[:, None]
         elif self.baseline == "value":
-            values = self._values(states, model, horizon, to_go)
-            advantage = to_go - values.detach()
-            value_loss = self.value_loss_weight * (values - to_go).square().mean()
+            values = self._values(states, model, horizon, to_go[:horizon])
+            advantage = to_go[:horizon] - values.detach()
+            value_loss = self.value_loss_weight * (values - to_go[:horizon]).square().mean()
         score = torch.zeros((), dtype=costs.dtype, device=costs.device)
-        for time, log_q in score_sites:
-            weight = total.detach() if time is None else advantage[time]
+        for _, row, log_q in score_sites:
+            weight = total.detach() if row is None else advantage[row]
             score = score + (log_q * weight).sum()
         if value_loss is not None:
             # Rides on the surrogate with zero value: only its gradient (regression of V) matters.
@@ -380,26 +323,19 @@ class TrajectoryELBO(ELBO):
                 self.value_baseline = ValueBaseline(env, horizon=horizon)
         # update_module_params: after a checkpoint is loaded the store holds the trained values.
         pyro.module("value_baseline", self.value_baseline, update_module_params=True)
-        # Cost rows run over times 0..horizon (the terminal factor, if any, is the last row).
-        if states is None or len(states) < horizon + 1:
+        # Score sites sit at rows 0..H-1: row t is baselined by V(s_t, t).
+        if states is None or len(states) < horizon:
             raise ValueError(
-                f"baseline='value' needs the states s_0..s_{horizon}: a guide returning a Trajectory, or "
-                "state sites s_t in the guide"
+                f"baseline='value' needs the states s_0..s_{horizon - 1}: a guide returning a Trajectory, "
+                "or state sites s_t in the guide"
             )
-        times = torch.arange(horizon + 1, device=states.device)
-        values = self.value_baseline(states[: horizon + 1].detach(), times)
+        times = torch.arange(horizon, device=states.device)
+        values = self.value_baseline(states[:horizon].detach(), times)
         if values.shape != to_go.shape:
             raise ValueError(
                 f"the value baseline returned shape {tuple(values.shape)}, expected {tuple(to_go.shape)}"
             )
         return values.to(to_go.dtype)
-
-    def _analytic_kl(self, guide_site, model_site) -> torch.Tensor | None:
-        """-(log pi - log q) replaced by the exact KL(q || pi) of the site, where torch registers one."""
-        if model_site is None or model_site["is_observed"]:
-            return None
-        kl = self._analytic_kl_of(guide_site["fn"], model_site["fn"])
-        return None if kl is None else scale_and_mask(kl, guide_site["scale"], guide_site["mask"])
 
     def _analytic_kl_of(self, q, p) -> torch.Tensor | None:
         """KL(q || p) per batch element where torch has it in closed form (cached per type pair)."""
@@ -434,6 +370,15 @@ class TrajectoryELBO(ELBO):
                 )
         return model_trace, guide_trace
 
+    def _check_estimator(self, model) -> None:
+        env = getattr(model, "env", None)
+        if self.estimator == "pathwise" and env is not None and not getattr(env, "differentiable", True):
+            raise ValueError(
+                f"estimator='pathwise' but {getattr(env, 'name', type(env).__name__)} is not pathwise-"
+                "differentiable (env.differentiable is False): gradients through its dynamics would miss "
+                "the jumps of its rewards or termination; use estimator='auto' or 'score'"
+            )
+
     def _use_score_for_actions(self, model) -> bool:
         if self.estimator == "score":
             return True
@@ -456,62 +401,6 @@ class TrajectoryELBO(ELBO):
         return value
 
 
-class _JointSites:
-    """Site statements for the fused pass: actions from q, with the model's costs computed on the spot.
-
-    Mirrors what tracing the guide and replaying the model computes per time step t: -log q(a_t)
-    (or -KL(q || pi) where analytic), + log pi(a_t|s_t), + the factor, all masked after
-    termination. Transition and initial-state sites are shared by model and guide and contribute
-    exactly zero, so they are only sampled.
-    """
-
-    def __init__(self, loss: TrajectoryELBO, model: TrajectoryModel):
-        self.loss, self.model = loss, model
-        self.by_time: dict[int, list[torch.Tensor]] = {}
-        self.score_sites: list[tuple[int, torch.Tensor]] = []
-        self.alive: torch.Tensor | None = None
-        self.score_actions = loss._use_score_for_actions(model)
-
-    def __enter__(self) -> _JointSites:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        pass
-
-    def set_alive(self, alive: torch.Tensor) -> None:
-        self.alive = alive
-
-    def _masked(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.where(self.alive, x * 1.0, x.new_zeros(()))
-
-    def initial(self, d):
-        return d()
-
-    def transition(self, t: int, d):
-        self.by_time.setdefault(t + 1, [])  # a zero-cost row, as the traced s_{t+1} sites give
-        return d()
-
-    def action(self, t: int, state: torch.Tensor, q):
-        if self.score_actions and q.has_rsample:
-            q = _without_rsample(q)
-        action = q()
-        log_q = self._masked(q.log_prob(action))
-        prior = self.model.action_dist(t, state)
-        kl = self.loss._analytic_kl_of(q, prior)
-        costs = self.by_time.setdefault(t, [])
-        if kl is not None:
-            costs.append(-self._masked(kl))
-        else:
-            costs.append(-log_q)
-            costs.append(self._masked(prior.log_prob(action)))
-        if not q.has_rsample and log_q.requires_grad:
-            self.score_sites.append((t, log_q))
-        return action
-
-    def factor(self, t: int, log_factor: torch.Tensor) -> None:
-        self.by_time.setdefault(t, []).append(self._masked(log_factor))
-
-
 def _trace_states(guide_trace) -> torch.Tensor | None:
     """States s_0..s_H of a traced guide: its returned Trajectory, else its s_t sites (None if absent)."""
     returned = guide_trace.nodes.get("_RETURN", {}).get("value")
@@ -524,12 +413,3 @@ def _trace_states(guide_trace) -> torch.Tensor | None:
             break
         states.append(site["value"])
     return torch.stack(states) if states else None
-
-
-def _sum(terms: list[torch.Tensor] | None) -> torch.Tensor | None:
-    if not terms:
-        return None
-    total = terms[0]
-    for term in terms[1:]:
-        total = total + term
-    return total

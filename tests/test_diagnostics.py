@@ -41,11 +41,11 @@ def deterministic_mdp(*, fixed_start: bool = True) -> envs.TabularMDP:
     return envs.TabularMDP(base.transition, base.reward, p0, name="det-8x3")
 
 
-def tabular_setup(mdp, logits: torch.Tensor):
+def tabular_setup(mdp, logits: torch.Tensor, gamma: float = GAMMA):
     model = models.TrajectoryModel(
-        mdp, models.UniformPrior(mdp.action_space), horizon=HORIZON, alpha=ALPHA, gamma=GAMMA
+        mdp, models.UniformPrior(mdp.action_space), horizon=HORIZON, alpha=ALPHA, gamma=gamma
     )
-    guide = guides.TabularGuide(mdp, horizon=HORIZON)
+    guide = guides.TabularGuide(mdp, horizon=HORIZON, gamma=gamma)
     pyro.get_param_store()[f"{guide.name}.logits"] = logits.detach().clone()
     return model, guide
 
@@ -54,6 +54,14 @@ def tabular_setup(mdp, logits: torch.Tensor):
 def solution():
     mdp = deterministic_mdp()
     return mdp, exact.solve(mdp, horizon=HORIZON, alpha=ALPHA, gamma=GAMMA)
+
+
+@pytest.fixture(scope="module")
+def undiscounted():
+    """gamma = 1: with a fixed start and deterministic dynamics the optimal q IS p(tau | O) (with
+    gamma < 1 the posterior also bends the death time, which q shares with the model)."""
+    mdp = deterministic_mdp()
+    return mdp, exact.solve(mdp, horizon=HORIZON, alpha=ALPHA, gamma=1.0)
 
 
 def z_score(estimate: float, se: float, target: float) -> float:
@@ -90,10 +98,11 @@ def test_importance_diagnostics_formulas():
 
 
 # ---------------------------------------------------------------------- against exact inference
-def test_optimal_tabular_q_is_the_posterior(solution):
-    mdp, sol = solution
+def test_optimal_tabular_q_is_the_posterior(undiscounted, solution):
+    mdp, sol = undiscounted
     assert sol.gap == pytest.approx(0.0, abs=1e-12)  # deterministic, fixed start: q* = p(tau | O)
-    model, guide = tabular_setup(mdp, sol.policy.log())
+    assert solution[1].gap > 0.1  # gamma = 0.95: the posterior also bends the death time
+    model, guide = tabular_setup(mdp, sol.policy.log(), gamma=1.0)
     idata = diagnostics.to_inference_data(model, guide, num_episodes=N, seed=0)
     s = diagnostics.summarize(idata)
     # every log weight is log p(O) up to float32 rewards/log-probs (measured spread 6e-7 nats)
@@ -147,8 +156,8 @@ def test_poor_q_has_large_khat(solution, kind):
 def test_random_start_weights_are_the_soft_values_of_the_start():
     """Deterministic dynamics: log w(tau) of the optimal q telescopes to V_0(s_0) (the guide shares p(s_0))."""
     mdp = deterministic_mdp(fixed_start=False)
-    sol = exact.solve(mdp, horizon=HORIZON, alpha=ALPHA, gamma=GAMMA)
-    model, guide = tabular_setup(mdp, sol.policy.log())
+    sol = exact.solve(mdp, horizon=HORIZON, alpha=ALPHA, gamma=1.0)
+    model, guide = tabular_setup(mdp, sol.policy.log(), gamma=1.0)
     idata = diagnostics.to_inference_data(model, guide, num_episodes=200, seed=1)
     s0 = idata.posterior["state"].values[:, 0]
     want = sol.values[0].numpy()[s0]
@@ -156,13 +165,17 @@ def test_random_start_weights_are_the_soft_values_of_the_start():
     assert np.allclose(idata.sample_stats["log_weight_step"].values.sum(1), want, atol=1e-5)
 
 
+@pytest.mark.parametrize("gamma", [1.0, 0.9])
 @pytest.mark.parametrize("name", ["gridworld-slip-terminal", "random-stochastic"])
-def test_stochastic_dynamics_and_terminal_states(name):
-    """s_t sites of stochastic transitions cancel (eq. 12); steps after termination are masked out."""
+def test_stochastic_dynamics_and_terminal_states(name, gamma):
+    """s_t sites of stochastic transitions cancel (eq. 12); steps after termination are masked out;
+    with gamma < 1 the weights marginalize the death time (unbiased for the absorbing model's p(O))."""
     mdp = envs.gridworld(3, 3, slip=0.2) if name.startswith("grid") else envs.random_mdp(5, 3, seed=2)
-    sol = exact.solve(mdp, horizon=8, alpha=1.0)
-    model = models.TrajectoryModel(mdp, models.UniformPrior(mdp.action_space), horizon=8, alpha=1.0)
-    guide = guides.TabularGuide(mdp, horizon=8)
+    sol = exact.solve(mdp, horizon=8, alpha=1.0, gamma=gamma)
+    model = models.TrajectoryModel(
+        mdp, models.UniformPrior(mdp.action_space), horizon=8, alpha=1.0, gamma=gamma
+    )
+    guide = guides.TabularGuide(mdp, horizon=8, gamma=gamma)
     pyro.get_param_store()[f"{guide.name}.logits"] = sol.policy.log().clone()
     idata = diagnostics.to_inference_data(model, guide, num_episodes=2000, seed=0)
     s = diagnostics.summarize(idata)
@@ -248,11 +261,12 @@ M, H_GAUSS = 1.5, 3
 
 
 def weight(t: int) -> float:
-    return GAMMA**t / ALPHA
+    """The factor's weight of r_t: exp(r_t / alpha) at every step (no discounting)."""
+    return 1 / ALPHA
 
 
 def gaussian_model(num_episodes):
-    """a_t ~ N(0, 1), s_{t+1} ~ N(s_t + a_t, 0.1^2), factor O_t = gamma^t r_t / alpha, r_t = -(a_t - M)^2 / 2."""
+    """a_t ~ N(0, 1), s_{t+1} ~ N(s_t + a_t, 0.1^2), factor O_t = r_t / alpha, r_t = -(a_t - M)^2 / 2."""
     with pyro.plate("episodes", num_episodes, dim=-1):
         s = pyro.sample("s_0", dist.Normal(0.0, 0.1))
         for t in range(H_GAUSS):
@@ -282,7 +296,7 @@ def gaussian_exact():
 def test_custom_pyro_model_following_the_convention():
     log_z, loc, scale = gaussian_exact()
     exact_idata = diagnostics.to_inference_data(
-        gaussian_model, gaussian_guide(loc, scale), num_episodes=N, seed=0, alpha=ALPHA, gamma=GAMMA
+        gaussian_model, gaussian_guide(loc, scale), num_episodes=N, seed=0, alpha=ALPHA
     )
     post, stats = exact_idata.posterior, exact_idata.sample_stats
     # the guide is the exact posterior: every log weight is log p(O) (float32 rounding allowed)
@@ -353,9 +367,9 @@ def test_plots_return_figures_and_save(which, solution, tmp_path):
         assert (tmp_path / f"{plot.__name__}.png").stat().st_size > 1000
 
 
-def exact_idata(solution, num_episodes: int = 64, **kwargs):
+def exact_idata(solution, num_episodes: int = 64, gamma: float = GAMMA, **kwargs):
     mdp, sol = solution
-    model, guide = tabular_setup(mdp, sol.policy.log())
+    model, guide = tabular_setup(mdp, sol.policy.log(), gamma=gamma)
     return diagnostics.to_inference_data(model, guide, num_episodes=num_episodes, seed=0, **kwargs)
 
 
@@ -364,9 +378,9 @@ def drawn(fig: Figure) -> Figure:
     return fig
 
 
-def test_plot_weights_of_equal_weights_draws_one_bar_without_offset(solution):
+def test_plot_weights_of_equal_weights_draws_one_bar_without_offset(undiscounted):
     """q* gives log w equal to ~1e-7 nats: one bar, absolute tick labels, labelled weight axis."""
-    idata = exact_idata(solution)
+    idata = exact_idata(undiscounted, gamma=1.0)
     assert idata.sample_stats["pareto_k"] == -math.inf
     left, middle, right = drawn(diagnostics.plot_weights(idata)).axes
     assert len(left.patches) == 1  # a single bar, not a histogram of float rounding
@@ -395,8 +409,8 @@ def test_plot_weights_of_degenerate_weights_has_data_limits(solution):
     assert [t.get_text() for t in middle.get_yticklabels() if t.get_text()]
 
 
-def test_plot_weights_right_panel_says_what_it_shows(solution):
-    idata = exact_idata(solution)
+def test_plot_weights_right_panel_says_what_it_shows(undiscounted):
+    idata = exact_idata(undiscounted, gamma=1.0)
     _, _, right = diagnostics.plot_weights(idata).axes
     assert right.get_title() == "cumulative log-weight contributions by time step"
     spread = right.lines[0].get_ydata()

@@ -44,7 +44,7 @@ def test_acceptance_example_converges_to_exact_optimum(stochastic, objective):
     else:
         prior = models.PolicyPrior(lambda s: torch.distributions.Categorical(probs=table[s]))
     model = models.TrajectoryModel(mdp, prior=prior, horizon=5, alpha=0.5, gamma=0.95)
-    guide = guides.TabularGuide(mdp, horizon=5)
+    guide = guides.TabularGuide(mdp, horizon=5, gamma=0.95)
     rlai.fit(model, guide, num_steps=1500, num_episodes=512, lr=0.05, seed=0, progress=False)
     probs = guide.policy()
     # --------------------------------------------------------------------

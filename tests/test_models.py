@@ -31,7 +31,7 @@ def test_model_sites_follow_the_convention_and_mask_after_termination():
     assert names[:5] == ["s_0", "a_0", "O_0", "a_1", "O_1"]  # deterministic dynamics: no s_t sites
     assert models.parse_site("a_3") == ("action", 3) and models.parse_site("mass") == ("global", None)
     trace.compute_log_prob()
-    # O_t = gamma^t r / alpha while alive; steps after the goal (t >= 2) are masked out.
+    # O_t = r / alpha under scale gamma^t while alive; steps after the goal (t >= 2) are masked out.
     assert trace.nodes["O_0"]["log_prob"].tolist() == pytest.approx([-2.0, -2.0])
     assert trace.nodes["O_1"]["log_prob"].tolist() == pytest.approx([-1.8, -1.8])
     assert trace.nodes["O_2"]["log_prob"].tolist() == [0.0, 0.0]
@@ -176,7 +176,7 @@ def test_custom_model_with_a_global_latent_trains_with_fit():
     result = rlai.fit(
         model, guide, num_steps=150, num_episodes=64, lr=0.05, seed=0, progress=False, loss=loss
     )
-    assert loss.last.global_cost.dim() == 0 and loss.last.costs.shape == (10, 64)
+    assert loss.last.global_cost.dim() == 0 and loss.last.costs.shape == (11, 64)  # rows 0..H
     assert math.isnan(result.returns[0])  # a plain function returns no Trajectory
     # It learns: the ELBO of the last 20 steps beats the first 5 by far more than its step-to-step noise.
     early, late = torch.tensor(result.elbo[:5]), torch.tensor(result.elbo[-20:])
@@ -186,7 +186,7 @@ def test_custom_model_with_a_global_latent_trains_with_fit():
     store = pyro.get_param_store()
     assert store["plan"][:3].mean() < -0.5
     assert store["mass_loc"] < 0
-    with pytest.raises(ValueError, match="site 'mass' has log-prob shape"):
+    with pytest.raises(ValueError, match="site 'mass' is a latent outside the episodes plate"):
         loss.log_weights(model, guide, 8)
 
 

@@ -136,7 +136,7 @@ def test_segment_log_ratios_equal_log_pi_minus_log_q_of_the_rolled_out_actions()
     model = models.TrajectoryModel(
         env, prior, horizon=4, alpha=0.3, gamma=0.9, terminal_value=lambda s: s[:, 1]
     )
-    guide = guides.PolicyGuide(env, policy, horizon=4, name="q")
+    guide = guides.PolicyGuide(env, policy, horizon=4, name="q", gamma=0.9)
     terms = rlai.TrajectoryELBO().terms(model, guide, 8, env.reset(8, seed=0))
     got = segment_log_ratios(terms, 0.3, 0.9)
     traj = terms.trajectory

@@ -66,7 +66,7 @@ class SegmentActor:
         else:
             reference = copy.deepcopy(policy).requires_grad_(False)
             prior = models.PolicyPrior(lambda state: reference(env.observe(state)))
-        guide = guides.PolicyGuide(env, policy, horizon=config.horizon, name="svi_policy")
+        guide = guides.PolicyGuide(env, policy, horizon=config.horizon, name="svi_policy", gamma=config.gamma)
         optimizer = adam(policy.parameters(), lr=config.actor_lr)
         return cls(policy, reference, prior, guide, rlai.TrajectoryELBO(reduction="mean"), optimizer)
 

@@ -2,7 +2,7 @@
 
 The same trajectory model and ELBO as :mod:`rl_as_inference.algos.svi`,
 
-    ELBO = E_q[ sum_{t<H} gamma^t r_t / alpha + gamma^H V(s_H) / alpha ] - E_q[ sum_{t<H} KL(q || pi) ],
+    ELBO = E_q[ sum_{t<H} gamma^t (r_t / alpha - KL(q || pi)) + gamma^H V(s_H) / alpha ],
 
 (seed eq. 2; eq. 10 with pi uniform), but the H-step segments are not re-simulated from replayed
 states: they continue the ``num_envs`` episodes the learner is playing (:class:`SegmentEnvs`). One
@@ -52,11 +52,11 @@ __all__ = ["segment_log_ratios", "train_on_rollouts"]
 
 def segment_log_ratios(terms: ELBOTerms, alpha: float | torch.Tensor, gamma: float) -> torch.Tensor:
     """``[H, N]`` per-step log pi(a_t|s_t) - log q(a_t|s_t) (or -KL(q || pi) where analytic) of an
-    evaluated segment, read off the ELBO's own costs without another forward pass:
-    costs[t] = gamma^t r_t / alpha + that log-ratio (zero after termination)."""
+    evaluated segment, undiscounted, read off the ELBO's own costs without another forward pass:
+    costs[t] = gamma^t (r_t / alpha + that log-ratio) (zero after termination)."""
     rewards = terms.trajectory.rewards
     discounts = gamma ** torch.arange(rewards.shape[0], device=rewards.device, dtype=rewards.dtype)
-    return terms.costs[: rewards.shape[0]] - discounts[:, None] * rewards / alpha
+    return terms.costs[: rewards.shape[0]] / discounts[:, None] - rewards / alpha
 
 
 def _check(config: SVIConfig) -> None:
