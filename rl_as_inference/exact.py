@@ -1,33 +1,57 @@
 """Exact inference on finite MDPs: the ground truth that every estimator and algorithm is tested against.
 
-The trajectory model is the one of DESIGN.md section 1, for tau = (s_0, a_0, s_1, ..., s_T):
+The trajectory model is the one of DESIGN.md section 1, for tau = (s_0, a_0, s_1, ..., s_T), with the
+discount as a per-step continuation probability (Levine 2018): the episode always takes step 0, and
+after every step t it goes on with probability gamma and otherwise ends in an absorbing state with zero
+reward. With D in 1 .. T the number of steps taken, p(D > t) = gamma^t, and
 
-    p(tau, O) = p0(s_0) prod_t pi0(a_t|s_t) P(s_{t+1}|s_t, a_t) exp(sum_t w_t R(s_t, a_t)),
-    w_t = gamma^t / alpha,   t = 0 .. T-1.
+    p(tau, D, O) = p0(s_0) prod_{t<D} pi0(a_t|s_t) P(s_{t+1}|s_t, a_t) exp(sum_{t<D} R(s_t, a_t) / alpha)
+                   * p(D).
+
+The variational q shares p0, the dynamics and the death time with the model, so its ELBO is
+
+    ELBO(q) = sum_t gamma^t E_{d_t}[ sum_a q_t(a|s) R(s,a) / alpha - KL(q_t(.|s) || pi0(.|s)) ],
+
+the KL discounted like the reward. gamma = 1 is the undiscounted model (the episode never dies early).
 
 Termination follows Gymnasium and the library's trajectory models: the episode is alive at step t if
 none of s_1 .. s_t is terminal (s_0 always counts as alive, even when terminal, because Gymnasium
-never checks the initial state); after termination nothing contributes (no factor, no action, no
-further transition). In the backward recursions this means that the continuation value of a terminal
-next state is 0.
+never checks the initial state) and it has not died; after termination nothing contributes (no
+factor, no action, no further transition). In the backward recursions this means that the
+continuation value of a terminal next state is 0.
 
 Three functions compute it exactly:
 
-* :func:`log_evidence`: log p(O) by backward messages (sum-product over actions and next states);
-* :func:`solve`: log p(O) and the best ELBO (seed eq. (2)) over variational policies q that share p0
-  and the dynamics with the model (seed eq. (12)), by KL-regularized soft value iteration, together
-  with the optimal policy q*. With a uniform prior pi0 the ELBO is the maximum-entropy objective
-  (seed eq. (10)): expected reward plus entropy, minus log A per step the episode is alive.
+* :func:`log_evidence`: log p(O) by backward messages (sum-product over actions, next states and the
+  death time), B_T = 0 and
+
+      B_t(s) = log sum_a pi0(a|s) exp(R(s,a)/alpha) [ (1 - gamma) + gamma sum_s' P(s'|s,a) exp(B_{t+1}(s')) ],
+      log p(O) = log sum_s p0(s) exp(B_0(s));
+
+* :func:`solve`: log p(O) and the best ELBO (seed eq. (2)) over variational policies q that share p0,
+  the dynamics and the death time with the model (seed eq. (12)), by KL-regularized soft value
+  iteration, V_T = 0 and
+
+      Q_t(s,a) = R(s,a)/alpha + gamma sum_s' P(s'|s,a) V_{t+1}(s'),  V_t(s) = log sum_a pi0(a|s) exp(Q_t(s,a)),
+      q*_t(a|s) = pi0(a|s) exp(Q_t(s,a) - V_t(s)),  max ELBO = sum_s p0(s) V_0(s),
+
+  together with the optimal policy q*. With a uniform prior pi0 the ELBO is the maximum-entropy
+  objective (seed eq. (10)): discounted expected reward plus entropy, minus log A per step the episode
+  is alive. As T - t grows, q*_t tends to the stationary soft-optimal policy of the discounted MDP;
 * :func:`elbo_of`: the exact ELBO of any given tabular policy, by forward propagation of the
   alive state distribution.
 
-log p(O) >= max ELBO, with equality when the dynamics and p0 are deterministic; the gap is the
-"optimism" of the exact posterior, which also tilts the initial state and the transitions.
+log p(O) >= max ELBO (by Jensen's inequality, log E exp(B) >= E B), and the gap is the "optimism" of
+the exact posterior, which tilts the initial state, the transitions and, for gamma < 1, the death time:
+after a step at (s, a) it goes on with probability g E / ((1 - g) + g E), E = sum_s' P(s'|s,a)
+exp(B_{t+1}(s')) and g = gamma, more than gamma where E > 1 and less where E < 1, while q goes on with
+probability gamma. The gap is 0 when p0 and the dynamics are deterministic and gamma = 1; for
+gamma < 1 it is positive even then, unless every message B_{t+1} the episode can reach is 0.
 
 Everything runs in float64 on the MDP's device. Per step the work is one matrix product of the
 ``[S*A, S]`` transition table with two vectors; the evidence is kept in log space by shifting
 the messages by their maximum, and the rare rows whose shifted sum underflows are recomputed exactly
-with a logsumexp, so |w_t R| of 1e4 nats per step and more stays finite and exact.
+with a logsumexp, so |R / alpha| of 1e4 nats per step and more stays finite and exact.
 """
 
 from __future__ import annotations
@@ -57,21 +81,26 @@ _RECOMPUTE_ELEMENTS = 1 << 22  # bound on the temporary of the exact recomputati
 class ExactSolution:
     """The exact solution of a finite-horizon tabular MDP as inference (DESIGN.md section 1).
 
-    All tensors are float64 on the MDP's device. Entries for a terminal state at t >= 1 (a state in
-    which the episode is never alive) follow the same formulas as any other state; only the
-    continuation value of entering a terminal state is 0.
+    The discount is a per-step continuation probability: after every step the episode ends, with
+    probability 1 - gamma, in an absorbing state with zero reward, in the model and in q alike (see
+    the module docstring). All tensors are float64 on the MDP's device. Entries for a terminal state
+    at t >= 1 (a state in which the episode is never alive) follow the same formulas as any other
+    state; only the continuation value of entering a terminal state is 0.
 
     Attributes:
         log_evidence: log p(O) = log sum_s p0(s) exp(B_0(s)).
-        elbo: the best ELBO (seed eq. (2)) over q that share p0 and the dynamics (seed eq. (12)):
-            max_q ELBO(q) = sum_s p0(s) V_0(s); it is attained by ``policy``.
+        elbo: the best ELBO (seed eq. (2)) over q that share p0, the dynamics and the death time
+            (seed eq. (12)): max_q ELBO(q) = sum_s p0(s) V_0(s); it is attained by ``policy``.
         policy: ``[T, S, A]`` the optimal q*_t(a|s) = pi0(a|s) exp(Q_t(s,a) - V_t(s)).
-        q_values: ``[T, S, A]`` Q_t(s,a) = w_t R(s,a) + sum_s' P(s'|s,a) V_{t+1}(s') in nats
-            (multiply by alpha for reward units; V_{t+1}(s') is 0 for terminal s').
+        q_values: ``[T, S, A]`` Q_t(s,a) = R(s,a)/alpha + gamma sum_s' P(s'|s,a) V_{t+1}(s') in nats
+            (multiply by alpha for reward units; V_{t+1}(s') is 0 for terminal s'). For T - t large
+            and gamma < 1, alpha Q_t is the soft-optimal action value of the discounted MDP, the fixed
+            point of ``bellman.bellman_operator`` under q*_t.
         values: ``[T+1, S]`` V_t(s) = log sum_a pi0(a|s) exp(Q_t(s,a)), with V_T = 0.
         log_messages: ``[T+1, S]`` backward messages B_t(s) = log p(O_t, .., O_{T-1} | s_t = s, alive),
-            with B_T = 0.
-        horizon, alpha, gamma: the problem solved (w_t = gamma^t / alpha).
+            B_T = 0 and B_t(s) = log sum_a pi0(a|s) exp(R(s,a)/alpha) [(1 - gamma) + gamma
+            sum_s' P(s'|s,a) exp(B_{t+1}(s'))], with B_{t+1}(s') = 0 for terminal s'.
+        horizon, alpha, gamma: the problem solved (gamma is the probability of going on after a step).
         prior: ``[S, A]`` the prior policy pi0 that was used.
     """
 
@@ -88,7 +117,14 @@ class ExactSolution:
 
     @property
     def gap(self) -> float:
-        """log p(O) - max ELBO >= 0: the optimism of the exact posterior (0 for deterministic MDPs)."""
+        """log p(O) - max ELBO >= 0: the optimism of the exact posterior.
+
+        By Jensen's inequality the evidence's log((1 - gamma) + gamma E_s' exp(B_{t+1}(s'))) is at
+        least the ELBO's gamma E_s' B_{t+1}(s'). The gap is 0 when p0 and the dynamics are
+        deterministic and gamma = 1; for gamma < 1 it is positive even for deterministic problems
+        (the posterior also tilts the death time), unless every message B_{t+1} the episode can
+        reach is 0.
+        """
         return self.log_evidence - self.elbo
 
 
@@ -195,31 +231,49 @@ def _policy(mdp: TabularMDP, policy, horizon: int) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------- backward recursions
-def _weights(horizon: int, alpha: float, gamma: float) -> list[float]:
-    return [gamma**t / alpha for t in range(horizon)]
+def _log_continue(x: float, gamma: float) -> float:
+    """log((1 - gamma) + gamma exp(x)) for a float x (increasing in x), without overflow."""
+    if gamma == 1.0 or x == math.inf:
+        return x
+    c, d = math.log1p(-gamma), math.log(gamma) + x
+    if d == -math.inf:
+        return c
+    return max(c, d) + math.log1p(math.exp(-abs(c - d)))
 
 
-def _steps_to_check(reward: torch.Tensor, weights: list[float], has_terminal: bool) -> list[bool]:
+def _steps_to_check(
+    reward: torch.Tensor, terminal: torch.Tensor, alpha: float, gamma: float, horizon: int
+) -> tuple[list[bool], bool]:
     """For each t, whether B_{t+1} may span more than _SAFE_RANGE nats (so row sums may underflow).
 
-    B_t(s) is a pi0- and P-weighted log-mean-exp of w_t R + B_{t+1}, so it lies in
-    [w_t min R + min B_{t+1}, w_t max R + max B_{t+1}]; a terminal next state adds the value 0.
-    The bound costs one host sync per call instead of one per step.
+    With b = B_{t+1} (0 on terminal states), log((1 - gamma) + gamma sum_s' P(s'|s,a) exp(b(s'))) is
+    f(x) = log((1 - gamma) + gamma exp(x)), increasing, at some x in [min b, max b]; B_t(s) is a
+    pi0-weighted log-mean-exp of R/alpha plus that, so it lies in
+    [min R/alpha + f(min b), max R/alpha + f(max b)]. (For gamma < 1, f(x) lies between min(0, x)
+    and max(0, x), so the messages stay above min R/alpha + log(1 - gamma).) A terminal next state
+    adds the value 0 to b. The bound, and whether there are terminal states at all (also returned),
+    cost one host sync per call instead of one per step.
     """
-    r_min, r_max = torch.stack(torch.aminmax(reward)).tolist()
+    r_min, r_max, any_terminal = torch.stack(
+        [*torch.aminmax(reward), terminal.any().to(reward.dtype)]
+    ).tolist()
+    has_terminal = any_terminal > 0
+    w = 1.0 / alpha
     lo = hi = 0.0  # B_T = 0
-    check = [False] * len(weights)
-    for t in reversed(range(len(weights))):
+    finite = True
+    check = [False] * horizon
+    for t in reversed(range(horizon)):
         if has_terminal:
             lo, hi = min(lo, 0.0), max(hi, 0.0)
         check[t] = hi - lo > _SAFE_RANGE
-        lo, hi = weights[t] * r_min + lo, weights[t] * r_max + hi
-    if not math.isfinite(hi - lo):  # the range only widens going back: B_0's is the widest
+        lo, hi = w * r_min + _log_continue(lo, gamma), w * r_max + _log_continue(hi, gamma)
+        finite = finite and math.isfinite(hi - lo)
+    if not finite:
         raise ValueError(
-            f"rewards of up to {max(abs(r_min), abs(r_max)):.3g} times 1/alpha = {weights[0]:.3g} over "
-            f"{len(weights)} steps overflow float64; increase alpha"
+            f"rewards of up to {max(abs(r_min), abs(r_max)):.3g} times 1/alpha = {w:.3g} over "
+            f"{horizon} steps overflow float64; increase alpha"
         )
-    return check
+    return check, has_terminal
 
 
 def _log_expectation_exact(P: torch.Tensor, rows: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -246,16 +300,20 @@ def _backward(
 
     Both need sum_s' P(s'|s,a) f(s') of a vector f for every (s, a), so one matrix product with a
     ``[S, 2]`` right-hand side serves both; the transition table is read once per step, which is what
-    bounds the speed (it is memory-bound).
+    bounds the speed (it is memory-bound). The death time adds one elementwise logaddexp per step to
+    the evidence (none for gamma = 1) and a factor gamma to the soft values.
     """
     S, A, T = mdp.num_states, mdp.num_actions, horizon
     dev, f64 = mdp.device, torch.float64
     P = mdp.transition.reshape(S * A, S)  # a view: float64 rows P(. | s, a)
     R = mdp.reward.to(f64)
     terminal = mdp.terminal
-    has_terminal = bool(terminal.any())
-    weights = _weights(T, alpha, gamma)
-    check = _steps_to_check(R, weights, has_terminal)
+    check, has_terminal = _steps_to_check(R, terminal, alpha, gamma, T)
+    wR = (1.0 / alpha) * R
+    discounted = gamma < 1.0
+    if discounted:
+        log_gamma = math.log(gamma)
+        log_death = torch.full((), math.log1p(-gamma), dtype=f64, device=dev)  # log(1 - gamma)
 
     log_messages = torch.zeros(T + 1, S, dtype=f64, device=dev)
     out = {"log_messages": log_messages}
@@ -286,10 +344,13 @@ def _backward(
             lost = torch.nonzero(row_sum < _TINY).squeeze(1)
             if lost.numel():
                 log_cont[lost] = _log_expectation_exact(P, lost, b_next)
-        wR = weights[t] * R
+        if discounted:
+            # Die (log 1 = 0 from here on) with probability 1 - gamma, else go on.
+            log_cont = torch.logaddexp(log_cont + log_gamma, log_death)
         log_messages[t] = torch.logsumexp(log_prior + wR + log_cont.reshape(S, A), dim=-1)
         if soft_values:
-            Q = wR + Y[:, 1].reshape(S, A)
+            cont = Y[:, 1].reshape(S, A)
+            Q = wR + (gamma * cont if discounted else cont)
             q_values[t] = Q
             V = torch.logsumexp(log_prior + Q, dim=-1)
             values[t] = V
@@ -300,16 +361,20 @@ def _backward(
 def log_evidence(mdp: TabularMDP, *, horizon: int, alpha: float, gamma: float = 1.0, prior=None) -> float:
     """log p(O), the exact log evidence of the trajectory model (DESIGN.md section 1).
 
-    Backward messages: B_T = 0 and
-    B_t(s) = log sum_a pi0(a|s) exp(w_t R(s,a)) sum_s' P(s'|s,a) exp(B_{t+1}(s')), with
-    B_{t+1}(s') = 0 for a terminal s'; then log p(O) = log sum_s p0(s) exp(B_0(s)). This is what
-    Pyro's TraceEnum_ELBO computes on the enumerated model, and it upper-bounds every ELBO (seed eq. (2)).
+    After every step the episode goes on with probability gamma and otherwise ends in an absorbing
+    state with zero reward (log 1 = 0 from there on). Backward messages: B_T = 0 and
+
+        B_t(s) = log sum_a pi0(a|s) exp(R(s,a)/alpha) [ (1 - gamma) + gamma sum_s' P(s'|s,a) exp(B_{t+1}(s')) ],
+
+    with B_{t+1}(s') = 0 for a terminal s'; then log p(O) = log sum_s p0(s) exp(B_0(s)). This is what
+    Pyro's TraceEnum_ELBO computes on the enumerated model with the death as one more absorbing
+    state, and it upper-bounds every ELBO (seed eq. (2)). gamma = 1 is the undiscounted evidence.
 
     Args:
         mdp: the finite MDP (transition, reward, initial distribution, terminal states).
         horizon: T >= 1, the number of action steps.
-        alpha: the temperature > 0; w_t = gamma^t / alpha.
-        gamma: the discount in (0, 1] (applied to rewards, not to the KL).
+        alpha: the temperature > 0; each step's factor is exp(R(s,a)/alpha).
+        gamma: the discount in (0, 1]: the probability of going on after each step.
         prior: pi0 as an ``[S, A]`` table of probabilities, or None for the uniform prior (eq. (10)).
     """
     _check_mdp(mdp)
@@ -324,21 +389,25 @@ def solve(mdp: TabularMDP, *, horizon: int, alpha: float, gamma: float = 1.0, pr
     """Solve a finite MDP as inference: log p(O), the best ELBO, and the optimal variational policy.
 
     The evidence is computed as in :func:`log_evidence`. The best ELBO (seed eq. (2)) over policies
-    q_t(a|s) whose trajectories share p0 and the dynamics with the model (seed eq. (12)) is
-    KL-regularized soft value iteration (DESIGN.md section 1):
+    q_t(a|s) whose trajectories share p0, the dynamics and the death time (probability 1 - gamma
+    after each step) with the model (seed eq. (12)) is KL-regularized soft value iteration
+    (DESIGN.md section 1):
 
-        V_T = 0,  Q_t(s,a) = w_t R(s,a) + sum_s' P(s'|s,a) V_{t+1}(s')   (V_{t+1}(s') = 0 if s' is terminal),
+        V_T = 0,  Q_t(s,a) = R(s,a)/alpha + gamma sum_s' P(s'|s,a) V_{t+1}(s')   (V_{t+1}(s') = 0 if s' is terminal),
         V_t(s) = log sum_a pi0(a|s) exp(Q_t(s,a)),  q*_t(a|s) = pi0(a|s) exp(Q_t(s,a) - V_t(s)),
         max ELBO = sum_s p0(s) V_0(s).
 
     With the uniform prior (None) this is the maximum-entropy objective of seed eq. (10).
-    Actions with pi0(a|s) = 0 get q*_t(a|s) = 0.
+    Actions with pi0(a|s) = 0 get q*_t(a|s) = 0. For gamma < 1, q*_t tends, as T - t grows, to the
+    stationary soft-optimal policy, the one whose value is the fixed point of
+    V = log sum_a pi0 exp(R/alpha + gamma P V). log p(O) >= max ELBO; the gap is 0 for deterministic
+    p0 and dynamics only when gamma = 1 (see :attr:`ExactSolution.gap`).
 
     Args:
         mdp: the finite MDP (transition, reward, initial distribution, terminal states).
         horizon: T >= 1, the number of action steps.
-        alpha: the temperature > 0; w_t = gamma^t / alpha.
-        gamma: the discount in (0, 1] (applied to rewards, not to the KL).
+        alpha: the temperature > 0; rewards enter as R(s,a)/alpha.
+        gamma: the discount in (0, 1]: the probability of going on after each step.
         prior: pi0 as an ``[S, A]`` numpy array or tensor (rows sum to 1, zeros allowed), or None for
             the uniform prior 1/A.
 
@@ -373,11 +442,16 @@ def solve(mdp: TabularMDP, *, horizon: int, alpha: float, gamma: float = 1.0, pr
 def elbo_of(mdp: TabularMDP, policy, *, horizon: int, alpha: float, gamma: float = 1.0, prior=None) -> float:
     """The exact ELBO (seed eq. (2)) of a tabular variational policy that shares p0 and the dynamics.
 
-    ELBO(q) = E_q[ sum_t w_t R(s_t, a_t) - sum_t KL(q_t(.|s_t) || pi0(.|s_t)) ] over alive steps,
-    with w_t = gamma^t / alpha (DESIGN.md section 1; the dynamics cancel between model and guide,
-    seed eq. (12)). It is computed by propagating the alive state distribution forward:
-    d_0 = p0, d_{t+1}(s') = sum_{s,a} d_t(s) q_t(a|s) P(s'|s,a), with the mass that enters a terminal
-    state removed. ``elbo_of(mdp, solve(mdp, ...).policy, ...)`` equals ``solve(mdp, ...).elbo``.
+    q also shares the death time with the model (after each step the episode goes on with
+    probability gamma), so the step t counts with probability gamma^t, reward and KL alike:
+
+        ELBO(q) = sum_t gamma^t E_{d_t}[ sum_a q_t(a|s) R(s,a)/alpha - KL(q_t(.|s) || pi0(.|s)) ]
+
+    (DESIGN.md section 1; the dynamics and the death time cancel between model and guide, seed
+    eq. (12)). d_t is the alive state distribution under q, propagated forward: d_0 = p0,
+    d_{t+1}(s') = sum_{s,a} d_t(s) q_t(a|s) P(s'|s,a), with the mass that enters a terminal state
+    removed; gamma^t d_t is carried as one vector. ``elbo_of(mdp, solve(mdp, ...).policy, ...)``
+    equals ``solve(mdp, ...).elbo``.
 
     Args:
         mdp: the finite MDP.
@@ -398,20 +472,21 @@ def elbo_of(mdp: TabularMDP, policy, *, horizon: int, alpha: float, gamma: float
     P = mdp.transition.reshape(S * A, S)
     R = mdp.reward.to(torch.float64)
     terminal = mdp.terminal
-    has_terminal = bool(terminal.any())
-    weights = _weights(T, a, g)
+    w = 1.0 / a
 
-    alive = mdp.initial.clone()
+    alive = mdp.initial.clone()  # gamma^t d_t: the probability of being alive in s at step t
     total = torch.zeros((), dtype=torch.float64, device=mdp.device)
     for t in range(T):
         qt = q[t]
         # xlogy makes 0 log 0 = 0 and gives KL = +inf where q > 0 = pi0.
         kl = (torch.xlogy(qt, qt) - torch.xlogy(qt, pi0)).sum(-1)
-        per_state = weights[t] * (qt * R).sum(-1) - kl
+        per_state = w * (qt * R).sum(-1) - kl
         # States never reached contribute nothing, even where their KL is infinite (avoid 0 * inf).
         total = total + torch.where(alive > 0, alive * per_state, 0.0).sum()
         if t + 1 < T:
             alive = (alive[:, None] * qt).reshape(S * A) @ P
-            if has_terminal:
-                alive = alive.masked_fill(terminal, 0.0)
+            if g < 1.0:
+                alive = g * alive
+            # Without terminal states this fills nothing; unconditional, it needs no host sync.
+            alive = alive.masked_fill(terminal, 0.0)
     return float(total)
