@@ -25,21 +25,33 @@ __all__ = ["GaussianPrior", "PolicyPrior", "Prior", "UniformPrior", "as_pyro_dis
 
 class ClosedBoxUniform(dist.Uniform):
     """Uniform on the closed box [low, high]: torch's Uniform excludes ``high``, where a squashed
-    (tanh) action saturates in float32, which would make log pi = -inf for a legal action."""
+    (tanh) action saturates in float32, which would make log pi = -inf for a legal action.
+
+    ``flat=True`` extends the density 1 / (high - low) beyond the box: an improper prior whose
+    restriction to the box is the uniform one (samples stay in the box). It serves policies with
+    unbounded support, such as a Gaussian whose out-of-box actions the env clips.
+    """
 
     arg_constraints = {"low": constraints.dependent, "high": constraints.dependent}
 
+    def __init__(self, low, high, validate_args=None, *, flat: bool = False):
+        self.flat = flat
+        super().__init__(low, high, validate_args=validate_args)
+
     @constraints.dependent_property(is_discrete=False, event_dim=0)
     def support(self):
-        return constraints.interval(self.low, self.high)
+        return constraints.real if self.flat else constraints.interval(self.low, self.high)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        inside = (value >= self.low) & (value <= self.high)
         density = -torch.log(self.high - self.low)
+        if self.flat:
+            return density.expand(torch.broadcast_shapes(density.shape, value.shape))
+        inside = (value >= self.low) & (value <= self.high)
         return torch.where(inside, density, torch.full_like(density, -float("inf")))
 
     def expand(self, batch_shape, _instance=None):
         new = self._get_checked_instance(ClosedBoxUniform, _instance)
+        new.flat = self.flat
         return super().expand(batch_shape, _instance=new)
 
 
@@ -106,9 +118,20 @@ class UniformPrior(Prior):
     Discrete(n): Categorical with probabilities 1/n, so KL(q || pi) = log n - H(q). A bounded Box:
     uniform on the closed box, so KL(q || pi) = log vol(box) - H(q). An unbounded Box has no
     uniform distribution: use ``GaussianPrior`` or bound the space.
+
+    ``beyond_box="flat"`` (Box only) keeps the density 1 / vol(box) outside the box as well: an
+    improper prior for policies with unbounded support (a Gaussian, whose actions the env clips).
+    Their ELBO is then E[sum_t gamma^t (r_t / alpha + H(q(.|s_t)) - log vol)], finite, where the
+    proper uniform gives -inf for every episode with an action outside the box; the dropped
+    constant is the prior mass outside the box. The default ``"impossible"`` is the proper uniform.
     """
 
-    def __init__(self, action_space: gym.Space):
+    BEYOND_BOX = ("impossible", "flat")
+
+    def __init__(self, action_space: gym.Space, *, beyond_box: str = "impossible"):
+        if beyond_box not in self.BEYOND_BOX:
+            raise ValueError(f"beyond_box={beyond_box!r} is not allowed; use one of {self.BEYOND_BOX}")
+        self.beyond_box = beyond_box
         if isinstance(action_space, gym.spaces.Box):
             if not action_space.is_bounded():
                 raise ValueError(
@@ -119,6 +142,8 @@ class UniformPrior(Prior):
             raise TypeError(
                 f"UniformPrior supports Discrete and Box spaces, got {type(action_space).__name__}"
             )
+        elif beyond_box != "impossible":
+            raise ValueError(f"beyond_box={beyond_box!r} applies to Box action spaces, not {action_space}")
         self.action_space = action_space
         self._cache: dict = {}
 
@@ -140,11 +165,13 @@ class UniformPrior(Prior):
             else:
                 low = torch.as_tensor(space.low, device=state.device, dtype=env.dtype)
                 high = torch.as_tensor(space.high, device=state.device, dtype=env.dtype)
-                self._cache[key] = ClosedBoxUniform(low, high, validate_args=False).to_event(1)
+                flat = self.beyond_box == "flat"
+                self._cache[key] = ClosedBoxUniform(low, high, validate_args=False, flat=flat).to_event(1)
         return self._cache[key].expand(batch)
 
     def __repr__(self) -> str:
-        return f"UniformPrior({self.action_space})"
+        flat = ", beyond_box='flat'" if self.beyond_box == "flat" else ""
+        return f"UniformPrior({self.action_space}{flat})"
 
 
 class GaussianPrior(Prior):

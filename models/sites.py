@@ -17,11 +17,22 @@ site                    meaning
                         and guide when the dynamics are stochastic (seed eq. 12, the log-probs
                         cancel); deterministic dynamics need no site (the built-in models return
                         every state in their ``Trajectory``, the ``_RETURN`` value of a trace)
-``O_t`` (t < H)         optimality factor ``pyro.factor("O_t", gamma**t * r_t / alpha)``, model only
-``O_H``                 optional terminal factor ``gamma**H * V(s_H) / alpha`` (truncated horizons)
-anything else           a global latent (e.g. an unknown physical parameter), credited with the
-                        whole trajectory's cost
+``O_t`` (t < H)         optimality factor ``pyro.factor("O_t", r_t / alpha)``, model only;
+                        r_t = r(s_t, a_t) (a reward that also depends on s_{t+1} is credited
+                        correctly too: the transition s_{t+1} is booked at step t)
+``O_H``                 optional terminal factor ``V(s_H) / alpha`` (truncated horizons)
+anything else           a per-episode latent (e.g. an unknown physical parameter) is credited
+                        with the whole trajectory's cost; an observed site (a measurement at the
+                        end of the episode) is booked at the last step, so every action is
+                        credited with it
 ======================  =====================================================================
+
+**Discounting.** gamma is a per-step continuation probability: step t's sites (``a_t``, ``s_{t+1}``,
+``O_t``) run under ``poutine.scale(scale=gamma**t)`` and ``O_H`` under gamma^H, in the model and
+in the guide alike (the episode ends, with probability 1 - gamma after every step, in an absorbing
+state with zero reward). Pyro's own ``Trace_ELBO`` then computes
+E_q[sum_t gamma^t (r_t / alpha - KL(q(.|s_t) || pi(.|s_t)))], the ELBO that ``TrajectoryELBO``
+estimates; importance weights marginalize the death time (:mod:`rl_as_inference.ledger`).
 
 Steps after an episode terminates are masked out with ``poutine.mask``. The time index t is what
 gives score-function gradients their reward-to-go credit: ``a_t`` is credited with the costs of

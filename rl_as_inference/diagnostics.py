@@ -794,12 +794,22 @@ def from_run(
         )
     if gamma is None:
         gamma = _number(config.get("gamma")) or 1.0
-    model = models.TrajectoryModel(
-        env, models.UniformPrior(env.action_space), horizon=horizon, alpha=alpha, gamma=gamma
-    )
+    # A policy with unbounded support (a Gaussian; the env clips its actions) puts mass outside the
+    # action box, where the proper uniform prior has none: score it against the flat extension.
+    with torch.no_grad():
+        probe = policy.module(env.observe(env.reset(1, seed=0)).to(policy.device))
+    bounded = _bounded_support(probe)
+    beyond = "impossible" if bounded or not hasattr(env.action_space, "low") else "flat"
+    prior = models.UniformPrior(env.action_space, beyond_box=beyond)
+    model = models.TrajectoryModel(env, prior, horizon=horizon, alpha=alpha, gamma=gamma)
     guide = guides.PolicyGuide(env, policy.module, horizon=horizon, name="policy", gamma=gamma)
     algo = config.get("algo")
-    attrs: dict[str, Any] = {"run_dir": str(run_dir), "algo": algo, "seed": seed}
+    attrs: dict[str, Any] = {
+        "run_dir": str(run_dir),
+        "algo": algo,
+        "seed": seed,
+        "prior": _PRIOR_NOTES[beyond],
+    }
     if "elbo" in metrics:
         note, units = _RUN_ELBO_NOTES.get(
             str(algo), (f"the 'elbo' column of metrics.csv as {algo or 'the run'} logged it", "as logged")
@@ -814,6 +824,24 @@ def from_run(
 
 
 # ---------------------------------------------------------------------- summaries
+_PRIOR_NOTES = {
+    "impossible": "uniform on the action space (seed eq. 10)",
+    "flat": (
+        "uniform density 1/vol(action box), extended flat beyond the box (improper): the policy's "
+        "support is unbounded and the env clips its actions; the dropped constant is the prior's mass "
+        "outside the box"
+    ),
+}
+
+
+def _bounded_support(d) -> bool:
+    """Whether an action distribution lives in a bounded set (discrete, or an interval per coordinate)."""
+    support = d.support
+    while hasattr(support, "base_constraint"):
+        support = support.base_constraint
+    return bool(support.is_discrete) or hasattr(support, "lower_bound") and hasattr(support, "upper_bound")
+
+
 def _scalar(ds, name: str) -> float:
     return float(ds[name].values) if name in ds else math.nan
 

@@ -471,26 +471,26 @@ def test_to_arviz_samples_gives_az_summary_its_dims(solution):
 
 
 # ---------------------------------------------------------------------- run directories and the CLI
-def write_run(path, env_id: str = "Pendulum-v1"):
+def write_run(path, env_id: str = "Pendulum-v1", policy: str = "TanhGaussianMLP", algo: str = "sac"):
     """A run directory as rlai train writes it, with an untrained 16-unit policy (no training: fast)."""
     path.mkdir(parents=True)
     probe = gym.make(env_id)
     torch.manual_seed(0)
-    module = guides.TanhGaussianMLP(
+    module = getattr(guides, policy)(
         probe.observation_space, probe.action_space, hidden=(16,), activation=torch.nn.Tanh
     )
     torch.save(
         {
             "format": runs.RUN_FORMAT,
-            "algo": "sac",
+            "algo": algo,
             "env": env_id,
-            "policy": {"class": "TanhGaussianMLP", "hidden": [16], "activation": "Tanh"},
+            "policy": {"class": policy, "hidden": [16], "activation": "Tanh"},
             "state_dict": module.state_dict(),
             "env_steps": 300,
         },
         path / "checkpoint.pt",
     )
-    (path / "config.toml").write_text(f'algo = "sac"\nenv = "{env_id}"\ngamma = 0.99\nseed = 0\n')
+    (path / "config.toml").write_text(f'algo = "{algo}"\nenv = "{env_id}"\ngamma = 0.99\nseed = 0\n')
     (path / "metrics.csv").write_text(
         "env_steps,return,elbo,alpha\n100,-1200.5,-3.2,0.9\n200,-1100.0,-2.5,0.8\n300,-1000.0,-2.0,0.7\n"
     )
@@ -523,6 +523,21 @@ def test_from_run_reads_the_run_directory(tmp_path):
     assert np.all(np.abs(a) <= 2.0)  # inside Pendulum's action box
     # default horizon: the environment's time limit
     assert diagnostics.from_run(run, num_episodes=2, seed=0).posterior.attrs["horizon"] == 200
+
+
+def test_from_run_scores_an_unbounded_gaussian_policy_with_a_finite_elbo(tmp_path):
+    """Fails on the code before the flat extension: a Gaussian policy's actions leave the action
+    box (the env clips them), and the proper uniform prior gave log w = -inf to most episodes."""
+    run = write_run(tmp_path / "run", "MountainCarContinuous-v0", policy="GaussianMLP", algo="vmpo")
+    idata = diagnostics.from_run(run, num_episodes=32, seed=0, horizon=50)
+    a = idata.posterior["action"].values
+    assert (np.abs(a) > 1).any(axis=(1, 2)).mean() > 0.5  # most episodes leave the box [-1, 1]
+    lw = idata.sample_stats["log_weight"].values
+    assert np.isfinite(lw).all() and np.isfinite(float(idata.sample_stats["elbo"]))
+    assert "extended flat beyond the box" in idata.posterior.attrs["prior"]
+    # the bounded (tanh) policy keeps the proper uniform prior
+    bounded = diagnostics.from_run(write_run(tmp_path / "tanh"), num_episodes=4, seed=0, horizon=5)
+    assert bounded.posterior.attrs["prior"].startswith("uniform on the action space")
 
 
 def test_inspect_writes_posterior_and_plots(tmp_path, capsys):
