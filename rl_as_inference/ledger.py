@@ -28,7 +28,7 @@ handled correctly; for r(s, a) the extra term has zero expectation).
 
 **Discounting.** Step t's sites run under ``poutine.scale(gamma**t)``: gamma is a continuation
 probability and c_t = gamma^t the probability that the episode is still running at step t
-(DESIGN of the trajectory model: an absorbing state with zero reward after every step with
+(the trajectory model ends in an absorbing state with zero reward after every step with
 probability 1 - gamma, in the model and in q alike). Each entry keeps its unscaled, masked
 log-density l and its scale c; then
 

@@ -588,7 +588,7 @@ def test_tabular_diagnostics_on_cuda():
     """Everything stays on the env's device until the InferenceData is built (then it is CPU numpy)."""
     base = deterministic_mdp()
     mdp = envs.TabularMDP(base.transition, base.reward, base.initial, device="cuda")
-    sol = exact.solve(mdp, horizon=HORIZON, alpha=ALPHA, gamma=GAMMA)
-    model, guide = tabular_setup(mdp, sol.policy.log())
+    sol = exact.solve(mdp, horizon=HORIZON, alpha=ALPHA, gamma=1.0)  # gamma = 1: q* is the posterior
+    model, guide = tabular_setup(mdp, sol.policy.log(), gamma=1.0)
     idata = diagnostics.to_inference_data(model, guide, num_episodes=256, seed=0)
     assert np.allclose(idata.sample_stats["log_weight"].values, sol.log_evidence, atol=1e-5)
