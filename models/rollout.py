@@ -1,4 +1,4 @@
-"""The one rollout loop that serves both trajectory models and guides (DESIGN.md s.2).
+"""The one rollout loop that serves both trajectory models and guides (layer 2 of the library: envs below, inference above).
 
 A model is this loop with actions from the prior pi plus optimality factors; a guide is the same
 loop with actions from the variational policy q. Because both run the same pure dynamics, q(tau)

@@ -1,6 +1,6 @@
 """``TrajectoryELBO``: the ELBO of seed eqs. (2) and (10) for trajectory models, with the right gradients.
 
-Pyro's stock ELBOs do not fit trajectories (notes/pyro-arviz.md): ``Trace_ELBO`` credits every action
+Pyro's stock ELBOs do not fit trajectories: ``Trace_ELBO`` credits every action
 with the whole episode's cost and syncs the GPU at every site; ``TraceGraph_ELBO`` gives exact
 reward-to-go credit but is quadratic in the horizon. This loss reads the trace through the site-naming
 convention (:mod:`rl_as_inference.models.sites`) instead: it traces the guide, replays the model,

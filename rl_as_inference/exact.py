@@ -1,6 +1,6 @@
 """Exact inference on finite MDPs: the ground truth that every estimator and algorithm is tested against.
 
-The trajectory model is the one of DESIGN.md section 1, for tau = (s_0, a_0, s_1, ..., s_T), with the
+The trajectory model is the one of :class:`~rl_as_inference.models.TrajectoryModel`, for tau = (s_0, a_0, s_1, ..., s_T), with the
 discount as a per-step continuation probability (Levine 2018): the episode always takes step 0, and
 after every step t it goes on with probability gamma and otherwise ends in an absorbing state with zero
 reward. With D in 1 .. T the number of steps taken, p(D > t) = gamma^t, and
@@ -79,7 +79,7 @@ _RECOMPUTE_ELEMENTS = 1 << 22  # bound on the temporary of the exact recomputati
 
 @dataclass(frozen=True, eq=False)
 class ExactSolution:
-    """The exact solution of a finite-horizon tabular MDP as inference (DESIGN.md section 1).
+    """The exact solution of a finite-horizon tabular MDP as inference.
 
     The discount is a per-step continuation probability: after every step the episode ends, with
     probability 1 - gamma, in an absorbing state with zero reward, in the model and in q alike (see
@@ -359,7 +359,7 @@ def _backward(
 
 
 def log_evidence(mdp: TabularMDP, *, horizon: int, alpha: float, gamma: float = 1.0, prior=None) -> float:
-    """log p(O), the exact log evidence of the trajectory model (DESIGN.md section 1).
+    """log p(O), the exact log evidence of the trajectory model.
 
     After every step the episode goes on with probability gamma and otherwise ends in an absorbing
     state with zero reward (log 1 = 0 from there on). Backward messages: B_T = 0 and
@@ -391,7 +391,7 @@ def solve(mdp: TabularMDP, *, horizon: int, alpha: float, gamma: float = 1.0, pr
     The evidence is computed as in :func:`log_evidence`. The best ELBO (seed eq. (2)) over policies
     q_t(a|s) whose trajectories share p0, the dynamics and the death time (probability 1 - gamma
     after each step) with the model (seed eq. (12)) is KL-regularized soft value iteration
-    (DESIGN.md section 1):
+    (the soft Bellman recursion in nats):
 
         V_T = 0,  Q_t(s,a) = R(s,a)/alpha + gamma sum_s' P(s'|s,a) V_{t+1}(s')   (V_{t+1}(s') = 0 if s' is terminal),
         V_t(s) = log sum_a pi0(a|s) exp(Q_t(s,a)),  q*_t(a|s) = pi0(a|s) exp(Q_t(s,a) - V_t(s)),
@@ -447,7 +447,7 @@ def elbo_of(mdp: TabularMDP, policy, *, horizon: int, alpha: float, gamma: float
 
         ELBO(q) = sum_t gamma^t E_{d_t}[ sum_a q_t(a|s) R(s,a)/alpha - KL(q_t(.|s) || pi0(.|s)) ]
 
-    (DESIGN.md section 1; the dynamics and the death time cancel between model and guide, seed
+    (the dynamics and the death time cancel between model and guide, seed
     eq. (12)). d_t is the alive state distribution under q, propagated forward: d_0 = p0,
     d_{t+1}(s') = sum_{s,a} d_t(s) q_t(a|s) P(s'|s,a), with the mass that enters a terminal state
     removed; gamma^t d_t is carried as one vector. ``elbo_of(mdp, solve(mdp, ...).policy, ...)``

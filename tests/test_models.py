@@ -182,7 +182,7 @@ def test_custom_model_with_a_global_latent_trains_with_fit():
     early, late = torch.tensor(result.elbo[:5]), torch.tensor(result.elbo[-20:])
     assert late.mean() - early.mean() > 5 * late.std()
     # The plan pushes the pole back up (negative torque from theta = 1), and the posterior over the
-    # mass is "optimistic" (DESIGN.md s.1): a lighter pole gives the torque more authority.
+    # mass is "optimistic" (it bends the dynamics toward luck): a lighter pole gives the torque more authority.
     store = pyro.get_param_store()
     assert store["plan"][:3].mean() < -0.5
     assert store["mass_loc"] < 0
