@@ -126,6 +126,9 @@ class SiteLedger:
         self.score_sites: list[ScoreSite] = []
         self.horizon = 0
         self.num_episodes: int | None = None
+        self._discounted: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = (
+            None  # of the entries so far
+        )
 
     # ------------------------------------------------------------------ booking
     def book(
@@ -139,6 +142,7 @@ class SiteLedger:
     ) -> None:
         """Book ``scale * value`` at ``row``: ``value`` is ``[N]`` inside the plate, ``[]`` outside
         (``latent`` marks a latent site there: it has no per-episode weight)."""
+        self._discounted = None
         if value.dim() == 0:
             self.global_terms.append(value * scale)
             if latent and name not in self.global_latents:
@@ -215,6 +219,11 @@ class SiteLedger:
             ValueError: sites of one row run under different scales, or the scales are not
                 continuation probabilities (in [0, 1], non-increasing over rows).
         """
+        if self._discounted is None:
+            self._discounted = self._discount()
+        return self._discounted
+
+    def _discount(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         _, device = self._dtype_device()
         n, f64 = self.num_episodes, torch.float64
         num_rows = self.num_rows
