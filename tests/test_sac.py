@@ -115,7 +115,7 @@ def test_sac_actor_loss_equals_the_trajectory_elbo_at_horizon_one():
         gamma=gamma,
         terminal_value=soft_value,
     )
-    guide = guides.PolicyGuide(env, policy, horizon=1)
+    guide = guides.PolicyGuide(env, policy, horizon=1, gamma=gamma)  # q shares the model's gamma
     torch.manual_seed(1)  # the same action draws
     loss = rlai.TrajectoryELBO(reduction="mean").differentiable_loss(model, guide, 64, states)
     svi_grads = torch.autograd.grad(alpha * loss, list(policy.parameters()))
