@@ -10,14 +10,18 @@ E-step of seed eq. (7) has the closed form q(a|s) proportional to pi(a|s) exp(Q(
 (:func:`greedy_in_kl`), whose soft value is alpha * log sum_a pi(a|s) exp(Q(s, a) / alpha).
 
 The batch functions here (:func:`soft_value_of_sample`, :func:`soft_value_of_distribution`,
-:func:`bellman_target`, :func:`n_step_target`) build critic targets on any device; the tabular
-ones (:func:`bellman_operator`, :func:`policy_evaluation`) apply T^{pi,q} with exact expectations on
-a finite MDP, as ground truth for the tests.
+:func:`bellman_target`, :func:`n_step_target`, :func:`retrace_target`, :func:`lambda_returns`)
+build critic targets on any device; the tabular ones (:func:`bellman_operator`,
+:func:`policy_evaluation`) apply T^{pi,q} with exact expectations on a finite MDP, as ground truth
+for the tests. The three multi-step targets are one backward recursion over a path (cut where an
+episode terminated, bootstrapped where it was truncated), so replay critics, V-MPO's unrolls and
+segment SVI's TD(lambda) share one return calculator.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -30,6 +34,7 @@ __all__ = [
     "lambda_returns",
     "n_step_target",
     "policy_evaluation",
+    "retrace_target",
     "soft_value_of_distribution",
     "soft_value_of_sample",
 ]
@@ -66,48 +71,172 @@ def bellman_target(
     return reward + gamma * (~terminated).to(reward.dtype) * next_soft_value
 
 
+def _backward_returns(
+    rewards: torch.Tensor,
+    terminated: torch.Tensor,
+    next_values: torch.Tensor,
+    gamma: float,
+    continuation: Callable[[int, torch.Tensor], torch.Tensor],
+    truncated: torch.Tensor | None,
+) -> torch.Tensor:
+    """The one backward recursion behind every multi-step target here.
+
+    G_t = r_t + gamma (1 - terminated_t) B_t with B_t = V(s'_t) where step t was truncated, else
+    ``continuation(t, G_{t+1})``; G_T := V(s'_{T-1}) = ``next_values[-1]`` (the value after the
+    path's last step). ``continuation`` says how the return after step t goes on: G_{t+1} itself
+    (n-step), mixed with V(s'_t) (TD(lambda)), or a trace-weighted correction (Retrace).
+    A termination wins over a truncation (no bootstrap past the end of an episode).
+    """
+    returns = []
+    following = next_values[-1]
+    for t in reversed(range(rewards.shape[0])):
+        bootstrap = continuation(t, following)
+        if truncated is not None:
+            bootstrap = torch.where(truncated[t], next_values[t], bootstrap)
+        following = rewards[t] + gamma * (~terminated[t]).to(rewards.dtype) * bootstrap
+        returns.append(following)
+    return torch.stack(returns[::-1])
+
+
+def _alive(terminated: torch.Tensor, truncated: torch.Tensor | None) -> torch.Tensor:
+    """``[n, B]`` bool: step k belongs to the path's first episode (no step before k ended it)."""
+    ended = terminated if truncated is None else terminated | truncated
+    return torch.cat((torch.ones_like(ended[:1]), ~ended[:-1]), 0).cumprod(0).bool()
+
+
+def _per_step(values: torch.Tensor, rewards: torch.Tensor, name: str) -> torch.Tensor:
+    """``values`` as ``[n, B]`` next-state values: a ``[B]`` value after the path is broadcast."""
+    if values.dim() == rewards.dim() - 1:
+        return values.expand_as(rewards)
+    if values.shape != rewards.shape:
+        raise ValueError(
+            f"{name} must have shape [B] or [n, B] = {list(rewards.shape)}, got {list(values.shape)}"
+        )
+    return values
+
+
 def n_step_target(
     rewards: torch.Tensor,
     terminated: torch.Tensor,
     kl_penalties: torch.Tensor,
     bootstrap: torch.Tensor,
     gamma: float,
+    *,
+    truncated: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """n-step target sum_k gamma^k (r_k - [k > 0] penalty_k) + gamma^n V(s_n), cut at termination.
+    """The n-step target of Q^q: a sampled path's return under T^{pi,q}, n times.
+
+        y = sum_{k<m} gamma^k (r_k - [k > 0] alpha (log q(a_k|s_k) - log pi(a_k|s_k))) + gamma^m V(s_m)
+
+    with m <= n the steps up to and including the first one that ended the episode: a termination
+    cuts the return (no gamma^m V term), a truncation bootstraps from V of its true next state.
+    Q conditions on a_0, so the first KL term is left out; the later ones are the KL inside
+    T^{pi,q}, discounted like the rewards. With a_1..a_{n-1} drawn from q (on-policy paths) the
+    expectation of y is (T^{pi,q})^n applied to V's Q, so the regression's fixed point is Q^q; with
+    actions of an older policy it is not (see :func:`retrace_target`).
 
     Args:
         rewards: ``[n, B]`` rewards r_0..r_{n-1} along the sampled path.
-        terminated: ``[n, B]`` bool, True where step k ended the episode.
-        kl_penalties: ``[n, B]`` alpha (log q(a_k|s_k) - log pi(a_k|s_k)) of the path's actions; the
-            first is ignored (Q conditions on a_0), the others are the KL terms inside T^{pi,q}.
-        bootstrap: ``[B]`` soft value V(s_n) of the state after the last step.
+        terminated: ``[n, B]`` bool, True where step k ended the episode (s'_k terminal).
+        kl_penalties: ``[n, B]`` alpha (log q(a_k|s_k) - log pi(a_k|s_k)) of the path's actions under
+            the current q; the first is ignored. Entries after the path's end are never used (and
+            may be anything, non-finite included).
+        bootstrap: soft value V(s'_k) = E_{a~q}[Q(s'_k, a) - alpha (log q - log pi)] of the state after
+            a step: ``[B]``, the value after the path's last step (the first that ended the
+            episode, else step n-1), or ``[n, B]``, one per step (only the last step's and the
+            truncated steps' are used).
         gamma: discount.
+        truncated: optional ``[n, B]`` bool, True where step k hit a time limit (bootstrap there);
+            None: no truncations.
+
+    Returns:
+        ``[B]`` targets y.
     """
     n = rewards.shape[0]
-    target = bootstrap
-    for k in reversed(range(n)):
-        cont = (~terminated[k]).to(rewards.dtype)
-        target = rewards[k] + gamma * cont * target
-        if k > 0:
-            target = target - kl_penalties[k]
-    return target
+    next_values = _per_step(bootstrap, rewards, "bootstrap")
+    alive = _alive(terminated, truncated)
+    penalties = torch.where(alive, kl_penalties, torch.zeros_like(kl_penalties))
+
+    def continuation(t: int, following: torch.Tensor) -> torch.Tensor:
+        return following - penalties[t + 1] if t + 1 < n else following
+
+    return _backward_returns(rewards, terminated, next_values, gamma, continuation, truncated)[0]
+
+
+def retrace_target(
+    rewards: torch.Tensor,
+    terminated: torch.Tensor,
+    action_values: torch.Tensor,
+    next_values: torch.Tensor,
+    traces: torch.Tensor,
+    gamma: float,
+    *,
+    truncated: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Retrace (Munos et al. 2016) target of Q^q from a path of another policy mu, soft values.
+
+        y = G_0,  G_k = r_k + gamma (1 - terminated_k) [ V(s'_k) + c_{k+1} (G_{k+1} - Q(s_{k+1}, a_{k+1})) ],
+
+    G at the path's last step (and at a truncation) = r_k + gamma (1 - terminated_k) V(s'_k), with
+    V(s) = E_{a~q}[Q(s, a) - alpha (log q(a|s) - log pi(a|s))] the soft value of T^{pi,q} and traces
+    c_k = lambda min(1, q(a_k|s_k) / mu(a_k|s_k)). Unrolled, y = Q(s_0, a_0) + sum_k gamma^k
+    (prod_{j=1..k} c_j) delta_k with delta_k = r_k + gamma V(s'_k) - Q(s_k, a_k). Whatever mu is, the
+    expectation of every delta_k vanishes at Q = Q^q (the KL enters through V exactly), so Q^q is
+    the fixed point; the truncated ratios keep the operator a gamma-contraction. c = 0 is the
+    one-step target; c = 1 with a_k ~ q the n-step target with V's control variate.
+
+    Args:
+        rewards, terminated: ``[n, B]`` as in :func:`n_step_target`.
+        action_values: ``[n, B]`` Q(s_k, a_k) of the path's actions (the first is not used).
+        next_values: ``[n, B]`` V(s'_k) of each step's true next state (for k < n - 1 within the
+            episode, s'_k = s_{k+1}).
+        traces: ``[n, B]`` c_k (the first is not used).
+        gamma: discount.
+        truncated: optional ``[n, B]`` bool time-limit flags (bootstrap from V(s'_k) there).
+
+    Returns:
+        ``[B]`` targets y.
+    """
+    n = rewards.shape[0]
+    alive = _alive(terminated, truncated)
+    zeros = torch.zeros_like(rewards)
+    traces = torch.where(alive, traces, zeros)  # entries past the path's end are never used
+    action_values = torch.where(alive, action_values, zeros)
+
+    def continuation(t: int, following: torch.Tensor) -> torch.Tensor:
+        if t + 1 == n:
+            return following  # G_n := V(s'_{n-1})
+        return next_values[t] + traces[t + 1] * (following - action_values[t + 1])
+
+    return _backward_returns(rewards, terminated, next_values, gamma, continuation, truncated)[0]
 
 
 def lambda_returns(
-    rewards: torch.Tensor, terminated: torch.Tensor, values: torch.Tensor, gamma: float, lam: float
+    rewards: torch.Tensor,
+    terminated: torch.Tensor,
+    values: torch.Tensor,
+    gamma: float,
+    lam: float,
+    *,
+    truncated: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """TD(lambda) targets of a state value along on-policy paths, cut at termination.
 
     G_t = r_t + gamma (1 - terminated_t) ((1 - lambda) V(s_{t+1}) + lambda G_{t+1}), G_T = V(s_T):
     lambda = 0 is the one-step target r_t + gamma V(s_{t+1}) (:func:`bellman_target`), lambda = 1
-    the whole path's discounted return plus gamma^(T-t) V(s_T). For the soft value of T^{pi,q},
-    pass soft rewards r_t - alpha (log q(a_t|s_t) - log pi(a_t|s_t)).
+    the whole path's discounted return plus gamma^(T-t) V(s_T) (the n-step returns of an unroll).
+    Where step t was truncated (a time limit), G_t = r_t + gamma V(s_{t+1}): the return does not
+    run into the next episode. For the soft value of T^{pi,q}, pass soft rewards
+    r_t - alpha (log q(a_t|s_t) - log pi(a_t|s_t)).
 
     Args:
         rewards: ``[T, B]`` (soft) rewards of steps 0..T-1.
         terminated: ``[T, B]`` bool, True where step t ended the episode (no bootstrap past it).
-        values: ``[T+1, B]`` V(s_0)..V(s_T) (only s_1..s_T are used).
+        values: ``[T+1, B]`` V(s_0)..V(s_T), s_{t+1} the true next state of step t (at a truncation
+            the episode's last state, not the reset); only s_1..s_T are used.
         gamma: discount; lam: lambda in [0, 1].
+        truncated: optional ``[T, B]`` bool, True where step t hit a time limit (a termination at
+            the same step wins); None: no truncations.
 
     Returns:
         ``[T, B]`` targets G_0..G_{T-1}.
@@ -117,13 +246,14 @@ def lambda_returns(
         raise ValueError(
             f"values must have T + 1 = {horizon + 1} rows for T = {horizon} rewards, got {values.shape[0]}"
         )
-    target = values[horizon]
-    out = []
-    for t in reversed(range(horizon)):
-        cont = (~terminated[t]).to(rewards.dtype)
-        target = rewards[t] + gamma * cont * ((1.0 - lam) * values[t + 1] + lam * target)
-        out.append(target)
-    return torch.stack(out[::-1])
+    next_values = values[1:]
+
+    def continuation(t: int, following: torch.Tensor) -> torch.Tensor:
+        if lam == 1.0:
+            return following
+        return (1.0 - lam) * next_values[t] + lam * following
+
+    return _backward_returns(rewards, terminated, next_values, gamma, continuation, truncated)
 
 
 def greedy_in_kl(q_values: torch.Tensor, log_prior: torch.Tensor, alpha: float) -> torch.Tensor:

@@ -101,3 +101,106 @@ def test_prior_shape_is_checked():
         bellman.bellman_operator(
             torch.zeros(3, 2), torch.full((3, 2), 0.5), mdp, gamma=0.9, alpha=1.0, prior=torch.ones(2, 2)
         )
+
+
+# ---------------------------------------------------------------------- truncation flags
+def _walk(rewards, terminated, truncated, next_values, gamma, b, step_term):
+    """Path b's return by brute force: ``step_term(k, discount)`` adds what step k > 0 contributes
+    besides its reward; stops at a termination (no bootstrap), bootstraps at a truncation or the
+    last step."""
+    total, discount = 0.0, 1.0
+    for k in range(rewards.shape[0]):
+        if k > 0:
+            total += step_term(k, discount)
+        total += discount * float(rewards[k, b])
+        if terminated[k, b]:
+            return total
+        if truncated[k, b] or k == rewards.shape[0] - 1:
+            return total + discount * gamma * float(next_values[k, b])
+        discount *= gamma
+    raise AssertionError("unreachable")
+
+
+def _random_path(seed, n=7, b=9):
+    g = torch.Generator().manual_seed(seed)
+    rewards = torch.randn(n, b, generator=g, dtype=F64)
+    terminated = torch.rand(n, b, generator=g) < 0.15
+    truncated = torch.rand(n, b, generator=g) < 0.15
+    terminated[2, 0] = truncated[2, 0] = True  # both at once: termination wins
+    return rewards, terminated, truncated, g
+
+
+def test_n_step_target_with_truncations_matches_a_brute_force_walk():
+    rewards, terminated, truncated, g = _random_path(0)
+    n, b = rewards.shape
+    penalties = torch.randn(n, b, generator=g, dtype=F64)
+    next_values = torch.randn(n, b, generator=g, dtype=F64)
+    got = bellman.n_step_target(rewards, terminated, penalties, next_values, 0.9, truncated=truncated)
+    want = []
+    for i in range(b):
+        pen = penalties[:, i]
+        want.append(
+            _walk(rewards, terminated, truncated, next_values, 0.9, i, lambda k, d, p=pen: -d * float(p[k]))
+        )
+    torch.testing.assert_close(got, torch.tensor(want, dtype=F64), rtol=1e-12, atol=1e-12)
+    # a [B] bootstrap is the value after the path's last step; past the end nothing is used, even NaN
+    ended = terminated | truncated
+    last = torch.cat((torch.ones_like(ended[:1]), ~ended[:-1])).cumprod(0).sum(0) - 1
+    garbage = penalties.clone()
+    garbage[torch.arange(n)[:, None] > last] = math.nan
+    one = bellman.n_step_target(
+        rewards, terminated, garbage, next_values[last, torch.arange(b)], 0.9, truncated=truncated
+    )
+    torch.testing.assert_close(one, got, rtol=1e-12, atol=1e-12)
+
+
+def test_retrace_target_with_truncations_matches_its_unrolled_sum():
+    # y = Q(s_0, a_0) + sum_k gamma^k (prod_{j=1..k} c_j) delta_k over the path's steps, delta_k =
+    # r_k + gamma (1 - terminated_k) V(s'_k) - Q(s_k, a_k)
+    rewards, terminated, truncated, g = _random_path(1)
+    n, b = rewards.shape
+    q_values = torch.randn(n, b, generator=g, dtype=F64)
+    next_values = torch.randn(n, b, generator=g, dtype=F64)
+    traces = torch.rand(n, b, generator=g, dtype=F64)
+    got = bellman.retrace_target(rewards, terminated, q_values, next_values, traces, 0.9, truncated=truncated)
+    for i in range(b):
+        total, weight = float(q_values[0, i]), 1.0
+        for k in range(n):
+            if k > 0:
+                weight *= 0.9 * float(traces[k, i])
+            cont = 0.0 if terminated[k, i] else 1.0
+            total += weight * (
+                float(rewards[k, i]) + 0.9 * cont * float(next_values[k, i]) - float(q_values[k, i])
+            )
+            if terminated[k, i] or truncated[k, i]:
+                break
+        assert float(got[i]) == pytest.approx(total, rel=1e-10, abs=1e-10)
+    # zero traces: the one-step target
+    one = bellman.retrace_target(rewards, terminated, q_values, next_values, 0 * traces, 0.9)
+    torch.testing.assert_close(one, bellman.bellman_target(rewards[0], terminated[0], next_values[0], 0.9))
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.6, 1.0])
+def test_lambda_returns_with_truncations_bootstrap_there(lam):
+    rewards, terminated, truncated, g = _random_path(2)
+    n, b = rewards.shape
+    values = torch.randn(n + 1, b, generator=g, dtype=F64)
+    got = bellman.lambda_returns(rewards, terminated, values, 0.9, lam, truncated=truncated)
+    # the lambda-return of each step from its n-step returns, each cut at the first episode end
+    for i in range(b):
+        for t in range(n):
+            ended = next((k for k in range(t, n) if terminated[k, i] or truncated[k, i]), n - 1)
+            horizon = ended - t + 1
+
+            def g_n(m, t=t, i=i):  # the m-step return, bootstrapped from V(s'_{t+m-1})
+                total, discount = 0.0, 1.0
+                for k in range(t, t + m):
+                    total += discount * float(rewards[k, i])
+                    discount *= 0.9
+                if terminated[t + m - 1, i]:
+                    return total
+                return total + discount * float(values[t + m, i])
+
+            want = sum((1 - lam) * lam ** (m - 1) * g_n(m) for m in range(1, horizon))
+            want += lam ** (horizon - 1) * g_n(horizon)
+            assert float(got[t, i]) == pytest.approx(want, rel=1e-10, abs=1e-10)

@@ -39,7 +39,7 @@ import torch
 from torch import nn
 from torch.distributions import Categorical, Distribution, Independent, Normal, kl_divergence
 
-from rl_as_inference import envs
+from rl_as_inference import bellman, envs
 from rl_as_inference.algos.collect import EpisodeReturns
 from rl_as_inference.algos.sac import TrainResult
 from rl_as_inference.algos.schedules import decay_learning_rates
@@ -106,6 +106,9 @@ def nstep_returns(
 ) -> torch.Tensor:
     """n-step bootstrapped targets over an unroll of T steps, computed backward on the device.
 
+    The lambda = 1 returns of :func:`rl_as_inference.bellman.lambda_returns` (the library's one
+    return calculator), with truncation flags.
+
     Args:
         rewards: ``[T, N]`` r_t.
         next_values: ``[T, N]`` V(s'_t) of the true next state of every step (SAME_STEP
@@ -117,13 +120,8 @@ def nstep_returns(
     Returns:
         ``[T, N]`` G_t = r_t + gamma (1 - terminated_t) (V(s'_t) if truncated_t or t = T - 1 else G_{t+1}).
     """
-    returns = torch.empty_like(rewards)
-    following = next_values[-1]
-    for t in reversed(range(rewards.shape[0])):
-        bootstrap = torch.where(truncated[t], next_values[t], following)
-        returns[t] = rewards[t] + gamma * (~terminated[t]).to(rewards.dtype) * bootstrap
-        following = returns[t]
-    return returns
+    values = torch.cat((next_values[:1], next_values))  # lambda_returns' V(s_0) row, never used
+    return bellman.lambda_returns(rewards, terminated, values, gamma, 1.0, truncated=truncated)
 
 
 def _m_step_terms(
