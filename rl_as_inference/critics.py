@@ -1,9 +1,19 @@
-"""Critics: action-value networks Q(s, a) with target copies, for the KL-regularized Bellman operator."""
+"""Critics: action-value networks Q(s, a) with target copies, and their regression onto T^{pi,q}.
+
+The target of Q(s, a) is Q^q's Bellman operator in reward units,
+
+    (T^{pi,q} Q)(s, a) = r(s, a) + gamma E_{s'} E_{a'~q}[ Q(s', a') - alpha (log q(a'|s') - log pi(a'|s')) ],
+
+one step of it (:func:`soft_q_loss` on a one-step batch) or n steps along a replayed path
+(:func:`n_step_soft_target`, optionally with Retrace traces for the actions of older policies). The
+prior pi is a callable log density of (obs, action) (:data:`LogPrior`): a uniform prior is a
+constant, a reference policy pi_k (the KL objective of seed eq. 2) is :func:`policy_log_prior`.
+"""
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import gymnasium as gym
 import torch
@@ -12,7 +22,27 @@ from torch import nn
 from rl_as_inference import bellman
 from rl_as_inference.guides.policies import ObservationEncoder, mlp
 
-__all__ = ["QNetwork", "StateValue", "TwinQ", "polyak_update", "soft_q_loss"]
+__all__ = [
+    "N_STEP_CORRECTIONS",
+    "LogPrior",
+    "QNetwork",
+    "StateValue",
+    "TwinQ",
+    "as_log_prior",
+    "check_n_step_correction",
+    "constant_log_prior",
+    "n_step_soft_target",
+    "policy_log_prior",
+    "polyak_update",
+    "soft_q_loss",
+]
+
+# log pi(a|s) of a prior: (obs [B, ...], action [B, ...]) -> [B]; (obs, None) -> [B, n] over every
+# action of a Discrete space. A float (a constant density) broadcasts as well.
+LogPrior = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor | float]
+
+# How an n-step critic target treats replayed actions (see n_step_soft_target)
+N_STEP_CORRECTIONS = ("none", "retrace")
 
 
 @torch.no_grad()
@@ -114,29 +144,180 @@ class TwinQ(nn.Module):
         polyak_update(self.target[1], self.q2, tau)
 
 
+def constant_log_prior(value: float) -> LogPrior:
+    """log pi(a|s) = ``value`` for every state and action: a uniform prior (-log vol of an action
+    box, -log n of n actions; 0 where no KL term is wanted, as MPO's alpha = 0 backup)."""
+
+    def log_pi(obs: torch.Tensor, action: torch.Tensor | None = None) -> float:
+        return value
+
+    return log_pi
+
+
+def policy_log_prior(policy: nn.Module) -> LogPrior:
+    """log pi(a|s) of a policy network (a frozen pi_k, say): ``policy(obs).log_prob(action)``; with
+    ``action=None`` (Discrete spaces) the log-probabilities of every action, ``[B, n]``."""
+
+    def log_pi(obs: torch.Tensor, action: torch.Tensor | None = None) -> torch.Tensor:
+        d = policy(obs)
+        return d.logits if action is None else d.log_prob(action)
+
+    return log_pi
+
+
+def as_log_prior(log_pi: float | LogPrior) -> LogPrior:
+    """A :data:`LogPrior` from a callable or a constant log density (:func:`constant_log_prior`)."""
+    return log_pi if callable(log_pi) else constant_log_prior(float(log_pi))
+
+
+def check_n_step_correction(correction: str, trace_lambda: float) -> None:
+    """Raise a one-line ValueError unless ``correction`` and ``trace_lambda`` are allowed."""
+    if correction not in N_STEP_CORRECTIONS:
+        raise ValueError(
+            f"n_step_correction={correction!r} is not allowed; use one of {', '.join(N_STEP_CORRECTIONS)}"
+        )
+    if isinstance(trace_lambda, bool) or not 0.0 <= trace_lambda <= 1.0:
+        raise ValueError(f"trace_lambda={trace_lambda!r} is not allowed; use a number in [0, 1]")
+
+
+def _is_zero(alpha: float | torch.Tensor) -> bool:
+    return not isinstance(alpha, torch.Tensor) and alpha == 0.0
+
+
+def _flat(fn: Callable, *args: torch.Tensor) -> torch.Tensor:
+    """``fn`` on ``[n, B, ...]`` inputs flattened to ``[n * B, ...]``, its ``[n * B]`` output back to ``[n, B]``."""
+    n, b = args[0].shape[:2]
+    return fn(*(a.flatten(0, 1) for a in args)).reshape(n, b)
+
+
+def n_step_soft_target(
+    batch: dict,
+    *,
+    gamma: float,
+    alpha: float | torch.Tensor,
+    policy: Callable[[torch.Tensor], torch.distributions.Distribution],
+    log_pi: LogPrior,
+    soft_value: Callable[[torch.Tensor], torch.Tensor],
+    action_value: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    correction: str = "none",
+    trace_lambda: float = 1.0,
+) -> torch.Tensor:
+    """The T^{pi,q} target of Q(s_0, a_0) from a replayed n-step path (:meth:`ReplayBuffer.sample_n_step`).
+
+    ``correction="none"``: :func:`bellman.n_step_target`,
+    y = sum_{k<m} gamma^k (r_k - [k > 0] alpha (log q(a_k|s_k) - log pi(a_k|s_k))) + gamma^m V(s_m),
+    with the KL terms of the stored actions under the current q. Its fixed point is Q^q when the
+    stored actions were drawn from q; replayed ones come from older policies, and then it is the
+    value of a mixture of theirs and q (the usual n-step bias, in exchange for rewards that reach
+    back n steps per update).
+    ``correction="retrace"``: :func:`bellman.retrace_target` with traces
+    c_k = trace_lambda min(1, q(a_k|s_k) / mu(a_k|s_k)), mu the behaviour density stored at
+    collection (path field ``behaviour_log_prob``); its fixed point is Q^q whatever mu was.
+    Run it under ``torch.no_grad()``.
+
+    Args:
+        batch: a sampled n-step batch (fields ``path`` and ``last``).
+        gamma, alpha: discount and temperature (alpha = 0: no KL terms, a plain expected backup).
+        policy: q(.|s), the policy whose value is learned, on a batch of observations.
+        log_pi: the prior's log density (:data:`LogPrior`).
+        soft_value: V(s) = E_{a~q}[Q'(s, a) - alpha (log q(a|s) - log pi(a|s))] of a batch of
+            observations (``[B, ...]`` -> ``[B]``), from the target critic.
+        action_value: Q'(s, a) of observations and actions (``correction="retrace"`` only).
+        correction: ``"none"`` or ``"retrace"``; trace_lambda: lambda of the traces.
+
+    Returns:
+        ``[B]`` targets.
+    """
+    check_n_step_correction(correction, trace_lambda)
+    path = batch["path"]
+    rewards, terminated, truncated = path["reward"], path["terminated"], path["truncated"]
+    obs, action = path["obs"][1:], path["action"][1:]  # the steps whose terms enter the target
+    if correction == "none":
+        rows = torch.arange(rewards.shape[1], device=rewards.device)
+        bootstrap = soft_value(path["next_obs"][batch["last"], rows])
+        penalties = torch.zeros_like(rewards)
+        if len(obs) and not _is_zero(alpha):
+            log_ratio = _flat(lambda o, a: policy(o).log_prob(a) - log_pi(o, a), obs, action)
+            penalties = torch.cat((penalties[:1], alpha * log_ratio.to(rewards.dtype)))
+        return bellman.n_step_target(
+            rewards, terminated, penalties, bootstrap.to(rewards.dtype), gamma, truncated=truncated
+        )
+    if "behaviour_log_prob" not in path:
+        raise ValueError(
+            "n_step_correction='retrace' needs the behaviour's log-probabilities: collect with "
+            "behaviour_log_prob=True"
+        )
+    if action_value is None:
+        raise ValueError("n_step_correction='retrace' needs the action value Q'(s, a) (action_value)")
+    next_values = _flat(soft_value, path["next_obs"]).to(rewards.dtype)
+    zeros = torch.zeros_like(rewards[:1])
+    action_values, traces = torch.zeros_like(rewards), torch.zeros_like(rewards)
+    if len(obs):
+        action_values = torch.cat((zeros, _flat(action_value, obs, action).to(rewards.dtype)))
+        log_q = _flat(lambda o, a: policy(o).log_prob(a), obs, action).to(rewards.dtype)
+        log_rho = (log_q - path["behaviour_log_prob"][1:]).clamp(max=0.0)
+        traces = torch.cat((zeros, trace_lambda * log_rho.exp()))
+    return bellman.retrace_target(
+        rewards, terminated, action_values, next_values, traces, gamma, truncated=truncated
+    )
+
+
 def soft_q_loss(
-    critic: TwinQ, policy: nn.Module, batch: dict, *, alpha: float | torch.Tensor, log_pi: float, gamma: float
+    critic: TwinQ,
+    policy: nn.Module,
+    batch: dict,
+    *,
+    alpha: float | torch.Tensor,
+    log_pi: float | LogPrior,
+    gamma: float,
+    correction: str = "none",
+    trace_lambda: float = 1.0,
 ) -> torch.Tensor:
     """Squared error of both online Q networks against the sampled T^{pi,q} target.
 
-    y = r + gamma (1 - terminated) V'(s'), V'(s') = E_{a'~q}[min Q'(s', a') - alpha (log q(a'|s') - log pi(a'))]
+    y = r + gamma (1 - terminated) V'(s'), V'(s') = E_{a'~q}[min Q'(s', a') - alpha (log q(a'|s') - log pi(a'|s'))]
     with the target networks' clipped double-Q: one sample of a' for continuous actions, the exact
-    sum over actions for discrete ones. An n-step batch (with a ``discount`` field, see
-    :meth:`ReplayBuffer.sample_n_step`) uses its summed reward and gamma^m in place of r and gamma.
+    sum over actions for discrete ones. ``log_pi`` is the prior's log density, a :data:`LogPrior`
+    callable of (obs, action) (:func:`policy_log_prior` for a reference policy pi_k) or a
+    constant (a uniform prior). An n-step batch (a ``path`` field, see
+    :meth:`ReplayBuffer.sample_n_step`) gets the target of :func:`n_step_soft_target` instead
+    (``correction``: ``"none"`` or ``"retrace"``, with ``trace_lambda``).
     """
-    discount = batch.get("discount", gamma)
-    with torch.no_grad():
-        d_next = policy(batch["next_obs"])
+    log_prior = as_log_prior(log_pi)
+
+    def soft_value(obs: torch.Tensor) -> torch.Tensor:
+        d = policy(obs)
         if critic.q1.discrete:
-            probs = d_next.probs
-            q_next = critic.target_min(batch["next_obs"]).to(probs.dtype)
-            v_next = bellman.soft_value_of_distribution(q_next, probs, torch.as_tensor(log_pi), alpha)
-        else:
-            a_next = d_next.sample()
-            v_next = bellman.soft_value_of_sample(
-                critic.target_min(batch["next_obs"], a_next), d_next.log_prob(a_next), log_pi, alpha
+            probs = d.probs
+            q_next = critic.target_min(obs).to(probs.dtype)
+            return bellman.soft_value_of_distribution(q_next, probs, log_prior(obs, None), alpha)
+        a = d.sample()
+        return bellman.soft_value_of_sample(
+            critic.target_min(obs, a), d.log_prob(a), log_prior(obs, a), alpha
+        )
+
+    def action_value(obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        if critic.q1.discrete:
+            return critic.target_min(obs).gather(-1, action.long().unsqueeze(-1)).squeeze(-1)
+        return critic.target_min(obs, action)
+
+    with torch.no_grad():
+        if "path" in batch:
+            target = n_step_soft_target(
+                batch,
+                gamma=gamma,
+                alpha=alpha,
+                policy=policy,
+                log_pi=log_prior,
+                soft_value=soft_value,
+                action_value=action_value,
+                correction=correction,
+                trace_lambda=trace_lambda,
             )
-        target = bellman.bellman_target(batch["reward"], batch["terminated"], v_next, discount)
+        else:
+            target = bellman.bellman_target(
+                batch["reward"], batch["terminated"], soft_value(batch["next_obs"]), gamma
+            )
     q1, q2 = critic(batch["obs"], batch["action"])
     if critic.q1.discrete:
         index = batch["action"].long().unsqueeze(-1)

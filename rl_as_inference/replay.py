@@ -1,4 +1,7 @@
-"""A replay buffer that lives on the device and is filled by batched rollouts."""
+"""A replay buffer that lives on the device and is filled by batched rollouts.
+
+It stores transitions and returns them, one at a time or as n-step paths; it computes no returns
+(the targets of :mod:`rl_as_inference.bellman` need the current policy along the path)."""
 
 from __future__ import annotations
 
@@ -82,22 +85,22 @@ class ReplayBuffer:
         self,
         batch_size: int,
         n: int,
-        gamma: float,
         *,
         stride: int = 1,
         generator: torch.Generator | None = None,
     ) -> dict[str, torch.Tensor]:
-        """A uniform batch of n-step transitions (s_t, a_t, sum_k gamma^k r_{t+k}, s_{t+m}).
+        """A uniform batch of n-step paths (s_t, a_t, r_t, ..., s_{t+n-1}, a_{t+n-1}, r_{t+n-1}, s_{t+n}).
 
         Consecutive transitions of one env lie ``stride`` slots apart (the number of envs writing
-        each :meth:`add`). The path stops early at the first step that ended its episode
-        (``terminated`` or ``truncated``), so ``m <= n`` steps are summed. Returned fields: every
-        stored field of the first step (``obs``, ``action``, ...), and ``reward`` (the discounted
-        sum), ``next_obs`` (the observation after the last summed step), ``terminated`` (whether that
-        step terminated) and ``discount`` = gamma^m, so that the target reads
-        ``reward + discount * (1 - terminated) * V(next_obs)``. As Acme's n-step transition adder,
-        the return sums rewards only, without off-policy correction. Needs a ``truncated`` field
-        and a capacity that is a multiple of ``stride``.
+        each :meth:`add`). Returned fields: every stored field of the path's first step (``obs``,
+        ``action``, ``reward``, ``next_obs``, ...: a one-step transition), ``path``, a dict of every
+        stored field along the path as ``[n, B, ...]`` tensors, and ``last``, ``[B]`` the index of
+        the path's last step: the first that ended its episode (``terminated`` or ``truncated``),
+        else n - 1. Steps after ``last`` belong to the env's next episode; the targets built from a
+        path (:func:`rl_as_inference.bellman.n_step_target`, :func:`~rl_as_inference.bellman.
+        retrace_target`) never use them. Nothing is summed here: the KL terms of T^{pi,q} along the
+        path depend on the current policy, so the learner evaluates them on the stored actions.
+        Needs a ``truncated`` field and a capacity that is a multiple of ``stride``.
         """
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"n must be an int >= 1, got {n!r}")
@@ -112,20 +115,12 @@ class ReplayBuffer:
         start = torch.randint(0, usable, (batch_size,), device=self.device, generator=generator)
         steps = torch.arange(n, device=self.device)
         index = (oldest + start + stride * steps[:, None]) % self.capacity  # [n, B]
-        first = index[0]
-        batch = {key: value[first] for key, value in self.storage.items()}
-        reward = self.storage["reward"][index]
-        terminated = self.storage["terminated"][index]
-        ended = terminated | self.storage["truncated"][index]
+        batch = {key: value[index[0]] for key, value in self.storage.items()}
+        batch["path"] = {key: value[index] for key, value in self.storage.items()}
+        ended = batch["path"]["terminated"] | batch["path"]["truncated"]
         # alive[k]: no earlier step on the path ended its episode
         alive = torch.cat((torch.ones_like(ended[:1]), ~ended[:-1]), 0).cumprod(0).bool()
-        discounts = gamma ** steps.to(reward.dtype)
-        batch["reward"] = (alive * discounts[:, None] * reward).sum(0)
-        last = alive.sum(0) - 1
-        take = index.gather(0, last[None]).squeeze(0)
-        batch["next_obs"] = self.storage["next_obs"][take]
-        batch["terminated"] = self.storage["terminated"][take]
-        batch["discount"] = gamma ** (last + 1).to(reward.dtype)
+        batch["last"] = alive.sum(0) - 1
         return batch
 
     def state_dict(self) -> dict:
@@ -137,7 +132,14 @@ class ReplayBuffer:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore :meth:`state_dict` into a buffer with the same fields."""
+        """Restore :meth:`state_dict` into a buffer with the same fields (a ValueError names any
+        field that one has and the other lacks: a buffer built with other settings)."""
+        extra, missing = set(state["storage"]) - set(self.storage), set(self.storage) - set(state["storage"])
+        if extra or missing:
+            raise ValueError(
+                f"replay state does not fit this buffer (saved with other settings): fields missing "
+                f"from it {sorted(missing)}, fields this buffer does not have {sorted(extra)}"
+            )
         size = int(state["size"])
         for key, value in state["storage"].items():
             self.storage[key][:size] = value.to(self.device)

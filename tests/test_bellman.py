@@ -6,8 +6,9 @@ import math
 
 import pytest
 import torch
+from torch.distributions import Categorical
 
-from rl_as_inference import bellman, envs, exact
+from rl_as_inference import bellman, critics, envs, exact
 
 F64 = torch.float64
 
@@ -101,6 +102,129 @@ def test_prior_shape_is_checked():
         bellman.bellman_operator(
             torch.zeros(3, 2), torch.full((3, 2), 0.5), mdp, gamma=0.9, alpha=1.0, prior=torch.ones(2, 2)
         )
+
+
+# ---------------------------------------------------------------------- n-step targets, exactly
+def _mdp_with_a_terminal_state():
+    base = envs.random_mdp(3, 2, seed=5)
+    return envs.TabularMDP(base.transition, base.reward, base.initial, terminal=[False, False, True])
+
+
+def _paths(mdp, behaviour, n):
+    """Every n-step path from every (s_0, a_0), a_k ~ behaviour for k >= 1, with its probability.
+
+    Returns obs, action, next state ``[n, P]`` and weights ``[P]``, the paths of each (s_0, a_0)
+    contiguous (in the order s_0 * A + a_0), so that weights times targets summed per block are
+    exact expectations.
+    """
+    S, A = mdp.num_states, mdp.num_actions
+    obs, act, nxt = [torch.arange(S).repeat_interleave(A)], [torch.arange(A).repeat(S)], []
+    weight = torch.ones(S * A, dtype=F64)
+    for k in range(n):
+        s_next = torch.arange(S).repeat(len(weight))
+        weight = (
+            weight.repeat_interleave(S)
+            * mdp.transition[obs[-1].repeat_interleave(S), act[-1].repeat_interleave(S), s_next]
+        )
+        obs = [x.repeat_interleave(S) for x in obs]
+        act = [x.repeat_interleave(S) for x in act]
+        nxt = [*[x.repeat_interleave(S) for x in nxt], s_next]
+        if k < n - 1:
+            a_next = torch.arange(A).repeat(len(weight))
+            weight = weight.repeat_interleave(A) * behaviour[s_next.repeat_interleave(A), a_next]
+            obs = [*[x.repeat_interleave(A) for x in obs], s_next.repeat_interleave(A)]
+            act = [*[x.repeat_interleave(A) for x in act], a_next]
+            nxt = [x.repeat_interleave(A) for x in nxt]
+    return torch.stack(obs), torch.stack(act), torch.stack(nxt), weight
+
+
+def _expected_target(Q, mdp, paths, q, log_prior, log_mu, *, gamma, alpha, correction, lam=1.0):
+    """E[y | s_0, a_0] of critics.n_step_soft_target over the enumerated paths: one application of
+    the n-step operator with exact expectations."""
+    obs, act, nxt, weight = paths
+    V = bellman.soft_value_of_distribution(Q, q, log_prior, alpha)
+    terminated = mdp.terminal[nxt]
+    alive = torch.cat((torch.ones_like(terminated[:1]), ~terminated[:-1])).cumprod(0).bool()
+    path = {
+        "obs": obs,
+        "action": act,
+        "reward": mdp.reward.double()[obs, act],
+        "next_obs": nxt,
+        "terminated": terminated,
+        "truncated": torch.zeros_like(terminated),
+        "behaviour_log_prob": log_mu[obs, act],
+    }
+    y = critics.n_step_soft_target(
+        {"path": path, "last": alive.sum(0) - 1},
+        gamma=gamma,
+        alpha=alpha,
+        policy=lambda o: Categorical(probs=q[o]),
+        log_pi=lambda o, a: log_prior[o] if a is None else log_prior[o, a],
+        soft_value=lambda o: V[o],
+        action_value=lambda o, a: Q[o, a],
+        correction=correction,
+        trace_lambda=lam,
+    )
+    return (weight * y).reshape(mdp.num_states * mdp.num_actions, -1).sum(-1).reshape(Q.shape)
+
+
+def _iterate(mdp, n, *, behaviour=None, correction="none", lam=1.0, kl_terms=True):
+    """Q <- E[y] from Q = 0 until it stops moving; returns (Q, the closed-form Q^q)."""
+    gamma, alpha = 0.9, 0.5
+    q, prior = random_policy(mdp, 1), random_policy(mdp, 2)
+    mu = q if behaviour is None else behaviour
+    paths = _paths(mdp, mu, n)
+    Q = torch.zeros(mdp.num_states, mdp.num_actions, dtype=F64)
+    for _ in range(1000):
+        # kl_terms=False is the former rewards-only target: the same paths with alpha = 0 inside,
+        # the KL of q only in the bootstrap V
+        new = _expected_target(
+            Q, mdp, paths, q, prior.log(), mu.log(), gamma=gamma, alpha=alpha, correction=correction, lam=lam
+        )
+        if not kl_terms:
+            V = bellman.soft_value_of_distribution(Q, q, prior.log(), alpha)
+            obs, act, nxt, weight = paths
+            term = mdp.terminal[nxt]
+            y = bellman.n_step_target(
+                mdp.reward.double()[obs, act], term, torch.zeros_like(term, dtype=F64), V[nxt[-1]], gamma
+            )
+            new = (weight * y).reshape(-1, len(weight) // Q.numel()).sum(-1).reshape(Q.shape)
+        done = (new - Q).abs().max() < 1e-10  # a gamma-contraction: then |Q - Q*| < 1e-9
+        Q = new
+        if done:
+            break
+    return Q, bellman.policy_evaluation(q, mdp, gamma=gamma, alpha=alpha, prior=prior)
+
+
+MDPS = {"random": lambda: envs.random_mdp(3, 2, seed=0), "terminal": _mdp_with_a_terminal_state}
+
+
+@pytest.mark.parametrize("mdp_name", list(MDPS))
+@pytest.mark.parametrize("n", [1, 3, 5])
+def test_n_step_target_on_policy_paths_has_the_fixed_point_q_of_q(mdp_name, n):
+    # the regression target of every replay critic: with a_1..a_{n-1} ~ q its expectation is
+    # (T^{pi,q})^n, so iterating it reaches Q^q (prior pi not uniform: the KL terms matter)
+    Q, fixed = _iterate(MDPS[mdp_name](), n)
+    torch.testing.assert_close(Q, fixed, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("n", [3, 5])
+def test_rewards_only_n_step_target_misses_q_of_q(n):
+    # the former target (rewards summed, no KL terms along the path) has another fixed point
+    Q, fixed = _iterate(MDPS["random"](), n, kl_terms=False)
+    assert (Q - fixed).abs().max() > 0.1 * fixed.abs().max()
+
+
+@pytest.mark.parametrize("mdp_name", list(MDPS))
+@pytest.mark.parametrize("n, lam", [(1, 1.0), (3, 1.0), (5, 1.0), (3, 0.5)])
+def test_retrace_from_another_policy_has_the_fixed_point_q_of_q(mdp_name, n, lam):
+    mdp = MDPS[mdp_name]()
+    behaviour = torch.softmax(2 * random_policy(mdp, 7).log(), -1)  # far from q
+    Q, fixed = _iterate(mdp, n, behaviour=behaviour, correction="retrace", lam=lam)
+    torch.testing.assert_close(Q, fixed, atol=1e-6, rtol=0)
+    if n > 1:  # the uncorrected target on the same paths does not get there
+        Q, _ = _iterate(mdp, n, behaviour=behaviour)
+        assert (Q - fixed).abs().max() > 0.1 * fixed.abs().max()
 
 
 # ---------------------------------------------------------------------- truncation flags

@@ -1,5 +1,6 @@
-"""Data collection: n-step replay against a brute-force walk, Discrete and Gymnasium-backed collectors,
-and the temperature (fixed, scheduled, learned)."""
+"""Data collection: n-step replay paths against a brute-force walk, the critics' n-step and Retrace
+targets by hand, behaviour log-probabilities, Discrete and Gymnasium-backed collectors, and the
+temperature (fixed, scheduled, learned)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ import numpy as np
 import pytest
 import torch
 
+from rl_as_inference.algos import sac
 from rl_as_inference.algos.collect import Collector
-from rl_as_inference.critics import TwinQ, soft_q_loss
-from rl_as_inference.guides import CategoricalMLP
+from rl_as_inference.critics import TwinQ, policy_log_prior, soft_q_loss
+from rl_as_inference.guides import CategoricalMLP, TanhGaussianMLP
 from rl_as_inference.replay import ReplayBuffer, transition_fields
 from rl_as_inference.temperature import Temperature
 
@@ -37,70 +39,232 @@ def _filled_buffer(capacity: int, stride: int, steps: int, seed: int = 0) -> Rep
 
 
 @pytest.mark.parametrize("capacity, steps", [(60, 12), (60, 47)])  # not full / wrapped around
-def test_n_step_sampling_equals_a_brute_force_walk(capacity, steps):
-    stride, n, gamma = 3, 4, 0.9
+def test_n_step_sampling_returns_the_paths_of_a_brute_force_walk(capacity, steps):
+    stride, n = 3, 4
     buf = _filled_buffer(capacity, stride, steps)
-    batch = buf.sample_n_step(500, n, gamma, stride=stride, generator=torch.Generator().manual_seed(1))
-    st = buf.storage
+    batch = buf.sample_n_step(500, n, stride=stride, generator=torch.Generator().manual_seed(1))
+    st, path = buf.storage, batch["path"]
     oldest = (buf.position - buf.size) % capacity
     for i in range(500):
         slot = int(batch["slot"][i])
         # the path must be one env's consecutive transitions, all still in the buffer
         assert (slot - oldest) % capacity < buf.size - (n - 1) * stride
-        total, discount = 0.0, 1.0
+        for key in st:  # the first step is a plain transition
+            assert torch.equal(batch[key][i], st[key][slot])
+        last = n - 1
         for k in range(n):
             j = (slot + k * stride) % capacity
-            total += discount * float(st["reward"][j])
-            discount *= gamma
-            if st["terminated"][j] or st["truncated"][j] or k == n - 1:
-                break
-        assert math.isclose(float(batch["reward"][i]), total, rel_tol=1e-5, abs_tol=1e-5)
-        assert math.isclose(float(batch["discount"][i]), discount, rel_tol=1e-6)
-        assert float(batch["next_obs"][i, 0]) == float(st["next_obs"][j, 0])
-        assert bool(batch["terminated"][i]) == bool(st["terminated"][j])
-        assert float(batch["obs"][i, 0]) == float(st["obs"][slot, 0])
-    # n = 1 reproduces the one-step transition
-    one = buf.sample_n_step(50, 1, gamma, stride=stride, generator=torch.Generator().manual_seed(2))
-    torch.testing.assert_close(one["reward"], st["reward"][one["slot"]])
-    torch.testing.assert_close(one["discount"], torch.full((50,), gamma))
+            for key in st:
+                assert torch.equal(path[key][k, i], st[key][j])
+            if (st["terminated"][j] or st["truncated"][j]) and last == n - 1:
+                last = min(last, k)
+        assert int(batch["last"][i]) == last
+    # n = 1: paths of one step, the plain transitions
+    one = buf.sample_n_step(50, 1, stride=stride, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(one["path"]["reward"][0], st["reward"][one["slot"]])
+    assert (one["last"] == 0).all()
 
 
 def test_n_step_sampling_rejects_what_it_cannot_do():
     buf = _filled_buffer(60, 3, 2)
     with pytest.raises(ValueError, match="too few for 4-step paths"):
-        buf.sample_n_step(8, 4, 0.9, stride=3)
+        buf.sample_n_step(8, 4, stride=3)
     with pytest.raises(ValueError, match="n must be an int >= 1"):
-        buf.sample_n_step(8, 0, 0.9, stride=3)
+        buf.sample_n_step(8, 0, stride=3)
     with pytest.raises(ValueError, match="not a multiple of stride"):
-        buf.sample_n_step(8, 1, 0.9, stride=7)
+        buf.sample_n_step(8, 1, stride=7)
     plain = ReplayBuffer(8, transition_fields((1,), (1,)))
     with pytest.raises(ValueError, match="needs a 'truncated' field"):
-        plain.sample_n_step(8, 2, 0.9)
+        plain.sample_n_step(8, 2)
 
 
-def test_n_step_critic_target_uses_the_summed_reward_and_gamma_to_the_m():
+def _path_batch(obs_dim, actions, seed=0):
+    """An n-step batch (as :meth:`ReplayBuffer.sample_n_step` returns) with ends of every kind."""
+    g = torch.Generator().manual_seed(seed)
+    n, b = actions.shape[:2]
+    terminated = torch.zeros(n, b, dtype=torch.bool)
+    truncated = torch.zeros(n, b, dtype=torch.bool)
+    terminated[1, 1] = True  # path 1 ends at step 1 without a bootstrap
+    truncated[0, 2] = True  # path 2 is cut at step 0 by a time limit: bootstrap from its next_obs
+    path = {
+        "obs": torch.randn(n, b, obs_dim, generator=g),
+        "action": actions,
+        "reward": torch.randn(n, b, generator=g),
+        "next_obs": torch.randn(n, b, obs_dim, generator=g),
+        "terminated": terminated,
+        "truncated": truncated,
+        "behaviour_log_prob": torch.randn(n, b, generator=g) - 1.0,
+    }
+    ended = terminated | truncated
+    last = torch.cat((torch.ones_like(ended[:1]), ~ended[:-1])).cumprod(0).sum(0) - 1
+    return {key: value[0] for key, value in path.items()} | {"path": path, "last": last}
+
+
+def test_n_step_critic_target_has_the_kl_terms_of_the_stored_actions_under_the_current_q():
+    # the target of Q(s_0, a_0) from a replayed path: r_0 + sum_{k>=1} gamma^k (r_k - alpha (log q -
+    # log pi)(a_k|s_k)) + gamma^m V(s_m), cut at a termination, bootstrapped at a truncation, with a
+    # prior pi given as a callable of (obs, action) (here a second policy, as em's pi_k)
     space_o, space_a = gym.spaces.Box(-1, 1, (2,)), gym.spaces.Discrete(3)
+    torch.manual_seed(0)
     critic = TwinQ(space_o, space_a, hidden=(8,))
     policy = CategoricalMLP(space_o, space_a, hidden=(8,))
-    obs = torch.randn(5, 2)
-    batch = {
-        "obs": obs,
-        "action": torch.tensor([0, 1, 2, 0, 1]),
-        "reward": torch.randn(5),
-        "next_obs": torch.randn(5, 2),
-        "terminated": torch.tensor([False, True, False, False, False]),
-        "discount": torch.tensor([0.9, 0.81, 0.729, 0.9, 0.81]),
-    }
-    loss = soft_q_loss(critic, policy, batch, alpha=0.5, log_pi=-math.log(3), gamma=0.9)
-    with torch.no_grad():  # the target by hand: exact expectation over the 3 actions
-        probs = policy(batch["next_obs"]).probs
-        q_next = critic.target_min(batch["next_obs"])
-        v = (probs * (q_next - 0.5 * (probs.log() + math.log(3)))).sum(-1)
-        y = batch["reward"] + batch["discount"] * (~batch["terminated"]).float() * v
-        q1, q2 = critic(obs)
+    prior = CategoricalMLP(space_o, space_a, hidden=(8,))
+    with torch.no_grad():
+        for net in (policy, prior):
+            net.net[-1].weight.normal_()  # away from uniform
+    actions = torch.randint(0, 3, (3, 4), generator=torch.Generator().manual_seed(1))
+    batch = _path_batch(2, actions)
+    alpha, gamma = 0.5, 0.9
+    loss = soft_q_loss(critic, policy, batch, alpha=alpha, log_pi=policy_log_prior(prior), gamma=gamma)
+    path = batch["path"]
+    with torch.no_grad():
+        y = []
+        for i in range(4):
+            total, discount = 0.0, 1.0
+            for k in range(3):
+                o, a = path["obs"][k, i : i + 1], path["action"][k, i : i + 1]
+                if k > 0:
+                    log_ratio = policy(o).log_prob(a) - prior(o).log_prob(a)
+                    total -= discount * alpha * float(log_ratio)
+                total += discount * float(path["reward"][k, i])
+                if path["terminated"][k, i]:
+                    break
+                if path["truncated"][k, i] or k == 2:
+                    s = path["next_obs"][k, i : i + 1]
+                    probs, log_pi = policy(s).probs, prior(s).logits
+                    v = (probs * (critic.target_min(s) - alpha * (probs.log() - log_pi))).sum()
+                    total += discount * gamma * float(v)
+                    break
+                discount *= gamma
+            y.append(total)
+        y = torch.tensor(y)
+        q1, q2 = critic(batch["obs"])
         a = batch["action"][:, None]
         expected = (q1.gather(1, a)[:, 0] - y).square().mean() + (q2.gather(1, a)[:, 0] - y).square().mean()
     torch.testing.assert_close(loss, expected)
+
+
+def test_retrace_critic_target_weighs_the_corrections_by_truncated_ratios():
+    space_o, space_a = gym.spaces.Box(-1, 1, (2,)), gym.spaces.Discrete(3)
+    torch.manual_seed(0)
+    critic = TwinQ(space_o, space_a, hidden=(8,))
+    policy = CategoricalMLP(space_o, space_a, hidden=(8,))
+    actions = torch.randint(0, 3, (3, 4), generator=torch.Generator().manual_seed(1))
+    batch = _path_batch(2, actions)
+    alpha, gamma, lam = 0.5, 0.9, 0.8
+    loss = soft_q_loss(
+        critic,
+        policy,
+        batch,
+        alpha=alpha,
+        log_pi=-math.log(3),
+        gamma=gamma,
+        correction="retrace",
+        trace_lambda=lam,
+    )
+    path = batch["path"]
+    with torch.no_grad():
+
+        def v(s):  # the soft value of q against the uniform prior, exactly over the 3 actions
+            probs = policy(s).probs
+            return (probs * (critic.target_min(s) - alpha * (probs.log() + math.log(3)))).sum(-1)
+
+        y = []
+        for i in range(4):  # Q(s_0, a_0) + sum_k gamma^k (prod_{j<=k} c_j) delta_k, by hand
+            total, weight = 0.0, 1.0
+            for k in range(3):
+                o, a = path["obs"][k, i : i + 1], path["action"][k, i : i + 1]
+                q_sa = float(critic.target_min(o)[0, a])
+                if k == 0:
+                    total = q_sa
+                else:
+                    ratio = math.exp(float(policy(o).log_prob(a)) - float(path["behaviour_log_prob"][k, i]))
+                    weight *= gamma * lam * min(1.0, ratio)
+                cont = 0.0 if path["terminated"][k, i] else 1.0
+                delta = (
+                    float(path["reward"][k, i])
+                    + gamma * cont * float(v(path["next_obs"][k, i : i + 1]))
+                    - q_sa
+                )
+                total += weight * delta
+                if path["terminated"][k, i] or path["truncated"][k, i]:
+                    break
+            y.append(total)
+        y = torch.tensor(y)
+        q1, q2 = critic(batch["obs"])
+        a = batch["action"][:, None]
+        expected = (q1.gather(1, a)[:, 0] - y).square().mean() + (q2.gather(1, a)[:, 0] - y).square().mean()
+    torch.testing.assert_close(loss, expected)
+    del batch["path"]["behaviour_log_prob"]
+    with pytest.raises(ValueError, match="needs the behaviour's log-probabilities"):
+        soft_q_loss(critic, policy, batch, alpha=alpha, log_pi=0.0, gamma=gamma, correction="retrace")
+    with pytest.raises(ValueError, match="n_step_correction='tree' is not allowed; use one of none, retrace"):
+        soft_q_loss(critic, policy, batch, alpha=alpha, log_pi=0.0, gamma=gamma, correction="tree")
+
+
+def test_collector_stores_the_behaviour_log_probability_when_asked():
+    cpu = torch.device("cpu")
+    data = Collector("Pendulum-v1", num_envs=4, device=cpu, seed=0, buffer_size=64, behaviour_log_prob=True)
+    data.step(None)  # uniform warm-up actions on [-2, 2]: log mu = -log 4
+    torch.manual_seed(0)
+    policy = TanhGaussianMLP(data.observation_space, data.action_space, hidden=(8,))
+    with torch.no_grad():  # means far outside [-2, 2]: the float32 actions saturate at the box faces
+        policy.net[-1].bias[0] = 12.0
+    data.step(policy)
+    st = data.buffer.storage
+    torch.testing.assert_close(st["behaviour_log_prob"][:4], torch.full((4,), -math.log(4.0)))
+    assert (st["action"][4:8] == 2.0).all()
+    # log mu is scored as a learner scores the stored action later (its float32 value, not the
+    # sample's exact pre-tanh u): on-policy the ratio q / mu of Retrace's traces is then exactly 1
+    with torch.no_grad():
+        want = policy(st["obs"][4:8]).log_prob(st["action"][4:8])
+    torch.testing.assert_close(st["behaviour_log_prob"][4:8], want, rtol=0, atol=1e-5)
+    discrete = Collector(
+        "CartPole-v1", num_envs=2, device=cpu, seed=0, buffer_size=8, discrete=True, behaviour_log_prob=True
+    )
+    discrete.step(None)
+    torch.testing.assert_close(
+        discrete.buffer.storage["behaviour_log_prob"][:2], torch.full((2,), -math.log(2))
+    )
+    # only a retrace config asks for the field: the default buffers keep their fields
+    plain = Collector.for_config(sac.SACConfig(n_step=3), cpu, "sac")
+    assert "behaviour_log_prob" not in plain.buffer.storage
+    retrace = Collector.for_config(sac.SACConfig(n_step=3, n_step_correction="retrace"), cpu, "sac")
+    assert "behaviour_log_prob" in retrace.buffer.storage
+
+
+def test_a_buffer_state_without_the_new_field_still_loads_and_a_mismatch_is_named():
+    # a state written by a buffer of the former fields (every default config's) loads as before
+    old = _filled_buffer(60, 3, 12)
+    state = old.state_dict()
+    fields = transition_fields((1,), (1,)) | {"truncated": ((), torch.bool), "slot": ((), torch.int64)}
+    again = ReplayBuffer(60, fields)
+    again.load_state_dict(state)
+    assert again.position == old.position and again.size == old.size
+    for key, value in old.storage.items():
+        assert torch.equal(again.storage[key], value), key
+    with pytest.raises(ValueError, match=r"fields missing from it \['behaviour_log_prob'\]"):
+        ReplayBuffer(60, fields | {"behaviour_log_prob": ((), torch.float32)}).load_state_dict(state)
+    with pytest.raises(ValueError, match=r"fields this buffer does not have \['slot'\]"):
+        ReplayBuffer(60, transition_fields((1,), (1,)) | {"truncated": ((), torch.bool)}).load_state_dict(
+            state
+        )
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("n_step", 0, "n_step=0 is not allowed; use an int >= 1"),
+        ("n_step_correction", "tree", "n_step_correction='tree' is not allowed; use one of none, retrace"),
+        ("trace_lambda", 1.5, r"trace_lambda=1.5 is not allowed; use a number in \[0, 1\]"),
+    ],
+)
+def test_n_step_settings_are_checked_by_every_replay_config(field, value, message):
+    from rl_as_inference.algos import em, mpo, softq, svi
+
+    for cls in (sac.SACConfig, svi.SVIConfig, em.EMConfig, mpo.MPOConfig, softq.SoftQConfig):
+        with pytest.raises(ValueError, match=message):
+            cls(**{field: value})
 
 
 def test_discrete_collector_stores_integer_actions_and_true_transitions():

@@ -173,3 +173,54 @@ def test_softq_run_round_trips_through_load_policy(tmp_path):
     obs, _ = gym.make("MountainCar-v0").reset(seed=0)
     assert policy.act(obs) in (0, 1, 2)
     assert 0 <= policy.act(obs, deterministic=False, generator=torch.Generator().manual_seed(0)) < 3
+
+
+@pytest.mark.parametrize("double_q", [False, True])
+def test_n_step_target_adds_each_later_steps_q_minus_v_correction(double_q):
+    # for q' = softmax(Q' / alpha) (pi uniform), alpha (log q'(a|s) - log pi(a)) = Q'(s, a) - V'(s): the
+    # n-step target of T^{pi,q} is r_0 + sum_{k>=1} gamma^k (r_k - Q'(s_k, a_k) + V'(s_k)) + gamma^m V'(s_m)
+    torch.manual_seed(0)
+    alpha, gamma, n, b = 0.4, 0.9, 3, 4
+    q_net, target = _tabular_q(5, 3, alpha), _tabular_q(5, 3, alpha)
+    with torch.no_grad():
+        for net in (q_net, target):
+            net.net[-1].weight.normal_()
+    g = torch.Generator().manual_seed(1)
+    terminated = torch.zeros(n, b, dtype=torch.bool)
+    truncated = torch.zeros(n, b, dtype=torch.bool)
+    terminated[1, 1], truncated[0, 2] = True, True
+    path = {
+        "obs": torch.randint(0, 5, (n, b), generator=g),
+        "action": torch.randint(0, 3, (n, b), generator=g),
+        "reward": torch.randn(n, b, generator=g),
+        "next_obs": torch.randint(0, 5, (n, b), generator=g),
+        "terminated": terminated,
+        "truncated": truncated,
+    }
+    last = torch.tensor([2, 1, 0, 2])
+    batch = {key: value[0] for key, value in path.items()} | {"path": path, "last": last}
+    loss = softq.soft_q_loss(q_net, target, batch, gamma=gamma, loss="mse", double_q=double_q)
+    with torch.no_grad():
+        q_target = target.q_values(torch.arange(5))
+        chooser = q_net if double_q else target  # whose q' the value and the KL terms are of
+        probs = torch.softmax(chooser.q_values(torch.arange(5)) / alpha, -1)
+        v = (probs * (q_target - alpha * (probs.log() + math.log(3)))).sum(-1)
+        q_choose = chooser.q_values(torch.arange(5))
+        kl_term = q_choose - alpha * torch.logsumexp(q_choose / alpha, -1, keepdim=True) + alpha * math.log(3)
+        y = []
+        for i in range(b):
+            total, discount = 0.0, 1.0
+            for k in range(n):
+                s, a = path["obs"][k, i], path["action"][k, i]
+                if k > 0:
+                    total -= discount * float(kl_term[s, a])  # = Q' - V' of the chooser
+                total += discount * float(path["reward"][k, i])
+                if terminated[k, i]:
+                    break
+                if truncated[k, i] or k == n - 1:
+                    total += discount * gamma * float(v[path["next_obs"][k, i]])
+                    break
+                discount *= gamma
+            y.append(total)
+        q = q_net.q_values(batch["obs"]).gather(-1, batch["action"][:, None])[:, 0]
+    torch.testing.assert_close(loss, (q - torch.tensor(y)).square().mean())

@@ -5,15 +5,33 @@ from __future__ import annotations
 import math
 
 import gymnasium as gym
+import numpy as np
 import torch
 
 from rl_as_inference import envs
 from rl_as_inference.algos.settings import RunSettings
+from rl_as_inference.critics import check_n_step_correction
 from rl_as_inference.replay import ReplayBuffer, transition_fields
 
-__all__ = ["BACKENDS", "Collector", "EpisodeReturns"]
+__all__ = ["BACKENDS", "Collector", "EpisodeReturns", "check_n_step_settings", "uniform_log_density"]
 
 BACKENDS = ("functional", "gymnasium")
+
+
+def uniform_log_density(space: gym.Space) -> float:
+    """log mu(a) of the uniform distribution on an action space: -log vol of a Box, -log n of Discrete(n)."""
+    if isinstance(space, gym.spaces.Discrete):
+        return -math.log(int(space.n))
+    return -float(np.sum(np.log(space.high.astype(np.float64) - space.low.astype(np.float64))))
+
+
+def check_n_step_settings(config) -> None:
+    """A one-line ValueError unless the config's ``n_step`` (an int >= 1), ``n_step_correction``
+    (:data:`~rl_as_inference.critics.N_STEP_CORRECTIONS`) and ``trace_lambda`` (in [0, 1]) are allowed."""
+    n = config.n_step
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n_step={n!r} is not allowed; use an int >= 1")
+    check_n_step_correction(config.n_step_correction, config.trace_lambda)
 
 
 def _make_vec(env_id: str, num_envs: int, device: torch.device, backend: str, exploring_starts: float):
@@ -93,6 +111,9 @@ class Collector:
         discrete: whether a Discrete action space is accepted (the algorithm has a categorical policy).
         exploring_starts: share of resets drawn uniformly from the env's state box
             (:meth:`rl_as_inference.envs.FunctionalEnv.use_exploring_starts`; functional backend only).
+        behaviour_log_prob: also store log mu(a_t|s_t), the density the action was drawn from (the
+            policy's at collection; the uniform one, -log vol of the box or -log n, for the random
+            warm-up actions): Retrace's traces need it.
         algorithm: its name, for error messages.
     """
 
@@ -108,6 +129,7 @@ class Collector:
         discrete: bool = False,
         backend: str = "functional",
         exploring_starts: float = 0.0,
+        behaviour_log_prob: bool = False,
         algorithm: str = "this algorithm",
     ):
         if store_states and backend != "functional":
@@ -129,12 +151,16 @@ class Collector:
         fields["truncated"] = ((), torch.bool)
         if store_states:
             fields["state"] = (self.env.state_shape, self.env.dtype)
+        self.store_log_prob = behaviour_log_prob
+        if behaviour_log_prob:
+            fields["behaviour_log_prob"] = ((), torch.float32)
         capacity = -(-buffer_size // num_envs) * num_envs
         self.buffer = ReplayBuffer(capacity, fields, device=device)
         self.generator = torch.Generator(device=device).manual_seed(seed)
         if not self.discrete:
             self.low = torch.as_tensor(self.action_space.low, device=device)
             self.high = torch.as_tensor(self.action_space.high, device=device)
+        self.uniform_log_prob = uniform_log_density(self.action_space)
         self.obs, _ = self.venv.reset(seed=seed)
         self.returns = EpisodeReturns(num_envs, device)
         self.env_steps = 0
@@ -143,8 +169,8 @@ class Collector:
     def for_config(cls, config: RunSettings, device: torch.device, algorithm: str, **kwargs) -> Collector:
         """The Collector an off-policy algorithm's config describes: its env, ``num_envs``, seed,
         ``exploring_starts``, ``buffer_size`` (which every replay-based config adds to
-        :class:`RunSettings`) and, where it has one, ``backend``; ``kwargs`` add ``store_states`` or
-        ``discrete``."""
+        :class:`RunSettings`), where it has one, ``backend``, and the behaviour's log-probabilities
+        when ``n_step_correction = "retrace"``; ``kwargs`` add ``store_states`` or ``discrete``."""
         return cls(
             config.env,
             num_envs=config.num_envs,
@@ -153,6 +179,7 @@ class Collector:
             buffer_size=config.buffer_size,
             backend=getattr(config, "backend", "functional"),
             exploring_starts=config.exploring_starts,
+            behaviour_log_prob=getattr(config, "n_step_correction", "none") == "retrace",
             algorithm=algorithm,
             **kwargs,
         )
@@ -169,14 +196,24 @@ class Collector:
     def step(self, policy: torch.nn.Module | None) -> None:
         """One batched step with actions from ``policy`` (sampled), or uniform if None."""
         state = self.venv.state.clone() if self.store_states else None
+        extra = {"state": state} if self.store_states else {}
         if policy is None:
             action = self.random_actions()
+            if self.store_log_prob:
+                extra["behaviour_log_prob"] = torch.full(
+                    (self.num_envs,), self.uniform_log_prob, device=self.device
+                )
         else:
             with torch.no_grad():
-                action = policy(self.obs).sample()
+                d = policy(self.obs)
+                action = d.sample()
+                if self.store_log_prob:
+                    # scored as the learner will score the stored action (a copy: not from the
+                    # sample's cached pre-tanh value, which a saturated float32 action has lost),
+                    # so that on-policy q / mu is exactly 1
+                    extra["behaviour_log_prob"] = d.log_prob(action.clone())
         next_obs, reward, terminated, truncated, info = self.venv.step(action)
         final_obs = self._final_obs(next_obs, terminated | truncated, info)
-        extra = {"state": state} if self.store_states else {}
         self.buffer.add(
             obs=self.obs,
             action=action,
@@ -200,14 +237,12 @@ class Collector:
         rows = [final[i] if bool(done[i]) else next_obs[i] for i in range(len(final))]
         return torch.stack([torch.as_tensor(r, device=next_obs.device) for r in rows])
 
-    def sample(self, batch_size: int, *, n_step: int = 1, gamma: float = 1.0) -> dict[str, torch.Tensor]:
-        """A uniform batch of stored transitions; with ``n_step > 1``, n-step transitions with a
-        ``discount`` field (see :meth:`ReplayBuffer.sample_n_step`)."""
+    def sample(self, batch_size: int, *, n_step: int = 1) -> dict[str, torch.Tensor]:
+        """A uniform batch of stored transitions; with ``n_step > 1``, n-step paths (fields ``path``
+        and ``last``, see :meth:`ReplayBuffer.sample_n_step`)."""
         if n_step == 1:
             return self.buffer.sample(batch_size, self.generator)
-        return self.buffer.sample_n_step(
-            batch_size, n_step, gamma, stride=self.num_envs, generator=self.generator
-        )
+        return self.buffer.sample_n_step(batch_size, n_step, stride=self.num_envs, generator=self.generator)
 
     def state_dict(self) -> dict:
         """The replay buffer, the vector env, the current observations, episode returns, random

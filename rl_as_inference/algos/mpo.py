@@ -14,7 +14,12 @@ Logged like Acme: the KL / epsilon ratios and the duals.
 
 Gaussian policies for Box actions; categorical policies for Discrete ones, where the E-step is exact
 over all actions (q(a|s) proportional to pi_k(a|s) exp(Q(s, a) / eta), no sampling) and the M-step has
-one KL bound ``epsilon_policy`` (Acme's discrete MPO). ``n_step`` > 1 learns Q from n-step returns.
+one KL bound ``epsilon_policy`` (Acme's discrete MPO). ``n_step`` > 1 learns Q from n-step paths
+of the replay (:func:`rl_as_inference.critics.n_step_soft_target` at alpha = 0: the discounted
+rewards plus gamma^m E_{pi_k}[Q'(s_m, .)]), exact for paths of pi_k and, for the replayed actions of
+older policies, uncorrected (``n_step_correction = "none"``, as Acme's n-step adder) or corrected by
+Retrace (``"retrace"``, Munos et al. 2016, the MPO paper's policy evaluation: traces
+c_k = trace_lambda min(1, pi_k(a_k|s_k) / mu(a_k|s_k))).
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import torch
 from torch.distributions import Independent, Normal, kl_divergence
 
 from rl_as_inference import envs
-from rl_as_inference.algos.collect import Collector
+from rl_as_inference.algos.collect import Collector, check_n_step_settings
 from rl_as_inference.algos.sac import TrainResult
 from rl_as_inference.algos.schedules import decay_learning_rates
 from rl_as_inference.algos.settings import RunSettings
@@ -57,7 +62,11 @@ class MPOConfig(RunSettings):
     epsilon_mean: float = 2.5e-3  # M-step KL bound on the mean
     epsilon_stddev: float = 1e-6  # M-step KL bound on the standard deviation
     epsilon_policy: float = 1e-3  # M-step KL bound of a categorical policy (Acme's discrete MPO)
-    n_step: int = 1  # critic targets from n-step returns (1: one-step T^{pi,q})
+    n_step: int = 1  # critic targets from n-step replayed paths (1: one-step T^{pi,q})
+    # "none": the replayed actions taken as pi_k's (exact on-policy); "retrace": traces trace_lambda *
+    # min(1, pi_k / mu), mu stored at collection (fixed point Q^{pi_k} for any behaviour)
+    n_step_correction: str = "none"
+    trace_lambda: float = 1.0  # lambda of the Retrace traces
     anneal_lr: bool = False  # decay the policy and critic learning rates linearly to 0 over the budget
     backend: str = "functional"  # collect with the torch port, or "gymnasium" (Gymnasium's own env)
     policy_lr: float = 1e-3
@@ -66,6 +75,9 @@ class MPOConfig(RunSettings):
     init_log_temperature: float = 0.0
     init_log_alpha: float = 0.0
     hidden: tuple[int, ...] = (256, 256)
+
+    def __post_init__(self) -> None:
+        check_n_step_settings(self)
 
 
 def realized_kl(weights: torch.Tensor) -> torch.Tensor:
@@ -242,9 +254,18 @@ def train(
             groups = [(g, config.policy_lr) for g in policy_opt.param_groups]
             groups += [(g, config.critic_lr) for g in critic_opt.param_groups]
             decay_learning_rates(groups, data.env_steps, config.total_env_steps)
-        batch = data.sample(config.batch_size, n_step=config.n_step, gamma=config.gamma)
+        batch = data.sample(config.batch_size, n_step=config.n_step)
         # ---- critic: T^{pi,q} at alpha = 0 against the target policy (plain expected Q backup)
-        critic_loss = soft_q_loss(critic, target_policy, batch, alpha=0.0, log_pi=0.0, gamma=config.gamma)
+        critic_loss = soft_q_loss(
+            critic,
+            target_policy,
+            batch,
+            alpha=0.0,
+            log_pi=0.0,
+            gamma=config.gamma,
+            correction=config.n_step_correction,
+            trace_lambda=config.trace_lambda,
+        )
         critic_opt.zero_grad()
         critic_loss.backward()
         critic_opt.step()

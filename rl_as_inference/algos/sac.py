@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from rl_as_inference import envs
-from rl_as_inference.algos.collect import Collector
+from rl_as_inference.algos.collect import Collector, check_n_step_settings, uniform_log_density
 from rl_as_inference.algos.settings import RunSettings
 from rl_as_inference.algos.stats import emit_row, finish, row_due
 from rl_as_inference.critics import TwinQ, soft_q_loss
@@ -55,8 +55,18 @@ class SACConfig(RunSettings):
     alpha_anneal_steps: int | None = None  # env steps of the schedule (None: total_env_steps)
     target_entropy: float | None = None  # None: -dim(A)
     updates_per_step: int = 1  # gradient steps per collected batch
-    n_step: int = 1  # critic targets from n-step returns (1: one-step T^{pi,q})
+    # critic targets from n-step replayed paths: sum_k gamma^k (r_k - [k > 0] alpha (log q - log pi)(a_k))
+    # + gamma^m V(s_m), the KL terms of the stored actions under the current q (1: one-step T^{pi,q})
+    n_step: int = 1
+    # "none": the replayed actions taken as q's (exact on-policy; toward the older behaviours' values
+    # off-policy); "retrace": Retrace traces trace_lambda * min(1, q / mu), fixed point Q^q whatever
+    # the behaviour mu was (stores log mu at collection; one more critic pass over the path)
+    n_step_correction: str = "none"
+    trace_lambda: float = 1.0  # lambda of the Retrace traces (n_step_correction = "retrace")
     backend: str = "functional"  # collect with the torch port, or "gymnasium" (Gymnasium's own env)
+
+    def __post_init__(self) -> None:
+        check_n_step_settings(self)
 
 
 @dataclass
@@ -84,7 +94,7 @@ def make_temperature(config, device: torch.device) -> Temperature:
 
 def uniform_log_prior(action_space: gym.spaces.Box) -> float:
     """log pi(a) of the uniform prior on the action box (seed eq. 10): -log vol."""
-    return -float(np.sum(np.log(action_space.high.astype(np.float64) - action_space.low.astype(np.float64))))
+    return uniform_log_density(action_space)
 
 
 def actor_loss(policy, critic: TwinQ, obs: torch.Tensor, alpha: float | torch.Tensor, log_pi: float):
@@ -148,9 +158,18 @@ def train(
         temperature.advance(data.env_steps)
         for _ in range(config.updates_per_step):
             alpha = temperature.value
-            batch = data.sample(config.batch_size, n_step=config.n_step, gamma=config.gamma)
+            batch = data.sample(config.batch_size, n_step=config.n_step)
             # ---- critic: regress Q onto T^{pi,q} Q' at the sampled transition (clipped double-Q target)
-            critic_loss = soft_q_loss(critic, policy, batch, alpha=alpha, log_pi=log_pi, gamma=config.gamma)
+            critic_loss = soft_q_loss(
+                critic,
+                policy,
+                batch,
+                alpha=alpha,
+                log_pi=log_pi,
+                gamma=config.gamma,
+                correction=config.n_step_correction,
+                trace_lambda=config.trace_lambda,
+            )
             critic_opt.zero_grad()
             critic_loss.backward()
             critic_opt.step()

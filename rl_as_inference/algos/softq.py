@@ -15,9 +15,19 @@ temperature.Temperature`): large early for exploration, small late for a near-gr
 
 Against MPO's categorical variant on the same data, it drops the policy network, its target copy
 and the second critic with its target: a learner step runs two networks (Q forward and backward,
-Q' forward) instead of six, which is what a compute-bound learner (MountainCar-v0's) pays for. ``n_step`` > 1 sums the
-rewards of the replayed path without the intermediate KL terms (exact for n = 1, the usual n-step
-approximation otherwise).
+Q' forward) instead of six, which is what a compute-bound learner (MountainCar-v0's) pays for.
+
+``n_step`` > 1 regresses onto the n-step target of T^{pi,q} along a replayed path
+(:func:`rl_as_inference.critics.n_step_soft_target`),
+
+    y = sum_{k<m} gamma^k (r_k - [k > 0] alpha (log q'(a_k|s_k) - log pi(a_k))) + gamma^m V'(s_m),
+
+where alpha (log q' - log pi)(a_k) = Q'(s_k, a_k) - V'(s_k) for the greedy-in-KL q' of the target
+network: each later step adds r_k + gamma (...) - Q'(s_k, a_k) + V'(s_k), a correction that vanishes
+in expectation when a_k ~ q'. Replayed actions come from older q's, so it is exact on-policy and an
+approximation off-policy (``n_step_correction = "none"``, the default), or corrected by Retrace's
+truncated traces c_k = trace_lambda min(1, q'(a_k|s_k) / mu(a_k|s_k)) (``"retrace"``), whose fixed
+point is the soft Q of q' whatever the behaviour mu was.
 """
 
 from __future__ import annotations
@@ -31,12 +41,12 @@ from dataclasses import dataclass
 import torch
 
 from rl_as_inference import bellman, envs
-from rl_as_inference.algos.collect import Collector
+from rl_as_inference.algos.collect import Collector, check_n_step_settings
 from rl_as_inference.algos.sac import TrainResult
 from rl_as_inference.algos.schedules import decay_learning_rates
 from rl_as_inference.algos.settings import RunSettings
 from rl_as_inference.algos.stats import IntervalMeans, emit_row, finish, row_due
-from rl_as_inference.critics import polyak_update
+from rl_as_inference.critics import constant_log_prior, n_step_soft_target, polyak_update
 from rl_as_inference.guides.policies import SoftQPolicy
 from rl_as_inference.optim import adam
 from rl_as_inference.resume import Checkpointer
@@ -57,7 +67,11 @@ class SoftQConfig(RunSettings):
     buffer_size: int = 100_000
     gamma: float = 0.99
     tau: float = 0.005  # Polyak rate of the target network
-    n_step: int = 1
+    n_step: int = 1  # critic targets from n-step paths (1: one-step), with the KL terms of T^{pi,q}
+    # "none": replayed actions taken as q's (exact on-policy); "retrace": traces trace_lambda *
+    # min(1, q / mu) with mu stored at collection (fixed point Q^q for any behaviour)
+    n_step_correction: str = "none"
+    trace_lambda: float = 1.0  # lambda of the Retrace traces
     updates_every: int = 1  # collection steps (of num_envs transitions) per learner step
     lr: float = 1e-3
     anneal_lr: bool = False  # decay the learning rate linearly to 0 over the budget
@@ -70,6 +84,7 @@ class SoftQConfig(RunSettings):
     hidden: tuple[int, ...] = (256, 256)
 
     def __post_init__(self) -> None:
+        check_n_step_settings(self)
         if self.loss not in LOSSES:
             raise ValueError(f"loss={self.loss!r} is not allowed; use one of {', '.join(LOSSES)}")
         if self.alpha_schedule not in SCHEDULES:
@@ -92,24 +107,51 @@ def soft_q_loss(
     gamma: float,
     loss: str = "huber",
     double_q: bool = False,
+    correction: str = "none",
+    trace_lambda: float = 1.0,
 ) -> torch.Tensor:
     """Regression of Q(s, a) onto y = r + gamma (1 - terminated) V'(s') at replayed transitions.
 
     V'(s') is the target network's soft value alpha log sum_a pi(a) exp(Q'(s', a) / alpha); with
     ``double_q`` it is E_{a~q}[Q'(s', a)] - alpha KL(q || pi) with q from the online network (the
     soft analogue of double DQN's decoupling of selection from evaluation). An n-step batch (a
-    ``discount`` field) uses its summed reward and gamma^m.
+    ``path`` field) regresses onto :func:`~rl_as_inference.critics.n_step_soft_target` with the
+    same V' and the same q (the target's q' = softmax(Q' / alpha), the online one with
+    ``double_q``): ``correction`` ``"none"`` or ``"retrace"`` with ``trace_lambda``.
     """
-    discount = batch.get("discount", gamma)
-    with torch.no_grad():
-        q_next = target.q_values(batch["next_obs"])
+    log_pi = -math.log(q_net.net[-1].out_features)  # pi uniform over the actions
+
+    def policy(obs: torch.Tensor) -> torch.distributions.Distribution:
+        return (q_net if double_q else target)(obs)
+
+    def soft_value(obs: torch.Tensor) -> torch.Tensor:
+        q_next = target.q_values(obs)
         if double_q:
-            probs = q_net(batch["next_obs"]).probs
-            log_pi = torch.as_tensor(-math.log(q_next.shape[-1]))  # 0-d on the host: no copy per step
-            v_next = bellman.soft_value_of_distribution(q_next, probs, log_pi, q_net.temperature)
+            probs = q_net(obs).probs
+            log_prior = torch.as_tensor(log_pi)  # 0-d on the host: no copy per step
+            return bellman.soft_value_of_distribution(q_next, probs, log_prior, q_net.temperature)
+        return target.soft_value(q_next)
+
+    def action_value(obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        return target.q_values(obs).gather(-1, action.long().unsqueeze(-1)).squeeze(-1)
+
+    with torch.no_grad():
+        if "path" in batch:
+            y = n_step_soft_target(
+                batch,
+                gamma=gamma,
+                alpha=target.temperature,
+                policy=policy,
+                log_pi=constant_log_prior(log_pi),
+                soft_value=soft_value,
+                action_value=action_value,
+                correction=correction,
+                trace_lambda=trace_lambda,
+            )
         else:
-            v_next = target.soft_value(q_next)
-        y = bellman.bellman_target(batch["reward"], batch["terminated"], v_next, discount)
+            y = bellman.bellman_target(
+                batch["reward"], batch["terminated"], soft_value(batch["next_obs"]), gamma
+            )
     q = q_net.q_values(batch["obs"]).gather(-1, batch["action"].long().unsqueeze(-1)).squeeze(-1)
     if loss == "huber":
         return torch.nn.functional.smooth_l1_loss(q, y)
@@ -177,9 +219,16 @@ def train(
             decay_learning_rates(
                 [(g, config.lr) for g in optimizer.param_groups], data.env_steps, config.total_env_steps
             )
-        batch = data.sample(config.batch_size, n_step=config.n_step, gamma=config.gamma)
+        batch = data.sample(config.batch_size, n_step=config.n_step)
         loss = soft_q_loss(
-            q_net, target, batch, gamma=config.gamma, loss=config.loss, double_q=config.double_q
+            q_net,
+            target,
+            batch,
+            gamma=config.gamma,
+            loss=config.loss,
+            double_q=config.double_q,
+            correction=config.n_step_correction,
+            trace_lambda=config.trace_lambda,
         )
         optimizer.zero_grad()
         loss.backward()

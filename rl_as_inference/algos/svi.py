@@ -29,17 +29,17 @@ import pyro
 import torch
 
 from rl_as_inference import envs, models
-from rl_as_inference.algos.collect import Collector
+from rl_as_inference.algos.collect import Collector, check_n_step_settings
 from rl_as_inference.algos.sac import TrainResult, make_temperature, uniform_log_prior
 from rl_as_inference.algos.settings import RunSettings
 from rl_as_inference.algos.stats import IntervalMeans, emit_row, finish, row_due
 from rl_as_inference.algos.svi_actor import SegmentActor, anneal_actor_critic
 from rl_as_inference.algos.svi_rollout import train_on_rollouts
-from rl_as_inference.critics import TwinQ, soft_q_loss
+from rl_as_inference.critics import LogPrior, TwinQ, constant_log_prior, soft_q_loss
 from rl_as_inference.optim import adam
 from rl_as_inference.resume import Checkpointer
 
-__all__ = ["START_STATES", "SVIConfig", "train"]
+__all__ = ["START_STATES", "SVIConfig", "terminal_soft_value", "train"]
 
 START_STATES = ("replay", "rollout")
 
@@ -68,7 +68,12 @@ class SVIConfig(RunSettings):
     alpha_schedule: str = "linear"  # "linear" or "exponential"
     alpha_anneal_steps: int | None = None  # env steps of the schedule (None: total_env_steps)
     target_entropy: float | None = None  # None: -dim(A)
-    n_step: int = 1  # critic targets from n-step returns (1: one-step T^{pi,q})
+    # replay: critic targets from n-step paths, the KL terms of the stored actions under the current
+    # q against the objective's prior (1: one-step T^{pi,q}); n_step_correction "none" or "retrace"
+    # (Retrace traces trace_lambda * min(1, q / mu): fixed point Q^q for any behaviour), as in SAC
+    n_step: int = 1
+    n_step_correction: str = "none"
+    trace_lambda: float = 1.0
     # "replay": segments start at replayed states, twin soft Q critics (this module); "rollout":
     # segments continue the envs' own episodes, soft V critic by TD(lambda) (svi_rollout)
     start_states: str = "replay"
@@ -76,6 +81,29 @@ class SVIConfig(RunSettings):
     td_lambda: float = 0.95  # rollout: lambda of the critic's TD(lambda) targets
     critic_updates: int = 4  # rollout: critic steps per segment
     reward_scale: float = 1.0  # rollout: the critic learns reward_scale * V (targets of order one)
+
+    def __post_init__(self) -> None:
+        check_n_step_settings(self)
+
+
+def terminal_soft_value(
+    env: envs.FunctionalEnv,
+    policy: torch.nn.Module,
+    critic: TwinQ,
+    log_pi: LogPrior,
+    alpha: float | torch.Tensor,
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """V(s) = E_{a~q}[min Q(s, a) - alpha (log q(a|s) - log pi(a|s))] at one reparameterized a ~ q:
+    the value gamma^H V(s_H) / alpha of the segment's terminal factor, differentiable in q (pathwise
+    through a, and through log q's parameters)."""
+
+    def soft_value(s: torch.Tensor) -> torch.Tensor:
+        o = env.observe(s, dtype=None).float()
+        d = policy(o)
+        a = d.rsample()
+        return critic.min(o, a) - alpha * (d.log_prob(a) - log_pi(o, a))
+
+    return soft_value
 
 
 def train(
@@ -116,7 +144,7 @@ def _train(
     critic_opt = adam(critic.online_parameters(), lr=config.critic_lr)
     temperature = make_temperature(config, device)
     target_entropy = -float(np.prod(space.shape)) if config.target_entropy is None else config.target_entropy
-    log_pi = uniform_log_prior(space)
+    log_pi = constant_log_prior(uniform_log_prior(space))
 
     result = TrainResult(policy=policy)
     loop = {"actor_steps": 0, "next_log": config.log_every, "wall_time": 0.0}
@@ -135,27 +163,30 @@ def _train(
         anneal_actor_critic(config, actor, critic_opt, data.env_steps)
         temperature.advance(data.env_steps)
         alpha = temperature.value  # a device tensor when learned: never read back in the loop
-        batch = data.sample(config.batch_size, n_step=config.n_step, gamma=config.gamma)
-        # ---- critic: T^{pi,q} on sampled transitions, as in SAC
-        critic_loss = soft_q_loss(critic, policy, batch, alpha=alpha, log_pi=log_pi, gamma=config.gamma)
+        batch = data.sample(config.batch_size, n_step=config.n_step)
+        # ---- critic: T^{pi,q} on sampled transitions (or paths), as in SAC, against the model's prior
+        critic_loss = soft_q_loss(
+            critic,
+            policy,
+            batch,
+            alpha=alpha,
+            log_pi=log_pi,
+            gamma=config.gamma,
+            correction=config.n_step_correction,
+            trace_lambda=config.trace_lambda,
+        )
         critic_opt.zero_grad()
         critic_loss.backward()
         critic_opt.step()
 
         # ---- actor: SVI on the H-step trajectory model started at replayed states
-        def soft_value(s: torch.Tensor, alpha: float | torch.Tensor = alpha) -> torch.Tensor:
-            o = env.observe(s, dtype=None).float()
-            d = policy(o)
-            a = d.rsample()
-            return critic.min(o, a) - alpha * (d.log_prob(a) - log_pi)
-
         model = models.TrajectoryModel(
             env,
             actor.prior,
             horizon=config.horizon,
             alpha=alpha,
             gamma=config.gamma,
-            terminal_value=soft_value,
+            terminal_value=terminal_soft_value(env, policy, critic, log_pi, alpha),
         )
         starts = batch["state"][: config.actor_batch_size]
         elbo_loss = actor.loss.differentiable_loss(model, actor.guide, len(starts), starts)
