@@ -208,3 +208,49 @@ def test_metric_rows_fall_on_multiples_of_log_every_after_learning_starts():
     )
     rows = [row["env_steps"] for row in sac.train(config).metrics]
     assert rows == [250, 300, 400]  # no catch-up row at 251 for the interval learning_starts skipped
+
+
+@pytest.mark.parametrize("prior", ["pi_k", "uniform"])
+def test_kl_objective_terminal_value_has_no_spread_gradient_at_q_equal_pi_k(prior):
+    # em / svi with objective "kl": the terminal value V(s_H) = E_q[Q - alpha (log q - log pi_k)] and
+    # the critic's T^{pi,q} use the trajectory model's prior pi_k. At q = pi_k the KL part is at its
+    # minimum, so its gradient on q's spread (the log-scale head) vanishes in expectation; the
+    # uniform box density used there before turns alpha into a maximum-entropy bonus, which does not.
+    from rl_as_inference.algos import svi
+    from rl_as_inference.algos.svi_actor import SegmentActor
+    from rl_as_inference.critics import constant_log_prior
+
+    env = envs.make("Pendulum-v1")
+    torch.manual_seed(0)
+    actor = SegmentActor.build(svi.SVIConfig(objective="kl", hidden=(16,)), env, torch.device("cpu"))
+    assert actor.reference is not None  # a frozen copy: q = pi_k
+    critic = TwinQ(env.observation_space, env.action_space, hidden=(16,))
+    with torch.no_grad():  # Q = 0: what is left of V's gradient is the KL (or entropy) term's
+        for net in (critic.q1, critic.q2):
+            net.net[-1].weight.zero_()
+            net.net[-1].bias.zero_()
+    if prior == "pi_k":
+        log_pi = svi.critic_log_prior(actor, env.action_space)
+        obs, a = torch.randn(5, 3), torch.rand(5, 1) * 4 - 2
+        torch.testing.assert_close(log_pi(obs, a), actor.reference(obs).log_prob(a))  # the critic's too
+    else:
+        log_pi = constant_log_prior(sac.uniform_log_prior(env.action_space))
+    alpha, n = 0.5, 20_000
+    states = env.sample_initial(n, torch.Generator().manual_seed(1))
+    head = {}
+    hook = actor.policy.net[-1].register_forward_hook(lambda m, i, out: head.setdefault("out", out))
+    torch.manual_seed(2)
+    value = svi.terminal_soft_value(env, actor.policy, critic, log_pi, alpha)(states)
+    hook.remove()
+    head["out"].retain_grad()
+    value.sum().backward()
+    # each state's own dV_i / d log sigma_i: their mean is the gradient of the mean V on the
+    # log-scale bias, their spread gives its standard error (one action draw per state)
+    per_state = head["out"].grad[:, 1]
+    mean, se = per_state.mean().item(), per_state.std().item() / math.sqrt(n)
+    if prior == "pi_k":
+        # per state -alpha (eps^2 - 1) with eps ~ N(0, 1): mean 0, sd alpha sqrt(2) (se ~ 0.005)
+        assert abs(mean) < 4 * se, (mean, se)
+    else:  # the entropy bonus moves the spread (here down: at sigma = 1 the box's tanh saturates
+        # too often for the squashed entropy), by more than 20 standard errors (seeded: -0.102, se 0.0044)
+        assert abs(mean) > 10 * se, (mean, se)

@@ -14,7 +14,8 @@ policy gradient (chaotic on Pendulum over 200 steps; a short H is the middle gro
 
 Objective ``maxent`` is seed eq. (10) (pi uniform over the action box); ``kl`` is seed eq. (2)
 with pi a frozen copy of the policy refreshed every ``prior_update_every`` actor steps (a proximal,
-trust-region-like iteration). The temperature is fixed or learned by the dual of an entropy target.
+trust-region-like iteration). The same pi enters the critic's T^{pi,q} and V
+(:func:`critic_log_prior`): against pi_k, Q is the KL-regularized value of eq. (2), not SAC's soft Q. The temperature is fixed or learned by the dual of an entropy target.
 Reads top to bottom: config, networks, collection, critic, actor (SVI), temperature.
 """
 
@@ -24,6 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import gymnasium as gym
 import numpy as np
 import pyro
 import torch
@@ -35,11 +37,11 @@ from rl_as_inference.algos.settings import RunSettings
 from rl_as_inference.algos.stats import IntervalMeans, emit_row, finish, row_due
 from rl_as_inference.algos.svi_actor import SegmentActor, anneal_actor_critic
 from rl_as_inference.algos.svi_rollout import train_on_rollouts
-from rl_as_inference.critics import LogPrior, TwinQ, constant_log_prior, soft_q_loss
+from rl_as_inference.critics import LogPrior, TwinQ, constant_log_prior, policy_log_prior, soft_q_loss
 from rl_as_inference.optim import adam
 from rl_as_inference.resume import Checkpointer
 
-__all__ = ["START_STATES", "SVIConfig", "terminal_soft_value", "train"]
+__all__ = ["START_STATES", "SVIConfig", "critic_log_prior", "terminal_soft_value", "train"]
 
 START_STATES = ("replay", "rollout")
 
@@ -86,6 +88,19 @@ class SVIConfig(RunSettings):
         check_n_step_settings(self)
 
 
+def critic_log_prior(actor: SegmentActor, action_space: gym.spaces.Box) -> LogPrior:
+    """The prior pi of the critic's T^{pi,q} and of the terminal value: the trajectory model's own.
+
+    Objective ``maxent``: the uniform density on the action box (seed eq. 10). Objective ``kl``:
+    log pi_k(a|s) of the frozen reference policy (seed eq. 2), so that Q and V are the KL-regularized
+    values against pi_k and the temperature, the multiplier of the bound E_s[KL(q || pi_k)] <=
+    kl_bound, scales that KL and no maximum-entropy bonus.
+    """
+    if actor.reference is None:
+        return constant_log_prior(uniform_log_prior(action_space))
+    return policy_log_prior(actor.reference)
+
+
 def terminal_soft_value(
     env: envs.FunctionalEnv,
     policy: torch.nn.Module,
@@ -95,7 +110,8 @@ def terminal_soft_value(
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """V(s) = E_{a~q}[min Q(s, a) - alpha (log q(a|s) - log pi(a|s))] at one reparameterized a ~ q:
     the value gamma^H V(s_H) / alpha of the segment's terminal factor, differentiable in q (pathwise
-    through a, and through log q's parameters)."""
+    through a, and through log q's parameters). With pi = pi_k and q = pi_k the KL part has zero
+    expected gradient (KL(q || pi_k) is at its minimum); with the uniform prior it is an entropy bonus."""
 
     def soft_value(s: torch.Tensor) -> torch.Tensor:
         o = env.observe(s, dtype=None).float()
@@ -144,7 +160,7 @@ def _train(
     critic_opt = adam(critic.online_parameters(), lr=config.critic_lr)
     temperature = make_temperature(config, device)
     target_entropy = -float(np.prod(space.shape)) if config.target_entropy is None else config.target_entropy
-    log_pi = constant_log_prior(uniform_log_prior(space))
+    log_pi = critic_log_prior(actor, space)  # uniform (maxent) or the frozen pi_k (kl)
 
     result = TrainResult(policy=policy)
     loop = {"actor_steps": 0, "next_log": config.log_every, "wall_time": 0.0}
