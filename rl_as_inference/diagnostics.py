@@ -60,6 +60,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 from pyro import poutine
 
+from rl_as_inference.algos import REGISTRY
 from rl_as_inference.config import read_toml
 from rl_as_inference.ledger import from_traces
 from rl_as_inference.models.priors import UniformPrior
@@ -113,21 +114,6 @@ _ENV_LABELS: dict[str, dict[str, tuple[str, ...]]] = {
         "action_names": ("torque -1", "torque 0", "torque +1"),
     },
 }
-
-# What the ``elbo`` column of a run's metrics.csv is, by algorithm: (note, units).
-_RUN_ELBO_NOTES: dict[str, tuple[str, str]] = {
-    "sac": (
-        "SAC's logged 'elbo' = -actor loss: the one-step objective E[min Q(s,a) - alpha (log q(a|s) - "
-        "log pi(a))] over replayed states, with the critic of the moment (not eq. 2's trajectory ELBO)",
-        "reward units",
-    ),
-    "svi": (
-        "segment SVI's logged 'elbo' = -ELBO loss: the training objective per replayed start state "
-        "(H-step segment with a learned terminal soft value), not eq. 2's full-episode ELBO",
-        "nats",
-    ),
-}
-_RUN_ELBO_NOTES["em"] = (_RUN_ELBO_NOTES["svi"][0].replace("segment SVI's", "EM's (segment SVI)"), "nats")
 
 
 # ---------------------------------------------------------------------- importance weights
@@ -763,8 +749,10 @@ def from_run(
         device: where to load the policy and run the environment.
         horizon: steps per episode; default the environment's time limit (``max_episode_steps``),
             else the config's ``horizon``.
-        alpha: temperature; default the config's ``alpha`` when fixed, else the last ``alpha`` of
-            ``metrics.csv`` (a learned temperature), else the config's ``initial_alpha``, else 1.
+        alpha: temperature; default the one the run's algorithm declares
+            (:attr:`rl_as_inference.algos.Algorithm.temperature`: e.g. a fixed or last logged
+            ``alpha`` for sac/svi/em/softq, the E-step temperature for mpo and vmpo), else 1; the
+            attribute ``alpha_source`` says which.
         gamma: discount; default the config's ``gamma``, else 1.
     """
     import pyro
@@ -784,14 +772,15 @@ def from_run(
         if horizon is None:
             raise ValueError(f"{policy.env_id} has no time limit and the config no horizon: pass horizon=")
     horizon = _check_positive_int("horizon", horizon)
+    algorithm = REGISTRY.get(str(config.get("algo")))
     if alpha is None:
-        learned = [a for a in metrics.get("alpha", []) if math.isfinite(a) and a > 0]
-        alpha = (
-            _number(config.get("alpha"))
-            or (learned[-1] if learned else None)
-            or _number(config.get("initial_alpha"))
-            or 1.0
+        alpha = algorithm.temperature(config, metrics) if algorithm is not None else None
+        alpha_source = (
+            algorithm.temperature_note if alpha is not None else "none declared by the run: alpha = 1"
         )
+        alpha = alpha or 1.0
+    else:
+        alpha_source = "given by the caller"
     if gamma is None:
         gamma = _number(config.get("gamma")) or 1.0
     # A policy with unbounded support (a Gaussian; the env clips its actions) puts mass outside the
@@ -809,11 +798,13 @@ def from_run(
         "algo": algo,
         "seed": seed,
         "prior": _PRIOR_NOTES[beyond],
+        "alpha_source": alpha_source,
     }
     if "elbo" in metrics:
-        note, units = _RUN_ELBO_NOTES.get(
-            str(algo), (f"the 'elbo' column of metrics.csv as {algo or 'the run'} logged it", "as logged")
-        )
+        if algorithm is not None and algorithm.elbo_note is not None:
+            note, units = algorithm.elbo_note, algorithm.elbo_units
+        else:
+            note, units = f"the 'elbo' column of metrics.csv as {algo or 'the run'} logged it", "as logged"
         attrs |= {"elbo_history_note": note, "elbo_history_units": units}
     if "return" in metrics:
         attrs["return_history_note"] = "mean return of the training episodes ended since the previous row"

@@ -22,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from rl_as_inference import guides
-from rl_as_inference.algos import em, mpo, sac, softq, svi, vmpo
+from rl_as_inference.algos import REGISTRY
 from rl_as_inference.checkpoint import atomic_torch_save, load_tagged
 from rl_as_inference.config import apply_overrides, build_config, read_toml, to_toml
 from rl_as_inference.envs.base import resolve_device
@@ -39,14 +39,8 @@ __all__ = [
     "train_run",
 ]
 
-ALGORITHMS = {
-    "em": (em.EMConfig, em.train),
-    "mpo": (mpo.MPOConfig, mpo.train),
-    "sac": (sac.SACConfig, sac.train),
-    "softq": (softq.SoftQConfig, softq.train),
-    "svi": (svi.SVIConfig, svi.train),
-    "vmpo": (vmpo.VMPOConfig, vmpo.train),
-}
+# (config class, train) by algorithm name, from the algorithms' own registrations
+ALGORITHMS = {name: (algorithm.config, algorithm.train) for name, algorithm in REGISTRY.items()}
 POLICY_CLASSES = {
     cls.__name__: cls
     for cls in (guides.TanhGaussianMLP, guides.GaussianMLP, guides.CategoricalMLP, guides.SoftQPolicy)

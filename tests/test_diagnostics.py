@@ -15,7 +15,7 @@ import torch
 from matplotlib.figure import Figure
 
 import rl_as_inference as rlai
-from rl_as_inference import diagnostics, envs, exact, guides, models, runs
+from rl_as_inference import algos, diagnostics, envs, exact, guides, models, runs
 from rl_as_inference.cli import main
 
 with warnings.catch_warnings():
@@ -538,6 +538,24 @@ def test_from_run_scores_an_unbounded_gaussian_policy_with_a_finite_elbo(tmp_pat
     # the bounded (tanh) policy keeps the proper uniform prior
     bounded = diagnostics.from_run(write_run(tmp_path / "tanh"), num_episodes=4, seed=0, horizon=5)
     assert bounded.posterior.attrs["prior"].startswith("uniform on the action space")
+
+
+def test_from_run_reads_the_temperature_each_algorithm_declares(tmp_path):
+    """Fails on the code before the registrations: a V-MPO run's alpha was its M-step KL multiplier
+    (the 'alpha' column), not its E-step temperature."""
+    run = write_run(tmp_path / "run", "CartPole-v1", policy="CategoricalMLP", algo="vmpo")
+    (run / "config.toml").write_text('algo = "vmpo"\nenv = "CartPole-v1"\ngamma = 0.99\nreward_scale = 0.1\n')
+    (run / "metrics.csv").write_text(
+        "env_steps,return,alpha,temperature\n100,20.0,7.0,0.5\n200,30.0,8.0,0.3\n"
+    )
+    attrs = diagnostics.from_run(run, num_episodes=4, seed=0, horizon=5).posterior.attrs
+    assert attrs["alpha"] == pytest.approx(0.3 / 0.1)  # eta over the scaled advantages, in reward units
+    assert "M-step KL multipliers" in attrs["alpha_source"]
+    assert "elbo_history_note" not in attrs  # V-MPO logs no ELBO
+    # every registered algorithm declares a temperature and, where it logs one, what its ELBO is
+    for name, algorithm in algos.REGISTRY.items():
+        assert algorithm.name == name and algorithm.temperature_note
+        assert runs.ALGORITHMS[name] == (algorithm.config, algorithm.train)
 
 
 def test_inspect_writes_posterior_and_plots(tmp_path, capsys):

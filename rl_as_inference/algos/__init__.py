@@ -10,10 +10,15 @@
   q proportional to pi exp(Q / alpha);
 - ``vmpo``: on-policy V-MPO (top-half advantages, learned state value, KL-constrained M-step).
 
-``collect`` (replay collection) is shared by the off-policy ones, ``segments`` carries the envs of
+``registry`` declares what the layers above need of each (``Algorithm``); ``collect`` (replay collection) is shared by the off-policy ones, ``segments`` carries the envs of
 on-policy segment SVI, ``schedules`` decays learning rates over the budget.
 """
 
 from . import em, mpo, sac, softq, svi, vmpo
+from .registry import Algorithm
 
-__all__ = ["em", "mpo", "sac", "softq", "svi", "vmpo"]
+# Every algorithm's registration (its module's ALGORITHM), by name: what runs, the command line and
+# the diagnostics read; adding an algorithm is its module plus one entry here and a recipe section.
+REGISTRY: dict[str, Algorithm] = {m.ALGORITHM.name: m.ALGORITHM for m in (em, mpo, sac, softq, svi, vmpo)}
+
+__all__ = ["REGISTRY", "Algorithm", "em", "mpo", "sac", "softq", "svi", "vmpo"]

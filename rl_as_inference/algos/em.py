@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from rl_as_inference.algos import svi
+from rl_as_inference.algos.registry import Algorithm, logged_or_configured
 from rl_as_inference.algos.sac import TrainResult
 from rl_as_inference.resume import Checkpointer
 
@@ -42,3 +43,17 @@ def train(
             f"em optimizes the KL objective of seed eq. (2); objective={config.objective!r} is svi's"
         )
     return svi.train(config, callback=callback, checkpointer=checkpointer)
+
+
+ALGORITHM = Algorithm(
+    name="em",
+    config=EMConfig,
+    train=train,
+    temperature=logged_or_configured("alpha"),
+    temperature_note="the E-step's alpha (dual of the KL bound): the config's fixed value, else the last logged one",
+    elbo_note=(
+        "EM's (segment SVI) logged 'elbo' = -ELBO loss: the E-step objective per start state "
+        "(H-step segment against pi_k with a learned terminal soft value), not eq. 2's full-episode ELBO"
+    ),
+    elbo_units="nats",
+)

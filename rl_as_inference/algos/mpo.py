@@ -35,6 +35,7 @@ from torch.distributions import Independent, Normal, kl_divergence
 
 from rl_as_inference import envs
 from rl_as_inference.algos.collect import Collector, check_n_step_settings
+from rl_as_inference.algos.registry import Algorithm, last_logged
 from rl_as_inference.algos.sac import TrainResult
 from rl_as_inference.algos.schedules import decay_learning_rates
 from rl_as_inference.algos.settings import RunSettings
@@ -303,3 +304,15 @@ def train(
         if row_due(loop, data.env_steps, config):
             emit_row(result, callback, data, start, interval.pop())
     return finish(result, data, ckpt, start)
+
+
+ALGORITHM = Algorithm(
+    name="mpo",
+    config=MPOConfig,
+    train=train,
+    temperature=lambda config, metrics: last_logged(metrics, "temperature"),
+    temperature_note=(
+        "MPO's E-step temperature eta (q proportional to pi exp(Q / eta), the dual of its KL bound): "
+        "the last logged 'temperature'"
+    ),
+)

@@ -24,6 +24,7 @@ import torch
 
 from rl_as_inference import envs
 from rl_as_inference.algos.collect import Collector, check_n_step_settings, uniform_log_density
+from rl_as_inference.algos.registry import Algorithm, logged_or_configured
 from rl_as_inference.algos.settings import RunSettings
 from rl_as_inference.algos.stats import emit_row, finish, row_due
 from rl_as_inference.critics import TwinQ, soft_q_loss
@@ -190,3 +191,17 @@ def train(
             }
             emit_row(result, callback, data, start, stats)
     return finish(result, data, ckpt, start)
+
+
+ALGORITHM = Algorithm(
+    name="sac",
+    config=SACConfig,
+    train=train,
+    temperature=logged_or_configured("alpha"),
+    temperature_note="SAC's alpha: the config's fixed value, else the last logged (learned or scheduled) one",
+    elbo_note=(
+        "SAC's logged 'elbo' = -actor loss: the one-step objective E[min Q(s,a) - alpha (log q(a|s) - "
+        "log pi(a))] over replayed states, with the critic of the moment (not eq. 2's trajectory ELBO)"
+    ),
+    elbo_units="reward units",
+)

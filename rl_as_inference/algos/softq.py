@@ -42,6 +42,7 @@ import torch
 
 from rl_as_inference import bellman, envs
 from rl_as_inference.algos.collect import Collector, check_n_step_settings
+from rl_as_inference.algos.registry import Algorithm, logged_or_configured
 from rl_as_inference.algos.sac import TrainResult
 from rl_as_inference.algos.schedules import decay_learning_rates
 from rl_as_inference.algos.settings import RunSettings
@@ -239,3 +240,12 @@ def train(
         if row_due(loop, data.env_steps, config):
             emit_row(result, callback, data, start, interval.pop())
     return finish(result, data, ckpt, start)
+
+
+ALGORITHM = Algorithm(
+    name="softq",
+    config=SoftQConfig,
+    train=train,
+    temperature=logged_or_configured("alpha"),
+    temperature_note="soft Q-learning's alpha: the config's fixed value, else the last logged (annealed) one",
+)

@@ -32,6 +32,7 @@ import torch
 
 from rl_as_inference import envs, models
 from rl_as_inference.algos.collect import Collector, check_n_step_settings
+from rl_as_inference.algos.registry import Algorithm, logged_or_configured
 from rl_as_inference.algos.sac import TrainResult, make_temperature, uniform_log_prior
 from rl_as_inference.algos.settings import RunSettings
 from rl_as_inference.algos.stats import IntervalMeans, emit_row, finish, row_due
@@ -230,3 +231,17 @@ def _train(
             stats = {"alpha": temperature.item(), "kl": float("nan")} | interval.pop()
             emit_row(result, callback, data, start, stats)
     return finish(result, data, ckpt, start)
+
+
+ALGORITHM = Algorithm(
+    name="svi",
+    config=SVIConfig,
+    train=train,
+    temperature=logged_or_configured("alpha"),
+    temperature_note="the trajectory model's alpha: the config's fixed value, else the last logged one",
+    elbo_note=(
+        "segment SVI's logged 'elbo' = -ELBO loss: the training objective per start state "
+        "(H-step segment with a learned terminal soft value), not eq. 2's full-episode ELBO"
+    ),
+    elbo_units="nats",
+)

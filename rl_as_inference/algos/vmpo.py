@@ -41,6 +41,7 @@ from torch.distributions import Categorical, Distribution, Independent, Normal, 
 
 from rl_as_inference import bellman, envs
 from rl_as_inference.algos.collect import EpisodeReturns
+from rl_as_inference.algos.registry import Algorithm, last_logged
 from rl_as_inference.algos.sac import TrainResult
 from rl_as_inference.algos.schedules import decay_learning_rates
 from rl_as_inference.algos.settings import RunSettings
@@ -380,3 +381,23 @@ def train(
         if row_due(loop, data.env_steps, config):
             emit_row(result, callback, data, start, interval.pop())
     return finish(result, data, ckpt, start)
+
+
+def _temperature(config, metrics) -> float | None:
+    """eta weighs advantages of rewards scaled by ``reward_scale``: in reward units alpha = eta / scale."""
+    eta = last_logged(metrics, "temperature")
+    scale = float(config.get("reward_scale", VMPOConfig.reward_scale))
+    return None if eta is None or not scale > 0 else eta / scale
+
+
+ALGORITHM = Algorithm(
+    name="vmpo",
+    config=VMPOConfig,
+    train=train,
+    temperature=_temperature,
+    temperature_note=(
+        "V-MPO's E-step temperature eta over the scaled advantages (psi proportional to exp(A / eta)), "
+        "divided by reward_scale: the last logged 'temperature' (the logged 'alpha' columns are the "
+        "M-step KL multipliers, not a temperature)"
+    ),
+)
