@@ -227,9 +227,16 @@ class FunctionalEnv:
     def step(self, state: torch.Tensor, action: torch.Tensor) -> Step:
         """One pure step: ``Step(next_state, reward, terminated)``; the inputs are not modified.
 
-        Implements p(s_{t+1} | s_t, a_t) and r(s_t, a_t) of the trajectory model (DESIGN.md s.1).
-        Deterministic envs return the next state directly; stochastic ones sample it (see
+        Implements p(s_{t+1} | s_t, a_t) and the reward of the trajectory model. Deterministic
+        envs return the next state directly; stochastic ones sample it (see
         :meth:`transition_dist` to make it a Pyro sample site instead).
+
+        Reward contract: ``reward`` is r_t of step t, the factor ``O_t = r_t / alpha``. It may
+        depend on (s_t, a_t) and on the next state s_{t+1} (a goal bonus on arrival, as in
+        MountainCarContinuous-v0): the site ledger books a stochastic transition s_{t+1} at step t,
+        so its score-function term is credited with r_t as well, and the estimate stays unbiased
+        either way. Stochastic envs also accept ``step(state, action, next_state=...)``: the
+        reward and termination of a next state drawn from :meth:`transition_dist`.
         """
         self.check_state(state)
         self.check_action(action, state)
