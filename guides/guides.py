@@ -186,6 +186,7 @@ class OpenLoopGuide(TrajectoryGuide):
             low = torch.as_tensor(space.low, dtype=torch.float32, device=env.device)
             high = torch.as_tensor(space.high, dtype=torch.float32, device=env.device)
             self._mid, self._half = (high + low) / 2, (high - low) / 2
+            self._low, self._high = low, high  # the exact box: a saturated action is clamped into it
 
     def _params(self):
         device, h = self.env.device, self.horizon
@@ -216,7 +217,14 @@ class OpenLoopGuide(TrajectoryGuide):
         base = dist.Normal(loc, scale).to_event(1)
         if not self.bounded:
             return base.expand(batch)
-        return squashed_gaussian(loc.expand(*batch, -1), scale.expand(*batch, -1), self._mid, self._half)
+        return squashed_gaussian(
+            loc.expand(*batch, -1),
+            scale.expand(*batch, -1),
+            self._mid,
+            self._half,
+            low=self._low,
+            high=self._high,
+        )
 
     def plan(self) -> torch.Tensor:
         """The most likely action of each step: ``[T]`` (discrete) or ``[T, action_dim]``."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 from rl_as_inference.algos import svi
 from rl_as_inference.algos.registry import Algorithm, logged_or_configured
@@ -26,6 +27,7 @@ __all__ = ["EMConfig", "train"]
 class EMConfig(svi.SVIConfig):
     """Segment-SVI settings with the EM defaults: KL objective, M-step every 100 actor updates."""
 
+    algo_name: ClassVar[str] = "em"
     objective: str = "kl"
     prior_update_every: int = 100  # actor updates per E-step
     kl_bound: float = 0.05

@@ -24,6 +24,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import gymnasium as gym
 import numpy as np
@@ -51,6 +52,7 @@ START_STATES = ("replay", "rollout")
 class SVIConfig(RunSettings):
     """Hyperparameters of segment SVI (critic settings as SAC's rl-baselines3-zoo Pendulum-v1 ones)."""
 
+    algo_name: ClassVar[str] = "svi"  # the name errors use (em shares these settings)
     learning_starts: int = 1_000
     horizon: int = 5  # H: steps differentiated through the dynamics per actor update
     batch_size: int = 256  # transitions per critic update

@@ -48,10 +48,14 @@ class SegmentActor:
         """The actor a segment-SVI config describes on ``env`` (errors for envs svi cannot use)."""
         space = env.action_space
         if not isinstance(space, gym.spaces.Box):
-            raise ValueError(f"svi needs a continuous (Box) action space; {config.env} has {space}")
+            raise ValueError(
+                f"{config.algo_name} needs a continuous (Box) action space; {config.env} has {space}: "
+                "use --algo vmpo, mpo or softq"
+            )
         if not env.differentiable:
             raise ValueError(
-                f"svi needs a differentiable env with continuous actions; {config.env} is not differentiable"
+                f"{config.algo_name} needs pathwise-unbiased dynamics (env.differentiable); {config.env} is "
+                "not (its rewards or terminations jump): use --algo vmpo, sac or mpo"
             )
         policy = guides.TanhGaussianMLP(
             env.observation_space,
