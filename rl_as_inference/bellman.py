@@ -1,4 +1,4 @@
-"""The KL-regularized action value and its Bellman operator T^{pi,q} (DESIGN.md s.1; seed's Q^q).
+"""The KL-regularized action value and its Bellman operator T^{pi,q} (the seed's Q^q).
 
 In reward units (the ELBO times alpha):
 

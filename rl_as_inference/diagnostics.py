@@ -841,7 +841,7 @@ def summarize(idata: az.InferenceData) -> dict[str, float]:
     """The headline numbers of an ``InferenceData`` from :func:`to_inference_data`.
 
     Returns:
-        ``num_episodes``, ``elbo`` (mean of log w, eq. 2) and ``elbo_se``, ``log_evidence``
+        ``num_episodes``, ``elbo`` (eq. 2: the mean of sum_t gamma^t l_t; mean log w when gamma = 1) and ``elbo_se``, ``log_evidence``
         (logsumexp(log w) - log N) and ``log_evidence_se``, ``pareto_k``, ``ess``, ``psis_ess``,
         ``return_mean``, ``return_std``, ``return_q05``, ``return_q95`` (NaN where not recorded).
     """
@@ -929,7 +929,7 @@ def plot_elbo(idata: az.InferenceData, *, figsize=(7, 4)) -> Figure:
         values = [_scalar(stats, "elbo"), _scalar(stats, "log_evidence")]
         errors = np.nan_to_num([2 * _scalar(stats, "elbo_se"), 2 * _scalar(stats, "log_evidence_se")])
         ax.errorbar([0, 1], values, yerr=errors, fmt="o", capsize=4)
-        ax.set_xticks([0, 1], ["ELBO = mean log w", "log p(O) ~ logmeanexp log w"])
+        ax.set_xticks([0, 1], ["ELBO (eq. 2)", "log p(O) ~ logmeanexp log w"])
         ax.set_xlim(-0.5, 1.5)
         ax.set_ylabel("nats")
         title = "no ELBO history recorded: this sample's estimates (+- 2 SE)"
