@@ -96,7 +96,9 @@ def sample_sites(trace, *, latent_only: bool) -> Iterator[tuple[str, dict]]:
         yield name, site
 
 
-def site_log_prob(site: dict) -> torch.Tensor:
-    """log p(value) of a traced site, scaled and masked as Pyro's own ELBOs do (per element, unsummed)."""
+def site_log_prob(site: dict, *, scaled: bool = True) -> torch.Tensor:
+    """log p(value) of a traced site, masked as Pyro's own ELBOs do (per element, unsummed), and
+    scaled by the site's scale unless ``scaled=False`` (the site ledger keeps the scale apart: it is
+    the step's continuation probability)."""
     lp = site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"])
-    return scale_and_mask(lp, site["scale"], site["mask"])
+    return scale_and_mask(lp, site["scale"] if scaled else 1.0, site["mask"])

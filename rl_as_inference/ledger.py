@@ -52,7 +52,7 @@ from typing import NamedTuple
 import torch
 from pyro.distributions.util import scale_and_mask
 
-from rl_as_inference.models.sites import parse_site, sample_sites
+from rl_as_inference.models.sites import parse_site, sample_sites, site_log_prob
 
 __all__ = [
     "LAST_ROW",
@@ -99,12 +99,6 @@ def row_of(name: str, *, observed: bool) -> int:
     if info.role == "state":
         return max(info.time - 1, 0)
     return LAST_ROW if observed else 0
-
-
-def masked_log_prob(site: dict) -> torch.Tensor:
-    """log p(value) of a traced site, masked as Pyro masks it but not scaled."""
-    lp = site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"])
-    return scale_and_mask(lp, 1.0, site["mask"])
 
 
 class SiteLedger:
@@ -334,7 +328,7 @@ def from_traces(model_trace, guide_trace, *, kl: KL | None = None) -> SiteLedger
     handled: set[str] = set()
     for name, site in sample_sites(guide_trace, latent_only=True):
         info = parse_site(name)
-        log_q = masked_log_prob(site)
+        log_q = site_log_prob(site, scaled=False)
         row = row_of(name, observed=False)
         model_site = model_trace.nodes.get(name)
         if info.role == "action":
@@ -357,7 +351,10 @@ def from_traces(model_trace, guide_trace, *, kl: KL | None = None) -> SiteLedger
     for name, site in sample_sites(model_trace, latent_only=False):
         if name not in handled:
             ledger.book(
-                name, row_of(name, observed=site["is_observed"]), masked_log_prob(site), site["scale"]
+                name,
+                row_of(name, observed=site["is_observed"]),
+                site_log_prob(site, scaled=False),
+                site["scale"],
             )
     return ledger
 
