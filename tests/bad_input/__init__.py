@@ -1,0 +1,2 @@
+"""The catalogue of bad inputs and faults: each case asserts the exception (or exit code) and that
+the message names the offending value."""
