@@ -14,6 +14,7 @@ from torch import nn
 from .squashed import SquashedNormal
 
 __all__ = [
+    "ACTIVATIONS",
     "CategoricalMLP",
     "GaussianMLP",
     "ObservationEncoder",
@@ -21,12 +22,49 @@ __all__ = [
     "SoftQPolicy",
     "SquashedNormal",
     "TanhGaussianMLP",
+    "activation_class",
     "mlp",
     "squashed_gaussian",
     "validate_on",
 ]
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
+
+# The activations a config or a run checkpoint may name, by torch.nn class name. A closed list
+# rather than getattr(torch.nn, name): a name read from a file must not reach an arbitrary
+# attribute of torch.nn (a container, a loss, a module-level function).
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    cls.__name__: cls
+    for cls in (
+        nn.CELU,
+        nn.ELU,
+        nn.GELU,
+        nn.Hardswish,
+        nn.Hardtanh,
+        nn.LeakyReLU,
+        nn.Mish,
+        nn.ReLU,
+        nn.ReLU6,
+        nn.SELU,
+        nn.SiLU,
+        nn.Sigmoid,
+        nn.Softplus,
+        nn.Softsign,
+        nn.Tanh,
+    )
+}
+
+
+def activation_class(name: str) -> type[nn.Module]:
+    """The torch.nn activation called ``name`` (e.g. ``"Tanh"``), or a ValueError listing the allowed names."""
+    cls = ACTIVATIONS.get(name) if isinstance(name, str) else None
+    if cls is None:
+        close = [n for n in ACTIVATIONS if isinstance(name, str) and n.lower() == name.lower()]
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ValueError(
+            f"activation={name!r} is not allowed; {hint}use one of {', '.join(ACTIVATIONS)} (torch.nn names)"
+        )
+    return cls
 
 
 def validate_on(t: torch.Tensor) -> bool | None:

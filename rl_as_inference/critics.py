@@ -174,7 +174,7 @@ def check_n_step_correction(correction: str, trace_lambda: float) -> None:
     """Raise a one-line ValueError unless ``correction`` and ``trace_lambda`` are allowed."""
     if correction not in N_STEP_CORRECTIONS:
         raise ValueError(
-            f"n_step_correction={correction!r} is not allowed; use one of {', '.join(N_STEP_CORRECTIONS)}"
+            f"n_step_correction={correction!r} is not allowed; use one of {', '.join(map(repr, N_STEP_CORRECTIONS))}"
         )
     if isinstance(trace_lambda, bool) or not 0.0 <= trace_lambda <= 1.0:
         raise ValueError(f"trace_lambda={trace_lambda!r} is not allowed; use a number in [0, 1]")

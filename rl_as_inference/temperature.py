@@ -55,7 +55,9 @@ class Temperature:
         if alpha_final is not None and alpha is None:
             raise ValueError("alpha_final needs alpha (the start of the schedule); a learned alpha has none")
         if schedule not in SCHEDULES:
-            raise ValueError(f"schedule={schedule!r} is not allowed; use one of {', '.join(SCHEDULES)}")
+            raise ValueError(
+                f"schedule={schedule!r} is not allowed; use one of {', '.join(map(repr, SCHEDULES))}"
+            )
         if isinstance(anneal_steps, bool) or not isinstance(anneal_steps, int) or anneal_steps < 1:
             raise ValueError(f"anneal_steps must be an int >= 1, got {anneal_steps!r}")
         self.alpha, self.alpha_final, self.schedule, self.anneal_steps = (

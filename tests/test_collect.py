@@ -198,7 +198,9 @@ def test_retrace_critic_target_weighs_the_corrections_by_truncated_ratios():
     del batch["path"]["behaviour_log_prob"]
     with pytest.raises(ValueError, match="needs the behaviour's log-probabilities"):
         soft_q_loss(critic, policy, batch, alpha=alpha, log_pi=0.0, gamma=gamma, correction="retrace")
-    with pytest.raises(ValueError, match="n_step_correction='tree' is not allowed; use one of none, retrace"):
+    with pytest.raises(
+        ValueError, match="n_step_correction='tree' is not allowed; use one of 'none', 'retrace'"
+    ):
         soft_q_loss(critic, policy, batch, alpha=alpha, log_pi=0.0, gamma=gamma, correction="tree")
 
 
@@ -255,7 +257,11 @@ def test_a_buffer_state_without_the_new_field_still_loads_and_a_mismatch_is_name
     "field, value, message",
     [
         ("n_step", 0, "n_step=0 is not allowed; use an int >= 1"),
-        ("n_step_correction", "tree", "n_step_correction='tree' is not allowed; use one of none, retrace"),
+        (
+            "n_step_correction",
+            "tree",
+            "n_step_correction='tree' is not allowed; use one of 'none', 'retrace'",
+        ),
         ("trace_lambda", 1.5, r"trace_lambda=1.5 is not allowed; use a number in \[0, 1\]"),
     ],
 )

@@ -120,7 +120,7 @@ def test_huber_and_mse_losses_agree_on_small_errors_and_differ_on_large_ones():
     [
         ("loss", "l1", "loss='l1' is not allowed"),
         ("alpha_schedule", "cosine", "alpha_schedule='cosine' is not allowed"),
-        ("updates_every", 0, "updates_every must be an int >= 1"),
+        ("updates_every", 0, "updates_every=0 is not allowed; use an int >= 1"),
     ],
 )
 def test_bad_settings_are_refused_by_name(field, value, message):

@@ -9,13 +9,10 @@ import numpy as np
 import torch
 
 from rl_as_inference import envs
-from rl_as_inference.algos.settings import RunSettings
-from rl_as_inference.critics import check_n_step_correction
+from rl_as_inference.algos.settings import BACKENDS, RunSettings
 from rl_as_inference.replay import ReplayBuffer, transition_fields
 
-__all__ = ["BACKENDS", "Collector", "EpisodeReturns", "check_n_step_settings", "uniform_log_density"]
-
-BACKENDS = ("functional", "gymnasium")
+__all__ = ["BACKENDS", "Collector", "EpisodeReturns", "uniform_log_density"]
 
 
 def uniform_log_density(space: gym.Space) -> float:
@@ -23,15 +20,6 @@ def uniform_log_density(space: gym.Space) -> float:
     if isinstance(space, gym.spaces.Discrete):
         return -math.log(int(space.n))
     return -float(np.sum(np.log(space.high.astype(np.float64) - space.low.astype(np.float64))))
-
-
-def check_n_step_settings(config) -> None:
-    """A one-line ValueError unless the config's ``n_step`` (an int >= 1), ``n_step_correction``
-    (:data:`~rl_as_inference.critics.N_STEP_CORRECTIONS`) and ``trace_lambda`` (in [0, 1]) are allowed."""
-    n = config.n_step
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n_step={n!r} is not allowed; use an int >= 1")
-    check_n_step_correction(config.n_step_correction, config.trace_lambda)
 
 
 def _make_vec(env_id: str, num_envs: int, device: torch.device, backend: str, exploring_starts: float):
@@ -50,7 +38,7 @@ def _make_vec(env_id: str, num_envs: int, device: torch.device, backend: str, ex
             device=device,
             vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP},
         )
-    raise ValueError(f"backend={backend!r} is not allowed; use one of {', '.join(BACKENDS)}")
+    raise ValueError(f"backend={backend!r} is not allowed; use one of {', '.join(map(repr, BACKENDS))}")
 
 
 class EpisodeReturns:

@@ -34,7 +34,7 @@ import torch
 from torch.distributions import Independent, Normal, kl_divergence
 
 from rl_as_inference import envs
-from rl_as_inference.algos.collect import Collector, check_n_step_settings
+from rl_as_inference.algos.collect import Collector
 from rl_as_inference.algos.registry import Algorithm, last_logged
 from rl_as_inference.algos.sac import TrainResult
 from rl_as_inference.algos.schedules import decay_learning_rates
@@ -76,9 +76,6 @@ class MPOConfig(RunSettings):
     init_log_temperature: float = 0.0
     init_log_alpha: float = 0.0
     hidden: tuple[int, ...] = (256, 256)
-
-    def __post_init__(self) -> None:
-        check_n_step_settings(self)
 
 
 def realized_kl(weights: torch.Tensor) -> torch.Tensor:

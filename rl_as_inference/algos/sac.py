@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from rl_as_inference import envs
-from rl_as_inference.algos.collect import Collector, check_n_step_settings, uniform_log_density
+from rl_as_inference.algos.collect import Collector, uniform_log_density
 from rl_as_inference.algos.registry import Algorithm, logged_or_configured
 from rl_as_inference.algos.settings import RunSettings
 from rl_as_inference.algos.stats import emit_row, finish, row_due
@@ -65,9 +65,6 @@ class SACConfig(RunSettings):
     n_step_correction: str = "none"
     trace_lambda: float = 1.0  # lambda of the Retrace traces (n_step_correction = "retrace")
     backend: str = "functional"  # collect with the torch port, or "gymnasium" (Gymnasium's own env)
-
-    def __post_init__(self) -> None:
-        check_n_step_settings(self)
 
 
 @dataclass

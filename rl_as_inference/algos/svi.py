@@ -32,10 +32,10 @@ import pyro
 import torch
 
 from rl_as_inference import envs, models
-from rl_as_inference.algos.collect import Collector, check_n_step_settings
+from rl_as_inference.algos.collect import Collector
 from rl_as_inference.algos.registry import Algorithm, logged_or_configured
 from rl_as_inference.algos.sac import TrainResult, make_temperature, uniform_log_prior
-from rl_as_inference.algos.settings import RunSettings
+from rl_as_inference.algos.settings import RunSettings, check_settings
 from rl_as_inference.algos.stats import IntervalMeans, emit_row, finish, row_due
 from rl_as_inference.algos.svi_actor import SegmentActor, anneal_actor_critic
 from rl_as_inference.algos.svi_rollout import train_on_rollouts
@@ -43,9 +43,7 @@ from rl_as_inference.critics import LogPrior, TwinQ, constant_log_prior, policy_
 from rl_as_inference.optim import adam
 from rl_as_inference.resume import Checkpointer
 
-__all__ = ["START_STATES", "SVIConfig", "critic_log_prior", "terminal_soft_value", "train"]
-
-START_STATES = ("replay", "rollout")
+__all__ = ["SVIConfig", "critic_log_prior", "terminal_soft_value", "train"]
 
 
 @dataclass
@@ -86,9 +84,6 @@ class SVIConfig(RunSettings):
     td_lambda: float = 0.95  # rollout: lambda of the critic's TD(lambda) targets
     critic_updates: int = 4  # rollout: critic steps per segment
     reward_scale: float = 1.0  # rollout: the critic learns reward_scale * V (targets of order one)
-
-    def __post_init__(self) -> None:
-        check_n_step_settings(self)
 
 
 def critic_log_prior(actor: SegmentActor, action_space: gym.spaces.Box) -> LogPrior:
@@ -135,10 +130,7 @@ def train(
     checkpointer as in :func:`rl_as_inference.algos.sac.train`)."""
     # A param-store scope of its own: the guide registers its policy with Pyro, and a second run in
     # the same process (or the caller's own guides) must not meet this run's parameters.
-    if config.objective not in ("maxent", "kl"):
-        raise ValueError(f"objective={config.objective!r} is not allowed; use 'maxent' or 'kl'")
-    if config.start_states not in START_STATES:
-        raise ValueError(f"start_states={config.start_states!r} is not allowed; use one of {START_STATES}")
+    check_settings(config)  # a config changed after construction is checked again
     with pyro.get_param_store().scope():
         if config.start_states == "rollout":
             return train_on_rollouts(config, callback=callback, checkpointer=checkpointer)

@@ -37,6 +37,7 @@ import torch
 from rl_as_inference import bellman, envs, models
 from rl_as_inference.algos.sac import TrainResult, make_temperature, uniform_log_prior
 from rl_as_inference.algos.segments import SegmentEnvs
+from rl_as_inference.algos.settings import check_settings
 from rl_as_inference.algos.stats import IntervalMeans, emit_row, finish, row_due
 from rl_as_inference.algos.svi_actor import SegmentActor, anneal_actor_critic
 from rl_as_inference.critics import StateValue, polyak_update
@@ -59,17 +60,6 @@ def segment_log_ratios(terms: ELBOTerms, alpha: float | torch.Tensor, gamma: flo
     return terms.costs[: rewards.shape[0]] / discounts[:, None] - rewards / alpha
 
 
-def _check(config: SVIConfig) -> None:
-    if not 0.0 <= config.td_lambda <= 1.0:
-        raise ValueError(f"td_lambda={config.td_lambda!r} is not allowed; use a value in [0, 1]")
-    if isinstance(config.critic_updates, bool) or config.critic_updates < 1:
-        raise ValueError(f"critic_updates={config.critic_updates!r} is not allowed; use an int >= 1")
-    if not config.reward_scale > 0:
-        raise ValueError(f"reward_scale={config.reward_scale!r} is not allowed; use a number > 0")
-    if not 0.0 < config.tau <= 1.0:
-        raise ValueError(f"tau={config.tau!r} is not allowed; use a value in (0, 1]")
-
-
 def train_on_rollouts(
     config: SVIConfig,
     *,
@@ -78,7 +68,7 @@ def train_on_rollouts(
 ) -> TrainResult:
     """Train segment SVI on the learner's own rollouts (call through :func:`svi.train`, which opens
     the param-store scope and dispatches on ``config.start_states``)."""
-    _check(config)
+    check_settings(config)  # a config changed after construction is checked again
     device = envs.base.resolve_device(config.device)
     torch.manual_seed(config.seed)
     data = SegmentEnvs(

@@ -47,7 +47,7 @@ from rl_as_inference.algos.schedules import decay_learning_rates
 from rl_as_inference.algos.settings import RunSettings
 from rl_as_inference.algos.stats import IntervalMeans, emit_row, finish, row_due
 from rl_as_inference.critics import StateValue
-from rl_as_inference.guides.policies import CategoricalMLP, GaussianMLP, validate_on
+from rl_as_inference.guides.policies import CategoricalMLP, GaussianMLP, activation_class, validate_on
 from rl_as_inference.optim import adam
 from rl_as_inference.resume import Checkpointer
 
@@ -272,7 +272,7 @@ class Rollouts:
 def _make_policy(config: VMPOConfig, observation_space: gym.Space, action_space: gym.Space) -> nn.Module:
     shape = {
         "hidden": config.hidden,
-        "activation": getattr(nn, config.activation),
+        "activation": activation_class(config.activation),
         "rescale_obs": config.rescale_obs,
     }
     if isinstance(action_space, gym.spaces.Discrete):
@@ -302,7 +302,7 @@ def train(
     policy = _make_policy(config, data.observation_space, data.action_space).to(device)
     target_policy = copy.deepcopy(policy).requires_grad_(False)
     value = StateValue(
-        data.observation_space, config.hidden, getattr(nn, config.activation), config.rescale_obs
+        data.observation_space, config.hidden, activation_class(config.activation), config.rescale_obs
     ).to(device)
     num_kls = 1 if isinstance(data.action_space, gym.spaces.Discrete) else 2
     duals = [
