@@ -15,6 +15,7 @@ from pyro.distributions import constraints
 
 __all__ = [
     "atomic_torch_save",
+    "atomic_write_text",
     "get_rng_state",
     "load_checkpoint",
     "load_tagged",
@@ -31,20 +32,41 @@ _CONSTRAINTS = {
 }
 
 
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file in the same folder, then rename: a crash never leaves a torn file."""
+def _file_mode() -> int:
+    """The mode ``open()`` gives a new file here (0o666 less the umask); mkstemp's is 0o600."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _atomic_write(path: str | os.PathLike, write) -> None:
+    # write a temporary file in the same folder (a rename is atomic only within one file system),
+    # sync it, then rename it over ``path``: a crash leaves the old file or the new one, never a
+    # torn one. A kill between mkstemp and the rename leaves a ``.NAME.*.tmp``, which the run
+    # directory code removes when a run starts or resumes.
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _file_mode())  # the permissions of the run's other files
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` to a temporary file in the same folder, then rename: a crash never leaves a torn file."""
+    _atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically, like :func:`atomic_torch_save`."""
+    _atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def load_tagged(
@@ -62,7 +84,12 @@ def load_tagged(
     except FileNotFoundError:
         raise
     except Exception as exc:  # pickle/zip errors of a corrupt or foreign file
-        raise ValueError(f"{path} is not a readable {what}: {exc}") from exc
+        # torch's own message would advise weights_only=False, which would let the file run code:
+        # name the file and the kind of failure only
+        raise ValueError(
+            f"{path} is not a readable {what}: corrupt, or not written by rl_as_inference "
+            f"({type(exc).__name__})"
+        ) from None
     if not isinstance(state, dict) or state.get("format") != fmt:
         raise ValueError(f"{path} is not an rl_as_inference {what} (format {fmt!r})")
     return state

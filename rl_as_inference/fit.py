@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pyro
 import torch
@@ -13,7 +15,9 @@ from pyro.infer import SVI
 from tqdm import tqdm
 
 from rl_as_inference.envs.base import resolve_device
+from rl_as_inference.signals import deferred_signals
 
+from . import signals
 from .checkpoint import load_checkpoint, save_checkpoint, set_rng_state
 from .elbo import TrajectoryELBO
 
@@ -122,32 +126,41 @@ def fit(
     began = time.perf_counter()
     bar = tqdm(range(start_step, num_steps), disable=not progress, desc="SVI", dynamic_ncols=True)
     step = start_step
-    try:
-        for step in bar:
-            value = -svi.step(num_episodes)
-            traj = getattr(loss, "last", None)
-            traj = traj.trajectory if traj is not None else None
-            mean_return = traj.returns.mean().item() if traj is not None else float("nan")
-            result.elbo.append(value)
-            result.returns.append(mean_return)
-            if progress:
-                bar.set_postfix(elbo=f"{value:.4g}", ret=f"{mean_return:.4g}", refresh=False)
-            if checkpoint is not None and checkpoint_every and (step + 1) % checkpoint_every == 0:
-                _save(checkpoint, optim, step + 1, result, loss)
-            try:
-                for callback in callbacks:
-                    callback(step, {"elbo": value, "return": mean_return})
-            except StopIteration:
-                step += 1
-                break
-        else:
-            step = num_steps
-    finally:
-        bar.close()
-    result.num_steps = max(step, start_step)
-    result.wall_time = time.perf_counter() - began
-    if checkpoint is not None:
-        _save(checkpoint, optim, result.num_steps, result, loss)
+    # with a checkpoint, a SIGINT/SIGTERM/SIGHUP saves before the next step and raises
+    # TrainingInterrupted (a SystemExit); without one, signals keep their usual effect
+    guard = deferred_signals() if checkpoint is not None else contextlib.nullcontext()
+    with guard:
+        try:
+            for step in bar:
+                if signals.pending() is not None:
+                    _save(checkpoint, optim, step, result, loss)
+                    signals.raise_if_pending(Path(checkpoint), step, unit="SVI steps")
+                value = -svi.step(num_episodes)
+                traj = getattr(loss, "last", None)
+                traj = traj.trajectory if traj is not None else None
+                mean_return = traj.returns.mean().item() if traj is not None else float("nan")
+                result.elbo.append(value)
+                result.returns.append(mean_return)
+                if progress:
+                    bar.set_postfix(elbo=f"{value:.4g}", ret=f"{mean_return:.4g}", refresh=False)
+                if checkpoint is not None and checkpoint_every and (step + 1) % checkpoint_every == 0:
+                    _save(checkpoint, optim, step + 1, result, loss)
+                try:
+                    for callback in callbacks:
+                        callback(step, {"elbo": value, "return": mean_return})
+                except StopIteration:
+                    step += 1
+                    break
+            else:
+                step = num_steps
+        finally:
+            bar.close()
+        result.num_steps = max(step, start_step)
+        result.wall_time = time.perf_counter() - began
+        if checkpoint is not None:
+            _save(checkpoint, optim, result.num_steps, result, loss)
+            # a signal during the last step: the run is saved and complete; still stop as asked
+            signals.raise_if_pending(Path(checkpoint), result.num_steps, unit="SVI steps")
     return result
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from rl_as_inference import signals
 from rl_as_inference.checkpoint import atomic_torch_save, get_rng_state, load_tagged, set_rng_state
 
 __all__ = ["TRAIN_STATE_FORMAT", "Checkpointer", "read_train_state"]
@@ -51,7 +52,16 @@ def _load_into(obj: Any, state: Any, name: str) -> None:
         for i, (o, s) in enumerate(zip(obj, state, strict=True)):
             _load_into(o, s, f"{name}[{i}]")
     else:
-        obj.load_state_dict(state)
+        try:
+            obj.load_state_dict(state)
+        except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as exc:
+            # torch's size-mismatch message runs to many lines: keep its first informative one
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            detail = lines[1] if len(lines) > 1 else lines[0] if lines else type(exc).__name__
+            raise ValueError(
+                f"training state: {name} does not fit this run's {name} ({detail}); "
+                "was the config changed since it was written?"
+            ) from None
 
 
 class Checkpointer:
@@ -63,6 +73,8 @@ class Checkpointer:
         every: env steps between checkpoints (0: only when :meth:`save` is called).
         resume: load ``path`` in :meth:`attach` and continue from it.
         device: where the loaded tensors go.
+        meta: plain values saved with the state (``runs`` keeps the run's config there, to refuse
+            resuming under another one).
     """
 
     def __init__(
@@ -72,6 +84,7 @@ class Checkpointer:
         every: int = 0,
         resume: bool = False,
         device: str | torch.device | None = None,
+        meta: dict | None = None,
     ):
         if isinstance(every, bool) or not isinstance(every, int) or every < 0:
             raise ValueError(f"checkpoint interval must be an int >= 0 env steps, got {every!r}")
@@ -79,6 +92,7 @@ class Checkpointer:
             raise ValueError("resume needs the path of a training state")
         self.path = None if path is None else Path(path)
         self.every, self.resume, self.device = every, resume, device
+        self.meta = dict(meta or {})
         self.components: dict[str, Any] = {}
         self.loop: dict[str, Any] = {}
         self.algorithm = ""
@@ -114,8 +128,17 @@ class Checkpointer:
 
     def maybe_save(self, env_steps: int, wall_time: float) -> None:
         """Save if ``env_steps`` reached the next multiple of the interval (call at the loop's top);
-        ``wall_time`` (seconds trained so far) is kept in the loop counters."""
+        ``wall_time`` (seconds trained so far) is kept in the loop counters.
+
+        Raises:
+            TrainingInterrupted: a SIGINT, SIGTERM or SIGHUP arrived (inside
+                :func:`~rl_as_inference.signals.deferred_signals`) since the last call; the state
+                is saved first, so nothing is lost.
+        """
         self.loop["wall_time"] = wall_time
+        if signals.pending() is not None:
+            self.save(env_steps)
+            signals.raise_if_pending(self.path, env_steps)
         if env_steps >= self.next_save:
             self.save(env_steps)
             self.next_save = (env_steps // self.every + 1) * self.every
@@ -134,6 +157,7 @@ class Checkpointer:
                 "components": {name: _state_of(obj) for name, obj in self.components.items()},
                 "loop": dict(self.loop),
                 "rng": get_rng_state(),
+                "meta": self.meta,
             },
             self.path,
         )

@@ -23,10 +23,13 @@ from tqdm import tqdm
 
 from rl_as_inference import guides
 from rl_as_inference.algos import REGISTRY
-from rl_as_inference.checkpoint import atomic_torch_save, load_tagged
-from rl_as_inference.config import apply_overrides, build_config, read_toml, to_toml
+from rl_as_inference.checkpoint import atomic_torch_save, atomic_write_text, load_tagged
+from rl_as_inference.config import apply_overrides, build_config, parse_assignment, read_toml, to_toml
 from rl_as_inference.envs.base import resolve_device
+from rl_as_inference.envs.ids import check_env_id
+from rl_as_inference.guides.policies import activation_class
 from rl_as_inference.resume import Checkpointer, read_train_state
+from rl_as_inference.signals import deferred_signals, raise_if_pending
 
 __all__ = [
     "ALGORITHMS",
@@ -48,6 +51,30 @@ POLICY_CLASSES = {
 RUN_FORMAT = "rl_as_inference.run/1"
 DEFAULT_CHECKPOINT_EVERY = 5_000  # env steps between training-state checkpoints
 TRAIN_STATE = "train_state.pt"
+# what a run writes besides config.toml: removed when a run that never checkpointed starts over
+RUN_OUTPUTS = ("metrics.csv", "checkpoint.pt", "eval.json", "tensorboard")
+# config keys a resumed run may see changed in config.toml: how long to train, and where
+RESUMABLE_CHANGES = ("total_env_steps", "device")
+
+
+def _remove_stale_temporaries(run_dir: Path) -> list[Path]:
+    """Remove the temporary files of atomic saves cut off by a kill (``.NAME.*.tmp``); returns them."""
+    stale = [p for p in run_dir.glob(".*.tmp") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
+def _start_over(run_dir: Path) -> None:
+    """Empty a run directory whose run stopped before its first training-state checkpoint."""
+    import shutil
+
+    for name in RUN_OUTPUTS:
+        path = run_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def _policy_spec(policy: torch.nn.Module, config) -> dict:
@@ -76,30 +103,84 @@ def train_run(
     """Train ``algo`` (default: the recipe's) on ``env_id`` and write the run directory; returns its path.
 
     The training state is checkpointed every ``checkpoint_every`` env steps (0: only at the end)
-    so that :func:`resume_run` can continue an interrupted run.
+    so that :func:`resume_run` can continue an interrupted run. A directory that holds a training
+    state is refused (resume it instead); one that holds only the start of a run that never
+    checkpointed (``config.toml``, perhaps ``metrics.csv``) is started over, with a note on stderr,
+    so two runs' rows are never mixed in one ``metrics.csv``.
+
+    Raises:
+        ValueError: a bad algorithm, config key or value, or ``sets`` that contradict ``env_id``,
+            ``seed`` or ``device`` (``--env CartPole-v1 --set env=Acrobot-v1``).
     """
     from rl_as_inference.config import load_recipe
 
+    _check_eval_episodes(eval_episodes)
     algo = algo or load_recipe(env_id).get("default_algo", "sac")
     if algo not in ALGORITHMS:
         raise ValueError(f"unknown algorithm {algo!r}; available: {', '.join(sorted(ALGORITHMS))}")
     config_cls, _ = ALGORITHMS[algo]
-    extra = (
-        [f"env={env_id}"]
-        + ([f"seed={seed}"] if seed is not None else [])
-        + ([f"device={device}"] if device else [])
-    )
+    given = {"env": env_id, "seed": seed, "device": device}
+    for text in sets:
+        key, value = parse_assignment(text)
+        if key in given and given[key] is not None and value != str(given[key]):
+            flag = "--env" if key == "env" else f"--{key}"
+            raise ValueError(f"--set {key}={value} contradicts {flag} {given[key]}: give one of them")
+    extra = [f"{key}={value}" for key, value in given.items() if value is not None]
     config = build_config(config_cls, env_id, algo, file=config_file, sets=[*extra, *sets])
     run_dir = Path(out) if out is not None else Path("runs") / f"{env_id}-{algo}-seed{config.seed}"
     if (run_dir / TRAIN_STATE).exists():
         raise ValueError(f"{run_dir} already holds a run: continue it with --resume {run_dir}, or pick --out")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"run directory {run_dir} exists and is not a directory")
+    if (run_dir / "config.toml").exists():
+        import sys
+
+        print(
+            f"rlai: note: {run_dir} holds a run that stopped before its first checkpoint; starting it over",
+            file=sys.stderr,
+        )
+        _start_over(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(run_dir)
     resolved = {"algo": algo, "checkpoint_every": checkpoint_every, **dataclasses.asdict(config)}
-    (run_dir / "config.toml").write_text(to_toml(resolved))
+    atomic_write_text(run_dir / "config.toml", to_toml(resolved))
     checkpointer = Checkpointer(
-        run_dir / TRAIN_STATE, every=checkpoint_every, device=resolve_device(config.device)
+        run_dir / TRAIN_STATE,
+        every=checkpoint_every,
+        device=resolve_device(config.device),
+        meta={"config": _config_record(config)},
     )
     return _run(run_dir, algo, config, checkpointer, progress=progress, eval_episodes=eval_episodes)
+
+
+def _config_record(config) -> dict:
+    """The config as plain values that load with ``weights_only=True`` (tuples become lists)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
+
+
+def _check_eval_episodes(eval_episodes) -> None:
+    if isinstance(eval_episodes, bool) or not isinstance(eval_episodes, int) or eval_episodes < 0:
+        raise ValueError(
+            f"eval_episodes={eval_episodes!r} is not allowed; use an int >= 0 (0: no evaluation)"
+        )
+
+
+def _check_same_config(state: dict, config, path: Path) -> None:
+    """Refuse a training state written under another config (another env, num_envs, network...)."""
+    saved = state.get("meta", {}).get("config")
+    if saved is None:  # a state written before configs were recorded: the load itself checks shapes
+        return
+    now = _config_record(config)
+    changed = [
+        f"{key} {saved.get(key)!r} -> {now.get(key)!r}"
+        for key in sorted(set(saved) | set(now))
+        if key not in RESUMABLE_CHANGES and saved.get(key) != now.get(key)
+    ]
+    if changed:
+        raise ValueError(
+            f"{path} was written under another config than {path.parent / 'config.toml'} "
+            f"({'; '.join(changed)}); only {', '.join(RESUMABLE_CHANGES)} may change on resume"
+        )
 
 
 def resume_run(run_dir: str | os.PathLike, *, progress: bool = True, eval_episodes: int = 100) -> Path:
@@ -109,20 +190,38 @@ def resume_run(run_dir: str | os.PathLike, *, progress: bool = True, eval_episod
     CPU the final parameters are bit-identical to those of an uninterrupted run.
     """
     run_dir = Path(run_dir)
+    _check_eval_episodes(eval_episodes)
     config_path = run_dir / "config.toml"
     if not config_path.is_file():
         raise ValueError(f"{run_dir} is not a run directory: no config.toml")
     table = read_toml(config_path, str(config_path))
     algo = table.pop("algo", None)
     if algo not in ALGORITHMS:
-        raise ValueError(f"{config_path}: unknown algorithm {algo!r}")
+        raise ValueError(
+            f"{config_path}: algo={algo!r} is not allowed; use one of {', '.join(sorted(ALGORITHMS))}"
+        )
     every = table.pop("checkpoint_every", DEFAULT_CHECKPOINT_EVERY)
     config_cls, _ = ALGORITHMS[algo]
-    config = config_cls(**apply_overrides(config_cls, {}, table, source=str(config_path)))
+    # every value read from the file goes through the config rules (env ids included: no imports)
+    try:
+        config = config_cls(**apply_overrides(config_cls, {}, table, source=str(config_path)))
+    except ValueError as exc:
+        raise ValueError(f"{config_path}: {exc}") from None
+    if not (run_dir / TRAIN_STATE).is_file():
+        raise ValueError(
+            f"{run_dir} has no {TRAIN_STATE}: its run stopped before its first checkpoint; "
+            f"start it over with rlai train --out {run_dir} (and the same options)"
+        )
+    _remove_stale_temporaries(run_dir)
     state = read_train_state(run_dir / TRAIN_STATE, map_location="cpu")
+    _check_same_config(state, config, run_dir / TRAIN_STATE)
     _truncate_metrics(run_dir / "metrics.csv", int(state["env_steps"]))
     checkpointer = Checkpointer(
-        run_dir / TRAIN_STATE, every=every, resume=True, device=resolve_device(config.device)
+        run_dir / TRAIN_STATE,
+        every=every,
+        resume=True,
+        device=resolve_device(config.device),
+        meta={"config": _config_record(config)},
     )
     return _run(run_dir, algo, config, checkpointer, progress=progress, eval_episodes=eval_episodes)
 
@@ -186,21 +285,26 @@ class _MetricLog:
 def _run(run_dir: Path, algo: str, config, checkpointer: Checkpointer, *, progress: bool, eval_episodes: int):
     _, train = ALGORITHMS[algo]
     log = _MetricLog(run_dir, algo, config, progress)
-    try:
-        result = train(config, callback=log, checkpointer=checkpointer)
-    finally:
-        log.close()
-    atomic_torch_save(
-        {
-            "format": RUN_FORMAT,
-            "algo": algo,
-            "env": config.env,
-            "policy": _policy_spec(result.policy, config),
-            "state_dict": result.policy.state_dict(),
-            "env_steps": result.env_steps,
-        },
-        run_dir / "checkpoint.pt",
-    )
+    # a SIGINT, SIGTERM or SIGHUP while training saves the state at the loop's next iteration and
+    # raises TrainingInterrupted (a SystemExit with code 128 + signum)
+    with deferred_signals():
+        try:
+            result = train(config, callback=log, checkpointer=checkpointer)
+        finally:
+            log.close()
+        atomic_torch_save(
+            {
+                "format": RUN_FORMAT,
+                "algo": algo,
+                "env": config.env,
+                "policy": _policy_spec(result.policy, config),
+                "state_dict": result.policy.state_dict(),
+                "env_steps": result.env_steps,
+            },
+            run_dir / "checkpoint.pt",
+        )
+        # a signal after the loop's last look: the run is saved and complete; still stop as asked
+        raise_if_pending(checkpointer.path, result.env_steps)
     summary = {
         "algo": algo,
         "env": config.env,
@@ -214,7 +318,7 @@ def _run(run_dir: Path, algo: str, config, checkpointer: Checkpointer, *, progre
             "mean_return": float(np.mean(returns)),
             "std_return": float(np.std(returns)),
         }
-    (run_dir / "eval.json").write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(run_dir / "eval.json", json.dumps(summary, indent=2) + "\n")
     return run_dir
 
 
@@ -260,27 +364,77 @@ def _sample_with(d, generator: torch.Generator, device: torch.device):
         return d.sample()
 
 
+def _checked_spec(spec: object, path: Path) -> dict:
+    """The policy spec of a checkpoint, every entry checked: a file names classes, never code."""
+    if not isinstance(spec, dict):
+        raise ValueError(f"{path}: policy={spec!r} is not a policy description")
+    if spec.get("class") not in POLICY_CLASSES:
+        raise ValueError(
+            f"{path}: policy class={spec.get('class')!r} is not allowed; use one of {', '.join(POLICY_CLASSES)}"
+        )
+    hidden = spec.get("hidden")
+    if (
+        not isinstance(hidden, list | tuple)
+        or not hidden
+        or not all(isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in hidden)
+    ):
+        raise ValueError(f"{path}: policy hidden={hidden!r} is not allowed; use a list of layer widths >= 1")
+    try:
+        activation_class(spec.get("activation"))
+    except ValueError as exc:
+        raise ValueError(f"{path}: policy {exc}") from None
+    for flag in ("state_dependent_std", "rescale_obs"):
+        if not isinstance(spec.get(flag, False), bool):
+            raise ValueError(f"{path}: policy {flag}={spec[flag]!r} is not allowed; use true or false")
+    return spec
+
+
 def load_policy(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedPolicy:
-    """The policy of a run directory written by ``rlai train`` (loaded with ``weights_only=True``)."""
+    """The policy of a run directory written by ``rlai train``.
+
+    Opening a run directory runs no code from it: the file is loaded with ``weights_only=True``,
+    its env id must be a ported or registered id without a ``module:`` prefix (which would make
+    Gymnasium import a module, possibly one shipped in the directory), and its policy is rebuilt
+    from a fixed set of classes and activations.
+
+    Raises:
+        ValueError: naming the file and the entry, if it is missing, corrupt, foreign, or names
+            an env, class or activation outside those sets, or weights that do not fit.
+    """
     path = Path(run_dir) / "checkpoint.pt"
     if not path.is_file():
         raise ValueError(f"{run_dir} is not a run directory: no checkpoint.pt")
     state = load_tagged(path, RUN_FORMAT, "run checkpoint", device)
-    spec = state["policy"]
-    probe = gym.make(state["env"])
+    env_id = check_env_id(state.get("env"), source=f"{path}: env")
+    spec = _checked_spec(state.get("policy"), path)
+    probe = gym.make(env_id)
     cls = POLICY_CLASSES[spec["class"]]
     extra = {"state_dependent_std": spec["state_dependent_std"]} if "state_dependent_std" in spec else {}
     extra["rescale_obs"] = spec.get("rescale_obs", False)
-    module = cls(
-        probe.observation_space,
-        probe.action_space,
-        hidden=tuple(spec["hidden"]),
-        activation=getattr(torch.nn, spec["activation"]),
-        **extra,
-    )
-    probe.close()
-    module.load_state_dict(state["state_dict"])
-    return LoadedPolicy(module.to(device), state["env"], torch.device(device))
+    try:
+        module = cls(
+            probe.observation_space,
+            probe.action_space,
+            hidden=tuple(spec["hidden"]),
+            activation=activation_class(spec["activation"]),
+            **extra,
+        )
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: a {spec['class']} does not fit {env_id}'s spaces ({exc})") from None
+    finally:
+        probe.close()
+    weights = state.get("state_dict")
+    if not isinstance(weights, dict):
+        raise ValueError(f"{path}: state_dict is missing")
+    try:
+        module.load_state_dict(weights)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        detail = first[1].strip() if len(first) > 1 else first[0] if first else ""
+        raise ValueError(
+            f"{path}: the weights do not fit a {spec['class']} for {env_id} ({detail})"
+        ) from None
+    return LoadedPolicy(module.to(device), env_id, torch.device(device))
 
 
 def _check_episodes(episodes) -> None:
@@ -288,16 +442,30 @@ def _check_episodes(episodes) -> None:
         raise ValueError(f"episodes must be an int >= 1, got {episodes!r}")
 
 
+def _check_seed(seed) -> None:
+    # episode i is reset with seed + i, which Gymnasium (numpy) takes in [0, 2**63)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**62:
+        raise ValueError(f"seed={seed!r} is not allowed; use an int in [0, 2**62)")
+
+
 def episode_returns(
-    policy: LoadedPolicy, *, episodes: int = 100, seed: int = 0, stochastic: bool = False
+    policy: LoadedPolicy,
+    *,
+    episodes: int = 100,
+    seed: int = 0,
+    stochastic: bool = False,
+    progress: bool = False,
 ) -> list[float]:
     """Returns of ``episodes`` episodes of ``policy`` on Gymnasium's own environment (episode i reset
-    with seed + i); the mode of each action unless ``stochastic`` (then sampled reproducibly from ``seed``)."""
+    with seed + i); the mode of each action unless ``stochastic`` (then sampled reproducibly from
+    ``seed``). ``progress`` shows a bar over episodes with its estimate of the time left."""
     _check_episodes(episodes)
+    _check_seed(seed)
     env = gym.make(policy.env_id)
     generator = torch.Generator().manual_seed(seed)
     returns = []
-    for i in range(episodes):
+    bar = tqdm(range(episodes), disable=not progress, desc=f"evaluate {policy.env_id}", unit="episode")
+    for i in bar:
         obs, _ = env.reset(seed=seed + i)
         total, done = 0.0, False
         while not done:
@@ -309,7 +477,12 @@ def episode_returns(
     return returns
 
 
-def evaluate(run_dir, *, episodes: int = 100, seed: int = 0, stochastic: bool = False) -> list[float]:
+def evaluate(
+    run_dir, *, episodes: int = 100, seed: int = 0, stochastic: bool = False, progress: bool = False
+) -> list[float]:
     """Returns of ``episodes`` episodes of a run directory's policy (:func:`episode_returns`)."""
     _check_episodes(episodes)  # before reading the run: a bad count is reported first
-    return episode_returns(load_policy(run_dir), episodes=episodes, seed=seed, stochastic=stochastic)
+    _check_seed(seed)
+    return episode_returns(
+        load_policy(run_dir), episodes=episodes, seed=seed, stochastic=stochastic, progress=progress
+    )
