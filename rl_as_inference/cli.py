@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from rl_as_inference import envs, runs
+from rl_as_inference.signals import TrainingInterrupted
 
 __all__ = ["main"]
 
@@ -241,6 +242,10 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"{len(returns)} episodes: mean return {np.mean(returns):.2f} +- {np.std(returns):.2f} (std)"
             )
+    except TrainingInterrupted as stop:  # the state is saved: say where, and how to go on
+        resume = f"; resume with: rlai train --resume {stop.path.parent}" if stop.path is not None else ""
+        print(f"rlai: {stop}{resume}", file=sys.stderr)
+        return stop.code
     except (ValueError, TypeError, FileNotFoundError) as exc:
         print(f"rlai: error: {exc}", file=sys.stderr)
         return 2
