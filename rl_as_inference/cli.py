@@ -51,7 +51,8 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--config",
         metavar="FILE.toml",
-        help="TOML file of config keys (a table named after the algorithm, or top-level keys)",
+        help="TOML file of config keys: top-level keys apply to any algorithm, a table named after the "
+        "running algorithm ([sac]) overrides them, other algorithms' tables are skipped with a note",
     )
     train.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override one config key (repeatable)"
@@ -85,6 +86,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument(
         "--stochastic", action="store_true", help="sample actions instead of taking the mode"
+    )
+    evaluate.add_argument(
+        "--no-progress", action="store_true", help="no progress bar (shown on a terminal by default)"
     )
 
     inspect = sub.add_parser(
@@ -237,7 +241,11 @@ def main(argv: list[str] | None = None) -> int:
             _inspect(args)
         else:
             returns = runs.evaluate(
-                args.run_dir, episodes=args.episodes, seed=args.seed, stochastic=args.stochastic
+                args.run_dir,
+                episodes=args.episodes,
+                seed=args.seed,
+                stochastic=args.stochastic,
+                progress=not args.no_progress and sys.stderr.isatty(),
             )
             print(
                 f"{len(returns)} episodes: mean return {np.mean(returns):.2f} +- {np.std(returns):.2f} (std)"
@@ -246,8 +254,15 @@ def main(argv: list[str] | None = None) -> int:
         resume = f"; resume with: rlai train --resume {stop.path.parent}" if stop.path is not None else ""
         print(f"rlai: {stop}{resume}", file=sys.stderr)
         return stop.code
-    except (ValueError, TypeError, FileNotFoundError) as exc:
+    except KeyboardInterrupt:  # Ctrl-C outside training (evaluation, inspection): nothing to save
+        print("rlai: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, TypeError) as exc:
         print(f"rlai: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a read-only or full disk, a path through a file: name the path
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"rlai: error: cannot read or write{where}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     return 0
 

@@ -3,6 +3,11 @@
 A recipe (``rl_as_inference/recipes/<env id>.toml``) names the default algorithm and holds one table
 per algorithm whose keys are the fields of that algorithm's config dataclass. ``--config FILE`` and
 ``--set key=value`` override them; unknown keys and ill-typed values are errors that name the key.
+
+A ``--config`` file may hold top-level keys, which apply to whichever algorithm runs, and tables
+named after algorithms (``[sac]``, ``[mpo]``...): the running algorithm's table overrides the
+top-level keys, the other algorithms' tables are skipped and reported as such (:func:`build_config`'s
+``notes``), and a table named after no algorithm is an error, as a typo would be.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ import typing
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+from rl_as_inference.algos import REGISTRY
 
 __all__ = [
     "apply_overrides",
@@ -79,6 +86,10 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
     if hint is int:
         if isinstance(value, bool):
             raise ValueError(f"{key} must be an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+            return int(value)  # exactly, where a float would round a large seed
         try:
             as_float = float(value)
         except (TypeError, ValueError):
@@ -127,8 +138,42 @@ def read_toml(path: Path, label: str) -> dict:
         raise ValueError(f"{label}: not valid TOML ({exc})") from None
 
 
-def build_config(cls, env_id: str, algo: str, *, file: str | Path | None = None, sets: list[str] = ()):
-    """The resolved config: dataclass defaults < recipe < ``--config`` file < ``--set`` values."""
+def _config_file_tables(data: dict, algo: str, label: str, notes: list[str] | None) -> dict:
+    """The keys of a ``--config`` file that apply to ``algo``: top level, then its own table."""
+    tables = {k: v for k, v in data.items() if isinstance(v, dict)}
+    unknown = sorted(set(tables) - set(REGISTRY))
+    if unknown:
+        raise ValueError(
+            f"{label}: table [{unknown[0]}] names no algorithm; tables may be {', '.join(sorted(REGISTRY))}"
+        )
+    merged = {k: v for k, v in data.items() if not isinstance(v, dict)}
+    merged |= tables.get(algo, {})
+    ignored = sorted(set(tables) - {algo})
+    if ignored and notes is not None:
+        used = f"used [{algo}]" if algo in tables else f"no [{algo}] table"
+        notes.append(f"{label}: {used}; ignored {', '.join(f'[{t}]' for t in ignored)} (another algorithm)")
+    return merged
+
+
+def build_config(
+    cls,
+    env_id: str,
+    algo: str,
+    *,
+    file: str | Path | None = None,
+    sets: list[str] = (),
+    notes: list[str] | None = None,
+):
+    """The resolved config: dataclass defaults < recipe < ``--config`` file < ``--set`` values.
+
+    Args:
+        notes: a list that receives one line per thing the user should know (tables of the
+            ``--config`` file that were skipped because they belong to another algorithm).
+
+    Raises:
+        ValueError: one line naming the file, key or value (unknown keys, ill-typed or disallowed
+            values, a table named after no algorithm).
+    """
     values: dict = {}
     recipe = load_recipe(env_id).get(algo, {})
     values = apply_overrides(cls, values, recipe, source=f"recipe {env_id}.toml [{algo}]")
@@ -137,9 +182,8 @@ def build_config(cls, env_id: str, algo: str, *, file: str | Path | None = None,
         if not path.is_file():
             raise ValueError(f"--config {file}: no such file")
         data = read_toml(path, f"--config {file}")
-        table = data.get(algo, data)
-        table = {k: v for k, v in table.items() if not isinstance(v, dict)}
-        values = apply_overrides(cls, values, table, source=str(file))
+        table = _config_file_tables(data, algo, f"--config {file}", notes)
+        values = apply_overrides(cls, values, table, source=f"--config {file}")
     values = apply_overrides(cls, values, dict(parse_assignment(s) for s in sets), source="--set")
     return cls(**values)
 

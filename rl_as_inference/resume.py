@@ -87,7 +87,9 @@ class Checkpointer:
         meta: dict | None = None,
     ):
         if isinstance(every, bool) or not isinstance(every, int) or every < 0:
-            raise ValueError(f"checkpoint interval must be an int >= 0 env steps, got {every!r}")
+            raise ValueError(
+                f"checkpoint_every={every!r} is not allowed; use an int >= 0 env steps (0: only at the end)"
+            )
         if resume and path is None:
             raise ValueError("resume needs the path of a training state")
         self.path = None if path is None else Path(path)

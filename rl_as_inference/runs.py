@@ -14,6 +14,7 @@ import csv
 import dataclasses
 import json
 import os
+import sys
 from pathlib import Path
 
 import gymnasium as gym
@@ -126,15 +127,17 @@ def train_run(
             flag = "--env" if key == "env" else f"--{key}"
             raise ValueError(f"--set {key}={value} contradicts {flag} {given[key]}: give one of them")
     extra = [f"{key}={value}" for key, value in given.items() if value is not None]
-    config = build_config(config_cls, env_id, algo, file=config_file, sets=[*extra, *sets])
+    notes: list[str] = []
+    config = build_config(config_cls, env_id, algo, file=config_file, sets=[*extra, *sets], notes=notes)
+    for note in notes:
+        print(f"rlai: note: {note}", file=sys.stderr)
+    Checkpointer(None, every=checkpoint_every)  # checks the interval before anything is written
     run_dir = Path(out) if out is not None else Path("runs") / f"{env_id}-{algo}-seed{config.seed}"
     if (run_dir / TRAIN_STATE).exists():
         raise ValueError(f"{run_dir} already holds a run: continue it with --resume {run_dir}, or pick --out")
     if run_dir.exists() and not run_dir.is_dir():
         raise ValueError(f"run directory {run_dir} exists and is not a directory")
     if (run_dir / "config.toml").exists():
-        import sys
-
         print(
             f"rlai: note: {run_dir} holds a run that stopped before its first checkpoint; starting it over",
             file=sys.stderr,

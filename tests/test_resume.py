@@ -96,5 +96,5 @@ def test_resume_refuses_foreign_or_missing_states(tmp_path):
     mpo_module.train(mpo_config, checkpointer=Checkpointer(tmp_path / "mpo.pt"))
     with pytest.raises(ValueError, match="holds a mpo run, not sac"):
         module.train(config, checkpointer=Checkpointer(tmp_path / "mpo.pt", resume=True))
-    with pytest.raises(ValueError, match="interval must be an int >= 0"):
+    with pytest.raises(ValueError, match="checkpoint_every=-5 is not allowed; use an int >= 0"):
         Checkpointer(tmp_path / "x.pt", every=-5)

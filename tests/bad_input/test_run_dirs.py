@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import stat
 import sys
 
@@ -181,7 +182,7 @@ def test_resume_under_another_config_is_refused(tmp_path, capsys, line, replacem
     assert main(["train", "--resume", str(run), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "written under another config" in err
-    assert __import__("re").search(message, err), err
+    assert re.search(message, err), err
 
 
 def test_resume_may_extend_the_run(tmp_path):
