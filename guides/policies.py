@@ -154,11 +154,27 @@ class Policy(nn.Module):
         raise NotImplementedError
 
 
+def _checked_hidden(hidden: object) -> tuple[int, ...]:
+    """Hidden layer widths: a sequence of ints >= 1 (empty: a linear policy)."""
+    ok = isinstance(hidden, Sequence) and not isinstance(hidden, str)
+    if not ok or not all(isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in hidden):
+        raise ValueError(f"hidden={hidden!r} is not allowed; use a list of layer widths >= 1 (empty: linear)")
+    return tuple(hidden)
+
+
 class _MLPPolicy(Policy):
     def __init__(
         self, observation_space: gym.Space, out_dim: int, hidden: Sequence[int], activation, rescale_obs: bool
     ):
         super().__init__()
+        hidden = _checked_hidden(hidden)
+        if isinstance(activation, str):  # a torch.nn name, as configs write it
+            activation = activation_class(activation)
+        elif not (isinstance(activation, type) and issubclass(activation, nn.Module)):
+            raise TypeError(
+                f"activation={activation!r} is not allowed; use a torch.nn.Module class such as "
+                "torch.nn.Tanh, or its name"
+            )
         self.encoder = ObservationEncoder(observation_space, rescale=rescale_obs)
         self.net = mlp([self.encoder.dim, *hidden, out_dim], activation)
 

@@ -27,7 +27,10 @@ one scalar back at the end, as Pyro's SVI expects.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pyro
@@ -360,8 +363,10 @@ class TrajectoryELBO(ELBO):
     def _traces(self, model, guide, args, kwargs):
         if self._use_score_for_actions(model):
             guide = _ScoreFunctionActions()(guide)
-        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
+        with _naming_invalid_sites("guide"):
+            guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+        with _naming_invalid_sites("model"):
+            model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
         for name, _ in sample_sites(model_trace, latent_only=True):
             if name not in guide_trace.nodes:
                 raise ValueError(
@@ -398,7 +403,47 @@ class TrajectoryELBO(ELBO):
                     f"log-probability of a_{t}/s_{t}); check the environment and the policy at step {t}"
                 )
             raise ValueError("the ELBO is NaN: a global latent site has a NaN log-probability")
+        if value == math.inf:  # no finite reward or log-density gives +inf (-inf: an impossible episode)
+            bad = (terms.costs == math.inf).any(1).nonzero()
+            where = (
+                f": the cost of step {int(bad[0, 0])} is +inf (site O_{int(bad[0, 0])})" if len(bad) else ""
+            )
+            raise ValueError(f"the ELBO is +inf{where}; a reward or log-factor is infinite")
         return value
+
+
+@contextlib.contextmanager
+def _naming_invalid_sites(program: str) -> Iterator[None]:
+    """Re-raise the ValueError of Pyro's argument validation (a NaN factor, NaN logits) naming the
+    site and its step: Pyro's own message names only the distribution's parameter, in many lines."""
+    try:
+        yield
+    except ValueError as exc:
+        if not str(exc).startswith("Expected parameter"):
+            raise
+        name = _site_being_created(exc.__traceback__)
+        if name is None:
+            raise
+        info = parse_site(name)
+        step = f" (step {info.time})" if info.time is not None else ""
+        first = str(exc).splitlines()[0].rstrip(":")
+        what = "a NaN or infinite log-factor" if "log_factor" in first else first
+        raise ValueError(
+            f"the {program}'s site {name!r}{step} got {what}; check what it computes at that step"
+        ) from None
+
+
+def _site_being_created(tb) -> str | None:
+    """The ``name`` argument of the innermost ``pyro.sample``/``pyro.factor`` call on the traceback."""
+    found = None
+    while tb is not None:
+        frame = tb.tb_frame
+        if frame.f_code.co_name in ("sample", "factor") and frame.f_code.co_filename.endswith(
+            os.path.join("pyro", "primitives.py")
+        ):
+            found = frame.f_locals.get("name", found)
+        tb = tb.tb_next
+    return found if isinstance(found, str) else None
 
 
 def _trace_states(guide_trace) -> torch.Tensor | None:

@@ -174,7 +174,7 @@ def test_gridworld_walls_goal_and_slip():
     assert slippery.reward[5, down].item() == pytest.approx(-1.0 + 10.0 * 0.85)
     with pytest.raises(ValueError, match="outside the 3x3 grid"):
         envs.gridworld(3, 3, walls=[(5, 5)])
-    with pytest.raises(ValueError, match="slip must be in"):
+    with pytest.raises(ValueError, match=r"slip=1.5 is not allowed; use a probability in \[0, 1\]"):
         envs.gridworld(slip=1.5)
 
 

@@ -278,6 +278,8 @@ class FunctionalEnv:
                 else f"state has shape {tuple(state.shape)}; {self.name} expects [*batch]"
             )
         self._check_dtype_device("state", state, integer=not self.state_shape)
+        space = getattr(self, "observation_space", None)
+        self._check_values("state", state, space if not self.state_shape else None)
 
     def check_action(self, action: torch.Tensor, state: torch.Tensor) -> None:
         """Raise TypeError/ValueError unless ``action`` fits the action space and the state's batch."""
@@ -295,6 +297,33 @@ class FunctionalEnv:
                 f"{self.name} expects {what}, i.e. shape {expected}"
             )
         self._check_dtype_device("action", action, integer=discrete, exact_dtype=False)
+        self._check_values("action", action, self.action_space if discrete else None)
+
+    def _check_values(self, what: str, x: torch.Tensor, space: gym.spaces.Space | None) -> None:
+        """Refuse NaN or infinite entries, and integers outside ``space`` (a Discrete), on the CPU.
+
+        On an accelerator each check would read a boolean back to the host, a device
+        synchronization per step in the training loops; there the check is skipped (as the
+        policies skip their argument validation: ``guides.policies.validate_on``).
+        """
+        if x.device.type != "cpu" or x.numel() == 0:
+            return
+        if x.dtype.is_floating_point:
+            if not bool(torch.isfinite(x).all()):
+                bad = (~torch.isfinite(x)).nonzero()[0].tolist()
+                raise ValueError(
+                    f"{what} has a non-finite entry {x[tuple(bad)].item()} at index {tuple(bad)}; "
+                    f"{self.name} takes finite {what}s only"
+                )
+        elif isinstance(space, gym.spaces.Discrete):
+            start, n = int(space.start), int(space.n)
+            bad = (x < start) | (x >= start + n)
+            if bool(bad.any()):
+                index = bad.nonzero()[0].tolist()
+                raise ValueError(
+                    f"{what} {x[tuple(index)].item()} at index {tuple(index)} is out of range: "
+                    f"{self.name} has {what}s in [{start}, {start + n})"
+                )
 
     def _check_dtype_device(
         self, what: str, x: torch.Tensor, *, integer: bool, exact_dtype: bool = True

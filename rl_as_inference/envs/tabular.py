@@ -191,6 +191,12 @@ class TabularMDP(FunctionalEnv):
 
 
 # ---------------------------------------------------------------------- generators
+def _check_size(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}={value!r} is not allowed; use an int >= 1")
+    return value
+
+
 def random_mdp(
     num_states: int,
     num_actions: int,
@@ -207,7 +213,7 @@ def random_mdp(
     Deterministic dynamics send (s, a) to a uniformly drawn s'; stochastic ones draw each row
     from Dirichlet(1) over ``branching`` random successors (all states if None).
     """
-    S, A = check_num_envs(num_states), check_num_envs(num_actions)
+    S, A = _check_size("num_states", num_states), _check_size("num_actions", num_actions)
     rng = np.random.default_rng(seed)
     P = np.zeros((S, A, S))
     if deterministic:
@@ -246,9 +252,9 @@ def gridworld(
     direction instead. Reward r(s, a) is ``step_reward`` per move, plus ``goal_reward`` times the
     probability that the move enters the goal (rewards depend on (s, a) only).
     """
-    H, W = check_num_envs(height), check_num_envs(width)
+    H, W = _check_size("height", height), _check_size("width", width)
     if not 0.0 <= slip <= 1.0:
-        raise ValueError(f"slip must be in [0, 1], got {slip}")
+        raise ValueError(f"slip={slip!r} is not allowed; use a probability in [0, 1]")
     goal = (H - 1, W - 1) if goal is None else tuple(goal)
     wall_set = {tuple(w) for w in walls}
     for name, cell in (("start", tuple(start)), ("goal", goal), *(("wall", w) for w in wall_set)):
@@ -298,9 +304,9 @@ def chain(
     Moving left at state 0 pays ``small_reward`` (a tempting local optimum); moving right at the
     last state pays ``large_reward``. With probability ``slip`` an action moves the other way.
     """
-    n = check_num_envs(length)
+    n = _check_size("length", length)
     if not 0.0 <= slip <= 1.0:
-        raise ValueError(f"slip must be in [0, 1], got {slip}")
+        raise ValueError(f"slip={slip!r} is not allowed; use a probability in [0, 1]")
     P = np.zeros((n, 2, n))
     for s in range(n):
         left, right = max(s - 1, 0), min(s + 1, n - 1)
