@@ -292,3 +292,35 @@ def test_train_run_names_a_bad_request(tmp_path, kw, message):
 def test_evaluate_names_a_bad_seed(trained):
     with pytest.raises(ValueError, match=r"seed=-1 is not allowed"):
         runs.evaluate(trained, episodes=1, seed=-1)
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_previous_state(tmp_path, monkeypatch, capsys):
+    import errno
+
+    from rl_as_inference import checkpoint
+
+    out = tmp_path / "run"
+    saves = []
+    real_save = checkpoint.torch.save
+
+    def save_until_full(obj, f):
+        saves.append(obj.get("env_steps"))
+        if len(saves) > 1:  # the disk fills up after the first training-state checkpoint
+            raise OSError(errno.ENOSPC, "No space left on device", str(out / "train_state.pt"))
+        real_save(obj, f)
+
+    monkeypatch.setattr(checkpoint.torch, "save", save_until_full)
+    argv = ["train", "--env", "Pendulum-v1", "--algo", "sac", "--out", str(out), "--checkpoint-every", "100"]
+    sets = [a for s in TINY for a in ("--set", s)]
+    assert main([*argv, *sets, "--eval-episodes", "0", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"rlai: error: cannot read or write {out / 'train_state.pt'}: No space left on device"]
+    monkeypatch.setattr(checkpoint.torch, "save", real_save)
+    state = torch.load(out / "train_state.pt", weights_only=True)  # the previous checkpoint is intact
+    assert state["env_steps"] == saves[0] and not list(out.glob(".*.tmp"))
+
+
+def test_evaluate_shows_progress_when_asked(trained, capsys):
+    runs.evaluate(trained, episodes=2, progress=True)
+    err = capsys.readouterr().err
+    assert "evaluate Pendulum-v1" in err and "2/2" in err and "episode" in err
