@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -134,7 +135,7 @@ def fit(
             for step in bar:
                 if signals.pending() is not None:
                     _save(checkpoint, optim, step, result, loss)
-                    signals.raise_if_pending(Path(checkpoint), step, unit="SVI steps")
+                    _stop_if_signalled(checkpoint, step)
                 value = -svi.step(num_episodes)
                 traj = getattr(loss, "last", None)
                 traj = traj.trajectory if traj is not None else None
@@ -160,8 +161,21 @@ def fit(
         if checkpoint is not None:
             _save(checkpoint, optim, result.num_steps, result, loss)
             # a signal during the last step: the run is saved and complete; still stop as asked
-            signals.raise_if_pending(Path(checkpoint), result.num_steps, unit="SVI steps")
+            _stop_if_signalled(checkpoint, result.num_steps)
     return result
+
+
+def _stop_if_signalled(checkpoint: str, step: int) -> None:
+    """After the save: raise TrainingInterrupted for a pending signal, saying where and how to go on
+    (a script that does not catch it exits with 128 + signum, and SystemExit prints nothing)."""
+    try:
+        signals.raise_if_pending(Path(checkpoint), step, unit="SVI steps")
+    except signals.TrainingInterrupted as stop:
+        print(
+            f"rl_as_inference.fit: {stop}; resume with fit(..., checkpoint={str(checkpoint)!r}, resume=True)",
+            file=sys.stderr,
+        )
+        raise
 
 
 def _save(path: str, optim, step: int, result: FitResult, loss) -> None:

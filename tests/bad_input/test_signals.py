@@ -223,6 +223,9 @@ def test_a_fit_script_saves_on_sigterm(tmp_path):
     _, err = proc.communicate(timeout=60)
     # TrainingInterrupted is a SystemExit: an uncaught one exits with its code and no traceback
     assert proc.returncode == 143 and "Traceback" not in err, err
+    line = err.strip().splitlines()
+    assert len(line) == 1 and line[0].startswith("rl_as_inference.fit: SIGTERM: saved "), err
+    assert line[0].endswith(f"resume with fit(..., checkpoint={str(path)!r}, resume=True)"), err
     assert torch.load(path, weights_only=True)["step"] >= first
 
 
