@@ -112,7 +112,29 @@ def _action_to_numpy(action: Any, space: gym.Space, where: str = "actions") -> A
         raise ValueError(
             f"{where} have shape {arr.shape}; the batched action space {space} needs shape {space.shape}"
         )
+    _check_action_values(arr, space, where)
     return arr.astype(space.dtype, copy=False)
+
+
+def _check_action_values(arr: np.ndarray, space: gym.Space, where: str) -> None:
+    """Refuse what Gymnasium's envs would answer with a KeyError or a silent NaN: discrete indices
+    outside the space (FrozenLake looks them up in a dict) and non-finite continuous actions. The
+    actions are on the host already (numpy), so the check costs no device synchronization."""
+    if isinstance(space, gym.spaces.Box):
+        bad = ~np.isfinite(arr) if arr.dtype.kind == "f" else np.zeros(arr.shape, bool)
+        allowed = "finite numbers (out-of-box values are clipped by most envs, NaN and inf are not)"
+    elif isinstance(space, gym.spaces.MultiBinary):
+        bad, allowed = (arr != 0) & (arr != 1), "0 or 1"
+    else:  # Discrete and MultiDiscrete, batched: per sub-env ranges [start, start + n)
+        start, n = np.asarray(space.start), np.asarray(space.nvec if hasattr(space, "nvec") else space.n)
+        bad = (arr < start) | (arr >= start + n)
+        low, high = int(np.min(start)), int(np.max(start + n))
+        allowed = f"integers in [{low}, {high})"
+    if bad.any():
+        index = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(
+            f"{where}[{', '.join(map(str, index))}] = {arr[index].item()!r} is not allowed; use {allowed}"
+        )
 
 
 class TorchVectorWrapper(VectorWrapper):

@@ -206,3 +206,32 @@ def test_the_checks_cost_nothing_on_good_input():
     action = torch.tensor([0, 1, 1, 0])
     checked, raw = env.step(state, action), env._step(state, action)
     assert torch.equal(checked.state, raw.state) and torch.equal(checked.reward, raw.reward)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # Gymnasium's passive checker warns first
+@pytest.mark.parametrize(
+    ("env_id", "action", "message"),
+    [
+        ("FrozenLake-v1", [7, 0], r"actions\[0\] = 7 is not allowed; use integers in \[0, 4\)"),
+        ("FrozenLake-v1", [0, -1], r"actions\[1\] = -1 is not allowed; use integers in \[0, 4\)"),
+        ("CartPole-v1", [0, 2], r"actions\[1\] = 2 is not allowed; use integers in \[0, 2\)"),
+        ("Pendulum-v1", [[NAN], [0.0]], r"actions\[0, 0\] = nan is not allowed; use finite numbers"),
+        ("Pendulum-v1", [[0.0], [INF]], r"actions\[1, 0\] = inf is not allowed"),
+    ],
+)
+def test_gymnasium_envs_name_a_bad_action(env_id, action, message):
+    # Gymnasium's FrozenLake answers an out-of-range action with a bare KeyError, Pendulum a NaN
+    # action with a NaN reward; through from_gymnasium both are refused before the env sees them
+    vec = envs.from_gymnasium(env_id, num_envs=2)
+    vec.reset(seed=0)
+    with pytest.raises(ValueError, match=message):
+        vec.step(torch.tensor(action))
+    vec.close()
+
+
+def test_gymnasium_envs_still_take_good_and_out_of_box_actions():
+    vec = envs.from_gymnasium("Pendulum-v1", num_envs=2)
+    vec.reset(seed=0)
+    _, reward, *_ = vec.step(torch.tensor([[5.0], [0.0]]))  # Pendulum clips to its box, as in Gymnasium
+    assert torch.isfinite(reward).all()
+    vec.close()
