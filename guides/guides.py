@@ -69,6 +69,31 @@ class TrajectoryGuide:
 _REGISTERED: weakref.WeakValueDictionary[str, nn.Module] = weakref.WeakValueDictionary()
 
 
+# param-store prefix -> the TabularGuide or OpenLoopGuide whose parameters live under it
+_PARAM_OWNERS: weakref.WeakValueDictionary[str, object] = weakref.WeakValueDictionary()
+
+
+def _owned_param(owner, name: str, init, shape: tuple[int, ...], **kwargs) -> torch.Tensor:
+    """``pyro.param(f"{owner.name}.{name}", init)``, refusing what Pyro would do silently: hand a
+    second guide under the same name the first one's parameter (shared, or of another shape)."""
+    full = f"{owner.name}.{name}"
+    store = pyro.get_param_store()
+    if full not in store:
+        _PARAM_OWNERS[owner.name] = owner
+    elif _PARAM_OWNERS.get(owner.name, owner) is not owner:
+        raise ValueError(
+            f"another guide already keeps its parameters in Pyro's param store under name={owner.name!r}; "
+            "give this guide its own name=..., or call pyro.clear_param_store() first"
+        )
+    value = pyro.param(full, init, **kwargs)
+    if tuple(value.shape) != shape:
+        raise ValueError(
+            f"Pyro's param store holds {full!r} of shape {tuple(value.shape)}, but this guide needs {shape}: "
+            "give it its own name=..., or call pyro.clear_param_store() first"
+        )
+    return value
+
+
 class PolicyGuide(TrajectoryGuide):
     """Closed-loop q(a_t|s_t) = ``policy(observe(s_t))`` for a torch module ``policy``.
 
@@ -141,7 +166,8 @@ class TabularGuide(TrajectoryGuide):
 
     def logits(self) -> torch.Tensor:
         """The ``[T, S, A]`` logits parameter (created on first use)."""
-        return pyro.param(f"{self.name}.logits", self._init_logits)
+        shape = (self.horizon, self.env.num_states, self.env.num_actions)
+        return _owned_param(self, "logits", self._init_logits, shape)
 
     def register(self) -> None:
         self.logits()
@@ -191,16 +217,15 @@ class OpenLoopGuide(TrajectoryGuide):
     def _params(self):
         device, h = self.env.device, self.horizon
         if self.discrete:
-            return (
-                pyro.param(
-                    f"{self.name}.logits", lambda: torch.zeros(h, self.env.action_space.n, device=device)
-                ),
-            )
+            n = int(self.env.action_space.n)
+            return (_owned_param(self, "logits", lambda: torch.zeros(h, n, device=device), (h, n)),)
         d = self.env.action_space.shape[0]
-        loc = pyro.param(f"{self.name}.loc", lambda: torch.zeros(h, d, device=device))
-        scale = pyro.param(
-            f"{self.name}.scale",
+        loc = _owned_param(self, "loc", lambda: torch.zeros(h, d, device=device), (h, d))
+        scale = _owned_param(
+            self,
+            "scale",
             lambda: torch.full((h, d), self.init_std, device=device),
+            (h, d),
             constraint=constraints.positive,
         )
         return loc, scale

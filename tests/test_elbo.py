@@ -324,7 +324,7 @@ def test_works_inside_pyro_svi_and_predictive():
     trace = poutine.trace(guide).get_trace(5)
     assert {"s_0", "a_0", "a_5"} <= set(trace.nodes) and "s_1" not in trace.nodes
     slippery = envs.gridworld(3, 3, slip=0.1)
-    trace = poutine.trace(guides.TabularGuide(slippery, horizon=6)).get_trace(5)
+    trace = poutine.trace(guides.TabularGuide(slippery, horizon=6, name="slippery")).get_trace(5)
     assert {"s_0", "a_0", "s_1", "a_5", "s_6"} <= set(trace.nodes)  # stochastic dynamics: s_t are sites
 
 

@@ -239,3 +239,28 @@ def test_a_nan_factor_without_pyro_validation_still_names_the_step():
 def test_bad_exact_inference_requests_are_named(call, error, message):
     with pytest.raises(error, match=message):
         call()
+
+
+@pytest.mark.parametrize("larger", [False, True], ids=["same-shape", "larger-mdp"])
+def test_two_guides_under_one_name_are_refused(larger):
+    # Pyro hands a second pyro.param call under a name the first value: the second guide would
+    # silently train the first one's logits (or fail with an IndexError on a larger MDP)
+    first = guides.TabularGuide(MDP, horizon=3)
+    first.register()
+    other = envs.random_mdp(5 if larger else 3, 2, seed=1)
+    with pytest.raises(
+        ValueError, match=r"another guide already keeps its parameters .* name='tabular_guide'"
+    ):
+        guides.TabularGuide(other, horizon=3).register()
+    guides.TabularGuide(other, horizon=3, name="other").register()  # its own name: fine
+    pyro.clear_param_store()
+    guides.TabularGuide(other, horizon=3).register()  # a cleared store: the name is free again
+
+
+def test_a_stale_parameter_of_another_shape_is_named():
+    pyro.get_param_store()["open_loop.loc"] = torch.zeros(2, 1)  # left by an earlier, shorter plan
+    guide = guides.OpenLoopGuide(PENDULUM, horizon=5)
+    with pytest.raises(
+        ValueError, match=r"param store holds 'open_loop.loc' of shape \(2, 1\), .* needs \(5, 1\)"
+    ):
+        guide.register()
