@@ -3,12 +3,15 @@
 ``make(id)`` builds a pure torch port of a Gymnasium classic-control task whose ``step`` reproduces
 Gymnasium; ``TabularMDP`` builds finite MDPs; ``make_vec`` wraps any functional env as a Gymnasium
 ``VectorEnv`` with torch tensors in and out; ``from_gymnasium`` wraps any Gymnasium env the same
-way for data collection and evaluation (it cannot re-simulate from a state).
+way for data collection and evaluation (it cannot re-simulate from a state). Importing this
+package registers the ports in Gymnasium's registry as ``rl_as_inference/ID``
+(:mod:`.gym_registration`): ``gymnasium.make_vec("rl_as_inference/CartPole-v1", 4096)``.
 """
 
 from .acrobot import Acrobot
 from .base import FunctionalEnv, Step
 from .cartpole import CartPole
+from .gym_registration import GymnasiumEnv, register_ported
 from .gymnasium_adapter import TorchVectorWrapper, from_gymnasium
 from .mountain_car import MountainCar, MountainCarContinuous
 from .pendulum import Pendulum
@@ -22,6 +25,7 @@ __all__ = [
     "CartPole",
     "FunctionalEnv",
     "FunctionalVectorEnv",
+    "GymnasiumEnv",
     "MountainCar",
     "MountainCarContinuous",
     "Pendulum",
@@ -34,4 +38,7 @@ __all__ = [
     "make",
     "make_vec",
     "random_mdp",
+    "register_ported",
 ]
+
+register_ported()
