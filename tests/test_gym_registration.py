@@ -78,3 +78,44 @@ def test_bad_actions_are_named_through_gymnasium_make():
     env.reset(seed=0)
     with pytest.raises(ValueError, match=r"action 3 .* out of range: CartPole-v1 has actions in \[0, 2\)"):
         env.unwrapped.step(3)
+
+
+def _episode_stats(vec, actions: np.ndarray, steps: int) -> list[tuple[float, int]]:
+    vec.reset(seed=7)
+    stats = []
+    for k in range(steps):
+        *_, info = vec.step(actions[k])
+        if "episode" in info:
+            done = info["_episode"]
+            stats += [
+                (float(r), int(n))
+                for r, n in zip(info["episode"]["r"][done], info["episode"]["l"][done], strict=True)
+            ]
+    return stats
+
+
+def test_gymnasiums_wrappers_run_on_the_torch_vector_env_through_numpy_view():
+    from gymnasium.wrappers.vector import NormalizeObservation, NumpyToTorch, RecordEpisodeStatistics
+
+    # seeding="gymnasium" and float64 reproduce gymnasium.make_vec step for step, so the episode
+    # statistics Gymnasium's own wrapper records must be those it records on its own envs
+    n, steps = 3, 450
+    actions = np.random.default_rng(0).integers(0, 2, size=(steps, n))
+    ours = RecordEpisodeStatistics(
+        envs.numpy_view(envs.make_vec("CartPole-v1", n, seeding="gymnasium", dtype=torch.float64))
+    )
+    theirs = RecordEpisodeStatistics(gym.make_vec("CartPole-v1", n, vectorization_mode="sync"))
+    expected = _episode_stats(theirs, actions, steps)
+    assert len(expected) > 10 and _episode_stats(ours, actions, steps) == expected
+    # and back to torch for a torch policy, through a stateful numpy wrapper
+    stack = NumpyToTorch(
+        NormalizeObservation(RecordEpisodeStatistics(envs.numpy_view(envs.make_vec("Pendulum-v1", 4))))
+    )
+    obs, _ = stack.reset(seed=0)
+    obs, reward, *_ = stack.step(torch.zeros(4, 1))
+    assert isinstance(obs, torch.Tensor) and isinstance(reward, torch.Tensor) and obs.shape == (4, 3)
+
+
+def test_numpy_view_refuses_what_is_not_a_vector_env():
+    with pytest.raises(TypeError, match="numpy_view wraps a gymnasium VectorEnv, got Pendulum"):
+        envs.numpy_view(envs.make("Pendulum-v1"))

@@ -12,7 +12,7 @@ from .acrobot import Acrobot
 from .base import FunctionalEnv, Step
 from .cartpole import CartPole
 from .gym_registration import GymnasiumEnv, register_ported
-from .gymnasium_adapter import TorchVectorWrapper, from_gymnasium
+from .gymnasium_adapter import TorchVectorWrapper, from_gymnasium, numpy_view
 from .mountain_car import MountainCar, MountainCarContinuous
 from .pendulum import Pendulum
 from .registry import PORTED, make
@@ -37,6 +37,7 @@ __all__ = [
     "gridworld",
     "make",
     "make_vec",
+    "numpy_view",
     "random_mdp",
     "register_ported",
 ]

@@ -21,7 +21,7 @@ from gymnasium.vector import AsyncVectorEnv, SyncVectorEnv, VectorEnv, VectorWra
 
 from .base import check_num_envs, resolve_device
 
-__all__ = ["TorchVectorWrapper", "from_gymnasium"]
+__all__ = ["TorchVectorWrapper", "from_gymnasium", "numpy_view"]
 
 
 def _to_torch(x: Any, device: torch.device) -> Any:
@@ -180,6 +180,36 @@ class TorchVectorWrapper(VectorWrapper):
 
     def __repr__(self) -> str:
         return f"TorchVectorWrapper({self.env!r}, device={self.device}, functional=False)"
+
+
+def numpy_view(env: VectorEnv) -> VectorEnv:
+    """A torch vector env seen through numpy, so that Gymnasium's vector wrappers apply to it.
+
+    Gymnasium's vector wrappers (``RecordEpisodeStatistics``, ``NormalizeObservation``,
+    ``NormalizeReward``, ``ClipAction``, ``RescaleAction``...) compute with numpy and fail on torch
+    tensors. This is Gymnasium's own ``ArrayConversion`` from torch (on the env's device) to
+    numpy; wrap the result, and end with ``gymnasium.wrappers.vector.NumpyToTorch`` to hand torch
+    tensors to a torch policy again::
+
+        vec = envs.numpy_view(envs.make_vec("Pendulum-v1", 16))
+        vec = NumpyToTorch(NormalizeObservation(RecordEpisodeStatistics(vec)))
+
+    Each step then copies observations and rewards to the host: a device synchronization per step
+    on CUDA, which the library's own training loops avoid by staying in torch.
+
+    Raises:
+        ImportError: naming the ``wrappers`` extra, if ``array-api-compat`` is not installed.
+    """
+    try:
+        from gymnasium.wrappers.vector import ArrayConversion
+    except ModuleNotFoundError as exc:  # Gymnasium imports array_api_compat there
+        raise ImportError(
+            f"numpy_view needs {exc.name!r}: pip install 'rl_as_inference[wrappers]' (or array-api-compat)"
+        ) from None
+    if not isinstance(env, VectorEnv):
+        raise TypeError(f"numpy_view wraps a gymnasium VectorEnv, got {type(env).__name__}")
+    device = getattr(env, "device", None) or getattr(env.unwrapped, "device", None)
+    return ArrayConversion(env, env_xp=torch, target_xp=np, env_device=device)
 
 
 def from_gymnasium(
