@@ -3,7 +3,7 @@
 See :mod:`rl_as_inference.models.sites` for the site-naming convention that custom models follow.
 """
 
-from .priors import GaussianPrior, PolicyPrior, Prior, UniformPrior, as_pyro_distribution
+from .priors import GaussianPrior, PolicyPrior, Prior, TablePrior, UniformPrior, as_pyro_distribution
 from .rollout import InitialStateDistribution, Optimality, Trajectory, initial_distribution, rollout
 from .sites import EPISODES, SiteInfo, action_site, factor_site, parse_site, state_site
 from .trajectory import TrajectoryModel
@@ -17,6 +17,7 @@ __all__ = [
     "Prior",
     "SiteInfo",
     "Trajectory",
+    "TablePrior",
     "TrajectoryModel",
     "UniformPrior",
     "action_site",

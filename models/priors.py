@@ -20,7 +20,7 @@ from torch.distributions import Distribution
 
 from rl_as_inference.envs import FunctionalEnv
 
-__all__ = ["GaussianPrior", "PolicyPrior", "Prior", "UniformPrior", "as_pyro_distribution"]
+__all__ = ["GaussianPrior", "PolicyPrior", "Prior", "TablePrior", "UniformPrior", "as_pyro_distribution"]
 
 
 class ClosedBoxUniform(dist.Uniform):
@@ -99,13 +99,18 @@ def check_action_distribution(d: Distribution, space: gym.Space, where: str) -> 
 
 
 class Prior:
-    """A prior policy pi(a|s). ``dist(state, env)`` returns the action distribution for a batch of states."""
+    """A prior policy pi(a|s). ``dist(state, env)`` returns the action distribution for a batch of
+    states; a time-dependent prior pi_t(a|s) overrides ``dist_at(t, state, env)`` instead."""
 
     def check(self, env: FunctionalEnv) -> None:
         """Raise ValueError if this prior cannot serve ``env``'s action space."""
 
     def dist(self, state: torch.Tensor, env: FunctionalEnv) -> Distribution:
         raise NotImplementedError
+
+    def dist_at(self, t: int, state: torch.Tensor, env: FunctionalEnv) -> Distribution:
+        """pi_t(a | s_t), what the trajectory model samples at step ``t`` (default: ``dist``)."""
+        return self.dist(state, env)
 
 
 def _batch_shape(state: torch.Tensor, env: FunctionalEnv) -> torch.Size:
@@ -205,19 +210,29 @@ class PolicyPrior(Prior):
     """pi(a|s) = ``fn(state)``: a fixed reference policy, giving the KL-regularized ELBO of seed eq. (2).
 
     ``fn`` takes a batch of states (integer states for tabular MDPs, ``[*B, k]`` tensors otherwise)
-    and returns a torch or Pyro distribution with batch shape ``[*B]``. Use it with a frozen copy of
+    and returns a torch or Pyro distribution with batch shape ``[*B]``; with ``time_indexed=True``
+    it is called as ``fn(state, t)`` and may depend on the step t (a time-dependent pi_t). Use it with a frozen copy of
     a previous guide's policy for trust-region / EM iterations. Gradients do not flow into ``fn``
     unless its parameters are registered with Pyro.
     """
 
-    def __init__(self, fn: Callable[[torch.Tensor], Distribution]):
+    def __init__(self, fn: Callable[..., Distribution], *, time_indexed: bool = False):
         if not callable(fn):
             raise TypeError(f"PolicyPrior needs a callable state -> distribution, got {type(fn).__name__}")
-        self.fn = fn
+        self.fn, self.time_indexed = fn, bool(time_indexed)
         self._checked: set = set()
 
     def dist(self, state: torch.Tensor, env: FunctionalEnv) -> Distribution:
-        d = as_pyro_distribution(self.fn(state), "PolicyPrior's fn")
+        if self.time_indexed:
+            raise TypeError("this PolicyPrior is time-indexed (fn(state, t)): use dist_at(t, state, env)")
+        return self._checked_dist(self.fn(state), env)
+
+    def dist_at(self, t: int, state: torch.Tensor, env: FunctionalEnv) -> Distribution:
+        """``fn(state, t)`` when ``time_indexed``, else ``fn(state)``."""
+        return self._checked_dist(self.fn(state, t) if self.time_indexed else self.fn(state), env)
+
+    def _checked_dist(self, d, env: FunctionalEnv) -> Distribution:
+        d = as_pyro_distribution(d, "PolicyPrior's fn")
         if id(env) not in self._checked:  # metadata checks, once per env
             check_action_distribution(d, env.action_space, "PolicyPrior's fn")
             self._checked.add(id(env))
@@ -225,3 +240,54 @@ class PolicyPrior(Prior):
 
     def __repr__(self) -> str:
         return f"PolicyPrior({getattr(self.fn, '__name__', type(self.fn).__name__)})"
+
+
+class TablePrior(Prior):
+    """pi_t(a|s) from a table of probabilities: ``[S, A]`` (the same at every step) or ``[T, S, A]``
+    (one table per step, the shape of ``TabularGuide.policy()`` and ``exact.solve(...).policy``).
+
+    With a guide's policy as the next round's prior, ELBO (2) iterated is the seed's EM on a finite
+    MDP: ``prior = TablePrior(guide.policy())``, a new model and guide, fit, repeat; and
+    ``exact.solve(mdp, ..., prior=table)`` solves the same objective exactly.
+    """
+
+    def __init__(self, probs: torch.Tensor):
+        probs = torch.as_tensor(probs)
+        if probs.dim() not in (2, 3) or not probs.dtype.is_floating_point:
+            raise ValueError(
+                f"TablePrior needs a float [S, A] or [T, S, A] table of probabilities, got shape "
+                f"{tuple(probs.shape)} and dtype {probs.dtype}"
+            )
+        if not bool(torch.isfinite(probs).all()) or bool((probs < 0).any()):
+            raise ValueError("TablePrior's probabilities must be finite and non-negative")
+        off = ((probs.sum(-1) - 1).abs() > 1e-6).nonzero()
+        if len(off):
+            row = ", ".join(map(str, off[0].tolist()))
+            raise ValueError(
+                f"TablePrior's row [{row}, :] sums to {probs[tuple(off[0])].sum().item():.6g}, not 1"
+            )
+        self.probs = probs
+
+    def check(self, env: FunctionalEnv) -> None:
+        n_states = getattr(env, "num_states", None)
+        if not isinstance(env.action_space, gym.spaces.Discrete) or n_states is None:
+            raise ValueError(f"TablePrior needs a tabular MDP (envs.TabularMDP), got {env.name}")
+        if tuple(self.probs.shape[-2:]) != (n_states, env.action_space.n):
+            raise ValueError(
+                f"TablePrior's table has shape {tuple(self.probs.shape)}; {env.name} needs "
+                f"[S, A] = [{n_states}, {env.action_space.n}] (or [T, S, A])"
+            )
+
+    def dist(self, state: torch.Tensor, env: FunctionalEnv) -> Distribution:
+        if self.probs.dim() == 3:
+            raise TypeError("this TablePrior is time-dependent ([T, S, A]): use dist_at(t, state, env)")
+        return self.dist_at(0, state, env)
+
+    def dist_at(self, t: int, state: torch.Tensor, env: FunctionalEnv) -> Distribution:
+        table = self.probs[t] if self.probs.dim() == 3 else self.probs
+        if self.probs.dim() == 3 and t >= self.probs.shape[0]:
+            raise ValueError(f"TablePrior has {self.probs.shape[0]} steps; step {t} was asked for")
+        return dist.Categorical(probs=table.to(device=state.device)[state])
+
+    def __repr__(self) -> str:
+        return f"TablePrior({list(self.probs.shape)})"

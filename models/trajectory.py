@@ -68,7 +68,8 @@ class TrajectoryModel:
             )
         if not isinstance(prior, Prior):
             raise TypeError(
-                f"prior must be UniformPrior, GaussianPrior or PolicyPrior, got {type(prior).__name__}"
+                "prior must be UniformPrior, GaussianPrior, PolicyPrior, TablePrior (or another "
+                f"models.Prior), got {type(prior).__name__}"
             )
         prior.check(env)
         self.env, self.prior = env, prior
@@ -84,7 +85,7 @@ class TrajectoryModel:
 
     def action_dist(self, t: int, state: torch.Tensor):
         """pi(a_t | s_t) for a batch of states."""
-        d = self.prior.dist(state, self.env)
+        d = self.prior.dist_at(t, state, self.env)
         if not self._checked:
             check_action_distribution(d, self.env.action_space, f"the prior {self.prior!r}")
             self._checked = True

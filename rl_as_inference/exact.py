@@ -101,7 +101,7 @@ class ExactSolution:
             B_T = 0 and B_t(s) = log sum_a pi0(a|s) exp(R(s,a)/alpha) [(1 - gamma) + gamma
             sum_s' P(s'|s,a) exp(B_{t+1}(s'))], with B_{t+1}(s') = 0 for terminal s'.
         horizon, alpha, gamma: the problem solved (gamma is the probability of going on after a step).
-        prior: ``[S, A]`` the prior policy pi0 that was used.
+        prior: the prior policy pi0 that was used: ``[S, A]``, or ``[T, S, A]`` if time-dependent.
     """
 
     log_evidence: float
@@ -197,16 +197,22 @@ def _table(name: str, value, device: torch.device) -> torch.Tensor:
     return t
 
 
-def _prior(mdp: TabularMDP, prior) -> torch.Tensor:
+def _prior(mdp: TabularMDP, prior, horizon: int | None = None) -> torch.Tensor:
+    """pi0 as ``[S, A]``, or ``[T, S, A]`` (a time-dependent pi0_t) when ``horizon`` is given."""
     S, A = mdp.num_states, mdp.num_actions
     if prior is None:
         # seed eq. (10): the uniform prior turns the KL into a negative entropy plus log A.
-        return torch.full((S, A), 1.0 / A, dtype=torch.float64, device=mdp.device)
+        pi0 = torch.full((S, A), 1.0 / A, dtype=torch.float64, device=mdp.device)
+        return pi0 if horizon is None else pi0.expand(horizon, S, A)
     if not isinstance(prior, torch.Tensor):
         prior = np.asarray(prior, dtype=np.float64) if _is_numeric(prior) else prior
-    if hasattr(prior, "shape") and tuple(prior.shape) != (S, A):
-        raise ValueError(f"prior must have shape [S, A] = [{S}, {A}], got {tuple(prior.shape)}")
-    return _table("prior", prior, mdp.device)
+    shape = tuple(getattr(prior, "shape", ()))
+    allowed = [(S, A)] + ([(horizon, S, A)] if horizon is not None else [])
+    if hasattr(prior, "shape") and shape not in allowed:  # not an array at all: _table says so
+        also = f" or [T, S, A] = [{horizon}, {S}, {A}]" if horizon is not None else ""
+        raise ValueError(f"prior must have shape [S, A] = [{S}, {A}]{also}, got {shape}")
+    pi0 = _table("prior", prior, mdp.device)
+    return pi0.expand(horizon, S, A) if horizon is not None and pi0.dim() == 2 else pi0
 
 
 def _is_numeric(value) -> bool:
@@ -347,14 +353,15 @@ def _backward(
         if discounted:
             # Die (log 1 = 0 from here on) with probability 1 - gamma, else go on.
             log_cont = torch.logaddexp(log_cont + log_gamma, log_death)
-        log_messages[t] = torch.logsumexp(log_prior + wR + log_cont.reshape(S, A), dim=-1)
+        log_pi = log_prior[t]  # pi0_t: [T, S, A], time-dependent or expanded
+        log_messages[t] = torch.logsumexp(log_pi + wR + log_cont.reshape(S, A), dim=-1)
         if soft_values:
             cont = Y[:, 1].reshape(S, A)
             Q = wR + (gamma * cont if discounted else cont)
             q_values[t] = Q
-            V = torch.logsumexp(log_prior + Q, dim=-1)
+            V = torch.logsumexp(log_pi + Q, dim=-1)
             values[t] = V
-            torch.exp(log_prior + Q - V[:, None], out=policy[t])
+            torch.exp(log_pi + Q - V[:, None], out=policy[t])
     return out
 
 
@@ -375,12 +382,13 @@ def log_evidence(mdp: TabularMDP, *, horizon: int, alpha: float, gamma: float = 
         horizon: T >= 1, the number of action steps.
         alpha: the temperature > 0; each step's factor is exp(R(s,a)/alpha).
         gamma: the discount in (0, 1]: the probability of going on after each step.
-        prior: pi0 as an ``[S, A]`` table of probabilities, or None for the uniform prior (eq. (10)).
+        prior: pi0 as an ``[S, A]`` table of probabilities, a ``[T, S, A]`` one (pi0_t, time-dependent),
+            or None for the uniform prior (eq. (10)).
     """
     _check_mdp(mdp)
     T = _check_horizon(horizon)
     a, g = _check_alpha_gamma(alpha, gamma)
-    log_prior = torch.log(_prior(mdp, prior))
+    log_prior = torch.log(_prior(mdp, prior, T))
     msgs = _backward(mdp, T, a, g, log_prior, soft_values=False)["log_messages"]
     return float(torch.logsumexp(torch.log(mdp.initial) + msgs[0], dim=0))
 
@@ -408,7 +416,8 @@ def solve(mdp: TabularMDP, *, horizon: int, alpha: float, gamma: float = 1.0, pr
         horizon: T >= 1, the number of action steps.
         alpha: the temperature > 0; rewards enter as R(s,a)/alpha.
         gamma: the discount in (0, 1]: the probability of going on after each step.
-        prior: pi0 as an ``[S, A]`` numpy array or tensor (rows sum to 1, zeros allowed), or None for
+        prior: pi0 as an ``[S, A]`` numpy array or tensor (rows sum to 1, zeros allowed), a
+            ``[T, S, A]`` one for a time-dependent pi0_t (a ``TabularGuide``'s policy), or None for
             the uniform prior 1/A.
 
     Returns:
@@ -417,7 +426,7 @@ def solve(mdp: TabularMDP, *, horizon: int, alpha: float, gamma: float = 1.0, pr
     _check_mdp(mdp)
     T = _check_horizon(horizon)
     a, g = _check_alpha_gamma(alpha, gamma)
-    pi0 = _prior(mdp, prior)
+    pi0 = _prior(mdp, prior, T)
     log_prior = torch.log(pi0)
     out = _backward(mdp, T, a, g, log_prior, soft_values=True)
     p0 = mdp.initial
@@ -434,7 +443,7 @@ def solve(mdp: TabularMDP, *, horizon: int, alpha: float, gamma: float = 1.0, pr
         horizon=T,
         alpha=a,
         gamma=g,
-        prior=pi0,
+        prior=pi0 if len(getattr(prior, "shape", ())) == 3 else pi0[0],  # the shape it was given in
     )
 
 
@@ -466,7 +475,7 @@ def elbo_of(mdp: TabularMDP, policy, *, horizon: int, alpha: float, gamma: float
     _check_mdp(mdp)
     T = _check_horizon(horizon)
     a, g = _check_alpha_gamma(alpha, gamma)
-    pi0 = _prior(mdp, prior)
+    pi0 = _prior(mdp, prior, T)
     q = _policy(mdp, policy, T)
     S, A = mdp.num_states, mdp.num_actions
     P = mdp.transition.reshape(S * A, S)
@@ -479,7 +488,7 @@ def elbo_of(mdp: TabularMDP, policy, *, horizon: int, alpha: float, gamma: float
     for t in range(T):
         qt = q[t]
         # xlogy makes 0 log 0 = 0 and gives KL = +inf where q > 0 = pi0.
-        kl = (torch.xlogy(qt, qt) - torch.xlogy(qt, pi0)).sum(-1)
+        kl = (torch.xlogy(qt, qt) - torch.xlogy(qt, pi0[t])).sum(-1)
         per_state = w * (qt * R).sum(-1) - kl
         # States never reached contribute nothing, even where their KL is infinite (avoid 0 * inf).
         total = total + torch.where(alive > 0, alive * per_state, 0.0).sum()

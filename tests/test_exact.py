@@ -633,7 +633,7 @@ GOOD = dict(horizon=3, alpha=1.0)
         (
             dict(prior=np.full((3, 3), 1 / 3)),
             ValueError,
-            r"prior must have shape \[S, A\] = \[3, 2\], got \(3, 3\)",
+            r"prior must have shape \[S, A\] = \[3, 2\] or \[T, S, A\] = \[\d+, 3, 2\], got \(3, 3\)",
         ),
         (dict(prior=np.full(2, 0.5)), ValueError, r"prior must have shape \[S, A\]"),
         (dict(prior=[[1.5, -0.5]] * 3), ValueError, r"prior must be non-negative; prior\[0, 1\] is -0.5"),

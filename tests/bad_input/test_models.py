@@ -207,7 +207,7 @@ def test_a_nan_factor_without_pyro_validation_still_names_the_step():
         (
             lambda: exact.solve(MDP, horizon=3, alpha=1.0, prior=torch.ones(2, 2) / 2),
             ValueError,
-            r"prior must have shape \[S, A\] = \[3, 2\], got \(2, 2\)",
+            r"prior must have shape \[S, A\] = \[3, 2\] or \[T, S, A\] = \[3, 3, 2\], got \(2, 2\)",
         ),
         (
             lambda: exact.solve(MDP, horizon=3, alpha=1.0, prior=torch.ones(3, 2)),
