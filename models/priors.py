@@ -284,9 +284,9 @@ class TablePrior(Prior):
         return self.dist_at(0, state, env)
 
     def dist_at(self, t: int, state: torch.Tensor, env: FunctionalEnv) -> Distribution:
-        table = self.probs[t] if self.probs.dim() == 3 else self.probs
         if self.probs.dim() == 3 and t >= self.probs.shape[0]:
             raise ValueError(f"TablePrior has {self.probs.shape[0]} steps; step {t} was asked for")
+        table = self.probs[t] if self.probs.dim() == 3 else self.probs
         return dist.Categorical(probs=table.to(device=state.device)[state])
 
     def __repr__(self) -> str:
