@@ -76,7 +76,9 @@ class InitialStateDistribution(dist.TorchDistribution):
 
     arg_constraints: dict = {}
     support = dist.constraints.real_vector
-    has_rsample = False
+    # No parameters, so a draw is trivially reparameterized (its gradient is zero either way): this
+    # lets Pyro's TraceMeanField_ELBO, which asks every guide site for rsample, take these guides.
+    has_rsample = True
 
     def __init__(self, env: FunctionalEnv, num_episodes: int):
         self.env = env
@@ -86,6 +88,9 @@ class InitialStateDistribution(dist.TorchDistribution):
         if sample_shape:
             raise ValueError("InitialStateDistribution draws one batch of initial states at a time")
         return self.env.sample_initial(self.batch_shape[0])
+
+    def rsample(self, sample_shape=()):
+        return self.sample(sample_shape)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         return torch.zeros(
