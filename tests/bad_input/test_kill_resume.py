@@ -1,30 +1,41 @@
-"""SIGKILL at random moments loses at most the steps since the last checkpoint, and resuming ends
-exactly where an uninterrupted run ends.
+"""SIGKILL at any moment loses nothing: continuing the run ends exactly where an uninterrupted one ends.
+
+``rlai train`` promises that a run killed at any moment (even with SIGKILL, which it cannot catch)
+can be continued as a user would -- ``rlai train --resume DIR`` when ``DIR`` holds a training
+state, else the original command again, which starts the directory over -- and that the continued
+run ends with a policy bit-identical to that of an uninterrupted run, a ``metrics.csv`` with the
+same rows each exactly once, and no temporary file of an atomic save left behind.
 
 For two algorithms with different machinery (``sac``: replay buffer, target networks, learned
-temperature; ``vmpo``: on-policy unrolls, duals, pi_old), ``rlai train`` runs once uninterrupted
-and then, in a second directory, is killed with SIGKILL after delays drawn from a seeded generator
-(some before the first checkpoint or before training starts at all, some during or after a
-resume) and continued each time as a user would: ``rlai train --resume DIR`` when the directory
-holds a training state, else the original command again (which starts the directory over). When
-a run finally completes, its policy is bit-identical to the uninterrupted one, its ``metrics.csv``
-has the same rows (every column but the wall clock) each exactly once, and no temporary file of
-an atomic save is left behind.
+temperature; ``vmpo``: on-policy unrolls, duals, pi_old), a tiny run goes once uninterrupted, its
+directory polled every millisecond to time its first checkpoint, its metric rows and its atomic
+saves. Then, in fresh directories, the same command is killed at moments drawn from a seeded
+generator out of those timings: early (before the first checkpoint, perhaps before training or
+before config.toml exists), right after the first metric row (rows on disk, no checkpoint yet),
+while the k-th training-state save is being written, or at a random moment of training; some
+trials kill the continued run again. When a run finally completes, its directory is compared with
+the uninterrupted one.
 """
 
 from __future__ import annotations
 
 import csv
+import os
 import random
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 import torch
 
 COMMON = ["--eval-episodes", "0", "--no-progress", "--threads", "1"]
+# Few thousand env steps and small networks (about 2 s of training after about 4 s of start-up);
+# checkpoint intervals that leave several metric rows before the first checkpoint and several saves
+# in a run, so that each kind of moment below exists.
 RUNS = {
     "sac": [
         *("train", "--env", "Pendulum-v1", "--algo", "sac"),
@@ -33,84 +44,173 @@ RUNS = {
     ],
     "vmpo": [
         *("train", "--env", "CartPole-v1", "--algo", "vmpo"),
-        *("--set", "total_env_steps=16384", "--set", "num_envs=8", "--set", "hidden=[16, 16]"),
-        *("--set", "log_every=512", "--checkpoint-every", "2048"),
+        *("--set", "total_env_steps=8192", "--set", "num_envs=8", "--set", "hidden=[16, 16]"),
+        *("--set", "updates_per_batch=4", "--set", "log_every=256", "--checkpoint-every", "2048"),
     ],
 }
-KILLS_PER_TRIAL = {"sac": [1, 2, 2], "vmpo": [1, 2, 2]}  # kills before a run is let finish
+# The moments of the kills of each trial before a run is let finish. The first kill of a trial
+# hits a fresh directory at a moment that exists in every run ("early", "first_row", "save");
+# the second hits the started-over or resumed run, which may finish first.
+TRIALS = (("early",), ("save", "training"), ("first_row", "save"))
+TIMEOUT = 180  # seconds one command may take: many times its length, a hang is a failure
+STATE = "train_state.pt"
 
 
 def _cli(args: list[str]) -> list[str]:
     return [sys.executable, "-m", "rl_as_inference", *args, *COMMON]
 
 
-def _rows(path) -> list[dict]:
-    with open(path, newline="") as f:
-        return [{k: v for k, v in row.items() if k != "wall_time"} for row in csv.DictReader(f)]
-
-
-def _policy(run) -> dict:
-    return torch.load(run / "checkpoint.pt", weights_only=True)["state_dict"]
-
-
-def _continue(args: list[str], out) -> list[str]:
-    if (out / "train_state.pt").is_file():
+def _continue(args: list[str], out: Path) -> list[str]:
+    """What a user runs after a kill: resume if there is a training state, else start again."""
+    if (out / STATE).is_file():
         return _cli(["train", "--resume", str(out)])
     return _cli([*args, "--out", str(out)])
 
 
-def _grows(path):
-    """A predicate: ``path`` has more lines than it has now (a new metric row was logged)."""
-
-    def lines() -> int:
-        try:
-            return path.read_bytes().count(b"\n")
-        except OSError:
-            return 0
-
-    now = lines()
-    return lambda: lines() > now or (now and not path.exists())
-
-
-def _kill_after(command: list[str], delay: float, once=None) -> int:
-    """Start ``command`` and SIGKILL it ``delay`` seconds after it starts (or after ``once()``
-    first holds, polled every 10 ms), unless it ends first."""
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while once is not None and not once() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
+def _temporaries(out: Path) -> list[str]:
+    # atomic saves write ``.NAME.XXXX.tmp``; metrics.csv is rewritten through ``metrics.csv.tmp``
     try:
-        proc.wait(timeout=delay)
-    except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    return proc.returncode
+        return [name for name in os.listdir(out) if name.endswith(".tmp")]
+    except FileNotFoundError:
+        return []
 
 
+def _line_count(path: Path) -> int:
+    try:
+        return path.read_bytes().count(b"\n")
+    except OSError:
+        return 0
+
+
+@dataclass
+class _Progress:
+    """What a running command has done in its run directory, polled from outside."""
+
+    out: Path
+    start: float = field(default_factory=time.monotonic)
+    elapsed: float = 0.0
+    state_at: float | None = None  # seconds to the first train_state.pt of this command
+    row_at: float | None = None  # seconds to its first metric row beyond those there at its start
+    last_row_at: float | None = None  # seconds to its last new metric row
+    saves: int = 0  # training-state saves begun (temporaries of train_state.pt seen)
+
+    def __post_init__(self):
+        self.had_state = (self.out / STATE).is_file()
+        self.old_temporaries = set(_temporaries(self.out))
+        self.lines_at_start = self.lines = _line_count(self.out / "metrics.csv")
+        self.size = self._metrics_size()
+        self.seen: set[str] = set()
+
+    def _metrics_size(self) -> int:
+        try:
+            return (self.out / "metrics.csv").stat().st_size
+        except OSError:
+            return -1
+
+    def poll(self) -> None:
+        self.elapsed = time.monotonic() - self.start
+        for name in set(_temporaries(self.out)) - self.old_temporaries - self.seen:
+            self.seen.add(name)
+            self.saves += name.startswith(f".{STATE}.")
+        if self.state_at is None and not self.had_state and (self.out / STATE).is_file():
+            self.state_at = self.elapsed
+        size = self._metrics_size()
+        if size != self.size:  # read the file only when it changed
+            self.size, lines = size, _line_count(self.out / "metrics.csv")
+            if lines > max(self.lines, self.lines_at_start):
+                self.row_at = self.elapsed if self.row_at is None else self.row_at
+                self.last_row_at = self.elapsed
+            self.lines = lines
+
+
+def _run(command: list[str], out: Path, log: Path, kill_when=None) -> tuple[int, _Progress, str]:
+    """Run ``command``, polling ``out`` every millisecond, and SIGKILL it as soon as
+    ``kill_when(progress)`` holds; returns its exit status, what it did and its stderr."""
+    with open(log, "w+") as err:
+        progress = _Progress(out)
+        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err)
+        while proc.poll() is None:
+            progress.poll()
+            if progress.elapsed > TIMEOUT:
+                proc.kill()
+                proc.wait()
+                pytest.fail(f"{' '.join(command)} ran for more than {TIMEOUT} s")
+            if kill_when is not None and kill_when(progress):
+                proc.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.001)
+        returncode = proc.wait(timeout=TIMEOUT)
+        progress.poll()
+        err.seek(0)
+        return returncode, progress, err.read()
+
+
+def _moment(kind: str, rng: random.Random, whole: _Progress, out: Path):
+    """A predicate on a run's progress: when to kill it, drawn from the uninterrupted run's timings."""
+    if kind == "early":  # from the command's start to the uninterrupted run's first checkpoint
+        delay = rng.uniform(0.0, whole.state_at)
+        return lambda p: p.elapsed >= delay
+    if kind == "first_row":  # rows on disk, the first checkpoint some env steps away
+        return lambda p: p.row_at is not None
+    if kind == "save":  # the k-th training-state save has begun (the last one of a run included)
+        k = rng.randint(1, 2 if (out / STATE).is_file() else whole.saves)
+        return lambda p: p.saves >= k
+    assert kind == "training"  # after the first new metric row, up to the uninterrupted run's last
+    delay = rng.uniform(0.0, whole.last_row_at - whole.row_at)
+    return lambda p: p.row_at is not None and p.elapsed >= p.row_at + delay
+
+
+def _rows(path: Path) -> list[dict]:
+    # wall_time is the only column that depends on the clock; every other one must match exactly
+    with open(path, newline="") as f:
+        return [{k: v for k, v in row.items() if k != "wall_time"} for row in csv.DictReader(f)]
+
+
+def _policy(run: Path) -> dict:
+    return torch.load(run / "checkpoint.pt", weights_only=True)["state_dict"]
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("algo", sorted(RUNS))
-def test_sigkill_at_random_moments_then_resume_ends_bit_identical(tmp_path, algo):
+def test_sigkill_at_random_moments_then_continuing_ends_bit_identical(tmp_path, algo):
     args = RUNS[algo]
-    whole = tmp_path / "whole"
-    began = time.monotonic()
-    done = subprocess.run(_cli([*args, "--out", str(whole)]), capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    duration = time.monotonic() - began  # interpreter start, imports, training and the final save
-    seconds = float(done.stdout.split(" env steps in ")[1].split(" s")[0])  # the training loop alone
-    expected_rows, expected_policy = _rows(whole / "metrics.csv"), _policy(whole)
+    whole_dir = tmp_path / "whole"
+    returncode, whole, stderr = _run(
+        _cli([*args, "--out", str(whole_dir)]), whole_dir, tmp_path / "whole.log"
+    )
+    assert returncode == 0, stderr
+    # the moments below exist in this run: rows before the first checkpoint, several saves
+    assert whole.row_at is not None and whole.state_at is not None and whole.row_at < whole.state_at
+    assert whole.saves >= 3, whole.saves
+    expected_rows, expected_policy = _rows(whole_dir / "metrics.csv"), _policy(whole_dir)
+    steps = [int(row["env_steps"]) for row in expected_rows]
+    assert steps == sorted(set(steps)), steps  # so equal rows below means each row exactly once
+
     rng = random.Random(f"kill-{algo}")  # fixed: the same moments on every run of the suite
-    for trial, kills in enumerate(KILLS_PER_TRIAL[algo]):
+    tally = {"attempts": 0, "landed": 0, "before the first checkpoint": 0, "during a save": 0}
+    for trial, kinds in enumerate(TRIALS):
         out = tmp_path / f"trial{trial}"
-        for _ in range(kills):
-            if rng.random() < 0.5:  # any moment: before training starts, before a checkpoint, ...
-                _kill_after(_continue(args, out), rng.uniform(0.3, duration))
-            else:  # a moment of training, once this process has logged a metric row
-                command = _continue(args, out)  # before the start over or resume rewrites the file
-                _kill_after(command, rng.uniform(0, seconds), once=_grows(out / "metrics.csv"))
-        finished = subprocess.run(_continue(args, out), capture_output=True, text=True, timeout=300)
-        assert finished.returncode == 0, (trial, finished.stderr)
+        for attempt, kind in enumerate(kinds):
+            command, kill_when = _continue(args, out), _moment(kind, rng, whole, out)
+            log = tmp_path / f"trial{trial}-{attempt}.log"
+            returncode, progress, stderr = _run(command, out, log, kill_when)
+            tally["attempts"] += 1
+            if attempt == 0:  # a fresh directory: that moment exists in every run
+                assert returncode == -signal.SIGKILL, (trial, kind, returncode, stderr)
+            if returncode == 0:  # the run ended before its moment came: continuing must still work
+                continue
+            assert returncode == -signal.SIGKILL, (trial, kind, stderr)
+            tally["landed"] += 1
+            tally["before the first checkpoint"] += not (out / STATE).is_file()
+            torn = set(_temporaries(out)) - progress.old_temporaries
+            tally["during a save"] += any(name.startswith(".") for name in torn)
+        returncode, _, stderr = _run(_continue(args, out), out, tmp_path / f"trial{trial}-end.log")
+        assert returncode == 0, (trial, stderr)
+
         assert _rows(out / "metrics.csv") == expected_rows, trial
         policy = _policy(out)
-        assert policy.keys() == expected_policy.keys()
+        assert policy.keys() == expected_policy.keys(), trial
         for name, value in expected_policy.items():
             assert torch.equal(policy[name], value), (trial, name)
-        assert not list(out.glob(".*.tmp")), trial  # no torn temporary left by a kill inside a save
+        assert not _temporaries(out), (trial, _temporaries(out))  # nothing torn left by a kill in a save
+    print(f"{algo}: {tally}")  # shown with pytest -s or -rP: which moments the kills hit this time
