@@ -27,14 +27,18 @@ Trajectories are read from Pyro traces through the site-naming convention of
 guide that follow it work, not only ``TrajectoryModel``. Every ArviZ call of the library lives in this
 module (a move to ArviZ 1.x, where ``InferenceData`` becomes an ``xarray.DataTree``, is one file).
 
-The ``InferenceData`` has named dims ``episode`` (one per trajectory drawn from q), ``time`` (action
-step t = 0..H-1), ``action_dim`` and ``state_dim`` (continuous spaces), and ``step`` (training
-history); its groups are ``posterior`` (action, state, final_state, reward, alive, return,
-discounted_return) and ``sample_stats`` (log_weight, log_weight_step, psis_log_weight, elbo, elbo_se,
-log_evidence, log_evidence_se, pareto_k, ess, psis_ess, and ``*_history`` from a fit or a run).
-Episodes are independent draws from q, not Markov chains: ``episode`` replaces ArviZ's
-``(chain, draw)`` sample dims (ArviZ 1.x lets every function take ``sample_dims``);
-:func:`to_arviz_samples` gives ArviZ 0.x functions such as ``az.summary`` the dims they expect.
+The ``InferenceData`` follows ArviZ's conventions: the N episodes drawn from q are the draws of one
+chain (dims ``chain`` of size 1 and ``draw``, :data:`SAMPLE_DIMS`), so ``az.summary``, ``az.ess``,
+``az.plot_trace``, ``az.plot_posterior``, ``az.plot_forest`` and ``az.psislw`` take it as returned.
+The episodes are independent draws, so the statistics (``az.summary(idata, kind="stats")``) are
+exact under q, while the MCMC convergence columns (``r_hat`` and the like) mean nothing; they are
+statistics under q, not under p(tau | O). Further dims: ``time`` (action step t = 0..H-1),
+``action_dim`` and ``state_dim`` (continuous spaces), and ``step`` (training history). Groups:
+``posterior`` (action, state, final_state, reward, alive, return, discounted_return) and
+``sample_stats`` (log_weight, log_weight_step, psis_log_weight per draw; the scalars elbo,
+elbo_se, log_evidence, log_evidence_se, pareto_k, ess, psis_ess; ``*_history`` over ``step`` from
+a fit or a run). In ArviZ 1.x the same object is an ``xarray.DataTree`` with the same groups and
+dims, and ``sample_dims`` lets its functions take other layouts; the layout here needs no change.
 Attributes ``state_names``/``action_names`` (when known: the ported environments, or an env's own
 attributes of those names) label the plots; ``elbo_history_note``/``elbo_history_units`` say what a
 recorded ``elbo_history`` is (a training objective is not always the trajectory ELBO of eq. 2).
@@ -72,6 +76,7 @@ with warnings.catch_warnings():
     import arviz as az
 
 __all__ = [
+    "SAMPLE_DIMS",
     "EpisodeSample",
     "ImportanceDiagnostics",
     "from_netcdf",
@@ -91,6 +96,9 @@ __all__ = [
 ]
 
 PLOTS = ("elbo", "actions", "states", "returns", "weights")
+# ArviZ's sample dims: the N episodes drawn from q are the draws of one chain (they are independent,
+# so one chain of N draws is exact; the MCMC convergence columns of az.summary mean nothing here)
+SAMPLE_DIMS = ("chain", "draw")
 _EQUAL_TOL = 1e-5  # relative spread below which log weights count as equal (float32 rounding)
 
 # Names of the state and action dims of the ported environments (their docstrings give the layouts).
@@ -584,15 +592,15 @@ def to_inference_data(
     dims: dict[str, list[str]] = {}
     action = _episode_major(sample.actions)
     posterior["action"] = action
-    dims["action"] = ["episode", "time", *_feature_dims("action_dim", action.ndim - 2)]
+    dims["action"] = [*SAMPLE_DIMS, "time", *_feature_dims("action_dim", action.ndim - 2)]
     if sample.states is not None:
         posterior["state"] = _episode_major(sample.states[:H])
         posterior["final_state"] = _numpy(sample.states[H])
         extra = _feature_dims("state_dim", posterior["state"].ndim - 2)
-        dims["state"] = ["episode", "time", *extra]
-        dims["final_state"] = ["episode", *extra]
+        dims["state"] = [*SAMPLE_DIMS, "time", *extra]
+        dims["final_state"] = [*SAMPLE_DIMS, *extra]
     posterior["alive"] = _episode_major(sample.alive)
-    dims["alive"] = ["episode", "time"]
+    dims["alive"] = [*SAMPLE_DIMS, "time"]
     if sample.rewards is not None:
         rewards = sample.rewards.to(torch.float64)
         discount = float(gamma) if gamma is not None else 1.0
@@ -600,11 +608,15 @@ def to_inference_data(
         posterior["reward"] = _episode_major(rewards)
         posterior["return"] = _numpy(rewards.sum(0))
         posterior["discounted_return"] = _numpy((weights[:, None] * rewards).sum(0))
-        dims |= {"reward": ["episode", "time"], "return": ["episode"], "discounted_return": ["episode"]}
+        dims |= {
+            "reward": [*SAMPLE_DIMS, "time"],
+            "return": list(SAMPLE_DIMS),
+            "discounted_return": list(SAMPLE_DIMS),
+        }
     for name, value in sample.latents.items():
         if name not in posterior:
             posterior[name] = _numpy(value)
-            dims[name] = ["episode", *_feature_dims(f"{name}_dim", value.dim() - 1)]
+            dims[name] = [*SAMPLE_DIMS, *_feature_dims(f"{name}_dim", value.dim() - 1)]
 
     lw = _numpy(sample.log_weights)
     diag = importance_diagnostics(lw, _numpy(sample.elbo_terms))
@@ -615,9 +627,9 @@ def to_inference_data(
         "psis_log_weight": smoothed,
     }
     stat_dims: dict[str, list[str]] = {
-        "log_weight": ["episode"],
-        "log_weight_step": ["episode", "time"],
-        "psis_log_weight": ["episode"],
+        "log_weight": list(SAMPLE_DIMS),
+        "log_weight_step": [*SAMPLE_DIMS, "time"],
+        "psis_log_weight": list(SAMPLE_DIMS),
     }
     for key, value in diag.as_dict().items():
         if key != "num_samples":
@@ -711,7 +723,12 @@ def _names(attrs: Mapping[str, Any], key: str, count: int) -> list[str] | None:
 
 
 def _build(posterior, dims, stats, stat_dims, horizon, n, step_coord, meta) -> az.InferenceData:
-    coords: dict[str, np.ndarray] = {"episode": np.arange(n), "time": np.arange(horizon)}
+    # the episodes are N independent draws of one "chain": arrays get a leading chain axis of 1
+    for group, group_dims in ((posterior, dims), (stats, stat_dims)):
+        for name, value in list(group.items()):
+            if group_dims[name][:2] == list(SAMPLE_DIMS):
+                group[name] = np.asarray(value)[None]
+    coords: dict[str, np.ndarray] = {"chain": np.arange(1), "draw": np.arange(n), "time": np.arange(horizon)}
     for group, group_dims in ((posterior, dims), (stats, stat_dims)):
         for name, value in group.items():
             for dim, size in zip(group_dims[name], value.shape, strict=True):
@@ -877,6 +894,13 @@ def _scalar(ds, name: str) -> float:
     return float(ds[name].values) if name in ds else math.nan
 
 
+def _per_episode(da: xr.DataArray) -> np.ndarray:
+    """The values of a variable with ArviZ's sample dims, episodes first: ``(chain, draw, ...)``
+    flattened to ``(chain * draw, ...)``."""
+    values = da.transpose(*SAMPLE_DIMS, ...).values
+    return values.reshape(-1, *values.shape[2:])
+
+
 def summarize(idata: az.InferenceData) -> dict[str, float]:
     """The headline numbers of an ``InferenceData`` from :func:`to_inference_data`.
 
@@ -886,11 +910,11 @@ def summarize(idata: az.InferenceData) -> dict[str, float]:
         ``return_mean``, ``return_std``, ``return_q05``, ``return_q95`` (NaN where not recorded).
     """
     stats = idata.sample_stats
-    out: dict[str, float] = {"num_episodes": float(stats.sizes.get("episode", 0))}
+    out: dict[str, float] = {"num_episodes": float(stats.sizes.get("chain", 0) * stats.sizes.get("draw", 0))}
     for name in ("elbo", "elbo_se", "log_evidence", "log_evidence_se", "pareto_k", "ess", "psis_ess"):
         out[name] = _scalar(stats, name)
     if "return" in idata.posterior:
-        r = idata.posterior["return"].values
+        r = _per_episode(idata.posterior["return"])
         out |= {
             "return_mean": float(np.mean(r)),
             "return_std": float(np.std(r)),
@@ -1085,7 +1109,7 @@ def plot_actions(
     ``action_names`` when it is there; legends sit outside the axes.
     """
     post = idata.posterior
-    action, alive = post["action"].values, post["alive"].values
+    action, alive = _per_episode(post["action"]), _per_episode(post["alive"])
     rows = (
         1 if action.ndim <= 2 or np.issubdtype(action.dtype, np.integer) else int(np.prod(action.shape[2:]))
     )
@@ -1111,8 +1135,8 @@ def plot_states(
         fig = _figure(figsize or (7, 3))
         _empty(fig, "no states recorded (no s_t sites and no returned Trajectory)")
         return fig
-    states = np.concatenate([post["state"].values, post["final_state"].values[:, None]], axis=1)
-    alive = post["alive"].values
+    states = np.concatenate([_per_episode(post["state"]), _per_episode(post["final_state"])[:, None]], axis=1)
+    alive = _per_episode(post["alive"])
     valid = np.concatenate([np.ones_like(alive[:, :1]), alive], axis=1)  # s_t counts if step t-1 did
     rows = (
         1 if states.ndim <= 2 or np.issubdtype(states.dtype, np.integer) else int(np.prod(states.shape[2:]))
@@ -1131,7 +1155,7 @@ def plot_returns(idata: az.InferenceData, *, figsize=(6, 4)) -> Figure:
         _empty(fig, "no rewards recorded")
         return fig
     ax = fig.add_subplot()
-    r = idata.posterior["return"].values.astype(np.float64)
+    r = _per_episode(idata.posterior["return"]).astype(np.float64)
     ax.hist(r, bins=min(40, max(5, r.size // 10)), density=True, color="C0", alpha=0.6)
     if np.ptp(r) > 0 and np.unique(r).size > 5:
         with warnings.catch_warnings():
@@ -1187,7 +1211,10 @@ def _weights_ranked(ax, stats, lw: np.ndarray) -> None:
     """Middle panel of :func:`plot_weights`: normalized weights by rank, raw and smoothed, log-log."""
     n = lw.size
     smallest = 1.0 / n
-    for values, label, color in ((lw, "raw", "C0"), (stats["psis_log_weight"].values, "PSIS-smoothed", "C1")):
+    for values, label, color in (
+        (lw, "raw", "C0"),
+        (_per_episode(stats["psis_log_weight"]), "PSIS-smoothed", "C1"),
+    ):
         if np.isfinite(values).any():
             w = np.exp(values - values.max())
             w = np.sort(w / w.sum())[::-1]
@@ -1233,10 +1260,10 @@ def plot_weights(idata: az.InferenceData, *, figsize=(13, 4)) -> Figure:
     stats = idata.sample_stats
     fig = _figure(figsize)
     left, middle, right = fig.subplots(1, 3)
-    lw = stats["log_weight"].values
+    lw = _per_episode(stats["log_weight"])
     _weights_histogram(left, stats, lw)
     _weights_ranked(middle, stats, lw)
-    steps = stats["log_weight_step"].values
+    steps = _per_episode(stats["log_weight_step"])
     with np.errstate(invalid="ignore"):
         spread = np.nanstd(np.where(np.isfinite(steps), steps, np.nan).cumsum(axis=1), axis=0)
     times = stats["time"].values
@@ -1250,32 +1277,17 @@ def plot_weights(idata: az.InferenceData, *, figsize=(13, 4)) -> Figure:
 
 
 def to_arviz_samples(idata: az.InferenceData) -> az.InferenceData:
-    """A copy in ArviZ's MCMC layout: ``episode`` renamed ``draw``, and a ``chain`` dim of size 1.
+    """A copy of ``idata``: it already has ArviZ's ``(chain, draw)`` sample dims.
 
-    ArviZ 0.x functions (``az.summary``, ``az.plot_posterior``, ...) expect ``(chain, draw)`` sample
-    dims. The episodes are independent draws from q, so one chain of N draws is exact, but the MCMC
-    convergence columns (``r_hat``, ``ess_bulk``, ``mcse``) mean nothing here: ask for
-    ``az.summary(to_arviz_samples(idata), kind="stats")``. These are statistics under q, not under
-    p(tau | O). Only variables with an ``episode`` dim are kept (the scalar diagnostics and the
-    ``*_history`` variables stay in ``idata``); attributes are copied.
-
-    Args:
-        idata: an ``InferenceData`` from :func:`to_inference_data` (or :func:`from_run`).
-
-    Returns:
-        A new ``InferenceData``; ``idata`` is not modified.
+    Kept for code written against the earlier layout (dim ``episode``), which needed this
+    conversion before ``az.summary``; pass the ``InferenceData`` to ArviZ as it is instead.
     """
-    groups = {}
-    for name in idata.groups():
-        ds = idata[name]
-        keep = [v for v in ds.data_vars if "episode" in ds[v].dims]
-        if not keep:
-            continue
-        out = ds[keep].rename(episode="draw").expand_dims(chain=[0])
-        out = out.transpose("chain", "draw", ...)
-        out.attrs = dict(ds.attrs)
-        groups[name] = out
-    return az.InferenceData(**groups)
+    warnings.warn(
+        "to_arviz_samples is no longer needed: to_inference_data returns ArviZ's (chain, draw) layout",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return idata.copy()
 
 
 def save_plots(idata: az.InferenceData, out_dir: str | os.PathLike, *, dpi: int = 100) -> dict[str, Path]:

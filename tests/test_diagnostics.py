@@ -106,7 +106,7 @@ def test_optimal_tabular_q_is_the_posterior(undiscounted, solution):
     idata = diagnostics.to_inference_data(model, guide, num_episodes=N, seed=0)
     s = diagnostics.summarize(idata)
     # every log weight is log p(O) up to float32 rewards/log-probs (measured spread 6e-7 nats)
-    lw = idata.sample_stats["log_weight"].values
+    lw = idata.sample_stats["log_weight"].values[0]
     assert np.allclose(lw, sol.log_evidence, atol=1e-5)
     assert s["pareto_k"] < 0.5  # -inf: no tail at all
     assert s["ess"] == pytest.approx(N)
@@ -159,10 +159,10 @@ def test_random_start_weights_are_the_soft_values_of_the_start():
     sol = exact.solve(mdp, horizon=HORIZON, alpha=ALPHA, gamma=1.0)
     model, guide = tabular_setup(mdp, sol.policy.log(), gamma=1.0)
     idata = diagnostics.to_inference_data(model, guide, num_episodes=200, seed=1)
-    s0 = idata.posterior["state"].values[:, 0]
+    s0 = idata.posterior["state"].values[0][:, 0]
     want = sol.values[0].numpy()[s0]
-    assert np.allclose(idata.sample_stats["log_weight"].values, want, atol=1e-5)
-    assert np.allclose(idata.sample_stats["log_weight_step"].values.sum(1), want, atol=1e-5)
+    assert np.allclose(idata.sample_stats["log_weight"].values[0], want, atol=1e-5)
+    assert np.allclose(idata.sample_stats["log_weight_step"].values[0].sum(1), want, atol=1e-5)
 
 
 @pytest.mark.parametrize("gamma", [1.0, 0.9])
@@ -184,10 +184,10 @@ def test_stochastic_dynamics_and_terminal_states(name, gamma):
     # 0.042 vs 4.111 (z = -2.2), k-hat 0.23
     assert abs(z_score(s["elbo"], s["elbo_se"], sol.elbo)) < 3
     assert abs(z_score(s["log_evidence"], s["log_evidence_se"], sol.log_evidence)) < 3
-    alive = idata.posterior["alive"].values
+    alive = idata.posterior["alive"].values[0]
     assert np.all(alive[:, 1:] <= alive[:, :-1])  # once done, done
-    assert np.all(idata.posterior["reward"].values[~alive] == 0)
-    assert np.all(idata.sample_stats["log_weight_step"].values[~alive] == 0)
+    assert np.all(idata.posterior["reward"].values[0][~alive] == 0)
+    assert np.all(idata.sample_stats["log_weight_step"].values[0][~alive] == 0)
     if name.startswith("grid"):
         assert 0 < alive[:, -1].mean() < 1  # some episodes reached the goal
 
@@ -199,21 +199,21 @@ def test_inference_data_layout_and_netcdf_round_trip(solution, tmp_path):
     history = {"elbo": [1.0, 2.0, 3.5], "env_steps": [10, 20, 30]}
     idata = diagnostics.to_inference_data(model, guide, num_episodes=64, seed=3, history=history)
     post, stats = idata.posterior, idata.sample_stats
-    assert post["action"].dims == ("episode", "time") and post["action"].shape == (64, HORIZON)
-    assert post["state"].dims == ("episode", "time") and post["final_state"].dims == ("episode",)
-    assert post["reward"].dims == ("episode", "time") and post["return"].dims == ("episode",)
-    assert stats["log_weight"].dims == ("episode",) and stats["pareto_k"].dims == ()
+    assert post["action"].dims == ("chain", "draw", "time") and post["action"].shape == (1, 64, HORIZON)
+    assert post["state"].dims == ("chain", "draw", "time") and post["final_state"].dims == ("chain", "draw")
+    assert post["reward"].dims == ("chain", "draw", "time") and post["return"].dims == ("chain", "draw")
+    assert stats["log_weight"].dims == ("chain", "draw") and stats["pareto_k"].dims == ()
     assert list(stats["step"].values) == [10, 20, 30] and list(stats["elbo_history"].values) == [
         1.0,
         2.0,
         3.5,
     ]
-    assert np.allclose(post["return"].values, post["reward"].values.sum(1))
-    disc = (GAMMA ** np.arange(HORIZON) * post["reward"].values).sum(1)
-    assert np.allclose(post["discounted_return"].values, disc)
+    assert np.allclose(post["return"].values[0], post["reward"].values[0].sum(1))
+    disc = (GAMMA ** np.arange(HORIZON) * post["reward"].values[0]).sum(1)
+    assert np.allclose(post["discounted_return"].values[0], disc)
     # rewards are R[s_t, a_t]
     R = mdp.reward.numpy()
-    assert np.allclose(post["reward"].values, R[post["state"].values, post["action"].values])
+    assert np.allclose(post["reward"].values[0], R[post["state"].values[0], post["action"].values[0]])
     attrs = post.attrs
     assert attrs["env"] == "det-8x3" and attrs["objective"] == "maxent" and attrs["horizon"] == HORIZON
     assert attrs["alpha"] == ALPHA and attrs["gamma"] == GAMMA and attrs["num_actions"] == 3
@@ -240,7 +240,7 @@ def test_seed_is_reproducible_and_leaves_the_callers_stream(solution):
     after = torch.rand(3)
     b = diagnostics.to_inference_data(model, guide, num_episodes=32, seed=5)
     assert torch.equal(before, after)
-    np.testing.assert_array_equal(a.posterior["action"].values, b.posterior["action"].values)
+    np.testing.assert_array_equal(a.posterior["action"].values[0], b.posterior["action"].values[0])
 
 
 def test_fit_result_history_is_recorded():
@@ -300,12 +300,12 @@ def test_custom_pyro_model_following_the_convention():
     )
     post, stats = exact_idata.posterior, exact_idata.sample_stats
     # the guide is the exact posterior: every log weight is log p(O) (float32 rounding allowed)
-    assert np.allclose(stats["log_weight"].values, log_z, atol=1e-4)
+    assert np.allclose(stats["log_weight"].values[0], log_z, atol=1e-4)
     assert stats["pareto_k"].values < 0.5
     # actions, states (from the s_t sites) and rewards (recovered from the O_t factors) by site name
-    a, s = post["action"].values, post["state"].values
-    assert a.shape == (N, H_GAUSS) and s.shape == (N, H_GAUSS) and post["final_state"].shape == (N,)
-    assert np.allclose(post["reward"].values, -((a - M) ** 2) / 2, atol=1e-4)
+    a, s = post["action"].values[0], post["state"].values[0]
+    assert a.shape == (N, H_GAUSS) and s.shape == (N, H_GAUSS) and post["final_state"].shape == (1, N)
+    assert np.allclose(post["reward"].values[0], -((a - M) ** 2) / 2, atol=1e-4)
     assert abs(np.mean(a[:, 0]) - loc[0]) < 4 * scale[0] / math.sqrt(N)  # 4 SE of the sample mean
     assert post.attrs["objective"] == "unknown" and post.attrs["alpha"] == ALPHA
 
@@ -386,7 +386,7 @@ def test_plot_weights_of_equal_weights_draws_one_bar_without_offset(undiscounted
     assert len(left.patches) == 1  # a single bar, not a histogram of float rounding
     assert any("all weights equal (k-hat -inf)" in t.get_text() for t in left.texts)
     assert left.xaxis.get_major_formatter().get_offset() == ""
-    lw = float(idata.sample_stats["log_weight"].values.mean())
+    lw = float(idata.sample_stats["log_weight"].values[0].mean())
     lo, hi = left.get_xlim()
     assert lo < lw < hi and hi - lo >= 1.0  # a nats-wide window, not a 1e-7-wide one
     assert [t.get_text() for t in middle.get_yticklabels() if t.get_text()]
@@ -398,7 +398,9 @@ def test_plot_weights_of_degenerate_weights_has_data_limits(solution):
     idata = exact_idata(solution)
     lw = np.linspace(0.0, -200.0, 64)  # one weight carries nearly all the mass
     smoothed, _ = diagnostics._psis(lw)
-    stats = idata.sample_stats.assign(log_weight=("episode", lw), psis_log_weight=("episode", smoothed))
+    stats = idata.sample_stats.assign(
+        log_weight=(("chain", "draw"), lw[None]), psis_log_weight=(("chain", "draw"), smoothed[None])
+    )
     idata = az.InferenceData(posterior=idata.posterior, sample_stats=stats)
     _, middle, _ = drawn(diagnostics.plot_weights(idata)).axes
     w = np.exp(lw - lw.max())
@@ -415,7 +417,7 @@ def test_plot_weights_right_panel_says_what_it_shows(undiscounted):
     assert right.get_title() == "cumulative log-weight contributions by time step"
     spread = right.lines[0].get_ydata()
     # the last point is sd(log w) (0 for q*); before it, partial sums lack V_{t+1}: not 0 for q*
-    assert spread[-1] == pytest.approx(idata.sample_stats["log_weight"].values.std(), abs=1e-6)
+    assert spread[-1] == pytest.approx(idata.sample_stats["log_weight"].values[0].std(), abs=1e-6)
     assert spread[:-1].max() > 0.1
 
 
@@ -457,17 +459,31 @@ def test_names_label_the_plots_and_legends_sit_outside(solution, tmp_path):
     assert drawn(diagnostics.plot_states(gauss)).axes[0].get_ylabel() == "s[0]"
 
 
-def test_to_arviz_samples_gives_az_summary_its_dims(solution):
+def test_arviz_takes_the_inference_data_as_returned(solution, tmp_path):
+    # episodes are the draws of one chain: ArviZ's own functions need no conversion
     idata = exact_idata(solution)
-    samples = diagnostics.to_arviz_samples(idata)
-    assert samples.posterior["return"].dims == ("chain", "draw")
-    assert samples.posterior["action"].dims == ("chain", "draw", "time")
-    assert samples.sample_stats["log_weight"].dims == ("chain", "draw")
-    assert "pareto_k" not in samples.sample_stats  # no episode dim: stays in idata
-    assert idata.posterior["return"].dims == ("episode",)  # the input is untouched
-    table = az.summary(samples, var_names=["return", "discounted_return"], kind="stats")
+    returns = idata.posterior["return"].values[0].ravel()
+    table = az.summary(idata, var_names=["return", "discounted_return"], kind="stats")
     assert list(table.index) == ["return", "discounted_return"]
-    assert table.loc["return", "mean"] == pytest.approx(float(idata.posterior["return"].mean()), abs=1e-3)
+    assert table.loc["return", "mean"] == pytest.approx(float(returns.mean()), abs=1e-3)
+    assert table.loc["return", "sd"] == pytest.approx(float(returns.std(ddof=1)), abs=1e-3)
+    assert float(az.ess(idata, var_names=["return"])["return"]) > 0
+    # az.psislw on the draws, as ArviZ documents it (stacked sample dims), gives the stored k-hat
+    smoothed, k = az.psislw(idata.sample_stats["log_weight"].stack(__sample__=("chain", "draw")))
+    assert float(k) == pytest.approx(float(idata.sample_stats["pareto_k"]), abs=1e-9) or (
+        not np.isfinite(float(k)) and not np.isfinite(float(idata.sample_stats["pareto_k"]))
+    )
+    # one panel per variable (not one per episode), and a trace plot of a chain of N draws
+    axes = np.atleast_1d(az.plot_posterior(idata, var_names=["return"]))
+    assert axes.size == 1
+    assert np.atleast_2d(az.plot_trace(idata, var_names=["return"])).shape == (1, 2)
+    assert np.atleast_1d(az.plot_forest(idata, var_names=["return"])).size == 1
+    path = diagnostics.to_netcdf(idata, tmp_path / "p.nc")
+    back = az.from_netcdf(str(path))
+    assert back.posterior["return"].dims == ("chain", "draw")
+    np.testing.assert_array_equal(back.posterior["return"].values[0], idata.posterior["return"].values[0])
+    with pytest.warns(DeprecationWarning, match="no longer needed"):
+        assert diagnostics.to_arviz_samples(idata).posterior["return"].dims == ("chain", "draw")
 
 
 # ---------------------------------------------------------------------- run directories and the CLI
@@ -505,8 +521,8 @@ def test_from_run_reads_the_run_directory(tmp_path):
     attrs = idata.posterior.attrs
     assert attrs["env"] == "Pendulum-v1" and attrs["horizon"] == 20 and attrs["objective"] == "maxent"
     assert attrs["alpha"] == 0.7 and attrs["gamma"] == 0.99  # learned alpha: the last metrics.csv row
-    assert idata.posterior["action"].dims == ("episode", "time", "action_dim")
-    assert idata.posterior["state"].dims == ("episode", "time", "state_dim")
+    assert idata.posterior["action"].dims == ("chain", "draw", "time", "action_dim")
+    assert idata.posterior["state"].dims == ("chain", "draw", "time", "state_dim")
     np.testing.assert_array_equal(idata.sample_stats["step"].values, [100, 200, 300])
     np.testing.assert_allclose(idata.sample_stats["elbo_history"].values, [-3.2, -2.5, -2.0])
     # SAC's "elbo" column is minus its actor loss in reward units, and the plot says so
@@ -519,7 +535,7 @@ def test_from_run_reads_the_run_directory(tmp_path):
     back = diagnostics.from_netcdf(diagnostics.to_netcdf(idata, tmp_path / "p.nc"))  # 1-name list -> str
     assert diagnostics.plot_actions(back).axes[0].get_ylabel() == "torque\na[0]"
     assert diagnostics.plot_states(back).axes[1].get_ylabel() == "theta_dot (rad/s)\ns[1]"
-    a = idata.posterior["action"].values
+    a = idata.posterior["action"].values[0]
     assert np.all(np.abs(a) <= 2.0)  # inside Pendulum's action box
     # default horizon: the environment's time limit
     assert diagnostics.from_run(run, num_episodes=2, seed=0).posterior.attrs["horizon"] == 200
@@ -530,9 +546,9 @@ def test_from_run_scores_an_unbounded_gaussian_policy_with_a_finite_elbo(tmp_pat
     box (the env clips them), and the proper uniform prior gave log w = -inf to most episodes."""
     run = write_run(tmp_path / "run", "MountainCarContinuous-v0", policy="GaussianMLP", algo="vmpo")
     idata = diagnostics.from_run(run, num_episodes=32, seed=0, horizon=50)
-    a = idata.posterior["action"].values
+    a = idata.posterior["action"].values[0]
     assert (np.abs(a) > 1).any(axis=(1, 2)).mean() > 0.5  # most episodes leave the box [-1, 1]
-    lw = idata.sample_stats["log_weight"].values
+    lw = idata.sample_stats["log_weight"].values[0]
     assert np.isfinite(lw).all() and np.isfinite(float(idata.sample_stats["elbo"]))
     assert "extended flat beyond the box" in idata.posterior.attrs["prior"]
     # the bounded (tanh) policy keeps the proper uniform prior
@@ -566,7 +582,7 @@ def test_inspect_writes_posterior_and_plots(tmp_path, capsys):
     for label in ("ELBO", "log p(O)", "k-hat", "ESS", "return"):
         assert label in printed
     back = az.from_netcdf(str(out / "posterior.nc"))
-    assert back.posterior.sizes["episode"] == 16 and back.posterior.sizes["time"] == 50
+    assert back.posterior.sizes["draw"] == 16 and back.posterior.sizes["time"] == 50
     for name in diagnostics.PLOTS:
         assert (out / f"{name}.png").stat().st_size > 1000
 
@@ -609,4 +625,4 @@ def test_tabular_diagnostics_on_cuda():
     sol = exact.solve(mdp, horizon=HORIZON, alpha=ALPHA, gamma=1.0)  # gamma = 1: q* is the posterior
     model, guide = tabular_setup(mdp, sol.policy.log(), gamma=1.0)
     idata = diagnostics.to_inference_data(model, guide, num_episodes=256, seed=0)
-    assert np.allclose(idata.sample_stats["log_weight"].values, sol.log_evidence, atol=1e-5)
+    assert np.allclose(idata.sample_stats["log_weight"].values[0], sol.log_evidence, atol=1e-5)
