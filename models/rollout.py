@@ -80,14 +80,17 @@ class InitialStateDistribution(dist.TorchDistribution):
     # lets Pyro's TraceMeanField_ELBO, which asks every guide site for rsample, take these guides.
     has_rsample = True
 
-    def __init__(self, env: FunctionalEnv, num_episodes: int):
+    def __init__(self, env: FunctionalEnv, num_episodes: int | torch.Size):
         self.env = env
-        super().__init__(torch.Size([num_episodes]), torch.Size(env.state_shape), validate_args=False)
+        batch = torch.Size([num_episodes]) if isinstance(num_episodes, int) else torch.Size(num_episodes)
+        super().__init__(batch, torch.Size(env.state_shape), validate_args=False)
 
     def sample(self, sample_shape=()):
-        if sample_shape:
-            raise ValueError("InitialStateDistribution draws one batch of initial states at a time")
-        return self.env.sample_initial(self.batch_shape[0])
+        # one draw of batch_shape.numel() initial states, laid out in the batch shape: [N], or
+        # [P, N] under Pyro's vectorized particles or Predictive(parallel=True)
+        shape = torch.Size(sample_shape) + self.batch_shape
+        draws = self.env.sample_initial(max(shape.numel(), 1))
+        return draws.reshape(shape + self.event_shape)
 
     def rsample(self, sample_shape=()):
         return self.sample(sample_shape)
@@ -98,7 +101,7 @@ class InitialStateDistribution(dist.TorchDistribution):
         )
 
     def expand(self, batch_shape, _instance=None):
-        return InitialStateDistribution(self.env, int(torch.Size(batch_shape).numel()))
+        return InitialStateDistribution(self.env, torch.Size(batch_shape))
 
 
 def _factor(name: str, log_factor: torch.Tensor) -> None:
@@ -219,6 +222,8 @@ def rollout(
                     f"{', '.join(map(str, env.state_shape))}] for {num_episodes} episodes"
                 )
             state = init_state
+        # alive takes the batch shape of the states: [N], or [P, N] under vectorized particles
+        alive = torch.ones(state.shape[: state.dim() - event_dim], dtype=torch.bool, device=env.device)
         states, actions, rewards, alives, ends = [state], [], [], [], []
         for t in range(horizon):
             sites.set_alive(alive)

@@ -45,3 +45,25 @@ def test_trace_mean_field_elbo_refuses_discrete_guides_as_pyro_documents():
     guide = guides.TabularGuide(mdp, horizon=4)
     with pytest.raises(NotImplementedError, match="fully reparameterized"):
         TraceMeanField_ELBO().loss(model, guide, 8)
+
+
+@pytest.mark.parametrize("env_kind", ["pendulum", "gridworld"])
+def test_vectorized_particles_run_through_the_built_in_models_and_guides(env_kind):
+    # Pyro adds a leading particle dim [P, N]: the initial-state site keeps it (it used to collapse
+    # [P, N] into [P * N]) and the rollout broadcasts over it
+    if env_kind == "pendulum":
+        model, guide = _pendulum(horizon=3)
+    else:
+        mdp = envs.gridworld(3, 3, slip=0.1)
+        model = models.TrajectoryModel(mdp, models.UniformPrior(mdp.action_space), horizon=4)
+        guide = guides.TabularGuide(mdp, horizon=4, init_scale=1.0)
+    N, P = 500, 8
+    pyro.set_rng_seed(3)
+    per_episode = TrajectoryELBO().terms(model, guide, 8 * N).costs.sum(0).detach().double()
+    ours, se = -float(per_episode.mean()), float(per_episode.std()) / math.sqrt(8 * N)
+    pyro.set_rng_seed(4)
+    vectorized = Trace_ELBO(num_particles=P, vectorize_particles=True, max_plate_nesting=1)
+    theirs = vectorized.loss(model, guide, N) / N  # P * N episodes: the same standard error
+    assert abs(theirs - ours) < 5 * math.sqrt(2) * se, (theirs, ours, se)
+    samples = pyro.infer.Predictive(model, guide=guide, num_samples=3, parallel=True, return_sites=["a_0"])(5)
+    assert samples["a_0"].shape[:2] == (3, 5)
