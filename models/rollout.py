@@ -55,6 +55,19 @@ class Trajectory(NamedTuple):
         """``[N]`` undiscounted return sum_t r_t of each episode."""
         return self.rewards.sum(0)
 
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        # torch calls this when a Trajectory is handed to a torch function in place of a tensor:
+        # Pyro's Predictive(return_sites=["_RETURN"]) stacks the model's return value, and a
+        # Trajectory is not a tensor. Say what to ask for instead of torch's "expected Tensor".
+        raise TypeError(
+            f"torch.{getattr(func, '__name__', func)} got a Trajectory, the value a trajectory model "
+            "returns (its _RETURN site), which is not a tensor: Predictive cannot stack it. Ask for "
+            "the sample sites instead (return_sites=['a_0', 'a_1', ...], and 's_t' for stochastic "
+            "transitions), or take the Trajectory itself from "
+            "pyro.poutine.trace(model).get_trace(N).nodes['_RETURN']['value']"
+        )
+
 
 class Optimality(NamedTuple):
     """The optimality factors of a model: exp(r_t / alpha) at step t and the terminal exp(V(s_H) / alpha),

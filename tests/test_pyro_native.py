@@ -67,3 +67,18 @@ def test_vectorized_particles_run_through_the_built_in_models_and_guides(env_kin
     assert abs(theirs - ours) < 5 * math.sqrt(2) * se, (theirs, ours, se)
     samples = pyro.infer.Predictive(model, guide=guide, num_samples=3, parallel=True, return_sites=["a_0"])(5)
     assert samples["a_0"].shape[:2] == (3, 5)
+
+
+def test_predictive_of_return_says_what_to_ask_for_instead():
+    mdp = envs.gridworld(3, 3)
+    model = models.TrajectoryModel(mdp, models.UniformPrior(mdp.action_space), horizon=4)
+    guide = guides.TabularGuide(mdp, horizon=4)
+    predictive = pyro.infer.Predictive(model, guide=guide, num_samples=2, return_sites=["_RETURN"])
+    with pytest.raises(
+        TypeError, match=r"got a Trajectory.*Predictive cannot stack it. Ask for the sample sites"
+    ):
+        predictive(5)
+    samples = pyro.infer.Predictive(model, guide=guide, num_samples=2, return_sites=["a_0", "a_3"])(5)
+    assert samples["a_0"].shape == samples["a_3"].shape == (2, 5)
+    trajectory = pyro.poutine.trace(model).get_trace(5).nodes["_RETURN"]["value"]
+    assert trajectory.actions.shape == (4, 5)
