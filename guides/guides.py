@@ -162,7 +162,8 @@ class TabularGuide(TrajectoryGuide):
 
     def _init_logits(self) -> torch.Tensor:
         shape = (self.horizon, self.env.num_states, self.env.num_actions)
-        return self.init_scale * torch.randn(shape, device=self.env.device)
+        # the env's dtype: a float64 MDP gets float64 log-probabilities at every site
+        return self.init_scale * torch.randn(shape, device=self.env.device, dtype=self.env.dtype)
 
     def logits(self) -> torch.Tensor:
         """The ``[T, S, A]`` logits parameter (created on first use)."""
@@ -209,22 +210,24 @@ class OpenLoopGuide(TrajectoryGuide):
             if not isinstance(space, gym.spaces.Box) or len(space.shape) != 1:
                 raise TypeError(f"OpenLoopGuide supports Discrete and 1-D Box action spaces, got {space}")
             self.bounded = bool(np.isfinite(space.low).all() and np.isfinite(space.high).all())
-            low = torch.as_tensor(space.low, dtype=torch.float32, device=env.device)
-            high = torch.as_tensor(space.high, dtype=torch.float32, device=env.device)
+            low = torch.as_tensor(space.low, dtype=env.dtype, device=env.device)
+            high = torch.as_tensor(space.high, dtype=env.dtype, device=env.device)
             self._mid, self._half = (high + low) / 2, (high - low) / 2
             self._low, self._high = low, high  # the exact box: a saturated action is clamped into it
 
     def _params(self):
-        device, h = self.env.device, self.horizon
+        device, h, dtype = self.env.device, self.horizon, self.env.dtype  # the env's dtype
         if self.discrete:
             n = int(self.env.action_space.n)
-            return (_owned_param(self, "logits", lambda: torch.zeros(h, n, device=device), (h, n)),)
+            return (
+                _owned_param(self, "logits", lambda: torch.zeros(h, n, device=device, dtype=dtype), (h, n)),
+            )
         d = self.env.action_space.shape[0]
-        loc = _owned_param(self, "loc", lambda: torch.zeros(h, d, device=device), (h, d))
+        loc = _owned_param(self, "loc", lambda: torch.zeros(h, d, device=device, dtype=dtype), (h, d))
         scale = _owned_param(
             self,
             "scale",
-            lambda: torch.full((h, d), self.init_std, device=device),
+            lambda: torch.full((h, d), self.init_std, device=device, dtype=dtype),
             (h, d),
             constraint=constraints.positive,
         )

@@ -82,3 +82,20 @@ def test_predictive_of_return_says_what_to_ask_for_instead():
     assert samples["a_0"].shape == samples["a_3"].shape == (2, 5)
     trajectory = pyro.poutine.trace(model).get_trace(5).nodes["_RETURN"]["value"]
     assert trajectory.actions.shape == (4, 5)
+
+
+@pytest.mark.parametrize("guide_kind", ["tabular", "open_loop"])
+def test_a_float64_mdp_gives_float64_at_every_site(guide_kind):
+    mdp = envs.random_mdp(4, 2, seed=0, dtype=torch.float64)
+    model = models.TrajectoryModel(mdp, models.UniformPrior(mdp.action_space), horizon=3)
+    guide = (
+        guides.TabularGuide(mdp, horizon=3)
+        if guide_kind == "tabular"
+        else guides.OpenLoopGuide(mdp, horizon=3)
+    )
+    guide_trace = pyro.poutine.trace(guide).get_trace(5)
+    model_trace = pyro.poutine.trace(pyro.poutine.replay(model, trace=guide_trace)).get_trace(5)
+    for trace in (guide_trace, model_trace):
+        for name, site in trace.nodes.items():
+            if site["type"] == "sample" and name != "episodes":
+                assert site["fn"].log_prob(site["value"]).dtype == torch.float64, name
