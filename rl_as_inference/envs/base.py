@@ -14,6 +14,7 @@ for a continuous one.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import gymnasium as gym
@@ -308,17 +309,21 @@ class FunctionalEnv:
         """
         if x.device.type != "cpu" or x.numel() == 0:
             return
+        # Fast paths, as these run on every step: one reduction and one read (a sum is finite only
+        # if every entry is; a finite batch whose sum overflows is looked at entry by entry).
         if x.dtype.is_floating_point:
-            if not bool(torch.isfinite(x).all()):
-                bad = (~torch.isfinite(x)).nonzero()[0].tolist()
-                raise ValueError(
-                    f"{what} has a non-finite entry {x[tuple(bad)].item()} at index {tuple(bad)}; "
-                    f"{self.name} takes finite {what}s only"
-                )
+            if not math.isfinite(float(x.detach().sum())):
+                bad = (~torch.isfinite(x)).nonzero()
+                if len(bad):
+                    index = tuple(bad[0].tolist())
+                    raise ValueError(
+                        f"{what} has a non-finite entry {x[index].item()} at index {index}; "
+                        f"{self.name} takes finite {what}s only"
+                    )
         elif isinstance(space, gym.spaces.Discrete):
             start, n = int(space.start), int(space.n)
-            bad = (x < start) | (x >= start + n)
-            if bool(bad.any()):
+            if int(x.min()) < start or int(x.max()) >= start + n:
+                bad = (x < start) | (x >= start + n)
                 index = bad.nonzero()[0].tolist()
                 raise ValueError(
                     f"{what} {x[tuple(index)].item()} at index {tuple(index)} is out of range: "

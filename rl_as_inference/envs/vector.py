@@ -425,7 +425,9 @@ class FunctionalVectorEnv(VectorEnv):
         self.env.check_action(action, self._state)
         if not self._discrete:
             return action
-        if self._host_checks:
+        # on the CPU env.check_action has checked the range already; here only where it skips it
+        # (an accelerator) but host reads are already paid for (seeding="gymnasium")
+        if self._host_checks and action.device.type != "cpu":
             space = self.single_action_space
             start, n = int(space.start), int(space.n)
             bad = (action < start) | (action >= start + n)
