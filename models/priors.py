@@ -19,6 +19,7 @@ from pyro.distributions.torch_distribution import TorchDistributionMixin
 from torch.distributions import Distribution
 
 from rl_as_inference.envs import FunctionalEnv
+from rl_as_inference.envs.tabular import probability_table
 
 __all__ = ["GaussianPrior", "PolicyPrior", "Prior", "TablePrior", "UniformPrior", "as_pyro_distribution"]
 
@@ -258,14 +259,7 @@ class TablePrior(Prior):
                 f"TablePrior needs a float [S, A] or [T, S, A] table of probabilities, got shape "
                 f"{tuple(probs.shape)} and dtype {probs.dtype}"
             )
-        if not bool(torch.isfinite(probs).all()) or bool((probs < 0).any()):
-            raise ValueError("TablePrior's probabilities must be finite and non-negative")
-        off = ((probs.sum(-1) - 1).abs() > 1e-6).nonzero()
-        if len(off):
-            row = ", ".join(map(str, off[0].tolist()))
-            raise ValueError(
-                f"TablePrior's row [{row}, :] sums to {probs[tuple(off[0])].sum().item():.6g}, not 1"
-            )
+        probability_table("TablePrior's probs", probs, rows="each row over actions")
         self.probs = probs
 
     def check(self, env: FunctionalEnv) -> None:

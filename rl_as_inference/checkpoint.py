@@ -17,6 +17,7 @@ __all__ = [
     "atomic_torch_save",
     "atomic_write_text",
     "get_rng_state",
+    "load_error_detail",
     "load_checkpoint",
     "load_tagged",
     "save_checkpoint",
@@ -93,6 +94,16 @@ def load_tagged(
     if not isinstance(state, dict) or state.get("format") != fmt:
         raise ValueError(f"{path} is not an rl_as_inference {what} (format {fmt!r})")
     return state
+
+
+def load_error_detail(exc: BaseException) -> str:
+    """The line of a ``load_state_dict`` error that says what does not fit.
+
+    torch's size-mismatch message runs to many lines under a generic heading; its second non-empty
+    line names the parameter and both shapes, which is what a one-line error should carry.
+    """
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[1] if len(lines) > 1 else lines[0] if lines else type(exc).__name__
 
 
 def get_rng_state() -> dict:

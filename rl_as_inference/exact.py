@@ -63,11 +63,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .envs.tabular import TabularMDP
+from .envs.tabular import TabularMDP, probability_table
 
 __all__ = ["ExactSolution", "elbo_of", "log_evidence", "solve"]
 
-_ROW_TOL = 1e-6  # the same tolerance as envs.TabularMDP for rows that must sum to 1
 # A row sum of P(s'|s,a) exp(B(s') - max B) below this may have lost terms to underflow (terms below
 # the smallest normal double, 2.2e-308); at or above it the lost terms are < S * 1e-28 relative.
 _TINY = 1e-280
@@ -170,31 +169,13 @@ def _check_alpha_gamma(alpha, gamma) -> tuple[float, float]:
 
 def _table(name: str, value, device: torch.device) -> torch.Tensor:
     """``value`` as a float64 tensor on ``device``, checked finite, non-negative, rows summing to 1."""
-    if isinstance(value, torch.Tensor):
-        t = value.detach().to(device=device, dtype=torch.float64)
-    else:
-        try:
-            t = torch.as_tensor(np.asarray(value, dtype=np.float64), device=device)
-        except (TypeError, ValueError) as exc:
-            raise TypeError(
-                f"{name} must be a numpy array or torch tensor of probabilities, got {type(value).__name__}"
-            ) from exc
-    if t.dim() == 0:
-        raise ValueError(f"{name} must be a table of probabilities, got a scalar")
-    if not torch.isfinite(t).all():
-        bad = [int(i) for i in torch.nonzero(~torch.isfinite(t))[0]]
-        raise ValueError(f"{name} must be finite; {name}{bad} is {t[tuple(bad)].item()}")
-    if (t < 0).any():
-        bad = [int(i) for i in torch.nonzero(t < 0)[0]]
-        raise ValueError(f"{name} must be non-negative; {name}{bad} is {t[tuple(bad)].item()}")
-    off = (t.sum(-1) - 1).abs() > _ROW_TOL
-    if off.any():
-        bad = [int(i) for i in torch.nonzero(off)[0]]
-        row = f"{name}[{', '.join(map(str, bad))}, :]"
-        raise ValueError(
-            f"{row} sums to {t[tuple(bad)].sum().item():.6g}; each row over actions must sum to 1"
-        )
-    return t
+    try:
+        t = probability_table(name, value, rows="each row over actions")
+    except TypeError as exc:
+        raise TypeError(
+            f"{name} must be a numpy array or torch tensor of probabilities, got {type(value).__name__}"
+        ) from exc
+    return t.to(device)
 
 
 def _prior(mdp: TabularMDP, prior, horizon: int | None = None) -> torch.Tensor:

@@ -16,7 +16,6 @@ from pyro.infer import SVI
 from tqdm import tqdm
 
 from rl_as_inference.envs.base import resolve_device
-from rl_as_inference.signals import deferred_signals
 
 from . import signals
 from .checkpoint import load_checkpoint, save_checkpoint, set_rng_state
@@ -129,11 +128,11 @@ def fit(
     step = start_step
     # with a checkpoint, a SIGINT/SIGTERM/SIGHUP saves before the next step and raises
     # TrainingInterrupted (a SystemExit); without one, signals keep their usual effect
-    guard = deferred_signals() if checkpoint is not None else contextlib.nullcontext()
+    guard = signals.deferred_signals() if checkpoint is not None else contextlib.nullcontext()
     with guard:
         try:
             for step in bar:
-                if signals.pending() is not None:
+                if checkpoint is not None and signals.pending() is not None:
                     _save(checkpoint, optim, step, result, loss)
                     _stop_if_signalled(checkpoint, step)
                 value = -svi.step(num_episodes)

@@ -19,7 +19,13 @@ from typing import Any
 import torch
 
 from rl_as_inference import signals
-from rl_as_inference.checkpoint import atomic_torch_save, get_rng_state, load_tagged, set_rng_state
+from rl_as_inference.checkpoint import (
+    atomic_torch_save,
+    get_rng_state,
+    load_error_detail,
+    load_tagged,
+    set_rng_state,
+)
 
 __all__ = ["TRAIN_STATE_FORMAT", "Checkpointer", "read_train_state"]
 
@@ -55,11 +61,8 @@ def _load_into(obj: Any, state: Any, name: str) -> None:
         try:
             obj.load_state_dict(state)
         except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as exc:
-            # torch's size-mismatch message runs to many lines: keep its first informative one
-            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-            detail = lines[1] if len(lines) > 1 else lines[0] if lines else type(exc).__name__
             raise ValueError(
-                f"training state: {name} does not fit this run's {name} ({detail}); "
+                f"training state: {name} does not fit this run's {name} ({load_error_detail(exc)}); "
                 "was the config changed since it was written?"
             ) from None
 

@@ -14,6 +14,7 @@ import csv
 import dataclasses
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -24,7 +25,13 @@ from tqdm import tqdm
 
 from rl_as_inference import guides
 from rl_as_inference.algos import REGISTRY
-from rl_as_inference.checkpoint import atomic_torch_save, atomic_write_text, load_tagged
+from rl_as_inference.algos.settings import FLAG, RULES
+from rl_as_inference.checkpoint import (
+    atomic_torch_save,
+    atomic_write_text,
+    load_error_detail,
+    load_tagged,
+)
 from rl_as_inference.config import apply_overrides, build_config, parse_assignment, read_toml, to_toml
 from rl_as_inference.envs.base import resolve_device
 from rl_as_inference.envs.ids import check_env_id
@@ -68,8 +75,6 @@ def _remove_stale_temporaries(run_dir: Path) -> list[Path]:
 
 def _start_over(run_dir: Path) -> None:
     """Empty a run directory whose run stopped before its first training-state checkpoint."""
-    import shutil
-
     for name in RUN_OUTPUTS:
         path = run_dir / name
         if path.is_dir():
@@ -376,19 +381,15 @@ def _checked_spec(spec: object, path: Path) -> dict:
             f"{path}: policy class={spec.get('class')!r} is not allowed; use one of {', '.join(POLICY_CLASSES)}"
         )
     hidden = spec.get("hidden")
-    if (
-        not isinstance(hidden, list | tuple)
-        or not hidden
-        or not all(isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in hidden)
-    ):
-        raise ValueError(f"{path}: policy hidden={hidden!r} is not allowed; use a list of layer widths >= 1")
+    if not RULES["hidden"].ok(hidden):
+        raise ValueError(f"{path}: policy hidden={hidden!r} is not allowed; use {RULES['hidden'].allowed}")
     try:
         activation_class(spec.get("activation"))
     except ValueError as exc:
         raise ValueError(f"{path}: policy {exc}") from None
     for flag in ("state_dependent_std", "rescale_obs"):
-        if not isinstance(spec.get(flag, False), bool):
-            raise ValueError(f"{path}: policy {flag}={spec[flag]!r} is not allowed; use true or false")
+        if not FLAG.ok(spec.get(flag, False)):
+            raise ValueError(f"{path}: policy {flag}={spec[flag]!r} is not allowed; use {FLAG.allowed}")
     return spec
 
 
@@ -432,10 +433,8 @@ def load_policy(run_dir: str | os.PathLike, device: str | torch.device = "cpu") 
     try:
         module.load_state_dict(weights)
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()
-        detail = first[1].strip() if len(first) > 1 else first[0] if first else ""
         raise ValueError(
-            f"{path}: the weights do not fit a {spec['class']} for {env_id} ({detail})"
+            f"{path}: the weights do not fit a {spec['class']} for {env_id} ({load_error_detail(exc)})"
         ) from None
     return LoadedPolicy(module.to(device), env_id, torch.device(device))
 

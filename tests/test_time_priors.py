@@ -104,9 +104,13 @@ def test_elbo_2_iterated_with_the_guides_policy_as_prior_is_em():
 @pytest.mark.parametrize(
     ("call", "error", "message"),
     [
-        (lambda: models.TablePrior(torch.ones(3, 2)), ValueError, r"row \[0, :\] sums to 2"),
+        (lambda: models.TablePrior(torch.ones(3, 2)), ValueError, r"TablePrior's probs\[0, :\] sums to 2"),
         (lambda: models.TablePrior(torch.ones(3)), ValueError, r"\[S, A\] or \[T, S, A\] table"),
-        (lambda: models.TablePrior(-torch.ones(3, 2) / 2), ValueError, r"finite and non-negative"),
+        (
+            lambda: models.TablePrior(-torch.ones(3, 2) / 2),
+            ValueError,
+            r"must be non-negative; TablePrior's probs\[0, 0\] is -0.5",
+        ),
         (
             lambda: models.TrajectoryModel(_mdp(), models.TablePrior(torch.ones(4, 2) / 2), horizon=2),
             ValueError,

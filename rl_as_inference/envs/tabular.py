@@ -15,12 +15,13 @@ import torch
 
 from .base import FunctionalEnv, Step, check_num_envs
 
-__all__ = ["TabularMDP", "chain", "gridworld", "random_mdp"]
+__all__ = ["TabularMDP", "chain", "gridworld", "probability_table", "random_mdp"]
 
 _ROW_TOL = 1e-6
 
 
-def _as_float64(name: str, value, ndim: int) -> torch.Tensor:
+def _as_float64(name: str, value, ndim: int | None) -> torch.Tensor:
+    """``value`` as a float64 CPU tensor with ``ndim`` dimensions (any but 0 where None), finite."""
     if isinstance(value, torch.Tensor):
         t = value.detach().to(device="cpu", dtype=torch.float64)
     else:
@@ -30,7 +31,9 @@ def _as_float64(name: str, value, ndim: int) -> torch.Tensor:
             raise TypeError(
                 f"{name} must be a numpy array or torch tensor of numbers, got {type(value).__name__}"
             ) from exc
-    if t.dim() != ndim:
+    if ndim is None and t.dim() == 0:
+        raise ValueError(f"{name} must be a table of probabilities, got a scalar")
+    if ndim is not None and t.dim() != ndim:
         raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(t.shape)}")
     if not torch.isfinite(t).all():
         bad = tuple(int(i) for i in torch.nonzero(~torch.isfinite(t))[0])
@@ -38,8 +41,8 @@ def _as_float64(name: str, value, ndim: int) -> torch.Tensor:
     return t
 
 
-def _check_distribution(name: str, probs: torch.Tensor) -> None:
-    """Raise unless the last axis of ``probs`` holds probability vectors."""
+def _check_distribution(name: str, probs: torch.Tensor, rows: str = "probabilities") -> None:
+    """Raise unless the last axis of ``probs`` holds probability vectors (``rows`` names them)."""
     if (probs < 0).any():
         bad = tuple(int(i) for i in torch.nonzero(probs < 0)[0])
         raise ValueError(f"{name} must be non-negative; {name}{list(bad)} is {probs[bad].item()}")
@@ -48,7 +51,25 @@ def _check_distribution(name: str, probs: torch.Tensor) -> None:
     if off.any():
         bad = tuple(int(i) for i in torch.nonzero(off)[0]) if sums.dim() else ()
         where = f"{name}[{', '.join(map(str, bad))}{', ' if bad else ''}:]"
-        raise ValueError(f"{where} sums to {sums[bad].item():.6g}; probabilities must sum to 1")
+        raise ValueError(f"{where} sums to {sums[bad].item():.6g}; {rows} must sum to 1")
+
+
+def probability_table(
+    name: str, value, *, ndim: int | None = None, rows: str = "probabilities"
+) -> torch.Tensor:
+    """``value`` checked as a table whose last axis holds probability vectors, as float64 on the CPU.
+
+    The one check behind every table of probabilities the library takes (an MDP's transition and
+    initial distribution, exact inference's prior and policy, ``models.TablePrior``): finite,
+    non-negative, each row summing to 1 within 1e-6.
+
+    Raises:
+        TypeError: if ``value`` is not numbers.
+        ValueError: naming ``name``, the first offending index and its value.
+    """
+    t = _as_float64(name, value, ndim)
+    _check_distribution(name, t, rows)
+    return t
 
 
 class TabularMDP(FunctionalEnv):
