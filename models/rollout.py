@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import NamedTuple
 
+import gymnasium as gym
 import pyro
 import pyro.distributions as dist
 import torch
@@ -128,7 +129,7 @@ def _factor(name: str, log_factor: torch.Tensor) -> None:
 def initial_distribution(env: FunctionalEnv, num_episodes: int) -> Distribution:
     """p(s_0) for ``num_episodes`` episodes: a Categorical for a tabular MDP, else the env's reset law."""
     if isinstance(env, TabularMDP):
-        return dist.Categorical(probs=env.initial).expand([num_episodes])
+        return env.initial_dist(num_episodes)
     return InitialStateDistribution(env, num_episodes)
 
 
@@ -263,16 +264,33 @@ def rollout(
             sites.set_alive(alive)
             sites.set_scale(gamma**horizon)
             value = optimality.terminal_value(state)
-            if value.shape != (num_episodes,):
+            batch = tuple(state.shape[: state.dim() - event_dim])
+            if tuple(value.shape) != batch:
                 raise ValueError(
-                    f"terminal_value must return one value per episode, shape ({num_episodes},); "
-                    f"got {tuple(value.shape)}"
+                    f"terminal_value must return one value per episode, shape {batch} (the states' "
+                    f"batch); got {tuple(value.shape)}"
                 )
             sites.factor(horizon, value / optimality.alpha)
     return Trajectory(
-        torch.stack(states),
-        torch.stack(actions),
-        torch.stack(rewards),
-        torch.stack(alives),
-        torch.stack(ends),
+        _stack(states, event_dim),
+        _stack(actions, len(_action_event(env))),
+        _stack(rewards, 0),
+        _stack(alives, 0),
+        _stack(ends, 0),
     )
+
+
+def _action_event(env: FunctionalEnv) -> tuple[int, ...]:
+    space = env.action_space
+    return () if isinstance(space, gym.spaces.Discrete) else tuple(space.shape)
+
+
+def _stack(steps: list[torch.Tensor], event_dim: int) -> torch.Tensor:
+    """``torch.stack`` of per-step tensors whose batch shapes may differ but broadcast: under Pyro's
+    parallel enumeration every enumerated site adds a dimension on the left, so a step's batch is
+    ``[A, 1, ..., N]`` where the step before had ``[..., N]``."""
+    batches = [x.shape[: x.dim() - event_dim] for x in steps]
+    if all(b == batches[0] for b in batches):
+        return torch.stack(steps)
+    batch = torch.broadcast_shapes(*batches)
+    return torch.stack([x.expand(batch + x.shape[x.dim() - event_dim :]) for x in steps])

@@ -405,6 +405,7 @@ def load_policy(run_dir: str | os.PathLike, device: str | torch.device = "cpu") 
         ValueError: naming the file and the entry, if it is missing, corrupt, foreign, or names
             an env, class or activation outside those sets, or weights that do not fit.
     """
+    device = resolve_device(device)
     path = Path(run_dir) / "checkpoint.pt"
     if not path.is_file():
         raise ValueError(f"{run_dir} is not a run directory: no checkpoint.pt")
@@ -436,7 +437,7 @@ def load_policy(run_dir: str | os.PathLike, device: str | torch.device = "cpu") 
         raise ValueError(
             f"{path}: the weights do not fit a {spec['class']} for {env_id} ({load_error_detail(exc)})"
         ) from None
-    return LoadedPolicy(module.to(device), env_id, torch.device(device))
+    return LoadedPolicy(module.to(device), env_id, device)
 
 
 def _check_episodes(episodes) -> None:

@@ -199,8 +199,10 @@ def test_an_observation_outside_the_convention_is_credited_to_every_action():
 
 def test_stock_trace_elbo_computes_the_discounted_elbo():
     """Step t's sites run under poutine.scale(gamma**t) in model and guide, so Pyro's own
-    Trace_ELBO gives the same value as TrajectoryELBO (Monte-Carlo KL, summed over episodes)."""
-    mdp = envs.random_mdp(5, 3, seed=2)
+    Trace_ELBO gives the same value as TrajectoryELBO (Monte-Carlo KL, summed over episodes).
+    float64, so that the three sums differ by their order of summation only (~1e-15 relative;
+    in float32 that order alone moves the sum of ~10^3 terms by ~1e-6)."""
+    mdp = envs.random_mdp(5, 3, seed=2, dtype=torch.float64)
     model = models.TrajectoryModel(
         mdp, models.UniformPrior(mdp.action_space), horizon=4, alpha=ALPHA, gamma=GAMMA
     )
@@ -220,7 +222,9 @@ def test_stock_trace_elbo_computes_the_discounted_elbo():
     ):
         pyro.set_rng_seed(1)
         values.append(loss.loss(model, guide, 64))
-    assert values[0] == pytest.approx(values[1], rel=1e-6) and values[1] == pytest.approx(values[2], rel=1e-6)
+    assert values[0] == pytest.approx(values[1], rel=1e-10) and values[1] == pytest.approx(
+        values[2], rel=1e-10
+    )
     # And that value estimates exact.elbo_of of the same policy, with its discounted KL.
     q = guide.policy()
     truth = exact.elbo_of(mdp, q, horizon=4, alpha=ALPHA, gamma=GAMMA)

@@ -63,7 +63,9 @@ def test_stochastic_transition_frequencies_match_probabilities():
     assert ((freq - expected).abs() <= 5 * se + 1e-12).all()
     dist = mdp.transition_dist(s[:5], a[:5])
     assert isinstance(dist, torch.distributions.Categorical)
-    torch.testing.assert_close(dist.probs, torch.tensor(P[0, 0]).expand(5, 3))
+    # The site distribution takes the env's dtype (one dtype per model, as TraceEnum_ELBO needs).
+    assert dist.probs.dtype == mdp.dtype
+    torch.testing.assert_close(dist.probs, torch.tensor(P[0, 0], dtype=mdp.dtype).expand(5, 3))
 
 
 def test_step_accepts_a_sampled_next_state_and_is_seeded():
@@ -78,7 +80,9 @@ def test_step_accepts_a_sampled_next_state_and_is_seeded():
     x = mdp.step(s, a, generator=torch.Generator().manual_seed(3)).state
     y = mdp.step(s, a, generator=torch.Generator().manual_seed(3)).state
     assert torch.equal(x, y)
-    with pytest.raises(ValueError, match=r"next_state has shape \(3,\), expected \(100,\)"):
+    with pytest.raises(
+        ValueError, match=r"next_state has shape \(3,\), which does not broadcast with the batch \(100,\)"
+    ):
         mdp.step(s, a, next_state=torch.tensor([0, 1, 2]))
 
 

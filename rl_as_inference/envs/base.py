@@ -51,17 +51,35 @@ class Step(NamedTuple):
 
 
 def resolve_device(device: torch.device | str | None) -> torch.device:
-    """Turn ``None``/``"auto"``/a string into a ``torch.device``; ``"auto"`` picks CUDA when present."""
+    """Turn ``None``/``"auto"``/a string into a ``torch.device``; ``"auto"`` picks CUDA when present.
+
+    Raises:
+        ValueError: naming the device, if it is not a torch device or names a CUDA device this
+            machine does not have (torch would fail later, deep inside the first tensor op).
+    """
     if device is None:
         return torch.device("cpu")
     if isinstance(device, str) and device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(device)
+        resolved = torch.device(device)
     except (RuntimeError, TypeError) as exc:
         raise ValueError(
             f"device={device!r} is not a torch device; use 'cpu', 'cuda', 'cuda:N' or 'auto'"
         ) from exc
+    if resolved.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(
+                f"device={device!r} but this machine has no CUDA device "
+                "(torch.cuda.is_available() is False); use 'cpu' or 'auto'"
+            )
+        if resolved.index is not None and resolved.index >= count:
+            raise ValueError(
+                f"device={device!r} but this machine has {count} CUDA device(s), "
+                f"cuda:0 to cuda:{count - 1}; use one of those, 'cpu' or 'auto'"
+            )
+    return resolved
 
 
 def resolve_dtype(dtype: torch.dtype | None) -> torch.dtype:
@@ -96,6 +114,10 @@ class FunctionalEnv:
             ``tests/test_pathwise.py`` checks that both estimators agree wherever it is True.
         stochastic: True where the next state is random given (state, action); then
             :meth:`transition_dist` returns its distribution.
+        broadcasts_batch: True where :meth:`step` broadcasts the batch shapes of state and
+            action against each other (a finite MDP indexes its tables with both). Pyro's
+            parallel enumeration needs it: an enumerated action arrives as ``[A, 1, ..., 1]``
+            against a state batch ``[..., N]``. Elsewhere the two batches must be equal.
         state_shape: the event shape of one state (``(k,)``, or ``()`` for tabular states).
         state_low, state_high: bounds of the box the state lives in, where the env has one
             (``None`` otherwise); exploring starts draw from it.
@@ -109,6 +131,7 @@ class FunctionalEnv:
     max_episode_steps: int | None = None
     differentiable: bool = False
     stochastic: bool = False
+    broadcasts_batch: bool = False
     state_shape: tuple[int, ...] = ()
     # Uniform reset draws: state_0 = f(low + (high - low) * U), U ~ U[0, 1)^len(low), drawn in
     # the same order as Gymnasium's reset so that the numpy path can reproduce it exactly.
@@ -288,14 +311,18 @@ class FunctionalEnv:
             raise TypeError(f"action must be a torch.Tensor, got {type(action).__name__}")
         batch = tuple(state.shape[: state.dim() - len(self.state_shape)])
         discrete = isinstance(self.action_space, gym.spaces.Discrete)
-        expected = batch if discrete else batch + tuple(self.action_space.shape)
-        if tuple(action.shape) != expected:
+        event = () if discrete else tuple(self.action_space.shape)
+        expected = batch + event
+        if tuple(action.shape) != expected and not (
+            self.broadcasts_batch and _broadcasts(action.shape, batch, event)
+        ):
             what = (
                 "integer actions [*batch]" if discrete else f"actions [*batch, {self.action_space.shape[0]}]"
             )
+            also = " (or a batch that broadcasts with the state batch)" if self.broadcasts_batch else ""
             raise ValueError(
                 f"action has shape {tuple(action.shape)} but the state batch is {batch}: "
-                f"{self.name} expects {what}, i.e. shape {expected}"
+                f"{self.name} expects {what}, i.e. shape {expected}{also}"
             )
         self._check_dtype_device("action", action, integer=discrete, exact_dtype=False)
         self._check_values("action", action, self.action_space if discrete else None)
@@ -358,6 +385,18 @@ class FunctionalEnv:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(id={self.id!r}, device={self.device}, dtype={self.dtype})"
+
+
+def _broadcasts(shape: torch.Size, batch: tuple[int, ...], event: tuple[int, ...]) -> bool:
+    """Whether a tensor of ``shape`` is a batch of events ``event`` that broadcasts with ``batch``."""
+    k = len(event)
+    if len(shape) < k or tuple(shape[len(shape) - k :]) != event:
+        return False
+    try:
+        torch.broadcast_shapes(tuple(shape[: len(shape) - k]), batch)
+    except RuntimeError:
+        return False
+    return True
 
 
 def check_num_envs(num_envs: int) -> int:

@@ -75,7 +75,8 @@ def probability_table(
 class TabularMDP(FunctionalEnv):
     """A finite MDP with transition P[s, a, s'], reward R[s, a] and initial distribution p0[s].
 
-    States are integer tensors ``[*B]``, actions integer tensors ``[*B]``. The step is
+    States are integer tensors ``[*B]``, actions integer tensors whose batch broadcasts with it
+    (``[*B]``, or Pyro's enumerated ``[A, 1, ..., 1]``: the tables are indexed with both). The step is
     s' ~ P(. | s, a), reward R[s, a]; ``terminated`` is ``terminal[s']`` (no terminal states unless
     given). For stochastic MDPs :meth:`transition_dist` returns the Categorical of s' so that a
     trajectory model can make it a Pyro sample site shared with the guide (seed eq. 12), and
@@ -89,6 +90,8 @@ class TabularMDP(FunctionalEnv):
         name: a label used in messages and diagnostics.
         device, dtype: where the tables live and the dtype of rewards (float32 by default).
     """
+
+    broadcasts_batch = True
 
     def __init__(
         self,
@@ -134,6 +137,10 @@ class TabularMDP(FunctionalEnv):
         self.transition = P.to(self.device)
         self.reward = R.to(device=self.device, dtype=self.dtype)
         self.initial = p0.to(self.device)
+        # The sample sites of a trajectory model take the env's dtype, like its actions and factors:
+        # Pyro's TraceEnum_ELBO contracts every site's log-probabilities in one einsum, one dtype.
+        self._site_transition = P.to(device=self.device, dtype=self.dtype)
+        self._site_initial = p0.to(device=self.device, dtype=self.dtype)
         self.terminal = term.to(self.device)
         self.stochastic = bool(((P > 0).sum(-1) > 1).any())
         self._next_index = P.argmax(-1).to(self.device)  # the next state where dynamics are deterministic
@@ -148,11 +155,18 @@ class TabularMDP(FunctionalEnv):
     def transition_dist(self, state: torch.Tensor, action: torch.Tensor) -> torch.distributions.Categorical:
         """Categorical over s' with probabilities ``transition[state, action]``, batch shape ``[*B]``.
 
-        A Pyro ``Categorical`` (a subclass of torch's), so a trajectory model can make s' a sample site.
+        A Pyro ``Categorical`` (a subclass of torch's), so a trajectory model can make s' a sample
+        site; its probabilities are in the env's dtype (the float64 tables rounded for float32).
         """
         self.check_state(state)
         self.check_action(action, state)
-        return pyro_dist.Categorical(probs=self.transition[state, action], validate_args=False)
+        return pyro_dist.Categorical(probs=self._site_transition[state, action], validate_args=False)
+
+    def initial_dist(self, num_episodes: int) -> pyro_dist.Categorical:
+        """p(s_0) as a Pyro ``Categorical`` of batch shape ``[num_episodes]``, in the env's dtype."""
+        return pyro_dist.Categorical(probs=self._site_initial, validate_args=False).expand(
+            [check_num_envs(num_episodes)]
+        )
 
     def step(
         self,
@@ -169,10 +183,14 @@ class TabularMDP(FunctionalEnv):
             next_state = self.sample_next(state, action, generator)
         else:
             self.check_state(next_state)
-            if next_state.shape != state.shape:
+            batch = torch.broadcast_shapes(state.shape, action.shape)
+            try:
+                torch.broadcast_shapes(next_state.shape, batch)
+            except RuntimeError:
                 raise ValueError(
-                    f"next_state has shape {tuple(next_state.shape)}, expected {tuple(state.shape)}"
-                )
+                    f"next_state has shape {tuple(next_state.shape)}, which does not broadcast with "
+                    f"the batch {tuple(batch)} of state and action"
+                ) from None
         return Step(next_state, self.reward[state, action], self.terminal[next_state])
 
     def sample_next(
@@ -181,8 +199,9 @@ class TabularMDP(FunctionalEnv):
         """Draw s' ~ P(. | s, a) on the device (no host sync)."""
         if not self.stochastic:
             return self._next_index[state, action]
-        probs = self.transition[state, action].reshape(-1, self.num_states)
-        return torch.multinomial(probs, 1, generator=generator).reshape(state.shape)
+        probs = self.transition[state, action]
+        draws = torch.multinomial(probs.reshape(-1, self.num_states), 1, generator=generator)
+        return draws.reshape(probs.shape[:-1])
 
     def _step(self, state: torch.Tensor, action: torch.Tensor) -> Step:
         return self.step(state, action)

@@ -11,6 +11,7 @@ import sys
 import pytest
 import torch
 
+from rl_as_inference import load_policy
 from rl_as_inference.cli import main
 
 TINY = ["--set", "total_env_steps=200", "--set", "learning_starts=100", "--set", "hidden=[16, 16]"]
@@ -88,6 +89,17 @@ def test_device_cuda_without_cuda_is_named(tmp_path, capsys):
         main(["train", "--env", "Pendulum-v1", "--device", "cuda", "--out", str(tmp_path / "r"), *QUIET]),
     )
     assert "device='cuda' is not allowed; use 'cpu' or 'auto' (CUDA is not available here)" in line
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a machine with CUDA accepts --device cuda")
+def test_inspect_and_load_policy_on_cuda_without_cuda_name_the_device(run_dir, tmp_path, capsys):
+    # The checkpoint is fine: the message is about the device, not a corrupt file.
+    line = _one_line_error(
+        capsys, main(["inspect", str(run_dir), "--out", str(tmp_path / "i"), "--device", "cuda"])
+    )
+    assert "device='cuda' but this machine has no CUDA device" in line, line
+    with pytest.raises(ValueError, match="device='cuda' but this machine has no CUDA device"):
+        load_policy(run_dir, device="cuda")
 
 
 def test_other_commands_bad_options(run_dir, tmp_path, capsys):
