@@ -270,8 +270,9 @@ class GaussianMLP(_MLPPolicy):
 
     sigma is a learned per-dimension vector, or with ``state_dependent_std=True`` a softplus output
     of the network (MPO fits the covariance per state). Reparameterizable (pathwise gradients). Its
-    support is the whole real line, so pair it with a ``GaussianPrior`` (a uniform prior on a box
-    would make KL(q || pi) infinite); environments clip out-of-range actions.
+    support is the whole real line, so pair it with a ``GaussianPrior`` or
+    ``UniformPrior(space, beyond_box="flat")`` (the proper uniform on a box makes KL(q || pi)
+    infinite, and ``TrajectoryELBO`` refuses it); environments clip out-of-range actions.
 
     ``rescale_obs=True`` maps bounded observation coordinates onto [-1, 1] (:class:`ObservationEncoder`).
     """

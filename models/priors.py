@@ -16,7 +16,7 @@ import pyro.distributions as dist
 import torch
 from pyro.distributions import constraints
 from pyro.distributions.torch_distribution import TorchDistributionMixin
-from torch.distributions import Distribution
+from torch.distributions import Distribution, register_kl
 
 from rl_as_inference.envs import FunctionalEnv
 from rl_as_inference.envs.tabular import probability_table
@@ -54,6 +54,27 @@ class ClosedBoxUniform(dist.Uniform):
         new = self._get_checked_instance(ClosedBoxUniform, _instance)
         new.flat = self.flat
         return super().expand(batch_shape, _instance=new)
+
+
+def _kl_to_closed_box(q: Distribution, p: ClosedBoxUniform) -> torch.Tensor:
+    # KL(q || p) = -H(q) - E_q[log p(a)]. The flat prior's log-density is -log(high - low) on the
+    # whole line, so the expectation is that constant for any q; the proper uniform is -inf outside
+    # the box, where q puts mass unless its support lies in [low, high].
+    width = (p.high - p.low).log()
+    kl = width - q.entropy()
+    if p.flat:
+        return kl
+    if isinstance(q, torch.distributions.Uniform):
+        inside = (q.low >= p.low) & (q.high <= p.high)
+    else:  # a Normal: positive mass beyond every bounded box
+        inside = torch.zeros_like(kl, dtype=torch.bool)
+    return torch.where(inside, kl, torch.full_like(kl, float("inf")))
+
+
+# torch's own (Normal, Uniform) and (Uniform, Uniform) rules know nothing of the flat extension;
+# these more specific entries take precedence for the closed box.
+register_kl(torch.distributions.Normal, ClosedBoxUniform)(_kl_to_closed_box)
+register_kl(torch.distributions.Uniform, ClosedBoxUniform)(_kl_to_closed_box)
 
 
 def as_pyro_distribution(d: Distribution, where: str) -> TorchDistributionMixin:
@@ -129,7 +150,11 @@ class UniformPrior(Prior):
     improper prior for policies with unbounded support (a Gaussian, whose actions the env clips).
     Their ELBO is then E[sum_t gamma^t (r_t / alpha + H(q(.|s_t)) - log vol)], finite, where the
     proper uniform gives -inf for every episode with an action outside the box; the dropped
-    constant is the prior mass outside the box. The default ``"impossible"`` is the proper uniform.
+    constant is the prior mass outside the box. The default ``"impossible"`` is the proper uniform:
+    under it a guide with unbounded support has KL(q || pi) = +inf for every parameter value, so
+    ``TrajectoryELBO`` refuses the pair, naming the site (Pyro's ``Trace_ELBO`` returns an infinite
+    loss). Against the flat prior, ``kl_divergence(q, pi)`` is the closed form log vol - H(q), which
+    the analytic-KL estimators (``TrajectoryELBO``, ``TraceMeanField_ELBO``) use.
     """
 
     BEYOND_BOX = ("impossible", "flat")

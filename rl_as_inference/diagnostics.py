@@ -542,7 +542,9 @@ def to_inference_data(
     Draws ``num_episodes`` episodes tau_i ~ q (:func:`sample_episodes`) and records
 
     - ``posterior``: ``action`` (episode, time[, action_dim]), ``state`` s_t at which a_t is taken
-      (episode, time[, state_dim]), ``final_state`` s_H, ``reward`` r_t, ``alive``, ``return``
+      (episode, time[, state_dim]), ``final_state`` s_H, ``reward`` r_t, ``alive`` (1 while step t
+      belongs to the episode, 0 after it ended; actions and states there are the absorbing
+      continuation, rewards 0), ``return``
       sum_t r_t and ``discounted_return`` sum_t gamma^t r_t, plus any other per-episode latent of the
       guide (variables whose source is missing are left out);
     - ``sample_stats``: ``log_weight`` log p(tau_i, O) - log q(tau_i), ``log_weight_step`` (its terms
@@ -599,7 +601,9 @@ def to_inference_data(
         extra = _feature_dims("state_dim", posterior["state"].ndim - 2)
         dims["state"] = [*SAMPLE_DIMS, "time", *extra]
         dims["final_state"] = [*SAMPLE_DIMS, *extra]
-    posterior["alive"] = _episode_major(sample.alive)
+    # 0/1 rather than bool: ArviZ's summaries and plots subtract and average every posterior
+    # variable, which numpy refuses for booleans (az.plot_forest and az.plot_trace raised).
+    posterior["alive"] = _episode_major(sample.alive).astype(np.int8)
     dims["alive"] = [*SAMPLE_DIMS, "time"]
     if sample.rewards is not None:
         rewards = sample.rewards.to(torch.float64)
@@ -1109,7 +1113,7 @@ def plot_actions(
     ``action_names`` when it is there; legends sit outside the axes.
     """
     post = idata.posterior
-    action, alive = _per_episode(post["action"]), _per_episode(post["alive"])
+    action, alive = _per_episode(post["action"]), _per_episode(post["alive"]).astype(bool)
     rows = (
         1 if action.ndim <= 2 or np.issubdtype(action.dtype, np.integer) else int(np.prod(action.shape[2:]))
     )
@@ -1136,7 +1140,7 @@ def plot_states(
         _empty(fig, "no states recorded (no s_t sites and no returned Trajectory)")
         return fig
     states = np.concatenate([_per_episode(post["state"]), _per_episode(post["final_state"])[:, None]], axis=1)
-    alive = _per_episode(post["alive"])
+    alive = _per_episode(post["alive"]).astype(bool)
     valid = np.concatenate([np.ones_like(alive[:, :1]), alive], axis=1)  # s_t counts if step t-1 did
     rows = (
         1 if states.ndim <= 2 or np.issubdtype(states.dtype, np.integer) else int(np.prod(states.shape[2:]))

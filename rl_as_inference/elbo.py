@@ -43,7 +43,7 @@ from pyro.poutine.trace_messenger import TraceMessenger
 from torch.distributions.kl import kl_divergence
 
 from rl_as_inference.guides import TrajectoryGuide
-from rl_as_inference.ledger import FusedSites, from_traces, without_rsample
+from rl_as_inference.ledger import FusedSites, check_support_inside, from_traces, without_rsample
 from rl_as_inference.models import TrajectoryModel
 from rl_as_inference.models.rollout import Trajectory
 from rl_as_inference.models.sites import parse_site, sample_sites, state_site
@@ -156,6 +156,7 @@ class TrajectoryELBO(ELBO):
         self._running: torch.Tensor | None = None  # running-average baseline per time step
         self._running_weight = 0.0
         self._kl_known: dict[tuple[type, type], bool] = {}
+        self._support_checked: set[tuple[type, type]] = set()  # (guide fn, model fn) pairs seen
         self.last: ELBOTerms | None = None
 
     # ------------------------------------------------------------------ state (for checkpoints)
@@ -261,7 +262,12 @@ class TrajectoryELBO(ELBO):
         if len(args) > 2 or set(kwargs) - set(names[len(args) :]):
             return self._require_unfused("the arguments are not (num_episodes, init_state=None)")
         call = dict(zip(names, args, strict=False)) | kwargs
-        sites = FusedSites(model.action_dist, kl=kl_fn, score_actions=self._use_score_for_actions(model))
+        sites = FusedSites(
+            model.action_dist,
+            kl=kl_fn,
+            score_actions=self._use_score_for_actions(model),
+            support_checked=self._support_checked,
+        )
         guide.register()
         trajectory = guide.rollout(
             call["num_episodes"], call.get("init_state"), optimality=model.optimality, sites=sites
@@ -367,12 +373,13 @@ class TrajectoryELBO(ELBO):
             guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
         with _naming_invalid_sites("model"):
             model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
-        for name, _ in sample_sites(model_trace, latent_only=True):
+        for name, site in sample_sites(model_trace, latent_only=True):
             if name not in guide_trace.nodes:
                 raise ValueError(
                     f"the guide has no site {name!r}, a latent site of the model: every action (and "
                     "stochastic transition) site of the model must be sampled in the guide"
                 )
+            check_support_inside(name, guide_trace.nodes[name]["fn"], site["fn"], self._support_checked)
         return model_trace, guide_trace
 
     def _check_estimator(self, model) -> None:

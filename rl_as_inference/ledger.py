@@ -50,6 +50,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
+from pyro.distributions import constraints
 from pyro.distributions.util import scale_and_mask
 
 from rl_as_inference.models.sites import parse_site, sample_sites, site_log_prob
@@ -58,6 +59,7 @@ __all__ = [
     "LAST_ROW",
     "Entry",
     "FusedSites",
+    "check_support_inside",
     "ScoreSite",
     "SiteLedger",
     "from_traces",
@@ -359,6 +361,30 @@ def from_traces(model_trace, guide_trace, *, kl: KL | None = None) -> SiteLedger
     return ledger
 
 
+def _base(d):
+    while isinstance(d, torch.distributions.Independent):
+        d = d.base_dist
+    return d
+
+
+def check_support_inside(name: str, q, p, checked: set) -> None:
+    """Refuse a guide distribution with unbounded support against a model one bounded to an
+    interval: KL(q || p) is +inf (the ELBO -inf) whatever the parameters, which SVI cannot fix.
+    Checked once per pair of distribution and support types: Python objects, no device read."""
+    q, p = _base(q), _base(p)
+    key = (type(q), type(p), type(q.support), type(p.support))  # a flat box prior differs in support
+    if key in checked:
+        return
+    checked.add(key)
+    if q.support is constraints.real and isinstance(p.support, constraints.interval):
+        raise ValueError(
+            f"site {name!r}: the guide's {type(q).__name__} has support on the whole real line, but the "
+            f"model's {type(p).__name__} is zero outside its box, so KL(q || pi) is infinite and the ELBO "
+            "-inf for any parameters; use a squashed policy (TanhGaussianMLP), "
+            "UniformPrior(space, beyond_box='flat') or GaussianPrior(scale)"
+        )
+
+
 class FusedSites:
     """Site statements for one fused rollout of a ``TrajectoryModel`` under its ``TrajectoryGuide``.
 
@@ -373,6 +399,8 @@ class FusedSites:
         action_prior: ``(t, state) -> pi(a_t | s_t)``, the model's prior.
         kl: as in :func:`from_traces` (None: Monte-Carlo log ratios).
         score_actions: sample every action without reparameterization (score-function estimator).
+        support_checked: if given, the (q, pi) type pairs already checked by
+            :func:`check_support_inside`; each new pair is checked at its first action site.
     """
 
     def __init__(
@@ -381,8 +409,10 @@ class FusedSites:
         *,
         kl: KL | None = None,
         score_actions: bool = False,
+        support_checked: set | None = None,
     ):
         self.ledger = SiteLedger()
+        self.support_checked = support_checked
         self.action_prior, self.kl, self.score_actions = action_prior, kl, score_actions
         self.alive: torch.Tensor | None = None
         self.scale: float = 1.0
@@ -420,6 +450,8 @@ class FusedSites:
         action = q()
         log_q = self._masked(q.log_prob(action))
         prior = self.action_prior(t, state)
+        if self.support_checked is not None:
+            check_support_inside(name, q, prior, self.support_checked)
         self.ledger.note_action(t)
         divergence = None if self.kl is None else self.kl(q, prior)
         if divergence is not None:

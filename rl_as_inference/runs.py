@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import math
 import os
 import shutil
 import sys
@@ -278,9 +279,13 @@ class _MetricLog:
             for key, value in row.items():
                 if key != "env_steps" and isinstance(value, int | float):
                     self.tensorboard.add_scalar(key, value, row["env_steps"])
-        self.bar.set_postfix(
-            ret=f"{row['return']:.1f}", elbo=f"{row.get('elbo', float('nan')):.3g}", refresh=False
-        )
+        # Only the figures this algorithm reports: V-MPO logs no ELBO, and "elbo=nan" reads as a fault.
+        shown = {
+            label: f"{row[key]:{spec}}"
+            for key, label, spec in (("return", "ret", ".1f"), ("elbo", "elbo", ".3g"))
+            if isinstance(row.get(key), int | float) and math.isfinite(row[key])
+        }
+        self.bar.set_postfix(shown, refresh=False)
         self.bar.update(row["env_steps"] - self.bar.n)  # redraws with the postfix of this row
 
     def close(self) -> None:

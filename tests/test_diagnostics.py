@@ -185,6 +185,8 @@ def test_stochastic_dynamics_and_terminal_states(name, gamma):
     assert abs(z_score(s["elbo"], s["elbo_se"], sol.elbo)) < 3
     assert abs(z_score(s["log_evidence"], s["log_evidence_se"], sol.log_evidence)) < 3
     alive = idata.posterior["alive"].values[0]
+    assert set(np.unique(alive)) <= {0, 1}
+    alive = alive.astype(bool)
     assert np.all(alive[:, 1:] <= alive[:, :-1])  # once done, done
     assert np.all(idata.posterior["reward"].values[0][~alive] == 0)
     assert np.all(idata.sample_stats["log_weight_step"].values[0][~alive] == 0)
@@ -478,6 +480,10 @@ def test_arviz_takes_the_inference_data_as_returned(solution, tmp_path):
     assert axes.size == 1
     assert np.atleast_2d(az.plot_trace(idata, var_names=["return"])).shape == (1, 2)
     assert np.atleast_1d(az.plot_forest(idata, var_names=["return"])).size == 1
+    # and on every variable, as a first call would be (the bool alive mask made numpy refuse)
+    assert np.atleast_1d(az.plot_forest(idata)).size == 1
+    assert np.atleast_2d(az.plot_trace(idata)).shape[1] == 2
+    assert "alive" in az.summary(idata).index.str.split("[").str[0]
     path = diagnostics.to_netcdf(idata, tmp_path / "p.nc")
     back = az.from_netcdf(str(path))
     assert back.posterior["return"].dims == ("chain", "draw")
@@ -535,6 +541,10 @@ def test_from_run_reads_the_run_directory(tmp_path):
     back = diagnostics.from_netcdf(diagnostics.to_netcdf(idata, tmp_path / "p.nc"))  # 1-name list -> str
     assert diagnostics.plot_actions(back).axes[0].get_ylabel() == "torque\na[0]"
     assert diagnostics.plot_states(back).axes[1].get_ylabel() == "theta_dot (rad/s)\ns[1]"
+    # ArviZ's own plots of every variable, on the object and on its netCDF round trip
+    for data in (idata, back):
+        assert np.atleast_2d(az.plot_trace(data, compact=True)).shape[1] == 2
+        assert np.atleast_1d(az.plot_forest(data, var_names=["return", "alive"], combined=True)).size == 1
     a = idata.posterior["action"].values[0]
     assert np.all(np.abs(a) <= 2.0)  # inside Pendulum's action box
     # default horizon: the environment's time limit
