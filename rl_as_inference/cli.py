@@ -8,10 +8,11 @@ import math
 import sys
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import torch
 
-from rl_as_inference import envs, runs
+from rl_as_inference import runs
 from rl_as_inference.signals import TrainingInterrupted
 
 __all__ = ["main"]
@@ -32,7 +33,12 @@ def _parser() -> argparse.ArgumentParser:
         "directory gets config.toml, metrics.csv, checkpoint.pt and eval.json (100 episodes of "
         "Gymnasium's own environment).",
     )
-    train.add_argument("--env", metavar="ID", help="a ported Gymnasium id, e.g. Pendulum-v1")
+    train.add_argument(
+        "--env",
+        metavar="ID",
+        help="any Gymnasium id (Pendulum-v1, LunarLander-v3, ...; ported ids step as torch envs), an "
+        "id added with envs.register, or module:ID / package.module:Factory (imported first)",
+    )
     train.add_argument(
         "--resume",
         metavar="DIR",
@@ -189,7 +195,8 @@ def _summary(run_dir: Path) -> None:
     if "mean_return" in summary:
         line += (
             f"; return {summary['mean_return']:.2f} +- {summary['std_return']:.2f} over "
-            f"{summary['episodes']} episodes of Gymnasium's env"
+            f"{summary['episodes']} episodes of "
+            + ("Gymnasium's env" if summary["env"] in gym.registry else "the torch env (Gymnasium's API)")
         )
     print(line)
     print(f"run directory: {run_dir}")
@@ -216,10 +223,6 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "train":
             if args.env is None:
                 raise ValueError("rlai train needs --env ID (or --resume DIR)")
-            if args.env not in envs.PORTED:
-                raise ValueError(
-                    f"unknown environment {args.env!r}; ported: {', '.join(sorted(envs.PORTED))}"
-                )
             if args.algo is not None and args.algo not in runs.ALGORITHMS:
                 raise ValueError(
                     f"unknown algorithm {args.algo!r}; available: {', '.join(sorted(runs.ALGORITHMS))}"

@@ -824,8 +824,11 @@ def from_run(
     config_path = run_dir / "config.toml"
     config = read_toml(config_path, str(config_path)) if config_path.is_file() else {}
     metrics = _read_metrics(run_dir / "metrics.csv")
-    if policy.env_id not in envs.PORTED:
-        raise ValueError(f"{policy.env_id} has no torch port: trajectories cannot be re-simulated")
+    if policy.env_id not in envs.PORTED and policy.env_id not in envs.registered_ids():
+        raise ValueError(
+            f"{policy.env_id} runs only as Gymnasium's own env: the model's log-weights need the "
+            "trajectories re-simulated in a torch env (a port, or one added with envs.register)"
+        )
     env = envs.make(policy.env_id, device=device)
     if horizon is None:
         horizon = env.max_episode_steps or config.get("horizon")

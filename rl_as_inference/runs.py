@@ -24,8 +24,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from rl_as_inference import guides
+from rl_as_inference import envs, guides
 from rl_as_inference.algos import REGISTRY
+from rl_as_inference.algos.collect import check_observation_space
 from rl_as_inference.algos.settings import FLAG, RULES
 from rl_as_inference.checkpoint import (
     atomic_torch_save,
@@ -35,7 +36,7 @@ from rl_as_inference.checkpoint import (
 )
 from rl_as_inference.config import apply_overrides, build_config, parse_assignment, read_toml, to_toml
 from rl_as_inference.envs.base import resolve_device
-from rl_as_inference.envs.ids import check_env_id
+from rl_as_inference.envs.ids import check_env_id, import_env_module
 from rl_as_inference.guides.policies import activation_class
 from rl_as_inference.resume import Checkpointer, read_train_state
 from rl_as_inference.signals import deferred_signals, raise_if_pending
@@ -122,9 +123,28 @@ def train_run(
     from rl_as_inference.config import load_recipe
 
     _check_eval_episodes(eval_episodes)
-    algo = algo or load_recipe(env_id).get("default_algo", "sac")
+    if isinstance(env_id, str) and ":" in env_id:  # typed by the caller, never read from a file
+        env_id = import_env_module(env_id)
+    env_id = check_env_id(env_id, source="env")
+    _, action_space = _spaces(env_id)
+    if algo is None:
+        algo = load_recipe(env_id).get("default_algo") or _generic_algorithm(env_id, action_space)
     if algo not in ALGORITHMS:
         raise ValueError(f"unknown algorithm {algo!r}; available: {', '.join(sorted(ALGORITHMS))}")
+    kind = type(action_space).__name__
+    if kind not in REGISTRY[algo].action_spaces:
+        takes = ", ".join(sorted(name for name, a in REGISTRY.items() if kind in a.action_spaces))
+        raise ValueError(
+            f"{algo} takes {' or '.join(REGISTRY[algo].action_spaces)} actions, and {env_id} has "
+            f"{action_space}; " + (f"use one of {takes}" if takes else "no algorithm here takes it")
+        )
+    if REGISTRY[algo].needs_dynamics and not _has_torch_env(env_id):
+        takes = ", ".join(sorted(name for name, a in REGISTRY.items() if not a.needs_dynamics))
+        raise ValueError(
+            f"{algo} differentiates and re-simulates the env's dynamics, and {env_id} runs only as "
+            f"Gymnasium's own env, which exposes neither; use one of {takes}, or add a torch env "
+            "with envs.register"
+        )
     config_cls, _ = ALGORITHMS[algo]
     given = {"env": env_id, "seed": seed, "device": device}
     for text in sets:
@@ -137,6 +157,11 @@ def train_run(
     config = build_config(config_cls, env_id, algo, file=config_file, sets=[*extra, *sets], notes=notes)
     for note in notes:
         print(f"rlai: note: {note}", file=sys.stderr)
+    if REGISTRY[algo].needs_dynamics and config.backend == "gymnasium":
+        raise ValueError(
+            f"backend='gymnasium' but {algo} differentiates and re-simulates the dynamics, which "
+            "Gymnasium's own envs do not expose; leave backend at 'auto' (the torch env)"
+        )
     Checkpointer(None, every=checkpoint_every)  # checks the interval before anything is written
     run_dir = Path(out) if out is not None else Path("runs") / f"{env_id}-{algo}-seed{config.seed}"
     if (run_dir / TRAIN_STATE).exists():
@@ -162,6 +187,61 @@ def train_run(
     return _run(run_dir, algo, config, checkpointer, progress=progress, eval_episodes=eval_episodes)
 
 
+# The algorithm of an id without a shipped recipe, by its action space: V-MPO is the recipe of
+# the discrete ports (CartPole-v1, Acrobot-v1) and SAC the common choice for continuous control.
+GENERIC_ALGORITHMS = {"Discrete": "vmpo", "Box": "sac"}
+
+
+def _has_torch_env(env_id: str) -> bool:
+    return env_id in envs.PORTED or env_id in envs.registered_ids()
+
+
+def _spaces(env_id: str) -> tuple[gym.Space, gym.Space]:
+    """(observation, action) space of one env, built once before anything is written: a missing
+    package (Box2D, MuJoCo) or a space the networks cannot take is reported with no run directory."""
+    if _has_torch_env(env_id):
+        env = envs.make(env_id)
+        return env.observation_space, env.action_space
+    try:
+        probe = gym.make(env_id)
+    except gym.error.DependencyNotInstalled as exc:  # Gymnasium's message names the pip extra
+        raise ValueError(f"{env_id} needs a package that is not installed: {exc}") from None
+    try:
+        check_observation_space(env_id, probe.observation_space)
+        return probe.observation_space, probe.action_space
+    finally:
+        probe.close()
+
+
+def gymnasium_env(env_id: str) -> gym.Env:
+    """One env of ``env_id`` behind Gymnasium's API, for evaluation: Gymnasium's own where the id is
+    in its registry (the ports' originals included), else the registered torch env in
+    :class:`~rl_as_inference.envs.GymnasiumEnv` (float64, numpy I/O) with its time limit."""
+    if env_id in gym.registry:
+        try:
+            return gym.make(env_id)
+        except gym.error.DependencyNotInstalled as exc:
+            raise ValueError(f"{env_id} needs a package that is not installed: {exc}") from None
+    env = envs.GymnasiumEnv(env=envs.make(env_id, dtype=torch.float64))
+    limit = env.env.max_episode_steps
+    return gym.wrappers.TimeLimit(env, limit) if limit is not None else env
+
+
+def _generic_algorithm(env_id: str, space: gym.Space) -> str:
+    """The documented default for an id without a recipe (:data:`GENERIC_ALGORITHMS`), announced."""
+    algo = GENERIC_ALGORITHMS.get(type(space).__name__)
+    if algo is None:
+        raise ValueError(
+            f"{env_id} has action space {space}; the algorithms here take Discrete or Box actions"
+        )
+    print(
+        f"rlai: note: {env_id} has no shipped recipe; {type(space).__name__} actions: {algo} with its "
+        "default settings (pick another with --algo, tune with --set key=value)",
+        file=sys.stderr,
+    )
+    return algo
+
+
 def _config_record(config) -> dict:
     """The config as plain values that load with ``weights_only=True`` (tuples become lists)."""
     return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
@@ -180,10 +260,14 @@ def _check_same_config(state: dict, config, path: Path) -> None:
     if saved is None:  # a state written before configs were recorded: the load itself checks shapes
         return
     now = _config_record(config)
+    defaults = _config_record(type(config)(env=config.env))
     changed = [
         f"{key} {saved.get(key)!r} -> {now.get(key)!r}"
         for key in sorted(set(saved) | set(now))
-        if key not in RESUMABLE_CHANGES and saved.get(key) != now.get(key)
+        if key not in RESUMABLE_CHANGES
+        and saved.get(key) != now.get(key)
+        # a key added to the configs after the state was written, at its default: nothing changed
+        and not (key not in saved and now.get(key) == defaults.get(key))
     ]
     if changed:
         raise ValueError(
@@ -339,7 +423,7 @@ class LoadedPolicy:
     """A trained policy for Gymnasium observations: ``act(obs)`` returns actions Gymnasium accepts."""
 
     def __init__(self, module: torch.nn.Module, env_id: str, device: torch.device):
-        probe = gym.make(env_id)
+        probe = gymnasium_env(env_id)
         self.observation_space, self.action_space = probe.observation_space, probe.action_space
         probe.close()
         self.module, self.env_id, self.device = module.eval(), env_id, device
@@ -417,7 +501,7 @@ def load_policy(run_dir: str | os.PathLike, device: str | torch.device = "cpu") 
     state = load_tagged(path, RUN_FORMAT, "run checkpoint", device)
     env_id = check_env_id(state.get("env"), source=f"{path}: env")
     spec = _checked_spec(state.get("policy"), path)
-    probe = gym.make(env_id)
+    probe = gymnasium_env(env_id)
     cls = POLICY_CLASSES[spec["class"]]
     extra = {"state_dependent_std": spec["state_dependent_std"]} if "state_dependent_std" in spec else {}
     extra["rescale_obs"] = spec.get("rescale_obs", False)
@@ -469,7 +553,7 @@ def episode_returns(
     ``seed``). ``progress`` shows a bar over episodes with its estimate of the time left."""
     _check_episodes(episodes)
     _check_seed(seed)
-    env = gym.make(policy.env_id)
+    env = gymnasium_env(policy.env_id)
     generator = torch.Generator().manual_seed(seed)
     returns = []
     bar = tqdm(range(episodes), disable=not progress, desc=f"evaluate {policy.env_id}", unit="episode")

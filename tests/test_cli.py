@@ -79,7 +79,10 @@ def test_inspect_a_trained_run(run_dir, tmp_path, capsys):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["train", "--env", "Foo-v0"], "unknown environment 'Foo-v0'; ported: Acrobot-v1"),
+        (
+            ["train", "--env", "Foo-v0"],
+            "env='Foo-v0' is not a registered Gymnasium id; ported ids: Acrobot-v1",
+        ),
         (
             ["train", "--env", "Pendulum-v1", "--algo", "ppo"],
             "unknown algorithm 'ppo'; available: em, mpo, sac, softq, svi, vmpo",

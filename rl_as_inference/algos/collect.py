@@ -9,10 +9,22 @@ import numpy as np
 import torch
 
 from rl_as_inference import envs
-from rl_as_inference.algos.settings import BACKENDS, RunSettings
+from rl_as_inference.algos.settings import BACKENDS, VECTORIZATIONS, RunSettings
 from rl_as_inference.replay import ReplayBuffer, transition_fields
 
-__all__ = ["BACKENDS", "Collector", "EpisodeReturns", "uniform_log_density"]
+__all__ = [
+    "BACKENDS",
+    "Collector",
+    "EpisodeReturns",
+    "check_observation_space",
+    "episode_state",
+    "make_collection_env",
+    "resolve_backend",
+    "restart_seed",
+    "restore_episodes",
+    "true_next_obs",
+    "uniform_log_density",
+]
 
 
 def uniform_log_density(space: gym.Space) -> float:
@@ -22,23 +34,119 @@ def uniform_log_density(space: gym.Space) -> float:
     return -float(np.sum(np.log(space.high.astype(np.float64) - space.low.astype(np.float64))))
 
 
-def _make_vec(env_id: str, num_envs: int, device: torch.device, backend: str, exploring_starts: float):
+def resolve_backend(env_id: str, backend: str) -> str:
+    """``"auto"``: the torch port where there is one, else Gymnasium's own env; others as given."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend={backend!r} is not allowed; use one of {', '.join(map(repr, BACKENDS))}")
+    if backend == "auto":
+        return "functional" if env_id in envs.PORTED or env_id in envs.registered_ids() else "gymnasium"
+    return backend
+
+
+def make_collection_env(
+    env_id: str,
+    num_envs: int,
+    *,
+    device: torch.device,
+    backend: str = "auto",
+    exploring_starts: float = 0.0,
+    vectorization: str = "sync",
+):
+    """The SAME_STEP-autoresetting vector env the algorithms collect from, on ``backend``.
+
+    ``"functional"`` is the torch port (or an env added with :func:`rl_as_inference.envs.register`),
+    stepping on ``device`` with no host round trip; ``"gymnasium"`` is Gymnasium's own env through
+    :func:`rl_as_inference.envs.from_gymnasium` (any registered id); ``"auto"`` picks the first
+    where it exists. ``vectorization`` (``"sync"`` or ``"async"``) is Gymnasium's
+    ``vectorization_mode`` for its own envs; the torch envs step as one batch either way.
+    """
+    backend = resolve_backend(env_id, backend)
     if backend == "functional":
+        if env_id not in envs.PORTED and env_id not in envs.registered_ids():
+            raise ValueError(
+                f"backend='functional' needs a torch env, and {env_id!r} has none (ported: "
+                f"{', '.join(sorted(envs.PORTED))}); use backend='gymnasium' or 'auto'"
+            )
         return envs.make_vec(
             env_id, num_envs, device=device, autoreset_mode="SameStep", exploring_starts=exploring_starts
         )
-    if backend == "gymnasium":
-        if exploring_starts:
-            raise ValueError(
-                "exploring_starts needs backend='functional': Gymnasium's envs reset from p(s_0)"
-            )
-        return envs.from_gymnasium(
-            env_id,
-            num_envs,
-            device=device,
-            vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP},
+    if exploring_starts:
+        raise ValueError("exploring_starts needs backend='functional': Gymnasium's envs reset from p(s_0)")
+    if vectorization not in VECTORIZATIONS:
+        raise ValueError(f"vectorization={vectorization!r} is not allowed; use one of {VECTORIZATIONS}")
+    venv = envs.from_gymnasium(
+        env_id,
+        num_envs,
+        device=device,
+        vectorization_mode=vectorization,
+        vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP},
+    )
+    try:
+        check_observation_space(env_id, venv.single_observation_space)
+    except ValueError:
+        venv.close()
+        raise
+    return venv
+
+
+def check_observation_space(env_id: str, space: gym.Space) -> None:
+    """Raise a ValueError naming ``space`` unless it is a Box, what the networks here take."""
+    if not isinstance(space, gym.spaces.Box):
+        raise ValueError(
+            f"{env_id} has observation space {space}; the networks here take Box observations "
+            "(wrap the env in gymnasium.wrappers.FlattenObservation, or one-hot a Discrete one, and "
+            "register the wrapped id)"
         )
-    raise ValueError(f"backend={backend!r} is not allowed; use one of {', '.join(map(repr, BACKENDS))}")
+
+
+def true_next_obs(next_obs: torch.Tensor, done: torch.Tensor, info: dict) -> torch.Tensor:
+    """s_{t+1} for every env after a SAME_STEP autoreset: the final observation where one ended.
+
+    The functional envs give it as a tensor for every row (no host read); Gymnasium gives
+    ``info["final_obs"]`` as an object array, present only on steps where some env ended.
+    """
+    final = info.get("final_obs")
+    if isinstance(final, torch.Tensor):
+        return final
+    if final is None:
+        return next_obs
+    rows = [final[i] if bool(done[i]) else next_obs[i] for i in range(len(final))]
+    return torch.stack([torch.as_tensor(r, device=next_obs.device, dtype=next_obs.dtype) for r in rows])
+
+
+def episode_state(venv, obs: torch.Tensor, returns: EpisodeReturns, env_steps: int) -> dict:
+    """The episodes in progress as a checkpoint holds them: the vector env's state (None for
+    Gymnasium's own envs, whose hidden state cannot be saved), observations, returns, step count."""
+    return {
+        "venv": venv.state_dict() if hasattr(venv, "state_dict") else None,
+        "obs": obs,
+        "returns": returns.state_dict(),
+        "env_steps": env_steps,
+    }
+
+
+def restore_episodes(
+    venv, state: dict, returns: EpisodeReturns, *, seed: int, device: torch.device
+) -> tuple[torch.Tensor, int]:
+    """Load :func:`episode_state` into ``venv`` and ``returns``; the observations and step count.
+
+    Without a saved env state the episodes restart from reset, seeded by :func:`restart_seed`
+    from the run's seed and step count, and the partial returns of the cut episodes are dropped.
+    """
+    returns.load_state_dict(state["returns"])
+    env_steps = int(state["env_steps"])
+    if state["venv"] is None:
+        obs, _ = venv.reset(seed=restart_seed(seed, env_steps))
+        returns.current = torch.zeros_like(returns.current)
+        return obs, env_steps
+    venv.load_state_dict(state["venv"])
+    return state["obs"].to(device), env_steps
+
+
+def restart_seed(seed: int, env_steps: int) -> int:
+    """The reset seed of a resumed run whose envs' state could not be saved (Gymnasium's own):
+    its episodes restart, seeded from the run's seed and step count so a resume is reproducible."""
+    return int(np.random.SeedSequence([int(seed), int(env_steps)]).generate_state(1)[0])
 
 
 class EpisodeReturns:
@@ -87,9 +195,11 @@ class Collector:
     metric row is made.
 
     Args:
-        env_id: a Gymnasium id. With ``backend="functional"`` (default) its torch port steps on
-            ``device`` with no host round trip; ``"gymnasium"`` steps Gymnasium's own env through
-            :func:`rl_as_inference.envs.from_gymnasium` (any registered id, including unported ones).
+        env_id: a Gymnasium id or one added with :func:`rl_as_inference.envs.register`. With
+            ``backend="functional"`` its torch env steps on ``device`` with no host round trip;
+            ``"gymnasium"`` steps Gymnasium's own env through
+            :func:`rl_as_inference.envs.from_gymnasium` (any registered id); ``"auto"`` (default)
+            is the first where there is a torch env, else the second.
         num_envs: parallel environments (transitions per ``step``).
         device: where the buffer (and functional envs) live.
         seed: seeds the vector env and the generator of random actions and batch sampling.
@@ -103,6 +213,7 @@ class Collector:
             policy's at collection; the uniform one, -log vol of the box or -log n, for the random
             warm-up actions): Retrace's traces need it.
         algorithm: its name, for error messages.
+        vectorization: ``"sync"`` or ``"async"``, for Gymnasium's own envs (:func:`make_collection_env`).
     """
 
     def __init__(
@@ -115,14 +226,27 @@ class Collector:
         buffer_size: int,
         store_states: bool = False,
         discrete: bool = False,
-        backend: str = "functional",
+        backend: str = "auto",
         exploring_starts: float = 0.0,
         behaviour_log_prob: bool = False,
         algorithm: str = "this algorithm",
+        vectorization: str = "sync",
     ):
+        backend = resolve_backend(env_id, backend)
         if store_states and backend != "functional":
-            raise ValueError(f"{algorithm} re-simulates from stored states and needs backend='functional'")
-        self.venv = _make_vec(env_id, num_envs, device, backend, exploring_starts)
+            raise ValueError(
+                f"{algorithm} re-simulates from stored states and needs backend='functional' (a torch "
+                f"env); {env_id} runs on Gymnasium's own env here"
+            )
+        self.venv = make_collection_env(
+            env_id,
+            num_envs,
+            device=device,
+            backend=backend,
+            exploring_starts=exploring_starts,
+            vectorization=vectorization,
+        )
+        self.backend, self.seed = backend, int(seed)
         self.action_space = self.venv.single_action_space
         self.observation_space = self.venv.single_observation_space
         self.discrete = isinstance(self.action_space, gym.spaces.Discrete)
@@ -165,7 +289,8 @@ class Collector:
             device=device,
             seed=config.seed,
             buffer_size=config.buffer_size,
-            backend=getattr(config, "backend", "functional"),
+            backend=config.backend,
+            vectorization=config.vectorization,
             exploring_starts=config.exploring_starts,
             behaviour_log_prob=getattr(config, "n_step_correction", "none") == "retrace",
             algorithm=algorithm,
@@ -216,14 +341,7 @@ class Collector:
         self.env_steps += self.num_envs
 
     def _final_obs(self, next_obs: torch.Tensor, done: torch.Tensor, info: dict) -> torch.Tensor:
-        final = info.get("final_obs")
-        if isinstance(final, torch.Tensor):  # functional envs: s_{t+1} for every row, no host read
-            return final
-        if final is None:  # Gymnasium adds the key only on steps where some env ended
-            return next_obs
-        # Gymnasium: an object array holding the true last observation where an env ended
-        rows = [final[i] if bool(done[i]) else next_obs[i] for i in range(len(final))]
-        return torch.stack([torch.as_tensor(r, device=next_obs.device) for r in rows])
+        return true_next_obs(next_obs, done, info)
 
     def sample(self, batch_size: int, *, n_step: int = 1) -> dict[str, torch.Tensor]:
         """A uniform batch of stored transitions; with ``n_step > 1``, n-step paths (fields ``path``
@@ -234,28 +352,28 @@ class Collector:
 
     def state_dict(self) -> dict:
         """The replay buffer, the vector env, the current observations, episode returns, random
-        stream and step count: what a resumed run needs to collect exactly what this one would."""
-        if not hasattr(self.venv, "state_dict"):
-            raise ValueError(
-                "checkpoints of a run need backend='functional': Gymnasium's own envs keep hidden state"
-            )
+        stream and step count: what a resumed run needs to collect exactly what this one would.
+
+        Gymnasium's own envs keep hidden state no checkpoint can hold: their entry is None, and a
+        resumed run restarts their episodes (:meth:`load_state_dict`)."""
         return {
             "buffer": self.buffer.state_dict(),
-            "venv": self.venv.state_dict(),
             "generator": self.generator.get_state(),
-            "obs": self.obs,
-            "returns": self.returns.state_dict(),
-            "env_steps": self.env_steps,
+            **episode_state(self.venv, self.obs, self.returns, self.env_steps),
         }
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore :meth:`state_dict` into a collector built with the same settings."""
+        """Restore :meth:`state_dict` into a collector built with the same settings.
+
+        Without a saved env state (Gymnasium's own envs) the episodes in progress restart from
+        reset, seeded by :func:`restart_seed` from the seed and step count; the buffer, random
+        stream and step count continue exactly, and the partial returns of the cut episodes are
+        dropped."""
         self.buffer.load_state_dict(state["buffer"])
-        self.venv.load_state_dict(state["venv"])
         self.generator.set_state(state["generator"].cpu())  # loaded to the device with the rest
-        self.obs = state["obs"].to(self.device)
-        self.returns.load_state_dict(state["returns"])
-        self.env_steps = int(state["env_steps"])
+        self.obs, self.env_steps = restore_episodes(
+            self.venv, state, self.returns, seed=self.seed, device=self.device
+        )
 
     def pop_mean_return(self) -> float:
         """Mean return of the episodes that ended since the last call (NaN if none); one host read."""

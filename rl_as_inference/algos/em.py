@@ -48,6 +48,7 @@ def train(
 
 
 ALGORITHM = Algorithm(
+    needs_dynamics=True,
     name="em",
     config=EMConfig,
     train=train,

@@ -69,7 +69,6 @@ class MPOConfig(RunSettings):
     n_step_correction: str = "none"
     trace_lambda: float = 1.0  # lambda of the Retrace traces
     anneal_lr: bool = False  # decay the policy and critic learning rates linearly to 0 over the budget
-    backend: str = "functional"  # collect with the torch port, or "gymnasium" (Gymnasium's own env)
     policy_lr: float = 1e-3
     critic_lr: float = 1e-3
     dual_lr: float = 1e-2
@@ -304,6 +303,7 @@ def train(
 
 
 ALGORITHM = Algorithm(
+    action_spaces=("Box", "Discrete"),
     name="mpo",
     config=MPOConfig,
     train=train,

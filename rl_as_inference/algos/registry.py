@@ -57,6 +57,9 @@ class Algorithm:
         temperature_note: where that temperature comes from, in words (shown by ``rlai inspect``).
         elbo_note: what the ``elbo`` column of its ``metrics.csv`` is (None: it logs none).
         elbo_units: the units of that column.
+        needs_dynamics: it re-simulates or differentiates the env (a torch env: a port or one added
+            with :func:`rl_as_inference.envs.register`), so Gymnasium's own envs cannot serve it.
+        action_spaces: the Gymnasium action-space types it takes, by class name.
     """
 
     name: str
@@ -66,3 +69,5 @@ class Algorithm:
     temperature_note: str
     elbo_note: str | None = None
     elbo_units: str = "nats"
+    needs_dynamics: bool = False
+    action_spaces: tuple[str, ...] = ("Box",)

@@ -64,7 +64,6 @@ class SACConfig(RunSettings):
     # the behaviour mu was (stores log mu at collection; one more critic pass over the path)
     n_step_correction: str = "none"
     trace_lambda: float = 1.0  # lambda of the Retrace traces (n_step_correction = "retrace")
-    backend: str = "functional"  # collect with the torch port, or "gymnasium" (Gymnasium's own env)
 
 
 @dataclass

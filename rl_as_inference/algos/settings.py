@@ -27,6 +27,7 @@ from rl_as_inference.temperature import SCHEDULES
 
 __all__ = [
     "BACKENDS",
+    "VECTORIZATIONS",
     "LOSSES",
     "OBJECTIVES",
     "RULES",
@@ -36,7 +37,8 @@ __all__ = [
     "check_settings",
 ]
 
-BACKENDS = ("functional", "gymnasium")  # collect with the torch port or with Gymnasium's own env
+VECTORIZATIONS = ("sync", "async")  # gymnasium.make_vec's vectorization_mode for Gymnasium's own envs
+BACKENDS = ("auto", "functional", "gymnasium")  # the torch port where there is one, or Gymnasium's own env
 OBJECTIVES = ("maxent", "kl")  # seed eq. (10) against the uniform prior, or eq. (2) against pi_k
 START_STATES = ("replay", "rollout")  # where segment SVI starts its segments
 LOSSES = ("mse", "huber")  # soft Q-learning's regression loss
@@ -199,6 +201,7 @@ RULES: dict[str, Rule] = {
     # choices
     "n_step_correction": one_of(N_STEP_CORRECTIONS),
     "backend": one_of(BACKENDS),
+    "vectorization": one_of(VECTORIZATIONS),
     "objective": one_of(OBJECTIVES),
     "start_states": one_of(START_STATES),
     "loss": one_of(LOSSES),
@@ -230,9 +233,11 @@ def check_settings(config: Any) -> None:
 class RunSettings:
     """What to train on, for how long, from which starts, with which inputs, where, and how often to log."""
 
-    env: str = "Pendulum-v1"  # a ported Gymnasium id
+    env: str = "Pendulum-v1"  # a Gymnasium id, or one added with envs.register
     total_env_steps: int = 20_000  # the training budget, in environment steps
-    num_envs: int = 1  # parallel functional envs collecting data
+    num_envs: int = 1  # parallel envs collecting data
+    backend: str = "auto"  # the torch port where there is one, else "gymnasium" (Gymnasium's own env)
+    vectorization: str = "sync"  # Gymnasium's envs in this process, or "async" (one subprocess each)
     exploring_starts: float = 0.0  # share of training resets drawn anywhere in the state box (0: p(s_0))
     rescale_obs: bool = False  # map bounded observation coordinates onto [-1, 1] (ObservationEncoder)
     seed: int = 0

@@ -226,6 +226,7 @@ def train(
 
 
 ALGORITHM = Algorithm(
+    action_spaces=("Discrete",),
     name="softq",
     config=SoftQConfig,
     train=train,

@@ -228,6 +228,7 @@ def _train(
 
 
 ALGORITHM = Algorithm(
+    needs_dynamics=True,
     name="svi",
     config=SVIConfig,
     train=train,

@@ -121,7 +121,9 @@ def train_on_rollouts(
             alive = traj.alive.to(torch.float32)
             log_ratio = segment_log_ratios(terms, alpha, gamma)
             soft_rewards = scale * (traj.rewards + alpha * log_ratio)
-            obs = env.observe(traj.states, dtype=None).float()
+            # detached: no_grad does not cut the actor's graph from a tensor built before it, and an
+            # env whose observation is its state (an identity observe) hands that graph straight back
+            obs = env.observe(traj.states.detach(), dtype=None).float()
             returns = bellman.lambda_returns(
                 soft_rewards, traj.terminated, target(obs), gamma, config.td_lambda
             )

@@ -40,7 +40,13 @@ from torch import nn
 from torch.distributions import Categorical, Distribution, Independent, Normal, kl_divergence
 
 from rl_as_inference import bellman, envs
-from rl_as_inference.algos.collect import EpisodeReturns
+from rl_as_inference.algos.collect import (
+    EpisodeReturns,
+    episode_state,
+    make_collection_env,
+    restore_episodes,
+    true_next_obs,
+)
 from rl_as_inference.algos.registry import Algorithm, last_logged
 from rl_as_inference.algos.sac import TrainResult
 from rl_as_inference.algos.schedules import decay_learning_rates
@@ -203,7 +209,8 @@ def vmpo_losses(
 
 
 class Rollouts:
-    """On-policy unrolls of ``num_envs`` functional envs (SAME_STEP autoreset), kept on the device.
+    """On-policy unrolls of ``num_envs`` envs (SAME_STEP autoreset; the torch port where there is
+    one, else Gymnasium's own env), kept on the device.
 
     ``unroll(policy, T)`` steps every env T times with actions sampled from ``policy`` and returns
     the ``[T, N, ...]`` observations, actions, rewards, true next observations
@@ -214,14 +221,27 @@ class Rollouts:
     """
 
     def __init__(
-        self, env_id: str, *, num_envs: int, device: torch.device, seed: int, exploring_starts: float = 0.0
+        self,
+        env_id: str,
+        *,
+        num_envs: int,
+        device: torch.device,
+        seed: int,
+        exploring_starts: float = 0.0,
+        backend: str = "auto",
+        vectorization: str = "sync",
     ):
-        self.venv = envs.make_vec(
-            env_id, num_envs, device=device, autoreset_mode="SameStep", exploring_starts=exploring_starts
+        self.venv = make_collection_env(
+            env_id,
+            num_envs,
+            device=device,
+            backend=backend,
+            exploring_starts=exploring_starts,
+            vectorization=vectorization,
         )
         self.observation_space = self.venv.single_observation_space
         self.action_space = self.venv.single_action_space
-        self.device, self.num_envs = device, num_envs
+        self.device, self.num_envs, self.seed = device, num_envs, int(seed)
         self.obs, _ = self.venv.reset(seed=seed)
         self.returns = EpisodeReturns(num_envs, device)
         self.env_steps = 0
@@ -235,8 +255,9 @@ class Rollouts:
         for _ in range(length):
             action = policy(self.obs).sample()
             obs, reward, terminated, truncated, info = self.venv.step(action)
+            final = true_next_obs(obs, terminated | truncated, info)
             for key, value in zip(
-                steps, (self.obs, action, reward, info["final_obs"], terminated, truncated), strict=True
+                steps, (self.obs, action, reward, final, terminated, truncated), strict=True
             ):
                 steps[key].append(value)
             self.returns.add(reward, terminated | truncated)
@@ -249,20 +270,16 @@ class Rollouts:
         return self.returns.pop_mean()
 
     def state_dict(self) -> dict:
-        """The vector env, current observations, episode returns and step count."""
-        return {
-            "venv": self.venv.state_dict(),
-            "obs": self.obs,
-            "returns": self.returns.state_dict(),
-            "env_steps": self.env_steps,
-        }
+        """The vector env (None for Gymnasium's own, whose state cannot be saved), current
+        observations, episode returns and step count."""
+        return episode_state(self.venv, self.obs, self.returns, self.env_steps)
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore :meth:`state_dict` into rollouts built with the same settings."""
-        self.venv.load_state_dict(state["venv"])
-        self.obs = state["obs"].to(self.device)
-        self.returns.load_state_dict(state["returns"])
-        self.env_steps = int(state["env_steps"])
+        """Restore :meth:`state_dict` into rollouts built with the same settings; without a saved
+        env state the episodes restart (as in :meth:`Collector.load_state_dict`)."""
+        self.obs, self.env_steps = restore_episodes(
+            self.venv, state, self.returns, seed=self.seed, device=self.device
+        )
 
     def close(self) -> None:
         """Close the vector env."""
@@ -298,6 +315,8 @@ def train(
         device=device,
         seed=config.seed,
         exploring_starts=config.exploring_starts,
+        backend=config.backend,
+        vectorization=config.vectorization,
     )
     policy = _make_policy(config, data.observation_space, data.action_space).to(device)
     target_policy = copy.deepcopy(policy).requires_grad_(False)
@@ -391,6 +410,7 @@ def _temperature(config, metrics) -> float | None:
 
 
 ALGORITHM = Algorithm(
+    action_spaces=("Box", "Discrete"),
     name="vmpo",
     config=VMPOConfig,
     train=train,

@@ -15,11 +15,12 @@ from .gym_registration import GymnasiumEnv, register_ported
 from .gymnasium_adapter import TorchVectorWrapper, from_gymnasium, numpy_view
 from .mountain_car import MountainCar, MountainCarContinuous
 from .pendulum import Pendulum
-from .registry import PORTED, make
+from .registry import ENTRY_POINT_GROUP, PORTED, make, register, registered_ids
 from .tabular import TabularMDP, chain, gridworld, random_mdp
 from .vector import FunctionalVectorEnv, make_vec
 
 __all__ = [
+    "ENTRY_POINT_GROUP",
     "PORTED",
     "Acrobot",
     "CartPole",
@@ -39,7 +40,9 @@ __all__ = [
     "make_vec",
     "numpy_view",
     "random_mdp",
+    "register",
     "register_ported",
+    "registered_ids",
 ]
 
 register_ported()

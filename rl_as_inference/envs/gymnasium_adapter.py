@@ -168,8 +168,24 @@ class TorchVectorWrapper(VectorWrapper):
         return _to_torch(obs, self.device), _to_torch(info, self.device)
 
     def step(self, actions: Any) -> tuple[Any, torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Any]]:
-        """Step with a batch of actions shaped like ``action_space``; returns torch tensors."""
-        obs, reward, terminated, truncated, info = self.env.step(_action_to_numpy(actions, self.action_space))
+        """Step with a batch of actions shaped like ``action_space``; returns torch tensors.
+
+        Raises:
+            ValueError: naming the sub-env, the step and the action, if the env returned a NaN or
+                infinite reward or observation (checked on the host, where the arrays already are).
+        """
+        numpy_actions = _action_to_numpy(actions, self.action_space)
+        obs, reward, terminated, truncated, info = self.env.step(numpy_actions)
+        self._steps = getattr(self, "_steps", 0) + 1
+        for what, value in (("reward", reward), ("observation", obs)):
+            if isinstance(value, np.ndarray) and value.dtype.kind == "f" and not np.isfinite(value).all():
+                bad = int(np.argwhere(~np.isfinite(value.reshape(len(value), -1)))[0, 0])
+                name = self.env.spec.id if self.env.spec is not None else type(self.env.unwrapped).__name__
+                raise ValueError(
+                    f"{name} returned a non-finite {what} at step {self._steps} of this vector env, "
+                    f"sub-env {bad} (action {np.asarray(numpy_actions)[bad].tolist()!r}): the env's own "
+                    "output, not the policy's"
+                )
         return (
             _to_torch(obs, self.device),
             _to_torch(reward, self.device),
@@ -244,7 +260,10 @@ def from_gymnasium(
             gym.spec(id_or_factory)
         except gym.error.Error as exc:
             raise ValueError(f"unknown Gymnasium environment id {id_or_factory!r}: {exc}") from exc
-        venv = gym.make_vec(id_or_factory, num_envs, vectorization_mode=vectorization_mode, **make_kwargs)
+        try:
+            venv = gym.make_vec(id_or_factory, num_envs, vectorization_mode=vectorization_mode, **make_kwargs)
+        except gym.error.DependencyNotInstalled as exc:  # Gymnasium's message names the pip extra
+            raise ValueError(f"{id_or_factory} needs a package that is not installed: {exc}") from None
     elif isinstance(id_or_factory, VectorEnv):
         if make_kwargs:
             raise TypeError(f"arguments {sorted(make_kwargs)} do not apply to an already built vector env")

@@ -9,11 +9,55 @@ types on the command line or passes in Python may carry that prefix.
 
 from __future__ import annotations
 
+import difflib
+import importlib
+import os
+import sys
+
 import gymnasium as gym
 
-from .registry import PORTED
+from .registry import PORTED, register, registered_ids
 
-__all__ = ["check_env_id"]
+__all__ = ["check_env_id", "import_env_module"]
+
+
+def _closest(env_id: str) -> str:
+    known = sorted({*PORTED, *registered_ids(), *gym.registry})
+    close = difflib.get_close_matches(env_id, known, n=3, cutoff=0.6)
+    return f"closest: {', '.join(close)}; " if close else ""
+
+
+def import_env_module(env_id: str) -> str:
+    """``module:Name`` as typed by a user: import ``module`` and return the id it makes known.
+
+    ``Name`` is a Gymnasium id the module registers on import (as ``gymnasium.make`` reads the
+    prefix), or a ``FunctionalEnv`` factory in the module, which is registered under ``Name``
+    with :func:`rl_as_inference.envs.register`. Ids read from files never come here
+    (:func:`check_env_id` refuses the prefix): importing runs the module's code.
+
+    Raises:
+        ValueError: naming the module or the name, if the import fails or the name is unknown.
+    """
+    module_name, _, name = env_id.rpartition(":")
+    if not module_name or not name:
+        raise ValueError(f"env={env_id!r} is not 'module:Name'")
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        # as `python -m` does (and uvicorn for its module:app): a module next to the user is found
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"env={env_id!r}: cannot import {module_name!r} ({exc})") from None
+    if name in PORTED or name in gym.registry or name in registered_ids():
+        return name
+    factory = getattr(module, name, None)
+    if callable(factory):
+        register(name, factory, override=True)
+        return name
+    raise ValueError(
+        f"env={env_id!r}: importing {module_name!r} registered no id {name!r} and it has no factory "
+        f"of that name"
+    )
 
 
 def check_env_id(env_id: object, *, source: str = "env") -> str:
@@ -35,6 +79,9 @@ def check_env_id(env_id: object, *, source: str = "env") -> str:
             f"{source}={env_id!r} names a module to import ('module:Env'), which ids read from files may "
             f"not do: use a registered id (ported: {ported})"
         )
-    if env_id not in PORTED and env_id not in gym.registry:
-        raise ValueError(f"{source}={env_id!r} is not a registered Gymnasium id; ported ids: {ported}")
+    if env_id not in PORTED and env_id not in gym.registry and env_id not in registered_ids():
+        raise ValueError(
+            f"{source}={env_id!r} is not a registered Gymnasium id; {_closest(env_id)}ported ids: {ported} "
+            "(a package's ids need its import: --env package:ID; a torch env of yours: envs.register)"
+        )
     return env_id

@@ -105,7 +105,7 @@ def test_inspect_and_load_policy_on_cuda_without_cuda_name_the_device(run_dir, t
 def test_other_commands_bad_options(run_dir, tmp_path, capsys):
     cases = [
         (["train"], "rlai train needs --env ID (or --resume DIR)"),
-        (["train", "--env", "NoSuchEnv-v9"], "unknown environment 'NoSuchEnv-v9'"),
+        (["train", "--env", "NoSuchEnv-v9"], "env='NoSuchEnv-v9' is not a registered Gymnasium id"),
         (["train", "--resume", str(run_dir), "--env", "Pendulum-v1"], "drop --env"),
         (["train", "--resume", str(tmp_path / "none")], "is not a run directory: no config.toml"),
         (["evaluate", str(tmp_path / "none")], "is not a run directory: no checkpoint.pt"),

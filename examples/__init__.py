@@ -1,0 +1,1 @@
+"""Worked examples: environments and scripts written against the library's public API."""

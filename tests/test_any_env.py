@@ -1,0 +1,376 @@
+"""Training on environments beyond the five ports: any Gymnasium id, and torch envs users register."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+from importlib.metadata import EntryPoint
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from rl_as_inference import diagnostics, envs, load_policy, runs
+from rl_as_inference.algos import sac
+from rl_as_inference.algos.collect import Collector
+from rl_as_inference.cli import main
+from rl_as_inference.envs import registry
+from rl_as_inference.resume import Checkpointer, read_train_state
+
+# Gymnasium's own classic-control envs under ids the library has no port of: they run as
+# Gymnasium's env (the "gymnasium" backend), exactly as LunarLander-v3 or Hopper-v5 would.
+CLONES = {
+    "test/PendulumClone-v0": ("gymnasium.envs.classic_control.pendulum:PendulumEnv", 200),
+    "test/CartPoleClone-v0": ("gymnasium.envs.classic_control.cartpole:CartPoleEnv", 500),
+}
+QUIET = ["--no-progress", "--eval-episodes", "2"]
+SAC_TINY = ["--set", "total_env_steps=400", "--set", "learning_starts=100", "--set", "hidden=[16, 16]"]
+VMPO_TINY = ["--set", "total_env_steps=512", "--set", "num_envs=8", "--set", "unroll_length=16"]
+VMPO_TINY += ["--set", "log_every=256", "--set", "hidden=[16]"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def clones():
+    for env_id, (entry_point, limit) in CLONES.items():
+        gym.register(env_id, entry_point=entry_point, max_episode_steps=limit)
+    yield
+    for env_id in CLONES:
+        gym.registry.pop(env_id, None)
+
+
+@pytest.fixture
+def user_envs():
+    """Registered torch envs are process-wide: each test's are removed after it."""
+    before = dict(registry._REGISTERED)
+    yield
+    registry._REGISTERED.clear()
+    registry._REGISTERED.update(before)
+
+
+def _one_line_error(capsys, code: int) -> str:
+    assert code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("rlai: error: "), lines
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("env_id", "tiny", "algo", "policy"),
+    [
+        ("test/PendulumClone-v0", SAC_TINY, "sac", "TanhGaussianMLP"),
+        ("test/CartPoleClone-v0", VMPO_TINY, "vmpo", "CategoricalMLP"),
+    ],
+)
+def test_rlai_train_takes_an_unported_gymnasium_id(env_id, tiny, algo, policy, tmp_path, capsys):
+    # once refused as "unknown environment; ported: ..."; without a recipe the generic default
+    # for the action space runs, and the start says which
+    out = tmp_path / "run"
+    assert (
+        main(["train", "--env", env_id, "--out", str(out), *tiny, *QUIET, "--checkpoint-every", "200"]) == 0
+    )
+    err = capsys.readouterr().err
+    assert f"{env_id} has no shipped recipe" in err and f"actions: {algo} with its default settings" in err
+    summary = json.loads((out / "eval.json").read_text())
+    assert summary["algo"] == algo and summary["episodes"] == 2
+    loaded = load_policy(out)
+    assert loaded.env_id == env_id and type(loaded.module).__name__ == policy
+    assert read_train_state(out / "train_state.pt")["env_steps"] == summary["env_steps"]
+    assert main(["evaluate", str(out), "--episodes", "2", "--no-progress"]) == 0
+    capsys.readouterr()
+    line = _one_line_error(capsys, main(["inspect", str(out), "--out", str(tmp_path / "i")]))
+    assert f"{env_id} runs only as Gymnasium's own env" in line and "envs.register" in line
+
+
+def test_a_resumed_gymnasium_run_restarts_its_episodes_and_continues_the_rest(tmp_path):
+    # Gymnasium's envs keep hidden state no checkpoint holds (the run could not checkpoint at
+    # all): the episodes restart, seeded from the seed and step count, and the rest continues.
+    config = sac.SACConfig(
+        env="test/PendulumClone-v0",
+        total_env_steps=600,
+        learning_starts=100,
+        batch_size=32,
+        hidden=(16,),
+        log_every=100,
+    )
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_400(row):
+        if row["env_steps"] >= 400:
+            raise Stop
+
+    with pytest.raises(Stop):
+        sac.train(config, callback=stop_after_400, checkpointer=Checkpointer(tmp_path / "cut.pt", every=200))
+    saved = read_train_state(tmp_path / "cut.pt")
+    assert 200 <= saved["env_steps"] < 400  # the checkpoint at 400 would come at the next iteration
+    shutil.copy(tmp_path / "cut.pt", tmp_path / "again.pt")
+    results = []
+    for name in ("cut.pt", "again.pt"):
+        rows = []
+        results.append(
+            sac.train(
+                config,
+                callback=rows.append,
+                checkpointer=Checkpointer(tmp_path / name, every=200, resume=True),
+            )
+        )
+        assert rows[0]["env_steps"] > saved["env_steps"] and results[-1].env_steps == 600
+    # the restart is seeded: two resumes from one checkpoint end bit-identical
+    for key, value in results[0].policy.state_dict().items():
+        assert torch.equal(value, results[1].policy.state_dict()[key]), key
+
+
+def test_a_collector_restart_keeps_the_buffer_and_draws_fresh_episodes():
+    collector = Collector(
+        "test/PendulumClone-v0", num_envs=2, device=torch.device("cpu"), seed=3, buffer_size=64
+    )
+    assert collector.backend == "gymnasium"
+    for _ in range(5):
+        collector.step(None)
+    state = collector.state_dict()
+    assert state["venv"] is None
+    fresh = Collector("test/PendulumClone-v0", num_envs=2, device=torch.device("cpu"), seed=3, buffer_size=64)
+    fresh.load_state_dict(state)
+    assert fresh.env_steps == 10 and len(fresh.buffer) == len(collector.buffer) == 10
+    assert not torch.equal(fresh.obs, collector.obs)  # restarted, from another reset seed than 3's
+    assert torch.equal(fresh.returns.current, torch.zeros(2))
+    assert fresh.random_actions().tolist() == collector.random_actions().tolist()  # the stream continues
+
+
+def test_dynamics_algorithms_on_a_gymnasium_only_env_say_why_and_what_to_use(tmp_path, capsys):
+    for algo in ("svi", "em"):
+        line = _one_line_error(
+            capsys,
+            main(["train", "--env", "test/PendulumClone-v0", "--algo", algo, "--out", str(tmp_path / algo)]),
+        )
+        assert f"{algo} differentiates and re-simulates the env's dynamics" in line
+        assert "use one of mpo, sac, softq, vmpo" in line and "envs.register" in line
+        assert not (tmp_path / algo).exists()
+
+
+def test_an_unknown_id_names_the_closest_ones(tmp_path, capsys):
+    line = _one_line_error(
+        capsys, main(["train", "--env", "test/PendulumClne-v0", "--out", str(tmp_path / "r")])
+    )
+    assert "'test/PendulumClne-v0' is not a registered Gymnasium id; closest: test/PendulumClone-v0" in line
+
+
+def test_a_space_the_networks_cannot_take_is_named(tmp_path, capsys):
+    line = _one_line_error(
+        capsys,
+        main(["train", "--env", "FrozenLake-v1", "--algo", "vmpo", "--out", str(tmp_path / "r"), *QUIET]),
+    )
+    assert "FrozenLake-v1 has observation space Discrete(16)" in line and "FlattenObservation" in line
+    assert not (tmp_path / "r").exists()
+
+
+class NeedsBox2D(gym.Env):
+    """An env whose package is missing, as LunarLander-v3 is without Box2D."""
+
+    def __init__(self):
+        raise gym.error.DependencyNotInstalled('Box2D is not installed, run `pip install "gymnasium[box2d]"`')
+
+
+@pytest.mark.parametrize("algo", [[], ["--algo", "sac"]])
+def test_a_missing_optional_package_is_named_with_its_extra_and_nothing_is_written(algo, tmp_path, capsys):
+    gym.register("test/NeedsBox2D-v0", entry_point="tests.test_any_env:NeedsBox2D")
+    try:
+        out = tmp_path / "r"
+        line = _one_line_error(
+            capsys, main(["train", "--env", "test/NeedsBox2D-v0", *algo, "--out", str(out)])
+        )
+    finally:
+        gym.registry.pop("test/NeedsBox2D-v0")
+    assert "test/NeedsBox2D-v0 needs a package that is not installed" in line and "gymnasium[box2d]" in line
+    assert not out.exists()
+
+
+class HeavyPendulum(envs.Pendulum):
+    """A user's torch env: Pendulum-v1 under twice the gravity."""
+
+    def __init__(self, device=None, dtype=None):
+        super().__init__(device=device, dtype=dtype, g=20.0)
+
+
+def test_registered_torch_envs_are_built_everywhere(user_envs, tmp_path):
+    envs.register("test/HeavyPendulum-v0", HeavyPendulum, max_episode_steps=50)
+    env = envs.make("test/HeavyPendulum-v0")
+    assert isinstance(env, HeavyPendulum) and env.g == 20.0 and env.max_episode_steps == 50
+    assert "test/HeavyPendulum-v0" in envs.registered_ids()
+    venv = envs.make_vec("test/HeavyPendulum-v0", 3)
+    venv.reset(seed=0)
+    truncated = [venv.step(torch.zeros(3, 1))[3] for _ in range(50)]
+    assert truncated[-1].all() and not truncated[-2].any()  # the registered time limit
+    collector = Collector(
+        "test/HeavyPendulum-v0", num_envs=2, device=torch.device("cpu"), seed=0, buffer_size=8
+    )
+    assert collector.backend == "functional"  # a torch env: re-simulation and svi are open to it
+    out = runs.train_run(
+        "test/HeavyPendulum-v0",
+        algo="svi",
+        sets=["total_env_steps=300", "learning_starts=100", "hidden=[16]", "horizon=2"],
+        out=tmp_path / "svi",
+        progress=False,
+        eval_episodes=2,  # on the torch env behind Gymnasium's API, with its time limit
+    )
+    assert json.loads((out / "eval.json").read_text())["episodes"] == 2
+    assert read_train_state(out / "train_state.pt")["env_steps"] == 300
+    idata = diagnostics.from_run(out, num_episodes=4, seed=0, horizon=5)  # re-simulated in the torch env
+    assert idata.posterior.attrs["env"] == "test/HeavyPendulum-v0"
+
+
+def test_module_colon_factory_registers_the_factory(user_envs, tmp_path):
+    out = runs.train_run(
+        "tests.test_any_env:HeavyPendulum",
+        algo="sac",
+        sets=["total_env_steps=200", "learning_starts=100", "hidden=[16]"],
+        out=tmp_path / "r",
+        progress=False,
+        eval_episodes=0,
+    )
+    assert "HeavyPendulum" in envs.registered_ids()
+    assert 'env = "HeavyPendulum"' in (out / "config.toml").read_text()
+
+
+def test_an_entry_point_adds_ids(user_envs, monkeypatch):
+    point = EntryPoint(
+        name="test/EntryPendulum-v0", value="tests.test_any_env:HeavyPendulum", group=envs.ENTRY_POINT_GROUP
+    )
+    monkeypatch.setattr(
+        registry, "entry_points", lambda group: [point] if group == envs.ENTRY_POINT_GROUP else []
+    )
+    monkeypatch.setattr(registry, "_entry_points_loaded", False)
+    assert isinstance(envs.make("test/EntryPendulum-v0"), HeavyPendulum)
+
+
+@pytest.mark.parametrize(
+    ("args", "error", "message"),
+    [
+        (
+            ("Pendulum-v1", HeavyPendulum),
+            ValueError,
+            "'Pendulum-v1' is a ported environment and cannot be replaced",
+        ),
+        (("a:b", HeavyPendulum), ValueError, "env id 'a:b' is not allowed"),
+        (("test/X-v0", 3), TypeError, "factory for 'test/X-v0' must be callable"),
+    ],
+)
+def test_bad_registrations_are_named(user_envs, args, error, message):
+    with pytest.raises(error, match=message):
+        envs.register(*args)
+
+
+def test_a_second_registration_needs_override(user_envs):
+    envs.register("test/Twice-v0", HeavyPendulum)
+    with pytest.raises(ValueError, match="'test/Twice-v0' is already registered; pass override=True"):
+        envs.register("test/Twice-v0", HeavyPendulum)
+    envs.register("test/Twice-v0", HeavyPendulum, override=True)
+
+
+@pytest.mark.parametrize(
+    ("env_id", "algo", "message"),
+    [
+        (
+            "CartPole-v1",
+            "sac",
+            r"sac takes Box actions, and CartPole-v1 has Discrete\(2\); use one of mpo, softq, vmpo",
+        ),
+        ("test/CartPoleClone-v0", "svi", r"svi takes Box actions, .* use one of mpo, softq, vmpo"),
+        (
+            "Pendulum-v1",
+            "softq",
+            r"softq takes Discrete actions, and Pendulum-v1 has Box.*use one of em, mpo, sac, svi, vmpo",
+        ),
+    ],
+)
+def test_an_action_space_the_algorithm_cannot_take_names_those_that_can(
+    env_id, algo, message, tmp_path, capsys
+):
+    out = tmp_path / "r"
+    line = _one_line_error(capsys, main(["train", "--env", env_id, "--algo", algo, "--out", str(out)]))
+    assert re.search(message, line), line
+    assert not out.exists()
+
+
+def test_the_worked_example_trains_by_svi_from_the_command_line(user_envs, tmp_path, capsys, monkeypatch):
+    # examples/point_mass.py, a user's differentiable task: `module:Factory` typed on the command
+    # line imports it from the working directory. Its observation is its state, which handed the
+    # actor's graph to the rollout critic's regression (a second backward) until the critic's
+    # inputs were detached.
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    out = tmp_path / "pm"
+    argv = ["train", "--env", "examples.point_mass:PointMass", "--algo", "svi", "--out", str(out)]
+    argv += ["--config", "examples/point_mass.toml", "--set", "total_env_steps=640", "--set", "log_every=320"]
+    assert main([*argv, "--no-progress", "--eval-episodes", "2"]) == 0
+    assert "2 episodes of the torch env" in capsys.readouterr().out
+    assert 'env = "PointMass"' in (out / "config.toml").read_text()
+    assert envs.make("PointMass").max_episode_steps == 100  # the class's own time limit
+    assert "examples/PointMass-v0" in envs.registered_ids()  # registered by the module's import
+
+
+def test_svi_refuses_the_gymnasium_backend(tmp_path, capsys):
+    out = tmp_path / "r"
+    argv = ["train", "--env", "Pendulum-v1", "--algo", "svi", "--set", "backend=gymnasium", "--out", str(out)]
+    line = _one_line_error(capsys, main(argv))
+    assert "backend='gymnasium' but svi differentiates and re-simulates the dynamics" in line
+    assert not out.exists()
+
+
+def test_async_vectorization_collects_what_sync_does():
+    # one subprocess per env (Gymnasium's AsyncVectorEnv): the same seeds give the same transitions
+    cpu = torch.device("cpu")
+    kwargs = {"num_envs": 2, "device": cpu, "seed": 1, "buffer_size": 16, "backend": "gymnasium"}
+    sync = Collector("Pendulum-v1", **kwargs)
+    parallel = Collector("Pendulum-v1", vectorization="async", **kwargs)
+    try:
+        for _ in range(4):
+            sync.step(None)
+            parallel.step(None)
+        for key in ("obs", "action", "reward", "next_obs"):
+            torch.testing.assert_close(parallel.buffer.storage[key][:8], sync.buffer.storage[key][:8])
+    finally:
+        sync.close()
+        parallel.close()
+    with pytest.raises(
+        ValueError, match="vectorization='threads' is not allowed; use one of 'sync', 'async'"
+    ):
+        sac.SACConfig(vectorization="threads")
+
+
+class NanAtThree(gym.Env):
+    """Returns a NaN reward on its third step: a broken user env."""
+
+    observation_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+    action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        return np.zeros(2, np.float32), (math.nan if self.t == 3 else 0.0), False, False, {}
+
+
+def test_a_nan_from_a_gymnasium_env_is_named_with_the_step(tmp_path, capsys):
+    gym.register("test/NanAtThree-v0", entry_point="tests.test_any_env:NanAtThree", max_episode_steps=10)
+    try:
+        venv = envs.from_gymnasium("test/NanAtThree-v0", 2)
+        venv.reset(seed=0)
+        venv.step(torch.zeros(2, 1))
+        venv.step(torch.zeros(2, 1))
+        with pytest.raises(
+            ValueError, match=r"test/NanAtThree-v0 returned a non-finite reward at step 3 .*sub-env 0"
+        ):
+            venv.step(torch.full((2, 1), 0.5))
+        argv = ["train", "--env", "test/NanAtThree-v0", "--algo", "sac", "--out", str(tmp_path / "r"), *QUIET]
+        line = _one_line_error(capsys, main(argv))
+        assert "returned a non-finite reward at step 3" in line
+    finally:
+        gym.registry.pop("test/NanAtThree-v0")
