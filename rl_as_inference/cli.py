@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from rl_as_inference import runs
+from rl_as_inference.envs.ids import import_env_module
 from rl_as_inference.signals import TrainingInterrupted
 
 __all__ = ["main"]
@@ -211,11 +212,17 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
         if args.command == "train" and args.resume is not None:
-            given = [f"--{k}" for k in ("env", "algo", "config", "seed", "device", "out") if getattr(args, k)]
+            # --env module:ID only imports the module that registers the run's id: the run's files
+            # never name a module, so an id that needs one is typed again by the user
+            importing = args.env is not None and ":" in args.env
+            flags = ("algo", "config", "seed", "device", "out") + (() if importing else ("env",))
+            given = [f"--{k}" for k in flags if getattr(args, k)]
             if given or args.set:
                 raise ValueError(
                     f"--resume continues a run with its own config; drop {', '.join(given or ['--set'])}"
                 )
+            if importing:
+                import_env_module(args.env)
             run_dir = runs.resume_run(
                 args.resume, progress=not args.no_progress, eval_episodes=args.eval_episodes
             )

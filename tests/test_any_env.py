@@ -374,3 +374,20 @@ def test_a_nan_from_a_gymnasium_env_is_named_with_the_step(tmp_path, capsys):
         assert "returned a non-finite reward at step 3" in line
     finally:
         gym.registry.pop("test/NanAtThree-v0")
+
+
+def test_a_run_on_a_module_registered_id_resumes_with_the_module_typed_again(user_envs, tmp_path, capsys):
+    # The run's files never name a module to import: a fresh process does not know the id, and
+    # the user types --env module:ID with --resume to import it again.
+    out = tmp_path / "r"
+    argv = ["train", "--env", "tests.test_any_env:HeavyPendulum", "--algo", "sac", "--out", str(out)]
+    argv += ["--set", "total_env_steps=200", "--set", "learning_starts=100", "--set", "hidden=[16]"]
+    assert main([*argv, "--no-progress", "--eval-episodes", "0", "--checkpoint-every", "100"]) == 0
+    registry._REGISTERED.pop("HeavyPendulum")  # as in a new process
+    capsys.readouterr()
+    line = _one_line_error(capsys, main(["train", "--resume", str(out), "--no-progress"]))
+    assert "env='HeavyPendulum' is not a registered Gymnasium id" in line and "also with --resume" in line
+    resume = ["train", "--resume", str(out), "--env", "tests.test_any_env:HeavyPendulum", "--no-progress"]
+    assert main([*resume, "--eval-episodes", "0"]) == 0
+    line = _one_line_error(capsys, main(["train", "--resume", str(out), "--env", "HeavyPendulum"]))
+    assert "drop --env" in line
