@@ -163,10 +163,21 @@ def test_an_unknown_id_names_the_closest_ones(tmp_path, capsys):
 def test_a_space_the_networks_cannot_take_is_named(tmp_path, capsys):
     line = _one_line_error(
         capsys,
-        main(["train", "--env", "FrozenLake-v1", "--algo", "vmpo", "--out", str(tmp_path / "r"), *QUIET]),
+        main(["train", "--env", "Blackjack-v1", "--algo", "vmpo", "--out", str(tmp_path / "r"), *QUIET]),
     )
-    assert "FrozenLake-v1 has observation space Discrete(16)" in line and "FlattenObservation" in line
+    assert "Blackjack-v1 has observation space Tuple(" in line and "FlattenObservation" in line
     assert not (tmp_path / "r").exists()
+
+
+def test_toy_text_with_discrete_observations_trains(tmp_path, capsys):
+    # FrozenLake-v1's observation is Discrete(16): the networks one-hot it
+    out = tmp_path / "r"
+    assert (
+        main(["train", "--env", "FrozenLake-v1", "--algo", "vmpo", "--out", str(out), *VMPO_TINY, *QUIET])
+        == 0
+    )
+    assert type(load_policy(out).module).__name__ == "CategoricalMLP"
+    assert load_policy(out).act(np.int64(0)) in range(4)
 
 
 class NeedsBox2D(gym.Env):

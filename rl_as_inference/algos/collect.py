@@ -90,12 +90,13 @@ def make_collection_env(
 
 
 def check_observation_space(env_id: str, space: gym.Space) -> None:
-    """Raise a ValueError naming ``space`` unless it is a Box, what the networks here take."""
-    if not isinstance(space, gym.spaces.Box):
+    """Raise a ValueError naming ``space`` unless the networks here take it: a Box, or Discrete
+    (one-hot encoded by :class:`~rl_as_inference.guides.policies.ObservationEncoder`)."""
+    if not isinstance(space, gym.spaces.Box | gym.spaces.Discrete):
         raise ValueError(
-            f"{env_id} has observation space {space}; the networks here take Box observations "
-            "(wrap the env in gymnasium.wrappers.FlattenObservation, or one-hot a Discrete one, and "
-            "register the wrapped id)"
+            f"{env_id} has observation space {space}; the networks here take Box or Discrete "
+            "observations (wrap the env in gymnasium.wrappers.FlattenObservation and register the "
+            "wrapped id)"
         )
 
 
