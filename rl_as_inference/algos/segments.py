@@ -31,7 +31,8 @@ class SegmentEnvs:
     length exactly. Env steps count every simulated step, N x H per segment.
 
     Args:
-        env_id: a ported Gymnasium id (its torch port steps on ``device``).
+        env_id: a ported Gymnasium id or one added with ``envs.register`` (its torch env steps on
+            ``device``).
         num_envs: N, the episodes of each segment.
         device: where the states live.
         seed: seeds the generator of the resets.
