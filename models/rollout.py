@@ -243,11 +243,14 @@ def rollout(
             sites.set_alive(alive)
             sites.set_scale(gamma**t)
             action = sites.action(t, state, action_dist(t, state))
-            if env.stochastic:
-                next_state = sites.transition(t, env.transition_dist(state, action))
-                step = env.step(state, action, next_state=next_state)
-            else:
-                step = env.step(state, action)
+            try:
+                if env.stochastic:
+                    next_state = sites.transition(t, env.transition_dist(state, action))
+                    step = env.step(state, action, next_state=next_state)
+                else:
+                    step = env.step(state, action)
+            except ValueError as exc:  # the env's own check names the entry; add the step and site
+                raise ValueError(f"{exc} (at step {t} of the rollout: sites a_{t}, O_{t})") from None
             if optimality is not None:
                 sites.factor(t, step.reward / optimality.alpha)
             # Freeze finished episodes at their terminal state: their later steps are masked out,

@@ -293,6 +293,22 @@ def test_nan_reward_names_the_step():
     env = NaNAfterTwo()
     model = models.TrajectoryModel(env, models.UniformPrior(env.action_space), horizon=4)
     guide = guides.OpenLoopGuide(env, horizon=4)
+    # named by the env's step check, with the rollout's step and site
+    with pytest.raises(ValueError, match=r"non-finite reward nan .*at step 2 of the rollout: sites a_2, O_2"):
+        rlai.TrajectoryELBO().loss_and_grads(model, guide, 8)
+
+
+class NaNAfterTwoUnchecked(NaNAfterTwo):
+    """The same env with its own ``step`` (as TabularMDP has): no reward check in between."""
+
+    def step(self, state, action):
+        return self._step(state, action)
+
+
+def test_a_nan_reward_that_reaches_the_elbo_names_the_step():
+    env = NaNAfterTwoUnchecked()
+    model = models.TrajectoryModel(env, models.UniformPrior(env.action_space), horizon=4)
+    guide = guides.OpenLoopGuide(env, horizon=4)
     with pytest.raises(ValueError, match="step 2 is NaN.*O_2"):
         rlai.TrajectoryELBO().loss_and_grads(model, guide, 8)
 

@@ -264,7 +264,21 @@ class FunctionalEnv:
         """
         self.check_state(state)
         self.check_action(action, state)
-        return self._step(state, action)
+        out = self._step(state, action)
+        self._check_reward(out.reward)
+        return out
+
+    def _check_reward(self, reward: torch.Tensor) -> None:
+        # The inputs were finite: a NaN or infinite reward is the env's own, named here rather than
+        # as a NaN critic or ELBO many steps later (one reduction and one read, CPU only).
+        if reward.device.type == "cpu" and reward.numel() and not math.isfinite(float(reward.detach().sum())):
+            bad = (~torch.isfinite(reward)).nonzero()
+            if len(bad):
+                index = tuple(bad[0].tolist())
+                raise ValueError(
+                    f"{self.name}'s step returned a non-finite reward {reward[index].item()} at index "
+                    f"{index} from a finite state and action: the env's own reward function"
+                )
 
     def observe(self, state: torch.Tensor, dtype: torch.dtype | None = torch.float32) -> torch.Tensor:
         """Observation of a batch of states, as Gymnasium returns it (float32 by default).

@@ -235,3 +235,22 @@ def test_gymnasium_envs_still_take_good_and_out_of_box_actions():
     _, reward, *_ = vec.step(torch.tensor([[5.0], [0.0]]))  # Pendulum clips to its box, as in Gymnasium
     assert torch.isfinite(reward).all()
     vec.close()
+
+
+class _NaNRewardPendulum(envs.Pendulum):
+    """A user's env whose reward function breaks at large speeds."""
+
+    def _step(self, state, action):
+        out = super()._step(state, action)
+        reward = torch.where(state[..., 1].abs() > 0.5, torch.full_like(out.reward, float("nan")), out.reward)
+        return out._replace(reward=reward)
+
+
+def test_a_non_finite_reward_of_a_torch_env_is_named_at_its_step():
+    env = _NaNRewardPendulum()
+    state = torch.tensor([[0.0, 0.1], [0.0, 0.9], [0.0, 0.2]])
+    with pytest.raises(
+        ValueError, match=r"Pendulum-v1's step returned a non-finite reward nan at index \(1,\)"
+    ):
+        env.step(state, torch.zeros(3, 1))
+    env.step(state[:1], torch.zeros(1, 1))  # finite rewards pass
