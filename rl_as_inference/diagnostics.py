@@ -824,7 +824,7 @@ def from_run(
     config_path = run_dir / "config.toml"
     config = read_toml(config_path, str(config_path)) if config_path.is_file() else {}
     metrics = _read_metrics(run_dir / "metrics.csv")
-    if policy.env_id not in envs.PORTED and policy.env_id not in envs.registered_ids():
+    if not envs.has_torch_env(policy.env_id):
         raise ValueError(
             f"{policy.env_id} runs only as Gymnasium's own env: the model's log-weights need the "
             "trajectories re-simulated in a torch env (a port, or one added with envs.register)"

@@ -36,6 +36,7 @@ from rl_as_inference.checkpoint import (
 )
 from rl_as_inference.config import apply_overrides, build_config, parse_assignment, read_toml, to_toml
 from rl_as_inference.envs.base import resolve_device
+from rl_as_inference.envs.gymnasium_adapter import naming_missing_packages
 from rl_as_inference.envs.ids import check_env_id, import_env_module
 from rl_as_inference.guides.policies import activation_class
 from rl_as_inference.resume import Checkpointer, read_train_state
@@ -138,7 +139,7 @@ def train_run(
             f"{algo} takes {' or '.join(REGISTRY[algo].action_spaces)} actions, and {env_id} has "
             f"{action_space}; " + (f"use one of {takes}" if takes else "no algorithm here takes it")
         )
-    if REGISTRY[algo].needs_dynamics and not _has_torch_env(env_id):
+    if REGISTRY[algo].needs_dynamics and not envs.has_torch_env(env_id):
         takes = ", ".join(sorted(name for name, a in REGISTRY.items() if not a.needs_dynamics))
         raise ValueError(
             f"{algo} differentiates and re-simulates the env's dynamics, and {env_id} runs only as "
@@ -192,20 +193,10 @@ def train_run(
 GENERIC_ALGORITHMS = {"Discrete": "vmpo", "Box": "sac"}
 
 
-def _has_torch_env(env_id: str) -> bool:
-    return env_id in envs.PORTED or env_id in envs.registered_ids()
-
-
 def _spaces(env_id: str) -> tuple[gym.Space, gym.Space]:
     """(observation, action) space of one env, built once before anything is written: a missing
     package (Box2D, MuJoCo) or a space the networks cannot take is reported with no run directory."""
-    if _has_torch_env(env_id):
-        env = envs.make(env_id)
-        return env.observation_space, env.action_space
-    try:
-        probe = gym.make(env_id)
-    except gym.error.DependencyNotInstalled as exc:  # Gymnasium's message names the pip extra
-        raise ValueError(f"{env_id} needs a package that is not installed: {exc}") from None
+    probe = gymnasium_env(env_id)
     try:
         check_observation_space(env_id, probe.observation_space)
         return probe.observation_space, probe.action_space
@@ -218,10 +209,8 @@ def gymnasium_env(env_id: str) -> gym.Env:
     in its registry (the ports' originals included), else the registered torch env in
     :class:`~rl_as_inference.envs.GymnasiumEnv` (float64, numpy I/O) with its time limit."""
     if env_id in gym.registry:
-        try:
+        with naming_missing_packages(env_id):
             return gym.make(env_id)
-        except gym.error.DependencyNotInstalled as exc:
-            raise ValueError(f"{env_id} needs a package that is not installed: {exc}") from None
     env = envs.GymnasiumEnv(env=envs.make(env_id, dtype=torch.float64))
     limit = env.env.max_episode_steps
     return gym.wrappers.TimeLimit(env, limit) if limit is not None else env

@@ -39,7 +39,7 @@ def resolve_backend(env_id: str, backend: str) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"backend={backend!r} is not allowed; use one of {', '.join(map(repr, BACKENDS))}")
     if backend == "auto":
-        return "functional" if env_id in envs.PORTED or env_id in envs.registered_ids() else "gymnasium"
+        return "functional" if envs.has_torch_env(env_id) else "gymnasium"
     return backend
 
 
@@ -62,7 +62,7 @@ def make_collection_env(
     """
     backend = resolve_backend(env_id, backend)
     if backend == "functional":
-        if env_id not in envs.PORTED and env_id not in envs.registered_ids():
+        if not envs.has_torch_env(env_id):
             raise ValueError(
                 f"backend='functional' needs a torch env, and {env_id!r} has none (ported: "
                 f"{', '.join(sorted(envs.PORTED))}); use backend='gymnasium' or 'auto'"

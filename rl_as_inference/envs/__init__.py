@@ -15,7 +15,7 @@ from .gym_registration import GymnasiumEnv, register_ported
 from .gymnasium_adapter import TorchVectorWrapper, from_gymnasium, numpy_view
 from .mountain_car import MountainCar, MountainCarContinuous
 from .pendulum import Pendulum
-from .registry import ENTRY_POINT_GROUP, PORTED, make, register, registered_ids
+from .registry import ENTRY_POINT_GROUP, PORTED, has_torch_env, make, register, registered_ids
 from .tabular import TabularMDP, chain, gridworld, random_mdp
 from .vector import FunctionalVectorEnv, make_vec
 
@@ -36,6 +36,7 @@ __all__ = [
     "chain",
     "from_gymnasium",
     "gridworld",
+    "has_torch_env",
     "make",
     "make_vec",
     "numpy_view",

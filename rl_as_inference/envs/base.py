@@ -270,15 +270,13 @@ class FunctionalEnv:
 
     def _check_reward(self, reward: torch.Tensor) -> None:
         # The inputs were finite: a NaN or infinite reward is the env's own, named here rather than
-        # as a NaN critic or ELBO many steps later (one reduction and one read, CPU only).
-        if reward.device.type == "cpu" and reward.numel() and not math.isfinite(float(reward.detach().sum())):
-            bad = (~torch.isfinite(reward)).nonzero()
-            if len(bad):
-                index = tuple(bad[0].tolist())
-                raise ValueError(
-                    f"{self.name}'s step returned a non-finite reward {reward[index].item()} at index "
-                    f"{index} from a finite state and action: the env's own reward function"
-                )
+        # as a NaN critic or ELBO many steps later.
+        index = _non_finite_index(reward)
+        if index is not None:
+            raise ValueError(
+                f"{self.name}'s step returned a non-finite reward {reward[index].item()} at index "
+                f"{index} from a finite state and action: the env's own reward function"
+            )
 
     def observe(self, state: torch.Tensor, dtype: torch.dtype | None = torch.float32) -> torch.Tensor:
         """Observation of a batch of states, as Gymnasium returns it (float32 by default).
@@ -350,18 +348,14 @@ class FunctionalEnv:
         """
         if x.device.type != "cpu" or x.numel() == 0:
             return
-        # Fast paths, as these run on every step: one reduction and one read (a sum is finite only
-        # if every entry is; a finite batch whose sum overflows is looked at entry by entry).
         if x.dtype.is_floating_point:
-            if not math.isfinite(float(x.detach().sum())):
-                bad = (~torch.isfinite(x)).nonzero()
-                if len(bad):
-                    index = tuple(bad[0].tolist())
-                    raise ValueError(
-                        f"{what} has a non-finite entry {x[index].item()} at index {index}; "
-                        f"{self.name} takes finite {what}s only"
-                    )
-        elif isinstance(space, gym.spaces.Discrete):
+            index = _non_finite_index(x)
+            if index is not None:
+                raise ValueError(
+                    f"{what} has a non-finite entry {x[index].item()} at index {index}; "
+                    f"{self.name} takes finite {what}s only"
+                )
+        elif isinstance(space, gym.spaces.Discrete):  # one min and one max, read back once each
             start, n = int(space.start), int(space.n)
             if int(x.min()) < start or int(x.max()) >= start + n:
                 bad = (x < start) | (x >= start + n)
@@ -399,6 +393,18 @@ class FunctionalEnv:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(id={self.id!r}, device={self.device}, dtype={self.dtype})"
+
+
+def _non_finite_index(x: torch.Tensor) -> tuple[int, ...] | None:
+    """The index of the first NaN or infinite entry of a floating-point CPU tensor, else None
+    (also on an accelerator, where looking would be a device synchronization per step).
+
+    The fast path runs on every step: one reduction and one read, since a sum is finite only if
+    every entry is; a finite batch whose sum overflows is looked at entry by entry."""
+    if x.device.type != "cpu" or x.numel() == 0 or math.isfinite(float(x.detach().sum())):
+        return None
+    bad = (~torch.isfinite(x)).nonzero()
+    return tuple(bad[0].tolist()) if len(bad) else None
 
 
 def _broadcasts(shape: torch.Size, batch: tuple[int, ...], event: tuple[int, ...]) -> bool:

@@ -11,7 +11,8 @@ extra package ``array_api_compat``; the few lines below avoid that dependency.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import gymnasium as gym
@@ -21,7 +22,17 @@ from gymnasium.vector import AsyncVectorEnv, SyncVectorEnv, VectorEnv, VectorWra
 
 from .base import check_num_envs, resolve_device
 
-__all__ = ["TorchVectorWrapper", "from_gymnasium", "numpy_view"]
+__all__ = ["TorchVectorWrapper", "from_gymnasium", "naming_missing_packages", "numpy_view"]
+
+
+@contextlib.contextmanager
+def naming_missing_packages(env_id: str) -> Iterator[None]:
+    """Turn Gymnasium's ``DependencyNotInstalled`` (Box2D, MuJoCo...) into a one-line ValueError
+    naming the env; Gymnasium's own message, kept in it, names the pip extra."""
+    try:
+        yield
+    except gym.error.DependencyNotInstalled as exc:
+        raise ValueError(f"{env_id} needs a package that is not installed: {exc}") from None
 
 
 def _to_torch(x: Any, device: torch.device) -> Any:
@@ -159,6 +170,7 @@ class TorchVectorWrapper(VectorWrapper):
         """Wrap ``env`` (a numpy ``gymnasium.vector.VectorEnv``); ``device`` defaults to the CPU."""
         super().__init__(env)
         self.device = resolve_device(device)
+        self._steps = 0  # steps since construction, for naming where a non-finite output arose
 
     def reset(
         self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None
@@ -176,7 +188,7 @@ class TorchVectorWrapper(VectorWrapper):
         """
         numpy_actions = _action_to_numpy(actions, self.action_space)
         obs, reward, terminated, truncated, info = self.env.step(numpy_actions)
-        self._steps = getattr(self, "_steps", 0) + 1
+        self._steps += 1
         for what, value in (("reward", reward), ("observation", obs)):
             if isinstance(value, np.ndarray) and value.dtype.kind == "f" and not np.isfinite(value).all():
                 bad = int(np.argwhere(~np.isfinite(value.reshape(len(value), -1)))[0, 0])
@@ -260,10 +272,8 @@ def from_gymnasium(
             gym.spec(id_or_factory)
         except gym.error.Error as exc:
             raise ValueError(f"unknown Gymnasium environment id {id_or_factory!r}: {exc}") from exc
-        try:
+        with naming_missing_packages(id_or_factory):
             venv = gym.make_vec(id_or_factory, num_envs, vectorization_mode=vectorization_mode, **make_kwargs)
-        except gym.error.DependencyNotInstalled as exc:  # Gymnasium's message names the pip extra
-            raise ValueError(f"{id_or_factory} needs a package that is not installed: {exc}") from None
     elif isinstance(id_or_factory, VectorEnv):
         if make_kwargs:
             raise TypeError(f"arguments {sorted(make_kwargs)} do not apply to an already built vector env")

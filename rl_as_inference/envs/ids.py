@@ -16,7 +16,7 @@ import sys
 
 import gymnasium as gym
 
-from .registry import PORTED, register, registered_ids
+from .registry import PORTED, has_torch_env, register, registered_ids
 
 __all__ = ["check_env_id", "import_env_module"]
 
@@ -48,7 +48,7 @@ def import_env_module(env_id: str) -> str:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise ValueError(f"env={env_id!r}: cannot import {module_name!r} ({exc})") from None
-    if name in PORTED or name in gym.registry or name in registered_ids():
+    if has_torch_env(name) or name in gym.registry:
         return name
     factory = getattr(module, name, None)
     if callable(factory):
@@ -79,7 +79,7 @@ def check_env_id(env_id: object, *, source: str = "env") -> str:
             f"{source}={env_id!r} names a module to import ('module:Env'), which ids read from files may "
             f"not do: use a registered id (ported: {ported})"
         )
-    if env_id not in PORTED and env_id not in gym.registry and env_id not in registered_ids():
+    if not has_torch_env(env_id) and env_id not in gym.registry:
         raise ValueError(
             f"{source}={env_id!r} is not a registered Gymnasium id; {_closest(env_id)}ported ids: {ported} "
             "(a package's ids need its import: --env package:ID, also with --resume; a torch env of "

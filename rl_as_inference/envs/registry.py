@@ -20,7 +20,7 @@ from .cartpole import CartPole
 from .mountain_car import MountainCar, MountainCarContinuous
 from .pendulum import Pendulum
 
-__all__ = ["ENTRY_POINT_GROUP", "PORTED", "make", "register", "registered_ids"]
+__all__ = ["ENTRY_POINT_GROUP", "PORTED", "has_torch_env", "make", "register", "registered_ids"]
 
 PORTED: dict[str, type[FunctionalEnv]] = {
     cls.id: cls for cls in (CartPole, Pendulum, MountainCar, MountainCarContinuous, Acrobot)
@@ -93,6 +93,14 @@ def registered_ids() -> list[str]:
     return sorted(_REGISTERED)
 
 
+def has_torch_env(id: str) -> bool:
+    """Whether :func:`make` builds ``id``: a port, or an id registered here or by an entry point."""
+    if id in PORTED:
+        return True
+    _load_entry_points()
+    return id in _REGISTERED
+
+
 def make(
     id: str,
     *,
@@ -116,7 +124,7 @@ def make(
     """
     if not isinstance(id, str):
         raise TypeError(f"env id must be a string, got {type(id).__name__}")
-    if id not in PORTED and id not in registered_ids():
+    if not has_torch_env(id):
         raise ValueError(
             f"unknown environment id {id!r}: ported ids are {sorted(PORTED)}, registered ones "
             f"{registered_ids()} (add yours with envs.register(id, factory)); any other Gymnasium "
