@@ -6,6 +6,7 @@ action plan (planning as inference).
 """
 
 from .guides import OpenLoopGuide, PolicyGuide, TabularGuide, TrajectoryGuide
+from .normalization import RunningObsNormalizer, attach_obs_normalizer
 from .policies import (
     CategoricalMLP,
     GaussianMLP,
@@ -24,10 +25,12 @@ __all__ = [
     "OpenLoopGuide",
     "Policy",
     "PolicyGuide",
+    "RunningObsNormalizer",
     "SoftQPolicy",
     "SquashedNormal",
     "TabularGuide",
     "TanhGaussianMLP",
     "TrajectoryGuide",
+    "attach_obs_normalizer",
     "mlp",
 ]

@@ -110,11 +110,17 @@ class ObservationEncoder(nn.Module):
     velocity lives in +-0.07 beside a position in [-1.2, 0.6], and unscaled it barely moves a
     tanh layer. The map comes from the space, so it is the same at training and at evaluation
     and is not saved with the weights.
+
+    A running normalizer (:class:`~guides.normalization.RunningObsNormalizer`, attached with
+    :func:`~guides.normalization.attach_obs_normalizer`) instead standardizes each coordinate by the
+    mean and variance of the observations collected so far; its statistics are saved with the
+    weights. It replaces ``rescale``, which a run cannot combine with it.
     """
 
     def __init__(self, space: gym.Space, rescale: bool = False):
         super().__init__()
         self.rescale = bool(rescale)
+        self.normalizer: nn.Module | None = None
         if isinstance(space, gym.spaces.Discrete):
             self.num_classes, self.dim = int(space.n), int(space.n)
         elif isinstance(space, gym.spaces.Box) and len(space.shape) == 1:
@@ -133,9 +139,17 @@ class ObservationEncoder(nn.Module):
         else:
             raise TypeError(f"observation spaces must be Discrete or a 1-D Box, got {space}")
 
+    def attach_normalizer(self, normalizer: nn.Module) -> None:
+        """Standardize Box observations with ``normalizer`` (shared, not copied) from now on."""
+        if self.num_classes is not None:
+            raise ValueError("a Discrete observation space is one-hot encoded; it takes no normalizer")
+        self.normalizer = normalizer
+
     def forward(self, obs: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         if self.num_classes is not None:
             return nn.functional.one_hot(obs.long(), self.num_classes).to(dtype)
+        if self.normalizer is not None:
+            return self.normalizer(obs.to(dtype))
         if self.rescale:
             return (obs.to(dtype) - self.center.to(dtype)) * self.inv_half.to(dtype)
         return obs.to(dtype)
@@ -275,6 +289,10 @@ class GaussianMLP(_MLPPolicy):
     infinite, and ``TrajectoryELBO`` refuses it); environments clip out-of-range actions.
 
     ``rescale_obs=True`` maps bounded observation coordinates onto [-1, 1] (:class:`ObservationEncoder`).
+    ``rescale_actions=True`` makes the network act in the unit box: with mid = (high + low) / 2 and
+    half = (high - low) / 2, q(a|s) = Normal(mid + half mu(obs), half sigma(obs)), so that outputs of
+    order one span a box of any size (Pendulum's torque in [-2, 2], a motor in [-0.4, 0.4]) and
+    ``init_std`` is a fraction of the box's half-width. It needs a bounded box.
     """
 
     def __init__(
@@ -286,13 +304,22 @@ class GaussianMLP(_MLPPolicy):
         init_std: float = 1.0,
         state_dependent_std: bool = False,
         rescale_obs: bool = False,
+        rescale_actions: bool = False,
     ):
-        _box_bounds(action_space)
+        low, high = _box_bounds(action_space)
         dim = int(action_space.shape[0])
         self.state_dependent_std = bool(state_dependent_std)
         super().__init__(
             observation_space, 2 * dim if state_dependent_std else dim, hidden, activation, rescale_obs
         )
+        self.rescale_actions = bool(rescale_actions)
+        if self.rescale_actions:
+            if not (np.isfinite(low).all() and np.isfinite(high).all()):
+                raise ValueError(f"rescale_actions needs a bounded action space, got {action_space}")
+            # from the space, like the encoder's map: not saved, rebuilt from the run's spec
+            mid, half = (high + low) / 2, (high - low) / 2
+            self.register_buffer("action_mid", torch.as_tensor(mid, dtype=torch.float32), persistent=False)
+            self.register_buffer("action_half", torch.as_tensor(half, dtype=torch.float32), persistent=False)
         if state_dependent_std:
             with torch.no_grad():
                 self.net[-1].weight[dim:].mul_(0.01)
@@ -305,8 +332,13 @@ class GaussianMLP(_MLPPolicy):
         out = self.features(obs)
         if self.state_dependent_std:
             loc, raw = out.chunk(2, dim=-1)
-            return loc, nn.functional.softplus(raw) + 1e-4
-        return out, self.log_std.clamp(LOG_STD_MIN, LOG_STD_MAX).exp().expand_as(out)
+            scale = nn.functional.softplus(raw) + 1e-4
+        else:
+            loc, scale = out, self.log_std.clamp(LOG_STD_MIN, LOG_STD_MAX).exp().expand_as(out)
+        if self.rescale_actions:
+            half = self.action_half.to(loc.dtype)
+            return self.action_mid.to(loc.dtype) + half * loc, half * scale
+        return loc, scale
 
     def forward(self, obs: torch.Tensor) -> dist.Independent:
         loc, scale = self.params(obs)

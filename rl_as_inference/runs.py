@@ -38,6 +38,12 @@ from rl_as_inference.config import apply_overrides, build_config, parse_assignme
 from rl_as_inference.envs.base import resolve_device
 from rl_as_inference.envs.gymnasium_adapter import naming_missing_packages
 from rl_as_inference.envs.ids import check_env_id, import_env_module
+from rl_as_inference.guides.normalization import (
+    DEFAULT_OBS_CLIP,
+    RunningObsNormalizer,
+    attach_obs_normalizer,
+    obs_normalizer_of,
+)
 from rl_as_inference.guides.policies import activation_class
 from rl_as_inference.resume import Checkpointer, read_train_state
 from rl_as_inference.signals import deferred_signals, raise_if_pending
@@ -93,6 +99,12 @@ def _policy_spec(policy: torch.nn.Module, config) -> dict:
         spec["state_dependent_std"] = policy.state_dependent_std
     if policy.rescale_obs:  # absent in runs written before the option: False
         spec["rescale_obs"] = True
+    if getattr(policy, "rescale_actions", False):  # likewise
+        spec["rescale_actions"] = True
+    normalizer = obs_normalizer_of(policy)
+    if normalizer is not None:  # its statistics are buffers in the state dict
+        spec["normalize_obs"] = True
+        spec["obs_clip"] = normalizer.clip
     return spec
 
 
@@ -465,9 +477,12 @@ def _checked_spec(spec: object, path: Path) -> dict:
         activation_class(spec.get("activation"))
     except ValueError as exc:
         raise ValueError(f"{path}: policy {exc}") from None
-    for flag in ("state_dependent_std", "rescale_obs"):
+    for flag in ("state_dependent_std", "rescale_obs", "rescale_actions", "normalize_obs"):
         if not FLAG.ok(spec.get(flag, False)):
             raise ValueError(f"{path}: policy {flag}={spec[flag]!r} is not allowed; use {FLAG.allowed}")
+    clip = spec.get("obs_clip", DEFAULT_OBS_CLIP)
+    if not RULES["obs_clip"].ok(clip):
+        raise ValueError(f"{path}: policy obs_clip={clip!r} is not allowed; use {RULES['obs_clip'].allowed}")
     return spec
 
 
@@ -494,6 +509,8 @@ def load_policy(run_dir: str | os.PathLike, device: str | torch.device = "cpu") 
     cls = POLICY_CLASSES[spec["class"]]
     extra = {"state_dependent_std": spec["state_dependent_std"]} if "state_dependent_std" in spec else {}
     extra["rescale_obs"] = spec.get("rescale_obs", False)
+    if spec.get("rescale_actions", False):
+        extra["rescale_actions"] = True
     try:
         module = cls(
             probe.observation_space,
@@ -502,6 +519,11 @@ def load_policy(run_dir: str | os.PathLike, device: str | torch.device = "cpu") 
             activation=activation_class(spec["activation"]),
             **extra,
         )
+        if spec.get("normalize_obs", False):
+            normalizer = RunningObsNormalizer.for_space(
+                probe.observation_space, clip=float(spec.get("obs_clip", DEFAULT_OBS_CLIP))
+            )
+            attach_obs_normalizer(normalizer, module)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{path}: a {spec['class']} does not fit {env_id}'s spaces ({exc})") from None
     finally:

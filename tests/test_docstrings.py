@@ -19,6 +19,7 @@ MODULES = [
     "rl_as_inference.ledger",
     "rl_as_inference.models",
     "rl_as_inference.guides",
+    "rl_as_inference.guides.normalization",
     "rl_as_inference.elbo",
     "rl_as_inference.fit",
     "rl_as_inference.exact",

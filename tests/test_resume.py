@@ -36,6 +36,11 @@ CASES = {
     ),
     "vmpo-categorical": (vmpo, vmpo.VMPOConfig(env="CartPole-v1", num_envs=4, **ON_POLICY)),
     "vmpo-gaussian": (vmpo, vmpo.VMPOConfig(env="Pendulum-v1", num_envs=4, **ON_POLICY)),
+    # the running observation statistics live in the networks' state dicts and resume with them
+    "vmpo-normalized": (
+        vmpo,
+        vmpo.VMPOConfig(env="Pendulum-v1", num_envs=4, normalize_obs=True, rescale_actions=True, **ON_POLICY),
+    ),
     "svi-rollout": (
         svi,
         svi.SVIConfig(env="Pendulum-v1", start_states="rollout", num_envs=4, horizon=3, alpha=None, **SMALL),

@@ -10,20 +10,25 @@ import torch
 
 from rl_as_inference import envs
 from rl_as_inference.algos.settings import BACKENDS, VECTORIZATIONS, RunSettings
+from rl_as_inference.guides.normalization import DEFAULT_OBS_CLIP, RunningObsNormalizer
 from rl_as_inference.replay import ReplayBuffer, transition_fields
 
 __all__ = [
     "BACKENDS",
+    "DEFAULT_OBS_CLIP",
     "Collector",
     "EpisodeReturns",
     "check_observation_space",
+    "clamp_into",
     "episode_state",
     "make_collection_env",
+    "make_obs_normalizer",
     "resolve_backend",
     "restart_seed",
     "restore_episodes",
     "true_next_obs",
     "uniform_log_density",
+    "update_obs_normalizer",
 ]
 
 
@@ -98,6 +103,29 @@ def check_observation_space(env_id: str, space: gym.Space) -> None:
             "observations (wrap the env in gymnasium.wrappers.FlattenObservation and register the "
             "wrapped id)"
         )
+
+
+def make_obs_normalizer(
+    space: gym.Space, normalize: bool, clip: float, env_id: str, device: torch.device
+) -> RunningObsNormalizer | None:
+    """The running observation normalizer of a collection (None when ``normalize`` is off)."""
+    if not normalize:
+        return None
+    try:
+        return RunningObsNormalizer.for_space(space, clip=clip).to(device)
+    except ValueError as exc:
+        raise ValueError(f"{env_id}: {exc}") from None
+
+
+def update_obs_normalizer(normalizer: RunningObsNormalizer | None, obs: torch.Tensor) -> None:
+    """Merge a step's observations into ``normalizer`` (nothing when there is none)."""
+    if normalizer is not None:
+        normalizer.update(obs)
+
+
+def clamp_into(action: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    """``action`` clamped into the box [low, high] (infinite bounds leave it free); on the device."""
+    return torch.maximum(torch.minimum(action, high.to(action.dtype)), low.to(action.dtype))
 
 
 def true_next_obs(next_obs: torch.Tensor, done: torch.Tensor, info: dict) -> torch.Tensor:
@@ -215,6 +243,15 @@ class Collector:
             warm-up actions): Retrace's traces need it.
         algorithm: its name, for error messages.
         vectorization: ``"sync"`` or ``"async"``, for Gymnasium's own envs (:func:`make_collection_env`).
+        normalize_obs: keep a :class:`~guides.normalization.RunningObsNormalizer` (``obs_normalizer``)
+            of every observation collected, for the algorithm to attach to its networks; it is
+            updated with each step's observations before the policy sees them.
+        obs_clip: the normalizer's clip.
+        reward_scale: the stored rewards are the env's times this (episode returns stay unscaled).
+
+    Box actions are clamped into the action box before the env steps (Gymnasium's MuJoCo tasks
+    would otherwise charge their control cost on an out-of-box action); the buffer stores the
+    action as drawn.
     """
 
     def __init__(
@@ -232,6 +269,9 @@ class Collector:
         behaviour_log_prob: bool = False,
         algorithm: str = "this algorithm",
         vectorization: str = "sync",
+        normalize_obs: bool = False,
+        obs_clip: float = DEFAULT_OBS_CLIP,
+        reward_scale: float = 1.0,
     ):
         backend = resolve_backend(env_id, backend)
         if store_states and backend != "functional":
@@ -274,7 +314,12 @@ class Collector:
             self.low = torch.as_tensor(self.action_space.low, device=device)
             self.high = torch.as_tensor(self.action_space.high, device=device)
         self.uniform_log_prob = uniform_log_density(self.action_space)
+        self.reward_scale = float(reward_scale)
+        self.obs_normalizer = make_obs_normalizer(
+            self.observation_space, normalize_obs, obs_clip, env_id, device
+        )
         self.obs, _ = self.venv.reset(seed=seed)
+        update_obs_normalizer(self.obs_normalizer, self.obs)
         self.returns = EpisodeReturns(num_envs, device)
         self.env_steps = 0
 
@@ -282,8 +327,9 @@ class Collector:
     def for_config(cls, config: RunSettings, device: torch.device, algorithm: str, **kwargs) -> Collector:
         """The Collector an off-policy algorithm's config describes: its env, ``num_envs``, seed,
         ``exploring_starts``, ``buffer_size`` (which every replay-based config adds to
-        :class:`RunSettings`), where it has one, ``backend``, and the behaviour's log-probabilities
-        when ``n_step_correction = "retrace"``; ``kwargs`` add ``store_states`` or ``discrete``."""
+        :class:`RunSettings`), where it has one, ``backend``, ``normalize_obs`` and the behaviour's
+        log-probabilities when ``n_step_correction = "retrace"``; ``kwargs`` add ``store_states``,
+        ``discrete`` or ``reward_scale``."""
         return cls(
             config.env,
             num_envs=config.num_envs,
@@ -295,6 +341,8 @@ class Collector:
             exploring_starts=config.exploring_starts,
             behaviour_log_prob=getattr(config, "n_step_correction", "none") == "retrace",
             algorithm=algorithm,
+            normalize_obs=config.normalize_obs,
+            obs_clip=config.obs_clip,
             **kwargs,
         )
 
@@ -326,12 +374,13 @@ class Collector:
                     # sample's cached pre-tanh value, which a saturated float32 action has lost),
                     # so that on-policy q / mu is exactly 1
                     extra["behaviour_log_prob"] = d.log_prob(action.clone())
-        next_obs, reward, terminated, truncated, info = self.venv.step(action)
+        next_obs, reward, terminated, truncated, info = self.venv.step(self.into_box(action))
+        update_obs_normalizer(self.obs_normalizer, next_obs)
         final_obs = self._final_obs(next_obs, terminated | truncated, info)
         self.buffer.add(
             obs=self.obs,
             action=action,
-            reward=reward,
+            reward=reward * self.reward_scale if self.reward_scale != 1.0 else reward,
             next_obs=final_obs,
             terminated=terminated,
             truncated=truncated,
@@ -340,6 +389,10 @@ class Collector:
         self.returns.add(reward, terminated | truncated)
         self.obs = next_obs
         self.env_steps += self.num_envs
+
+    def into_box(self, action: torch.Tensor) -> torch.Tensor:
+        """The action the env is given: clamped into a Box action space, a Discrete one as is."""
+        return action if self.discrete else clamp_into(action, self.low, self.high)
 
     def _final_obs(self, next_obs: torch.Tensor, done: torch.Tensor, info: dict) -> torch.Tensor:
         return true_next_obs(next_obs, done, info)

@@ -41,6 +41,7 @@ from rl_as_inference.algos.schedules import decay_learning_rates
 from rl_as_inference.algos.settings import RunSettings
 from rl_as_inference.algos.stats import IntervalMeans, emit_row, finish, row_due
 from rl_as_inference.critics import TwinQ, soft_q_loss
+from rl_as_inference.guides.normalization import attach_obs_normalizer
 from rl_as_inference.guides.policies import CategoricalMLP, GaussianMLP, validate_on
 from rl_as_inference.optim import adam
 from rl_as_inference.resume import Checkpointer
@@ -75,6 +76,7 @@ class MPOConfig(RunSettings):
     init_log_temperature: float = 0.0
     init_log_alpha: float = 0.0
     hidden: tuple[int, ...] = (256, 256)
+    rescale_actions: bool = False  # Box actions: the Gaussian acts in the unit box, mapped onto the env's
 
 
 def realized_kl(weights: torch.Tensor) -> torch.Tensor:
@@ -202,18 +204,25 @@ def train(
     """Train MPO on ``config.env`` (callback and checkpointer as in :func:`rl_as_inference.algos.sac.train`)."""
     device = envs.base.resolve_device(config.device)
     torch.manual_seed(config.seed)
-    data = Collector.for_config(config, device, "mpo", discrete=True)
+    data = Collector.for_config(config, device, "mpo", discrete=True, reward_scale=config.reward_scale)
     space = data.action_space
     net = {"hidden": config.hidden, "activation": torch.nn.ELU, "rescale_obs": config.rescale_obs}
     if data.discrete:
         policy = CategoricalMLP(data.observation_space, space, **net)
     else:
-        policy = GaussianMLP(data.observation_space, space, state_dependent_std=True, **net)
+        policy = GaussianMLP(
+            data.observation_space,
+            space,
+            state_dependent_std=True,
+            rescale_actions=config.rescale_actions,
+            **net,
+        )
     policy.to(device)
     target_policy = copy.deepcopy(policy).requires_grad_(False)
     critic = TwinQ(data.observation_space, space, hidden=config.hidden, rescale_obs=config.rescale_obs).to(
         device
     )
+    attach_obs_normalizer(data.obs_normalizer, policy, target_policy, critic)
     duals = [
         torch.tensor(v, device=device, requires_grad=True)
         for v in (config.init_log_temperature, config.init_log_alpha, config.init_log_alpha)

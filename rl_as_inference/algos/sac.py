@@ -28,6 +28,7 @@ from rl_as_inference.algos.registry import Algorithm, logged_or_configured
 from rl_as_inference.algos.settings import RunSettings
 from rl_as_inference.algos.stats import emit_row, finish, row_due
 from rl_as_inference.critics import TwinQ, soft_q_loss
+from rl_as_inference.guides.normalization import attach_obs_normalizer
 from rl_as_inference.guides.policies import TanhGaussianMLP
 from rl_as_inference.optim import adam
 from rl_as_inference.resume import Checkpointer
@@ -113,7 +114,7 @@ def train(
     on resume restores) the whole training state."""
     device = envs.base.resolve_device(config.device)
     torch.manual_seed(config.seed)
-    data = Collector.for_config(config, device, "sac")
+    data = Collector.for_config(config, device, "sac", reward_scale=config.reward_scale)
     space = data.action_space
     policy = TanhGaussianMLP(
         data.observation_space,
@@ -125,6 +126,7 @@ def train(
     critic = TwinQ(data.observation_space, space, hidden=config.hidden, rescale_obs=config.rescale_obs)
     policy.to(device)
     critic.to(device)
+    attach_obs_normalizer(data.obs_normalizer, policy, critic)
     actor_opt = adam(policy.parameters(), lr=config.actor_lr)
     critic_opt = adam(critic.online_parameters(), lr=config.critic_lr)
     temperature = make_temperature(config, device)

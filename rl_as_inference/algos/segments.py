@@ -13,7 +13,12 @@ from __future__ import annotations
 import torch
 
 from rl_as_inference import envs
-from rl_as_inference.algos.collect import EpisodeReturns
+from rl_as_inference.algos.collect import (
+    DEFAULT_OBS_CLIP,
+    EpisodeReturns,
+    make_obs_normalizer,
+    update_obs_normalizer,
+)
 from rl_as_inference.models import Trajectory
 
 __all__ = ["SegmentEnvs"]
@@ -37,10 +42,22 @@ class SegmentEnvs:
         device: where the states live.
         seed: seeds the generator of the resets.
         exploring_starts: share of resets drawn uniformly from the state box.
+        normalize_obs: keep a running normalizer (``obs_normalizer``) of the observations of the
+            states each segment acted in (N x H per segment, one per env step), merged as
+            :meth:`advance` records the segment.
+        obs_clip: the normalizer's clip.
     """
 
     def __init__(
-        self, env_id: str, *, num_envs: int, device: torch.device, seed: int, exploring_starts: float = 0.0
+        self,
+        env_id: str,
+        *,
+        num_envs: int,
+        device: torch.device,
+        seed: int,
+        exploring_starts: float = 0.0,
+        normalize_obs: bool = False,
+        obs_clip: float = DEFAULT_OBS_CLIP,
     ):
         self.env = envs.make(env_id, device=device, exploring_starts=exploring_starts)
         self.observation_space = self.env.observation_space
@@ -49,6 +66,9 @@ class SegmentEnvs:
         self.limit = self.env.max_episode_steps
         self.generator = torch.Generator(device=device).manual_seed(seed)
         self.states = self.env.sample_initial(num_envs, self.generator)
+        self.obs_normalizer = make_obs_normalizer(
+            self.observation_space, normalize_obs, obs_clip, env_id, device
+        )
         self.elapsed = torch.zeros(num_envs, dtype=torch.long, device=device)
         self.returns = EpisodeReturns(num_envs, device)
         self.env_steps = 0
@@ -57,6 +77,9 @@ class SegmentEnvs:
         """Move every env past the segment ``trajectory`` (rolled out from :attr:`states`): record its
         rewards, restart the episodes that ended, and count N x H env steps. No host read."""
         horizon = trajectory.rewards.shape[0]
+        if self.obs_normalizer is not None:  # s_0 .. s_{H-1}: the states the segment acted in
+            states = trajectory.states[:-1].detach().reshape(-1, *self.env.state_shape)
+            update_obs_normalizer(self.obs_normalizer, self.env.observe(states))
         elapsed = self.elapsed + horizon
         # where the time limit falls inside the segment, the episode ends at the segment's end
         timed_out = (

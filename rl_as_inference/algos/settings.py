@@ -142,6 +142,9 @@ RULES: dict[str, Rule] = {
     "num_envs": count(1),
     "exploring_starts": interval(0, 1),
     "rescale_obs": FLAG,
+    "normalize_obs": FLAG,
+    "obs_clip": POSITIVE,
+    "rescale_actions": FLAG,
     "seed": Rule(lambda v: _is_int(v) and 0 <= v <= SEED_MAX, f"an int in [0, {SEED_MAX}]"),
     "device": _DEVICE,
     "log_every": count(1),
@@ -240,9 +243,19 @@ class RunSettings:
     vectorization: str = "sync"  # Gymnasium's envs in this process, or "async" (one subprocess each)
     exploring_starts: float = 0.0  # share of training resets drawn anywhere in the state box (0: p(s_0))
     rescale_obs: bool = False  # map bounded observation coordinates onto [-1, 1] (ObservationEncoder)
+    # standardize observations by their running mean and variance (RunningObsNormalizer), saved
+    # with the policy; clipped to +-obs_clip
+    normalize_obs: bool = False
+    obs_clip: float = 10.0
+    reward_scale: float = 1.0  # multiplies the rewards the learner sees (logged returns: unscaled)
     seed: int = 0
     device: str = "cpu"
     log_every: int = 1_000  # env steps between metric rows
 
     def __post_init__(self) -> None:
         check_settings(self)
+        if self.normalize_obs and self.rescale_obs:
+            raise ValueError(
+                "rescale_obs=true and normalize_obs=true are not allowed together; use one (the running "
+                "normalizer standardizes every coordinate, so the fixed map from the bounds adds nothing)"
+            )

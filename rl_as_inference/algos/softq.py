@@ -48,6 +48,7 @@ from rl_as_inference.algos.schedules import decay_learning_rates
 from rl_as_inference.algos.settings import RunSettings
 from rl_as_inference.algos.stats import IntervalMeans, emit_row, finish, row_due
 from rl_as_inference.critics import constant_log_prior, n_step_soft_target, polyak_update
+from rl_as_inference.guides.normalization import attach_obs_normalizer
 from rl_as_inference.guides.policies import SoftQPolicy
 from rl_as_inference.optim import adam
 from rl_as_inference.resume import Checkpointer
@@ -151,7 +152,7 @@ def train(
     """Train soft Q-learning on ``config.env`` (callback and checkpointer as in :func:`rl_as_inference.algos.sac.train`)."""
     device = envs.base.resolve_device(config.device)
     torch.manual_seed(config.seed)
-    data = Collector.for_config(config, device, "softq", discrete=True)
+    data = Collector.for_config(config, device, "softq", discrete=True, reward_scale=config.reward_scale)
     if not data.discrete:
         data.close()
         raise ValueError(f"softq needs a Discrete action space; {config.env} has {data.action_space}")
@@ -164,6 +165,7 @@ def train(
         temperature=config.alpha,
     ).to(device)
     target = copy.deepcopy(q_net).requires_grad_(False)
+    attach_obs_normalizer(data.obs_normalizer, q_net, target)
     optimizer = adam(q_net.parameters(), lr=config.lr)
     temperature = Temperature(
         alpha=config.alpha,

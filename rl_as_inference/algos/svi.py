@@ -40,6 +40,7 @@ from rl_as_inference.algos.stats import IntervalMeans, emit_row, finish, row_due
 from rl_as_inference.algos.svi_actor import SegmentActor, anneal_actor_critic
 from rl_as_inference.algos.svi_rollout import train_on_rollouts
 from rl_as_inference.critics import LogPrior, TwinQ, constant_log_prior, policy_log_prior, soft_q_loss
+from rl_as_inference.guides.normalization import attach_obs_normalizer
 from rl_as_inference.optim import adam
 from rl_as_inference.resume import Checkpointer
 
@@ -84,6 +85,14 @@ class SVIConfig(RunSettings):
     td_lambda: float = 0.95  # rollout: lambda of the critic's TD(lambda) targets
     critic_updates: int = 4  # rollout: critic steps per segment
     reward_scale: float = 1.0  # rollout: the critic learns reward_scale * V (targets of order one)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.reward_scale != 1.0 and self.start_states == "replay":
+            raise ValueError(
+                f"reward_scale={self.reward_scale!r} is not allowed with start_states='replay', whose "
+                "critic learns in reward units; use 1, or start_states='rollout'"
+            )
 
 
 def critic_log_prior(actor: SegmentActor, action_space: gym.spaces.Box) -> LogPrior:
@@ -152,6 +161,7 @@ def _train(
     actor = SegmentActor.build(config, env, device)  # q, the prior (uniform or pi_k), guide, loss
     policy, reference = actor.policy, actor.reference
     critic = TwinQ(obs_space, space, hidden=config.hidden, rescale_obs=config.rescale_obs).to(device)
+    attach_obs_normalizer(data.obs_normalizer, *actor.networks(), critic)
     critic_opt = adam(critic.online_parameters(), lr=config.critic_lr)
     temperature = make_temperature(config, device)
     target_entropy = -float(np.prod(space.shape)) if config.target_entropy is None else config.target_entropy

@@ -85,6 +85,10 @@ class SegmentActor:
         if self.reference is not None and actor_steps % every == 0:
             self.reference.load_state_dict(self.policy.state_dict())
 
+    def networks(self) -> list[torch.nn.Module]:
+        """q, and the frozen pi_k where the objective has one: what an observation normalizer serves."""
+        return [self.policy] + ([self.reference] if self.reference is not None else [])
+
     def components(self) -> dict:
         """The actor's parts a checkpoint must hold."""
         parts = {"policy": self.policy, "actor_opt": self.optimizer, "loss": self.loss}

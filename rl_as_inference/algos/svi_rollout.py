@@ -42,6 +42,7 @@ from rl_as_inference.algos.stats import IntervalMeans, emit_row, finish, row_due
 from rl_as_inference.algos.svi_actor import SegmentActor, anneal_actor_critic
 from rl_as_inference.critics import StateValue, polyak_update
 from rl_as_inference.elbo import ELBOTerms
+from rl_as_inference.guides.normalization import attach_obs_normalizer
 from rl_as_inference.optim import adam
 from rl_as_inference.resume import Checkpointer
 
@@ -77,11 +78,14 @@ def train_on_rollouts(
         device=device,
         seed=config.seed,
         exploring_starts=config.exploring_starts,
+        normalize_obs=config.normalize_obs,
+        obs_clip=config.obs_clip,
     )
     env, space, obs_space = data.env, data.action_space, data.observation_space
     actor = SegmentActor.build(config, env, device)  # q, the prior (uniform or pi_k), guide, loss
     value = StateValue(obs_space, config.hidden, torch.nn.ReLU, rescale_obs=config.rescale_obs).to(device)
     target = copy.deepcopy(value).requires_grad_(False)
+    attach_obs_normalizer(data.obs_normalizer, *actor.networks(), value, target)
     critic_opt = adam(value.parameters(), lr=config.critic_lr)
     temperature = make_temperature(config, device)
     target_entropy = -float(np.prod(space.shape)) if config.target_entropy is None else config.target_entropy

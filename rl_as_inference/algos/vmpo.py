@@ -41,11 +41,15 @@ from torch.distributions import Categorical, Distribution, Independent, Normal, 
 
 from rl_as_inference import bellman, envs
 from rl_as_inference.algos.collect import (
+    DEFAULT_OBS_CLIP,
     EpisodeReturns,
+    clamp_into,
     episode_state,
     make_collection_env,
+    make_obs_normalizer,
     restore_episodes,
     true_next_obs,
+    update_obs_normalizer,
 )
 from rl_as_inference.algos.registry import Algorithm, last_logged
 from rl_as_inference.algos.sac import TrainResult
@@ -53,6 +57,7 @@ from rl_as_inference.algos.schedules import decay_learning_rates
 from rl_as_inference.algos.settings import RunSettings
 from rl_as_inference.algos.stats import IntervalMeans, emit_row, finish, row_due
 from rl_as_inference.critics import StateValue
+from rl_as_inference.guides.normalization import attach_obs_normalizer
 from rl_as_inference.guides.policies import CategoricalMLP, GaussianMLP, activation_class, validate_on
 from rl_as_inference.optim import adam
 from rl_as_inference.resume import Checkpointer
@@ -102,6 +107,7 @@ class VMPOConfig(RunSettings):
     max_grad_norm: float | None = None  # None: no clipping of the network gradients
     hidden: tuple[int, ...] = (64, 64)
     activation: str = "Tanh"  # a torch.nn activation, for the policy and the value network
+    rescale_actions: bool = False  # Box actions: the Gaussian acts in the unit box, mapped onto the env's
 
 
 def nstep_returns(
@@ -218,6 +224,9 @@ class Rollouts:
     Episode returns are tracked on the device and read back only by :meth:`pop_mean_return`.
     ``state_dict`` / ``load_state_dict`` let a run stop and continue bit for bit.
     ``exploring_starts`` is the share of resets drawn anywhere in the env's state box.
+    ``normalize_obs`` keeps a running normalizer of the observations (``obs_normalizer``, updated
+    before the policy sees them); Box actions reach the env clamped into the box and are returned
+    as drawn (as in :class:`~rl_as_inference.algos.collect.Collector`).
     """
 
     def __init__(
@@ -230,6 +239,8 @@ class Rollouts:
         exploring_starts: float = 0.0,
         backend: str = "auto",
         vectorization: str = "sync",
+        normalize_obs: bool = False,
+        obs_clip: float = DEFAULT_OBS_CLIP,
     ):
         self.venv = make_collection_env(
             env_id,
@@ -242,7 +253,14 @@ class Rollouts:
         self.observation_space = self.venv.single_observation_space
         self.action_space = self.venv.single_action_space
         self.device, self.num_envs, self.seed = device, num_envs, int(seed)
+        self.obs_normalizer = make_obs_normalizer(
+            self.observation_space, normalize_obs, obs_clip, env_id, device
+        )
+        if isinstance(self.action_space, gym.spaces.Box):
+            self.low = torch.as_tensor(self.action_space.low, device=device)
+            self.high = torch.as_tensor(self.action_space.high, device=device)
         self.obs, _ = self.venv.reset(seed=seed)
+        update_obs_normalizer(self.obs_normalizer, self.obs)
         self.returns = EpisodeReturns(num_envs, device)
         self.env_steps = 0
 
@@ -254,7 +272,9 @@ class Rollouts:
         }
         for _ in range(length):
             action = policy(self.obs).sample()
-            obs, reward, terminated, truncated, info = self.venv.step(action)
+            env_action = clamp_into(action, self.low, self.high) if action.is_floating_point() else action
+            obs, reward, terminated, truncated, info = self.venv.step(env_action)
+            update_obs_normalizer(self.obs_normalizer, obs)
             final = true_next_obs(obs, terminated | truncated, info)
             for key, value in zip(
                 steps, (self.obs, action, reward, final, terminated, truncated), strict=True
@@ -295,7 +315,13 @@ def _make_policy(config: VMPOConfig, observation_space: gym.Space, action_space:
     if isinstance(action_space, gym.spaces.Discrete):
         return CategoricalMLP(observation_space, action_space, **shape)
     if isinstance(action_space, gym.spaces.Box):
-        return GaussianMLP(observation_space, action_space, state_dependent_std=True, **shape)
+        return GaussianMLP(
+            observation_space,
+            action_space,
+            state_dependent_std=True,
+            rescale_actions=config.rescale_actions,
+            **shape,
+        )
     raise ValueError(f"vmpo needs a Discrete or a 1-D Box action space, got {action_space}")
 
 
@@ -317,12 +343,15 @@ def train(
         exploring_starts=config.exploring_starts,
         backend=config.backend,
         vectorization=config.vectorization,
+        normalize_obs=config.normalize_obs,
+        obs_clip=config.obs_clip,
     )
     policy = _make_policy(config, data.observation_space, data.action_space).to(device)
     target_policy = copy.deepcopy(policy).requires_grad_(False)
     value = StateValue(
         data.observation_space, config.hidden, activation_class(config.activation), config.rescale_obs
     ).to(device)
+    attach_obs_normalizer(data.obs_normalizer, policy, target_policy, value)
     num_kls = 1 if isinstance(data.action_space, gym.spaces.Discrete) else 2
     duals = [
         torch.tensor(math.log(config.init_temperature), device=device, requires_grad=True),
