@@ -26,7 +26,9 @@ from rl_as_inference.algos import REGISTRY
 __all__ = [
     "apply_overrides",
     "build_config",
+    "RECIPE_FAMILIES",
     "load_recipe",
+    "recipe_family",
     "parse_assignment",
     "read_toml",
     "recipe_ids",
@@ -40,11 +42,39 @@ def recipe_ids() -> list[str]:
     return sorted(p.name.removesuffix(".toml") for p in folder.iterdir() if p.name.endswith(".toml"))
 
 
+# Families of Gymnasium ids that share defaults when an id has no recipe of its own, by the module
+# prefix of their registry entry point: recipes/families/<family>.toml.
+RECIPE_FAMILIES = {"mujoco": "gymnasium.envs.mujoco."}
+
+
+def recipe_family(env_id: str) -> str | None:
+    """The family (:data:`RECIPE_FAMILIES`) whose defaults ``env_id`` takes, or None.
+
+    Only ids without a recipe of their own belong to one: MuJoCo tasks in Gymnasium's registry
+    (``Hopper-v5``, ``HalfCheetah-v5``, ...) take ``recipes/families/mujoco.toml``.
+    """
+    if (_recipes() / f"{env_id}.toml").is_file():
+        return None
+    import gymnasium as gym
+
+    spec = gym.registry.get(env_id)
+    entry = spec.entry_point if spec is not None and isinstance(spec.entry_point, str) else ""
+    return next((name for name, prefix in RECIPE_FAMILIES.items() if entry.startswith(prefix)), None)
+
+
+def _recipes():
+    return resources.files("rl_as_inference") / "recipes"
+
+
 def load_recipe(env_id: str) -> dict:
-    """The shipped recipe of ``env_id`` (an empty recipe if there is none)."""
-    path = resources.files("rl_as_inference") / "recipes" / f"{env_id}.toml"
+    """The shipped recipe of ``env_id``: its own file, else its family's defaults
+    (:func:`recipe_family`), else an empty recipe."""
+    path = _recipes() / f"{env_id}.toml"
     if not path.is_file():
-        return {}
+        family = recipe_family(env_id)
+        if family is None:
+            return {}
+        path = _recipes() / "families" / f"{family}.toml"
     return tomllib.loads(path.read_text())
 
 
@@ -176,7 +206,9 @@ def build_config(
     """
     values: dict = {}
     recipe = load_recipe(env_id).get(algo, {})
-    values = apply_overrides(cls, values, recipe, source=f"recipe {env_id}.toml [{algo}]")
+    family = recipe_family(env_id)
+    name = f"families/{family}.toml" if family else f"{env_id}.toml"
+    values = apply_overrides(cls, values, recipe, source=f"recipe {name} [{algo}]")
     if file is not None:
         path = Path(file)
         if not path.is_file():

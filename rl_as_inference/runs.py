@@ -133,7 +133,7 @@ def train_run(
         ValueError: a bad algorithm, config key or value, or ``sets`` that contradict ``env_id``,
             ``seed`` or ``device`` (``--env CartPole-v1 --set env=Acrobot-v1``).
     """
-    from rl_as_inference.config import load_recipe
+    from rl_as_inference.config import load_recipe, recipe_family
 
     _check_eval_episodes(eval_episodes)
     if isinstance(env_id, str) and ":" in env_id:  # typed by the caller, never read from a file
@@ -142,6 +142,13 @@ def train_run(
     _, action_space = _spaces(env_id)
     if algo is None:
         algo = load_recipe(env_id).get("default_algo") or _generic_algorithm(env_id, action_space)
+    family = recipe_family(env_id)
+    if family is not None:
+        print(
+            f"rlai: note: {env_id} has no recipe of its own; {algo} with the {family} defaults "
+            f"(rl_as_inference/recipes/families/{family}.toml)",
+            file=sys.stderr,
+        )
     if algo not in ALGORITHMS:
         raise ValueError(f"unknown algorithm {algo!r}; available: {', '.join(sorted(ALGORITHMS))}")
     kind = type(action_space).__name__

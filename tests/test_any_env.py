@@ -402,3 +402,44 @@ def test_a_run_on_a_module_registered_id_resumes_with_the_module_typed_again(use
     assert main([*resume, "--eval-episodes", "0"]) == 0
     line = _one_line_error(capsys, main(["train", "--resume", str(out), "--env", "HeavyPendulum"]))
     assert "drop --env" in line
+
+
+def test_mujoco_tasks_without_a_recipe_take_the_mujoco_defaults():
+    from rl_as_inference import config as rconfig
+
+    mujoco_ids = [
+        i for i, s in gym.registry.items() if str(s.entry_point).startswith("gymnasium.envs.mujoco.")
+    ]
+    assert {"Hopper-v5", "InvertedPendulum-v5", "HalfCheetah-v5"} <= set(mujoco_ids)
+    for env_id in mujoco_ids:
+        assert rconfig.recipe_family(env_id) == "mujoco", env_id
+    for env_id in ("Pendulum-v1", "LunarLander-v3", "FrozenLake-v1", "test/PendulumClone-v0"):
+        assert rconfig.recipe_family(env_id) is None, env_id
+    recipe = rconfig.load_recipe("Hopper-v5")
+    assert recipe["default_algo"] == "sac"
+    for algo in (name for name, table in recipe.items() if isinstance(table, dict)):
+        config_cls, _ = runs.ALGORITHMS[algo]
+        config = rconfig.build_config(config_cls, "Hopper-v5", algo, sets=["env=Hopper-v5"])
+        assert config.total_env_steps == 1_000_000, algo
+    sac_config = rconfig.build_config(runs.ALGORITHMS["sac"][0], "Hopper-v5", "sac", sets=["env=Hopper-v5"])
+    assert (sac_config.learning_starts, sac_config.actor_lr, sac_config.buffer_size) == (
+        10_000,
+        3e-4,
+        1_000_000,
+    )
+
+
+def test_a_mujoco_task_trains_from_the_command_line_with_its_defaults_named(tmp_path, capsys):
+    pytest.importorskip("mujoco")  # the dev extra installs it (gymnasium[mujoco])
+    out = tmp_path / "run"
+    tiny = ["--set", "total_env_steps=600", "--set", "learning_starts=300", "--set", "hidden=[16]"]
+    tiny += ["--set", "batch_size=32", "--set", "log_every=300", "--set", "normalize_obs=true"]
+    assert main(["train", "--env", "InvertedPendulum-v5", "--out", str(out), *tiny, *QUIET]) == 0
+    err = capsys.readouterr().err
+    assert "InvertedPendulum-v5 has no recipe of its own; sac with the mujoco defaults" in err
+    config = (out / "config.toml").read_text()
+    assert "buffer_size = 1000000" in config and "normalize_obs = true" in config
+    loaded = load_policy(out)
+    assert loaded.module.encoder.normalizer.count.item() == 601
+    summary = json.loads((out / "eval.json").read_text())
+    assert summary["episodes"] == 2 and summary["env_steps"] == 600
