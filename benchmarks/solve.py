@@ -1,4 +1,4 @@
-"""Time to solve: our default recipes against Stable-Baselines3's zoo settings (issue 6, section 3).
+"""Time to solve: our default recipes against Stable-Baselines3's zoo settings.
 
 For every environment and seed this script trains, one run at a time and each in a fresh child
 process of this one (the same machine, the same process tree, the same torch thread count):
@@ -35,7 +35,10 @@ torch.optim would otherwise import inside the clock at the first optimizer const
 each times ``--budget-scale`` (a changed budget also stretches any schedule tied to it, e.g. SB3's
 ``lin_`` learning rates or our temperature annealing). Ratios are ours / SB3 (below 1: ours is
 faster); if only SB3 reached the threshold the ratio is infinite, if SB3 did not there is none. The
-median and the worst (largest) ratio over seeds are printed per environment.
+median and the worst (largest) ratio over seeds are printed per environment. ``--budget N`` gives
+both libraries exactly N env steps (with ``--full``: a comparison at a fixed budget, as for
+Hopper-v5 at 100k steps). Where the zoo has settings of a second algorithm for a task
+(:data:`ZOO_ALTERNATIVES`), ``--sb3-algo ENV=ALGO`` runs SB3 with those instead.
 
 ``--device cuda`` (or ``auto``: CUDA when torch sees it) trains both libraries there (ours through
 the config's ``device``, SB3 through its ``device`` argument; ``--set device=...`` still overrides
@@ -79,6 +82,13 @@ THRESHOLDS: dict[str, float] = {
     "MountainCarContinuous-v0": 90.0,
     "Acrobot-v1": -100.0,
     "MountainCar-v0": -110.0,
+    # Box2D and MuJoCo: Gymnasium's reward_threshold where it has one
+    "LunarLander-v3": 200.0,
+    "LunarLanderContinuous-v3": 200.0,
+    "InvertedPendulum-v5": 950.0,
+    "InvertedDoublePendulum-v5": 9000.0,
+    # Hopper is compared at a fixed budget (--budget 100000 --full), not by time to a threshold
+    "Hopper-v5": 3800.0,
 }
 
 # Env steps between evaluations during training, per environment (overridden by --eval-every).
@@ -88,6 +98,11 @@ EVAL_EVERY: dict[str, int] = {
     "MountainCarContinuous-v0": 2_000,
     "Acrobot-v1": 5_000,
     "MountainCar-v0": 5_000,
+    "LunarLander-v3": 10_000,
+    "LunarLanderContinuous-v3": 10_000,
+    "InvertedPendulum-v5": 1_000,
+    "InvertedDoublePendulum-v5": 5_000,
+    "Hopper-v5": 10_000,
 }
 
 # rl-baselines3-zoo settings (github.com/DLR-RM/rl-baselines3-zoo, hyperparams/sac.yml at c94924e,
@@ -156,7 +171,101 @@ ZOO: dict[str, dict[str, Any]] = {
         "exploration_final_eps": 0.07,
         "policy_kwargs": {"net_arch": [256, 256]},
     },
+    # ppo.yml, LunarLander-v2 (the same task as v3, whose Box2D fixes changed no dynamics here).
+    "LunarLander-v3": {
+        "algo": "PPO",
+        "n_timesteps": 1_000_000,
+        "n_envs": 16,
+        "n_steps": 1024,
+        "batch_size": 64,
+        "gae_lambda": 0.98,
+        "gamma": 0.999,
+        "n_epochs": 4,
+        "ent_coef": 0.01,
+    },
+    # sac.yml, LunarLanderContinuous-v2.
+    "LunarLanderContinuous-v3": {
+        "algo": "SAC",
+        "n_timesteps": 500_000,
+        "batch_size": 256,
+        "learning_rate": "lin_7.3e-4",
+        "buffer_size": 1_000_000,
+        "gamma": 0.99,
+        "tau": 0.01,
+        "learning_starts": 10_000,
+        "policy_kwargs": {"net_arch": [400, 300]},
+    },
+    # ppo.yml, InvertedPendulum-v2 (tuned; written for v2, the same task as v5).
+    "InvertedPendulum-v5": {
+        "algo": "PPO",
+        "n_timesteps": 1_000_000,
+        "normalize": True,
+        "n_envs": 1,
+        "batch_size": 64,
+        "n_steps": 32,
+        "gamma": 0.999,
+        "learning_rate": 0.000222425,
+        "ent_coef": 1.37976e-07,
+        "clip_range": 0.4,
+        "n_epochs": 5,
+        "gae_lambda": 0.9,
+        "max_grad_norm": 0.3,
+        "vf_coef": 0.19816,
+    },
+    # ppo.yml, InvertedDoublePendulum-v2 (tuned).
+    "InvertedDoublePendulum-v5": {
+        "algo": "PPO",
+        "n_timesteps": 1_000_000,
+        "normalize": True,
+        "n_envs": 1,
+        "batch_size": 512,
+        "n_steps": 128,
+        "gamma": 0.98,
+        "learning_rate": 0.000155454,
+        "ent_coef": 1.05057e-06,
+        "clip_range": 0.4,
+        "n_epochs": 10,
+        "gae_lambda": 0.8,
+        "max_grad_norm": 0.5,
+        "vf_coef": 0.695929,
+    },
+    # sac.yml, "mujoco-defaults" (HalfCheetah-v3, Hopper-v3, ...): SB3's SAC defaults otherwise.
+    "Hopper-v5": {"algo": "SAC", "n_timesteps": 1_000_000, "learning_starts": 10_000},
 }
+# The zoo's other algorithm where it has one for the task: --sb3-algo ENV=ALGO picks it.
+MUJOCO_SAC = {"algo": "SAC", "n_timesteps": 1_000_000, "learning_starts": 10_000}  # sac.yml mujoco-defaults
+ZOO_ALTERNATIVES: dict[str, dict[str, dict[str, Any]]] = {
+    "InvertedPendulum-v5": {"SAC": MUJOCO_SAC},
+    "InvertedDoublePendulum-v5": {"SAC": MUJOCO_SAC},
+    # dqn.yml, LunarLander-v2 (tuned)
+    "LunarLander-v3": {
+        "DQN": {
+            "algo": "DQN",
+            "n_timesteps": 100_000,
+            "learning_rate": 6.3e-4,
+            "batch_size": 128,
+            "buffer_size": 50_000,
+            "learning_starts": 0,
+            "gamma": 0.99,
+            "target_update_interval": 250,
+            "train_freq": 4,
+            "gradient_steps": -1,
+            "exploration_fraction": 0.12,
+            "exploration_final_eps": 0.1,
+            "policy_kwargs": {"net_arch": [256, 256]},
+        }
+    },
+}
+
+
+def zoo_entry(env_id: str, algo: str | None) -> dict[str, Any]:
+    """The zoo settings SB3 runs with on ``env_id``: :data:`ZOO`'s, or the ``algo`` alternative."""
+    if algo is None or algo == ZOO[env_id]["algo"]:
+        return ZOO[env_id]
+    options = ZOO_ALTERNATIVES.get(env_id, {})
+    if algo not in options:
+        raise ValueError(f"no zoo {algo} settings for {env_id}; have {[ZOO[env_id]['algo'], *options]}")
+    return options[algo]
 
 
 @dataclasses.dataclass
@@ -293,7 +402,7 @@ def run_ours(job: dict) -> RunResult:
     config_cls, train = _resolve_algorithm(algo)
     sets = [f"env={env_id}", f"seed={seed}", f"device={job['device']}", *job["sets"]]
     config = build_config(config_cls, env_id, algo, sets=sets)
-    budget = int(round(config.total_env_steps * job["budget_scale"]))
+    budget = job["budget"] or int(round(config.total_env_steps * job["budget_scale"]))
     config = dataclasses.replace(config, total_env_steps=budget)
     result = RunResult("ours", env_id, seed, algo, budget, THRESHOLDS[env_id])
     device = resolve_device(config.device).type  # --set device=auto is resolved here too
@@ -363,8 +472,8 @@ def run_sb3(job: dict) -> RunResult:
     from stable_baselines3.common.vec_env import VecNormalize
 
     env_id, seed = job["env"], job["seed"]
-    zoo = ZOO[env_id]
-    budget = int(round(zoo["n_timesteps"] * job["budget_scale"]))
+    zoo = zoo_entry(env_id, job.get("sb3_algo"))
+    budget = job["budget"] or int(round(zoo["n_timesteps"] * job["budget_scale"]))
     result = RunResult("sb3", env_id, seed, zoo["algo"], budget, THRESHOLDS[env_id])
     tracker = Tracker(result, job["eval_every"], job["eval_episodes"], not job["full"], job["device"])
     holder: dict[str, Any] = {}
@@ -425,7 +534,7 @@ def run_job(job: dict) -> RunResult:
     try:
         return run_ours(job) if job["library"] == "ours" else run_sb3(job)
     except Exception as exc:  # a failed run is reported in the table, not fatal to the others
-        algo = job.get("algo") or ZOO[job["env"]]["algo"]
+        algo = job.get("algo") or job.get("sb3_algo") or ZOO[job["env"]]["algo"]
         return RunResult(
             job["library"], job["env"], job["seed"], algo, 0, THRESHOLDS[job["env"]], error=repr(exc)
         )
@@ -556,6 +665,15 @@ def main(argv: list[str] | None = None) -> None:
         "--final-episodes", type=int, default=100, help="episodes confirming the final policy"
     )
     parser.add_argument("--budget-scale", type=float, default=1.0, help="multiplies both max budgets")
+    parser.add_argument(
+        "--budget", type=int, default=None, help="env steps of both libraries (replaces their budgets)"
+    )
+    parser.add_argument(
+        "--sb3-algo",
+        action="append",
+        default=[],
+        help="ENV=ALGO: the zoo's other algorithm for ENV (ZOO_ALTERNATIVES); repeatable",
+    )
     parser.add_argument("--full", action="store_true", help="train the whole budget, not to the threshold")
     parser.add_argument("--ours-only", action="store_true")
     parser.add_argument("--sb3-only", action="store_true")
@@ -592,6 +710,7 @@ def main(argv: list[str] | None = None) -> None:
     header = machine_info(argv_printed, args.threads, device)
     print("\n".join(f"- {line}" for line in header), flush=True)
     overrides = _parse_algo(args.algo)
+    sb3_algos = _parse_algo(args.sb3_algo)
     jobs = []
     for env in args.envs:
         for seed in args.seeds:
@@ -602,6 +721,7 @@ def main(argv: list[str] | None = None) -> None:
                 "eval_episodes": args.eval_episodes,
                 "final_episodes": args.final_episodes,
                 "budget_scale": args.budget_scale,
+                "budget": args.budget,
                 "full": args.full,
                 "threads": args.threads,
                 "device": device,
@@ -614,7 +734,9 @@ def main(argv: list[str] | None = None) -> None:
                 else:
                     jobs.append({**common, "library": "ours", "algo": algo})
             if not args.ours_only:
-                jobs.append({**common, "library": "sb3", "algo": None})
+                sb3_algo = sb3_algos.get(env, sb3_algos.get("*"))
+                zoo_entry(env, sb3_algo)  # an unknown alternative fails before any run
+                jobs.append({**common, "library": "sb3", "algo": None, "sb3_algo": sb3_algo})
 
     results = []
     context = multiprocessing.get_context("spawn")

@@ -248,12 +248,22 @@ class FunctionalEnv:
             device=self.device, dtype=self.dtype
         )
 
-    def step(self, state: torch.Tensor, action: torch.Tensor) -> Step:
+    def step(
+        self,
+        state: torch.Tensor,
+        action: torch.Tensor,
+        next_state: torch.Tensor | None = None,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> Step:
         """One pure step: ``Step(next_state, reward, terminated)``; the inputs are not modified.
 
         Implements p(s_{t+1} | s_t, a_t) and the reward of the trajectory model. Deterministic
-        envs return the next state directly; stochastic ones sample it (see
-        :meth:`transition_dist` to make it a Pyro sample site instead).
+        envs return the next state of ``_step(state, action)``. Stochastic ones (``stochastic =
+        True``) draw s_{t+1} with :meth:`sample_next` (from ``generator`` where given) unless
+        ``next_state`` is given (a trajectory model makes it a Pyro sample site and passes its
+        value), then call ``_step(state, action, next_state)`` for the reward and termination
+        of that transition. Deterministic envs ignore ``generator``.
 
         Reward contract: ``reward`` is r_t of step t, the factor ``O_t = r_t / alpha``. It may
         depend on (s_t, a_t) and on the next state s_{t+1} (a goal bonus on arrival, as in
@@ -264,7 +274,18 @@ class FunctionalEnv:
         """
         self.check_state(state)
         self.check_action(action, state)
-        out = self._step(state, action)
+        if self.stochastic:
+            if next_state is None:
+                next_state = self.sample_next(state, action, generator)
+            else:
+                self.check_state(next_state)
+            out = self._step(state, action, next_state)
+        elif next_state is not None:
+            raise ValueError(
+                f"{self.name} has deterministic dynamics (stochastic = False): step takes no next_state"
+            )
+        else:
+            out = self._step(state, action)
         self._check_reward(out.reward)
         return out
 
@@ -288,11 +309,40 @@ class FunctionalEnv:
         return obs if dtype is None else obs.to(dtype)
 
     def transition_dist(self, state: torch.Tensor, action: torch.Tensor) -> torch.distributions.Distribution:
-        """The distribution of s_{t+1} given (s_t, a_t); only for stochastic envs."""
+        """The distribution of s_{t+1} given (s_t, a_t); only for stochastic envs.
+
+        A Pyro (or torch) distribution of batch shape ``[*B]`` and event shape ``state_shape``
+        (``.to_event(1)`` for a ``[*B, k]`` state). Reparameterizable ones (Normal) keep pathwise
+        gradients through the transition; others (Bernoulli, Categorical) are scored by the ELBO.
+        """
         raise NotImplementedError(f"{type(self).__name__} has deterministic dynamics: use step()")
 
+    def sample_next(
+        self, state: torch.Tensor, action: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Draw s_{t+1} ~ :meth:`transition_dist` (stochastic envs).
+
+        torch distributions draw from torch's global stream; with a ``generator`` the draw is made
+        reproducible from it instead: it runs under a fork of that stream seeded from
+        ``generator``, so the vector envs' and ``GymnasiumEnv``'s seeds fix it, and the caller's
+        global stream is left as it was. The seed is read back once per call (a host sync on
+        CUDA): override this method with a device-side draw where that matters, as
+        :class:`~rl_as_inference.envs.TabularMDP` does.
+        """
+        d = self.transition_dist(state, action)
+        if generator is None:
+            return d.sample()
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            return d.sample()
+
     # ------------------------------------------------------------------ to implement
-    def _step(self, state: torch.Tensor, action: torch.Tensor) -> Step:
+    def _step(
+        self, state: torch.Tensor, action: torch.Tensor, next_state: torch.Tensor | None = None
+    ) -> Step:
+        # deterministic envs: (state, action) -> Step; stochastic ones also get the drawn next_state
         raise NotImplementedError
 
     def _observe(self, state: torch.Tensor) -> torch.Tensor:

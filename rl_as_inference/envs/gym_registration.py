@@ -52,10 +52,17 @@ class GymnasiumEnv(gym.Env):
         self.observation_space = env.observation_space
         self.action_space = env.action_space
         self._state: torch.Tensor | None = None
+        self._generator: torch.Generator | None = None
 
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
         super().reset(seed=seed)
         self._state = self.env.reset_numpy([self.np_random])
+        # a stochastic env's transitions come from a torch stream seeded by this env's np_random
+        # (deterministic ones leave np_random as Gymnasium's originals do)
+        self._generator = None
+        if self.env.stochastic:
+            self._generator = torch.Generator(device=self.env.device)
+            self._generator.manual_seed(int(self.np_random.integers(2**63)))
         return self._obs(), {}
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
@@ -65,7 +72,7 @@ class GymnasiumEnv(gym.Env):
         dtype = torch.long if discrete else self.env.dtype
         a = torch.as_tensor(np.asarray(action), dtype=dtype, device=self.env.device)
         a = a.reshape(1) if discrete else a.reshape(1, *self.action_space.shape)
-        out = self.env.step(self._state, a)
+        out = self.env.step(self._state, a, generator=self._generator)
         self._state = out.state
         return self._obs(), float(out.reward[0]), bool(out.terminated[0]), False, {}
 

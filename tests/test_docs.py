@@ -1,0 +1,77 @@
+"""The how-to pages under docs/ run as written and do what they say."""
+
+from __future__ import annotations
+
+import re
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from rl_as_inference import envs
+from rl_as_inference.envs import registry
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+@pytest.fixture
+def user_envs():
+    before = dict(registry._REGISTERED)
+    yield
+    registry._REGISTERED.clear()
+    registry._REGISTERED.update(before)
+
+
+def _python_blocks(page: str) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", (DOCS / page).read_text(), re.S)
+
+
+def test_the_functional_env_how_to_runs_checks_and_learns(user_envs, capsys):
+    (block,) = _python_blocks("functional_env.md")
+    namespace: dict = {}
+    with warnings.catch_warnings():  # Gymnasium's checker warns about the unbounded observation box
+        warnings.simplefilter("ignore", UserWarning)
+        exec(compile(block, str(DOCS / "functional_env.md"), "exec"), namespace)  # noqa: S102 (our own page)
+    result = namespace["result"]
+    first, last = sum(result.returns[:5]) / 5, sum(result.returns[-5:]) / 5
+    # seeded: about -15 at the start and -4 after 60 steps (a random policy sits near -15)
+    assert last > first + 5, (first, last)
+    assert "after SVI" in capsys.readouterr().out
+    env = envs.make("howto/NoisyCart-v0")
+    assert env.stochastic and env.differentiable and env.max_episode_steps == 50
+
+
+def test_a_stochastic_env_draws_its_transitions_from_the_given_generator(user_envs):
+    (block,) = _python_blocks("functional_env.md")
+    namespace: dict = {}
+    exec(compile(block.split("envs.register(")[0], "how-to", "exec"), namespace)  # noqa: S102 (the class only)
+    env = namespace["NoisyCart"]()
+    state, action = env.reset(4, seed=0), torch.full((4, 1), 0.5)
+    draws = [env.step(state, action, generator=torch.Generator().manual_seed(3)).state for _ in range(2)]
+    torch.testing.assert_close(draws[0], draws[1], rtol=0, atol=0)
+    torch.manual_seed(11)
+    before = torch.rand(1)
+    torch.manual_seed(11)
+    env.step(state, action, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(torch.rand(1), before)  # the caller's global stream is left as it was
+    other = env.step(state, action, generator=torch.Generator().manual_seed(4)).state
+    assert not torch.equal(other, draws[0])
+    # a given next state is used as is: the reward and termination of that transition
+    given = state + 1.0
+    assert torch.equal(env.step(state, action, next_state=given).state, given)
+    # the vector env's reset seed fixes its transitions
+    envs.register("howto/NoisyCart-v0", namespace["NoisyCart"])
+    runs = []
+    for _ in range(2):
+        vec = envs.make_vec("howto/NoisyCart-v0", 3)
+        vec.reset(seed=5)
+        runs.append(vec.step(torch.zeros(3, 1))[0])
+    torch.testing.assert_close(runs[0], runs[1], rtol=0, atol=0)
+
+
+def test_a_deterministic_env_refuses_a_next_state():
+    env = envs.make("Pendulum-v1")
+    state = env.reset(2, seed=0)
+    with pytest.raises(ValueError, match="deterministic dynamics .* takes no next_state"):
+        env.step(state, torch.zeros(2, 1), next_state=state)
