@@ -356,6 +356,12 @@ class Tracker:
         mean = float(np.mean(evaluate_returns(act, r.env, self.episodes)))
         r.eval_seconds += time.perf_counter() - t0
         r.evals.append((env_steps, train_s, mean))
+        # progress of long runs, as it happens (the child shares the parent's stderr)
+        print(
+            f"  [{r.library} {r.env} seed {r.seed}] {env_steps:,} steps, {train_s:.1f} s: {mean:.1f}",
+            file=sys.stderr,
+            flush=True,
+        )
         self.last_eval_steps = env_steps
         self.next_eval = (env_steps // self.every + 1) * self.every
         if mean >= r.threshold and not r.solved:
