@@ -1,4 +1,4 @@
-"""``fit``: the acceptance example of issue 4, convergence to exact.solve, seeding, checkpoints."""
+"""``fit``: acceptance example (tabular SVI, S=6, A=3), convergence to exact.solve, seeding, checkpoints."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def visitation(mdp, policy: torch.Tensor) -> torch.Tensor:
 def test_acceptance_example_converges_to_exact_optimum(stochastic, objective):
     P, R, p0 = acceptance_tables(stochastic)
     table = torch.softmax(torch.randn(6, 3, generator=torch.Generator().manual_seed(0), dtype=F64), -1)
-    # --- the issue's example, verbatim apart from the prior switch ---
+    # --- the acceptance example, verbatim apart from the prior switch ---
     mdp = envs.TabularMDP(transition=P, reward=R, initial=p0)
     if objective == "maxent-eq10":
         prior = models.UniformPrior(mdp.action_space)
