@@ -18,6 +18,17 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(skip)
 
 
+@pytest.fixture
+def user_envs():
+    """Torch envs registered with envs.register are process-wide: each test's are removed after it."""
+    from rl_as_inference.envs import registry
+
+    before = dict(registry._REGISTERED)
+    yield
+    registry._REGISTERED.clear()
+    registry._REGISTERED.update(before)
+
+
 @pytest.fixture(autouse=True)
 def fresh_param_store():
     """Every test starts and ends with an empty Pyro parameter store (it is global state)."""

@@ -42,15 +42,6 @@ def clones():
         gym.registry.pop(env_id, None)
 
 
-@pytest.fixture
-def user_envs():
-    """Registered torch envs are process-wide: each test's are removed after it."""
-    before = dict(registry._REGISTERED)
-    yield
-    registry._REGISTERED.clear()
-    registry._REGISTERED.update(before)
-
-
 def _one_line_error(capsys, code: int) -> str:
     assert code == 2
     lines = capsys.readouterr().err.strip().splitlines()

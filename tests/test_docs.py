@@ -10,17 +10,8 @@ import pytest
 import torch
 
 from rl_as_inference import envs
-from rl_as_inference.envs import registry
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
-
-
-@pytest.fixture
-def user_envs():
-    before = dict(registry._REGISTERED)
-    yield
-    registry._REGISTERED.clear()
-    registry._REGISTERED.update(before)
 
 
 def _python_blocks(page: str) -> list[str]:

@@ -22,6 +22,7 @@ import torch
 
 from rl_as_inference.critics import N_STEP_CORRECTIONS
 from rl_as_inference.envs.ids import check_env_id
+from rl_as_inference.guides.normalization import DEFAULT_OBS_CLIP
 from rl_as_inference.guides.policies import ACTIVATIONS, activation_class
 from rl_as_inference.temperature import SCHEDULES
 
@@ -246,7 +247,7 @@ class RunSettings:
     # standardize observations by their running mean and variance (RunningObsNormalizer), saved
     # with the policy; clipped to +-obs_clip
     normalize_obs: bool = False
-    obs_clip: float = 10.0
+    obs_clip: float = DEFAULT_OBS_CLIP
     reward_scale: float = 1.0  # multiplies the rewards the learner sees (logged returns: unscaled)
     seed: int = 0
     device: str = "cpu"
