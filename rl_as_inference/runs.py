@@ -143,7 +143,7 @@ def train_run(
     if algo is None:
         algo = load_recipe(env_id).get("default_algo") or _generic_algorithm(env_id, action_space)
     family = recipe_family(env_id)
-    if family is not None:
+    if family is not None and algo in load_recipe(env_id):  # the family's table sets this run
         print(
             f"rlai: note: {env_id} has no recipe of its own; {algo} with the {family} defaults "
             f"(rl_as_inference/recipes/families/{family}.toml)",
