@@ -54,8 +54,8 @@ Options: ``--sizes``, ``--envs``, ``--device cpu|cuda|auto``, ``--dtype float32|
 all three on CUDA), ``--gym-envs`` (0 skips the baseline), ``--threads`` (torch.set_num_threads),
 ``--markdown``, ``--json PATH``; see ``--help`` for the rest.
 
-Targets (issue 3)
------------------
+Targets
+-------
 * one H100: >= 5e9 env-steps/s for CartPole-v1 and Pendulum-v1 at N >= 1M (best torch mode);
 * CPU: >= 30x Gymnasium's SyncVectorEnv (same machine, same run), per env.
 The script prints whether each target is met by the rows it measured.

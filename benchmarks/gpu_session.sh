@@ -1,19 +1,22 @@
 #!/usr/bin/env bash
-# Issue 6's GPU checks in one call of the device tool, prepared so that a session lent a GPU spends
-# its few minutes measuring (see ../shared/gpu/README.md for the machine: Python 3.12, torch with
-# CUDA, no pyro-ppl, gymnasium or arviz, no network).
+# The GPU checks (the rows benchmarks/RESULTS.md marks "GPU: not measured") in one bounded call on
+# a GPU machine, prepared so that a few minutes of GPU time go to measuring. The machine assumed:
+# Python 3.12, torch with CUDA, no pyro-ppl, gymnasium or arviz, no network.
 #
-# Here, before the call (wheels of what the machine lacks, and of this project, into .whl/):
-#     ../shared/gpu/prepare-wheels stable-baselines3==2.9.2 cloudpickle==3.1.3
+# Before the call, on a machine with network: wheels for the GPU machine's Python of what it lacks
+# (stable-baselines3==2.9.2, cloudpickle==3.1.3 and this project's other dependencies), and of
+# this project, into .whl/:
 #     rm -f .whl/rl_as_inference-* && python3 -m pip wheel -q --no-deps -w .whl .   (rebuild: the code changes)
-# Then: run(command="bash benchmarks/gpu_session.sh", carry=[".whl"], timeout_s=540). Stage limits
+# Then, on the GPU machine from the repository root with .whl/ in it and OUT set, within 540 s:
+#     bash benchmarks/gpu_session.sh
+# Stage limits
 # sum to 500 s; on this project's 2-CPU VM (DEVICE=cpu) stage 3 needed 100-110 s, stage 4 about 55.
 #
 # Stages, each bounded by `timeout` so that a slow one cannot eat the others' time; logs in $OUT:
-#   1. benchmarks/solve.py, ours on CUDA: CartPole-v1 and Pendulum-v1, seeds 0-4 (issue 6's GPU goals:
+#   1. benchmarks/solve.py, ours on CUDA: CartPole-v1 and Pendulum-v1, seeds 0-4 (the GPU goals:
 #      <= 2 s and <= 5 s to threshold);
 #   2. the gpu-marked tests (every algorithm trains, resumes and acts on CUDA);
-#   3. the baseline in the same session on the same machine: ours on its CPU (1 torch thread) and
+#   3. the baseline in the same call on the same machine: ours on its CPU (1 torch thread) and
 #      SB3's zoo PPO on CartPole-v1 (its SAC on Pendulum-v1 takes about a minute a seed: seed 0 only).
 # Walk the same path on a CPU machine (its venv has the dependencies) with:
 #     DEVICE=cpu OUT=/tmp/gpu-out PY=.venv/bin/python SITE=/tmp/site-cpu WHEELS='.whl/rl_as_inference-*' \

@@ -1,4 +1,4 @@
-"""Env-steps per second of gradient-carrying SVI steps on Pendulum-v1 (issue 4's benchmark).
+"""Env-steps per second of gradient-carrying SVI steps on Pendulum-v1.
 
 One SVI step = roll out N episodes of T steps from a 64x64 TanhGaussianMLP guide, evaluate the
 maximum-entropy ELBO (seed eq. 10) with pathwise gradients, back-propagate, take an Adam step.
