@@ -106,7 +106,12 @@ class StateValue(nn.Module):
 
 class TwinQ(nn.Module):
     """Two Q networks and their slowly tracking targets: clipped double-Q (min of the two) curbs the
-    overestimation that a max or an expectation over a learned Q otherwise accumulates."""
+    overestimation that a max or an expectation over a learned Q otherwise accumulates.
+
+    ``twin=False`` keeps one network (``q2`` is None, ``min`` and ``target_min`` are that network's
+    values): the critic of the MPO paper and of Acme's MPO, whose backup is an expectation under pi_k
+    rather than a maximum, at half the cost of every critic evaluation.
+    """
 
     def __init__(
         self,
@@ -114,34 +119,41 @@ class TwinQ(nn.Module):
         action_space: gym.Space,
         hidden: Sequence[int] = (256, 256),
         rescale_obs: bool = False,
+        twin: bool = True,
     ):
         super().__init__()
         self.q1 = QNetwork(observation_space, action_space, hidden, rescale_obs)
-        self.q2 = QNetwork(observation_space, action_space, hidden, rescale_obs)
-        self.target = copy.deepcopy(nn.ModuleList([self.q1, self.q2])).requires_grad_(False)
+        self.q2 = QNetwork(observation_space, action_space, hidden, rescale_obs) if twin else None
+        self.target = copy.deepcopy(nn.ModuleList(self._online())).requires_grad_(False)
 
-    def forward(
-        self, obs: torch.Tensor, action: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.q1(obs, action), self.q2(obs, action)
+    def _online(self) -> list[QNetwork]:
+        return [self.q1] if self.q2 is None else [self.q1, self.q2]
+
+    def forward(self, obs: torch.Tensor, action: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        """The value of every online network: (Q1, Q2), or (Q1,) with ``twin=False``."""
+        return tuple(q(obs, action) for q in self._online())
 
     def online_parameters(self) -> list[nn.Parameter]:
         """The parameters an optimizer should train (the targets only track them)."""
-        return [*self.q1.parameters(), *self.q2.parameters()]
+        return [p for q in self._online() for p in q.parameters()]
 
     def min(self, obs: torch.Tensor, action: torch.Tensor | None = None) -> torch.Tensor:
-        """min(Q1, Q2) of the online networks."""
+        """min(Q1, Q2) of the online networks (Q1 alone with ``twin=False``)."""
+        if self.q2 is None:
+            return self.q1(obs, action)
         return torch.minimum(*self(obs, action))
 
     def target_min(self, obs: torch.Tensor, action: torch.Tensor | None = None) -> torch.Tensor:
-        """min(Q1', Q2') of the target networks."""
+        """min(Q1', Q2') of the target networks (Q1' alone with ``twin=False``)."""
+        if self.q2 is None:
+            return self.target[0](obs, action)
         return torch.minimum(self.target[0](obs, action), self.target[1](obs, action))
 
     @torch.no_grad()
     def update_target(self, tau: float) -> None:
         """Polyak averaging: target <- (1 - tau) target + tau online."""
-        polyak_update(self.target[0], self.q1, tau)
-        polyak_update(self.target[1], self.q2, tau)
+        for target, online in zip(self.target, self._online(), strict=True):
+            polyak_update(target, online, tau)
 
 
 def constant_log_prior(value: float) -> LogPrior:
@@ -273,7 +285,7 @@ def soft_q_loss(
     correction: str = "none",
     trace_lambda: float = 1.0,
 ) -> torch.Tensor:
-    """Squared error of both online Q networks against the sampled T^{pi,q} target.
+    """Squared error of each online Q network (both of a twin critic) against the sampled T^{pi,q} target.
 
     y = r + gamma (1 - terminated) V'(s'), V'(s') = E_{a'~q}[min Q'(s', a') - alpha (log q(a'|s') - log pi(a'|s'))]
     with the target networks' clipped double-Q: one sample of a' for continuous actions, the exact
@@ -318,8 +330,8 @@ def soft_q_loss(
             target = bellman.bellman_target(
                 batch["reward"], batch["terminated"], soft_value(batch["next_obs"]), gamma
             )
-    q1, q2 = critic(batch["obs"], batch["action"])
+    values = critic(batch["obs"], batch["action"])
     if critic.q1.discrete:
         index = batch["action"].long().unsqueeze(-1)
-        q1, q2 = q1.gather(-1, index).squeeze(-1), q2.gather(-1, index).squeeze(-1)
-    return (q1 - target).square().mean() + (q2 - target).square().mean()
+        values = [q.gather(-1, index).squeeze(-1) for q in values]
+    return sum((q - target).square().mean() for q in values)

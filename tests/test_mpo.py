@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+
+import pytest
 import torch
 
 import rl_as_inference as rlai
@@ -139,3 +142,125 @@ def test_mpo_with_rescaled_observations_round_trips_through_a_run(tmp_path):
     )
     policy = rlai.load_policy(out)
     assert policy.module.rescale_obs and policy.module.encoder.rescale
+
+
+def test_per_dimension_constraints_bound_each_coordinate_and_sum_to_the_joint_kl():
+    gen = torch.Generator().manual_seed(2)
+    b, d = 32, 2
+    actions = torch.randn(16, b, d, generator=gen)
+    q_values = -(actions**2).sum(-1)
+    zeros, ones = torch.zeros(b, d), torch.ones(b, d)
+    # The mean moves in coordinate 0 only (by 0.2: KL 0.02 there, 0 in coordinate 1).
+    loc = torch.stack([torch.full((b,), 0.2), torch.zeros(b)], dim=-1)
+    joint = mpo.MPOConfig(epsilon_mean=0.01)
+    _, joint_stats = mpo.mpo_losses(q_values, actions, (loc, ones), (zeros, ones), *_duals(), joint)
+    per_dim = mpo.MPOConfig(epsilon_mean=0.01, per_dim_constraints=True)
+    duals = [torch.tensor(0.0, requires_grad=True)] + [torch.zeros(d, requires_grad=True) for _ in range(2)]
+    loss, stats = mpo.mpo_losses(q_values, actions, (loc, ones), (zeros, ones), *duals, per_dim)
+    loss.backward()
+    # KL(N(0, 1) || N(0.2, 1)) = 0.2^2 / 2 = 0.02 in coordinate 0: the binding ratio is 2 either way,
+    # since the other coordinate contributes nothing to the joint KL.
+    assert (
+        abs(float(stats["kl_mean_rel"]) - 2.0) < 1e-5 and abs(float(joint_stats["kl_mean_rel"]) - 2.0) < 1e-5
+    )
+    # Coordinate 0 violates its bound (descent raises its multiplier), coordinate 1 is slack (lowers it).
+    assert duals[1].grad[0] < 0 < duals[1].grad[1]
+    assert (duals[2].grad > 0).all()  # the scale did not move in either coordinate
+
+
+def test_out_of_box_cost_is_the_distance_to_the_box_in_half_widths():
+    low, high = torch.tensor([-2.0, 0.0]), torch.tensor([2.0, 1.0])
+    actions = torch.tensor([[[0.5, 0.5], [3.0, 0.5], [-4.0, 2.0]]])  # inside; 1 out in 0; 2 and 1 out
+    cost = mpo.out_of_box_cost(actions, low, high)
+    # half widths (2, 0.5): (0, 0), (0.5, 0), (1, 2) -> norms 0, 0.5, sqrt(5)
+    assert torch.allclose(cost, -torch.tensor([[0.0, 0.5, 5.0**0.5]]))
+
+
+def test_action_penalization_pulls_a_mean_outside_the_box_back_inside():
+    gen = torch.Generator().manual_seed(3)
+    b = 32
+    t_loc, t_scale = torch.full((b, 1), 1.5), torch.full((b, 1), 0.5)  # pi_k centred beyond high = 1
+    actions = t_loc + t_scale * torch.randn(64, b, 1, generator=gen)
+    q_values = torch.zeros(64, b)  # Q indifferent: only the penalty has a preference
+    box = (torch.tensor([-1.0]), torch.tensor([1.0]))
+    config = mpo.MPOConfig(action_penalization=True)
+    loc = t_loc.clone().requires_grad_(True)
+    log_eta_penalty = torch.tensor(0.0, requires_grad=True)
+    loss, stats = mpo.mpo_losses(
+        q_values, actions, (loc, t_scale), (t_loc, t_scale), *_duals(), config,
+        penalty_log_temperature=log_eta_penalty, action_box=box,
+    )  # fmt: skip
+    loss.backward()
+    plain = t_loc.clone().requires_grad_(True)
+    mpo.mpo_losses(q_values, actions, (plain, t_scale), (t_loc, t_scale), *_duals(), mpo.MPOConfig())[
+        0
+    ].backward()
+    # With Q flat, the plain M-step pulls each mean toward its own samples' mean (noise); the penalty
+    # weights add a pull toward the box in every state (descent lowers the mean).
+    assert (loc.grad > plain.grad).all()
+    assert {"temperature_penalty", "kl_penalty_rel"} <= set(stats)
+    # Its dual alone: minimizing g(eta) puts the penalty weights' KL from pi_k on epsilon_penalty.
+    opt = torch.optim.Adam([log_eta_penalty], lr=0.05)
+    for _ in range(2000):
+        loss, stats = mpo.mpo_losses(
+            q_values, actions, (t_loc, t_scale), (t_loc, t_scale), *_duals(), config,
+            penalty_log_temperature=log_eta_penalty, action_box=box,
+        )  # fmt: skip
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert abs(float(stats["kl_penalty_rel"]) - 1.0) < 0.02, stats
+    with pytest.raises(ValueError, match="needs penalty_log_temperature and action_box"):
+        mpo.mpo_losses(q_values, actions, (loc, t_scale), (t_loc, t_scale), *_duals(), config)
+
+
+@pytest.mark.parametrize(
+    "sets",
+    [
+        {"twin_critic": False},
+        {"per_dim_constraints": True, "action_penalization": True, "rescale_actions": True},
+    ],
+    ids=["single-critic", "per-dim-penalized"],
+)
+def test_mpo_refinements_train_and_log(sets):
+    config = mpo.MPOConfig(
+        env="Pendulum-v1", total_env_steps=300, learning_starts=200, hidden=(16,), log_every=100, **sets
+    )
+    result = mpo.train(config)
+    row = result.metrics[-1]
+    assert all(math.isfinite(float(row[k])) for k in ("loss", "critic_loss", "temperature"))
+    if config.action_penalization:
+        assert {"temperature_penalty", "kl_penalty_rel"} <= set(row)
+
+
+def test_single_critic_is_one_network_and_its_loss_one_squared_error():
+    import gymnasium as gym
+
+    from rl_as_inference.critics import TwinQ, soft_q_loss
+
+    obs_space, act_space = gym.spaces.Box(-1, 1, (3,)), gym.spaces.Box(-1, 1, (1,))
+    torch.manual_seed(0)
+    critic = TwinQ(obs_space, act_space, hidden=(8,), twin=False)
+    assert (
+        critic.q2 is None
+        and len(critic.target) == 1
+        and len(critic(torch.zeros(2, 3), torch.zeros(2, 1))) == 1
+    )
+    obs, act = torch.randn(5, 3), torch.randn(5, 1)
+    assert torch.equal(critic.min(obs, act), critic.q1(obs, act))
+    assert torch.equal(critic.target_min(obs, act), critic.target[0](obs, act))
+
+    class StandardNormal(torch.nn.Module):
+        def forward(self, o):
+            return torch.distributions.Independent(
+                torch.distributions.Normal(torch.zeros(o.shape[0], 1), 1.0), 1
+            )
+
+    policy = StandardNormal()
+    batch = {"obs": obs, "action": act, "reward": torch.ones(5), "next_obs": obs}
+    batch["terminated"] = torch.ones(5, dtype=torch.bool)
+    # terminated everywhere: the target is the reward, so the loss is mean (Q1 - 1)^2 and nothing more
+    loss = soft_q_loss(critic, policy, batch, alpha=0.0, log_pi=0.0, gamma=0.99)
+    assert torch.allclose(loss, (critic.q1(obs, act) - 1).square().mean())
+    with pytest.raises(ValueError, match="per_dim_constraints=true and action_penalization=true are for Box"):
+        mpo.train(mpo.MPOConfig(env="CartPole-v1", per_dim_constraints=True, total_env_steps=10))

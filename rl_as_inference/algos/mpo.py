@@ -77,6 +77,18 @@ class MPOConfig(RunSettings):
     init_log_alpha: float = 0.0
     hidden: tuple[int, ...] = (256, 256)
     rescale_actions: bool = False  # Box actions: the Gaussian acts in the unit box, mapped onto the env's
+    # two Q networks and their min (clipped double-Q); False: one, as the MPO paper and Acme (every
+    # critic evaluation, the E-step's M x B included, then costs half)
+    twin_critic: bool = True
+    # Box actions, Acme's refinements: one KL bound (epsilon_mean, epsilon_stddev) and multiplier per
+    # action dimension instead of one on their sum, so no dimension's mean or scale moves by more
+    # than its bound while another stands still
+    per_dim_constraints: bool = False
+    # a second E-step on the cost -||a - clip(a)|| of the sampled actions outside the box (in units of
+    # the box's half widths), with its own temperature and KL bound epsilon_penalty, whose weights
+    # are added to the Q weights: keeps the Gaussian's mean inside the box the env clips to
+    action_penalization: bool = False
+    epsilon_penalty: float = 1e-3
 
 
 def realized_kl(weights: torch.Tensor) -> torch.Tensor:
@@ -138,6 +150,25 @@ def _gaussian(loc: torch.Tensor, scale: torch.Tensor) -> Independent:
     return Independent(Normal(loc, scale, validate_args=check), 1, validate_args=check)
 
 
+def _temperature_dual(values: torch.Tensor, log_temperature: torch.Tensor, epsilon: float):
+    """E-step weights softmax_j(values / eta) over the M samples of each state, and the dual
+    g(eta) = eta epsilon + eta E_s[log mean_j exp(values_j / eta)] whose minimizer puts
+    KL(q || pi_k) on epsilon. Returns (weights ``[M, B]``, g, eta)."""
+    temperature = log_temperature.exp()
+    weights = torch.softmax(values.detach() / temperature.detach(), dim=0)
+    log_mean_exp = torch.logsumexp(values.detach() / temperature, dim=0) - math.log(values.shape[0])
+    return weights, temperature * epsilon + temperature * log_mean_exp.mean(), temperature
+
+
+def out_of_box_cost(actions: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    """-||(a - clip(a, low, high)) / half width||_2 per sampled action ``[M, B]``: 0 inside the box,
+    the distance to it (in units of the half widths, Acme's unit box) outside."""
+    half = (high - low) / 2
+    return -torch.linalg.vector_norm(
+        (actions - torch.minimum(torch.maximum(actions, low), high)) / half, dim=-1
+    )
+
+
 def mpo_losses(
     q_values: torch.Tensor,
     actions: torch.Tensor,
@@ -147,6 +178,9 @@ def mpo_losses(
     log_alpha_mean: torch.Tensor,
     log_alpha_stddev: torch.Tensor,
     config: MPOConfig,
+    *,
+    penalty_log_temperature: torch.Tensor | None = None,
+    action_box: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, dict]:
     """The MPO loss as one pure function (Acme's decomposition): E-step weights and temperature dual,
     decoupled weighted maximum likelihood, and the KL multipliers' duals.
@@ -156,42 +190,63 @@ def mpo_losses(
         actions: ``[M, B, d]`` the sampled actions a_ij ~ pi_k(.|s_i).
         online: (loc, scale) ``[B, d]`` of the policy being fitted.
         target: (loc, scale) ``[B, d]`` of pi_k.
-        log_temperature, log_alpha_mean, log_alpha_stddev: the dual variables (scalars, trainable).
-        config: constraint sizes.
+        log_temperature, log_alpha_mean, log_alpha_stddev: the dual variables (trainable scalars;
+            with ``config.per_dim_constraints`` the two multipliers are ``[d]``, one per dimension).
+        config: constraint sizes and the refinements in use.
+        penalty_log_temperature: with ``config.action_penalization``, the temperature of the
+            out-of-box cost's E-step (a trainable scalar).
+        action_box: with ``config.action_penalization``, the (low, high) ``[d]`` of the env's box.
 
     Returns:
         (loss, stats): one scalar whose gradients train the policy and all duals; Acme-style stats.
     """
-    temperature = log_temperature.exp()
     # E-step: q(a_ij|s_i) proportional to exp(Q / eta), normalized over the M samples of each state.
-    weights = torch.softmax(q_values.detach() / temperature.detach(), dim=0)
-    log_mean_exp = torch.logsumexp(q_values.detach() / temperature, dim=0) - math.log(q_values.shape[0])
-    temperature_loss = temperature * config.epsilon + temperature * log_mean_exp.mean()
+    weights, temperature_loss, temperature = _temperature_dual(q_values, log_temperature, config.epsilon)
+    fit_weights = weights
+    stats = {}
+    if config.action_penalization:
+        if penalty_log_temperature is None or action_box is None:
+            raise ValueError("action_penalization=true needs penalty_log_temperature and action_box")
+        cost = out_of_box_cost(actions, *action_box)
+        penalty_weights, penalty_loss, penalty_temperature = _temperature_dual(
+            cost, penalty_log_temperature, config.epsilon_penalty
+        )
+        fit_weights = weights + penalty_weights  # Acme adds the two sets of weights
+        temperature_loss = temperature_loss + penalty_loss
+        stats["temperature_penalty"] = penalty_temperature.detach()
+        stats["kl_penalty_rel"] = realized_kl(penalty_weights) / config.epsilon_penalty
     # M-step, decoupled: fit the mean with pi_k's scale, the scale with pi_k's mean.
     loc, scale = online
     t_loc, t_scale = (t.detach() for t in target)
     fit_mean = _gaussian(loc, t_scale)
     fit_scale = _gaussian(t_loc, scale)
-    log_lik = weights * (fit_mean.log_prob(actions) + fit_scale.log_prob(actions))
+    log_lik = fit_weights * (fit_mean.log_prob(actions) + fit_scale.log_prob(actions))
     policy_loss = -log_lik.sum(0).mean()
-    reference = _gaussian(t_loc, t_scale)
-    kl_mean = kl_divergence(reference, fit_mean).mean()
-    kl_stddev = kl_divergence(reference, fit_scale).mean()
+    if config.per_dim_constraints:
+        # KL(pi_k || pi) of each coordinate, averaged over states: [d], one bound and multiplier each
+        reference = Normal(t_loc, t_scale, validate_args=validate_on(t_loc))
+        kl_mean = kl_divergence(reference, fit_mean.base_dist).mean(0)
+        kl_stddev = kl_divergence(reference, fit_scale.base_dist).mean(0)
+    else:
+        reference = _gaussian(t_loc, t_scale)
+        kl_mean = kl_divergence(reference, fit_mean).mean()
+        kl_stddev = kl_divergence(reference, fit_scale).mean()
     alpha_mean, alpha_stddev = log_alpha_mean.exp(), log_alpha_stddev.exp()
-    kl_penalty = alpha_mean.detach() * kl_mean + alpha_stddev.detach() * kl_stddev
-    alpha_loss = alpha_mean * (config.epsilon_mean - kl_mean.detach()) + alpha_stddev * (
-        config.epsilon_stddev - kl_stddev.detach()
-    )
+    kl_penalty = (alpha_mean.detach() * kl_mean).sum() + (alpha_stddev.detach() * kl_stddev).sum()
+    alpha_loss = (alpha_mean * (config.epsilon_mean - kl_mean.detach())).sum() + (
+        alpha_stddev * (config.epsilon_stddev - kl_stddev.detach())
+    ).sum()
     # Realized KL of the non-parametric q from pi_k (for logging against epsilon).
     kl_q = realized_kl(weights)
     stats = {  # detached tensors: read back only when a metric row is written
         "temperature": temperature.detach(),
         "kl_q_rel": kl_q / config.epsilon,
-        "kl_mean_rel": kl_mean.detach() / config.epsilon_mean,
-        "kl_stddev_rel": kl_stddev.detach() / config.epsilon_stddev,
-        "alpha_mean": alpha_mean.detach(),
-        "alpha_stddev": alpha_stddev.detach(),
-    }
+        # per dimension: the largest ratio (the binding constraint) and the mean multiplier
+        "kl_mean_rel": kl_mean.detach().max() / config.epsilon_mean,
+        "kl_stddev_rel": kl_stddev.detach().max() / config.epsilon_stddev,
+        "alpha_mean": alpha_mean.detach().mean(),
+        "alpha_stddev": alpha_stddev.detach().mean(),
+    } | stats
     return policy_loss + kl_penalty + alpha_loss + temperature_loss, stats
 
 
@@ -206,6 +261,11 @@ def train(
     torch.manual_seed(config.seed)
     data = Collector.for_config(config, device, "mpo", discrete=True, reward_scale=config.reward_scale)
     space = data.action_space
+    if data.discrete and (config.per_dim_constraints or config.action_penalization):
+        raise ValueError(
+            f"per_dim_constraints=true and action_penalization=true are for Box actions; {config.env} has "
+            f"{space} (a categorical policy has one KL bound, epsilon_policy, and no box to leave)"
+        )
     net = {"hidden": config.hidden, "activation": torch.nn.ELU, "rescale_obs": config.rescale_obs}
     if data.discrete:
         policy = CategoricalMLP(data.observation_space, space, **net)
@@ -219,14 +279,27 @@ def train(
         )
     policy.to(device)
     target_policy = copy.deepcopy(policy).requires_grad_(False)
-    critic = TwinQ(data.observation_space, space, hidden=config.hidden, rescale_obs=config.rescale_obs).to(
-        device
-    )
+    critic = TwinQ(
+        data.observation_space,
+        space,
+        hidden=config.hidden,
+        rescale_obs=config.rescale_obs,
+        twin=config.twin_critic,
+    ).to(device)
     attach_obs_normalizer(data.obs_normalizer, policy, target_policy, critic)
-    duals = [
-        torch.tensor(v, device=device, requires_grad=True)
-        for v in (config.init_log_temperature, config.init_log_alpha, config.init_log_alpha)
-    ]
+    # [log eta, log alpha_mean, log alpha_stddev (, log eta_penalty)]; per-dimension multipliers
+    # have one entry per action coordinate
+    per_dim = () if data.discrete or not config.per_dim_constraints else (int(space.shape[0]),)
+    duals = [torch.tensor(config.init_log_temperature, device=device)]
+    duals += [torch.full(per_dim, config.init_log_alpha, device=device) for _ in range(2)]
+    action_box = None
+    if config.action_penalization and not data.discrete:
+        duals.append(torch.tensor(config.init_log_temperature, device=device))
+        action_box = tuple(
+            torch.as_tensor(b, dtype=torch.float32, device=device) for b in (space.low, space.high)
+        )
+    for dual in duals:
+        dual.requires_grad_(True)
     policy_opt = adam(policy.parameters(), lr=config.policy_lr)
     dual_opt = adam(duals, lr=config.dual_lr)
     critic_opt = adam(critic.online_parameters(), lr=config.critic_lr)
@@ -291,7 +364,14 @@ def train(
                 q_values = critic.min(obs.reshape(-1, obs.shape[-1]), actions.reshape(-1, actions.shape[-1]))
                 q_values = q_values.reshape(config.num_samples, -1)
             loss, stats = mpo_losses(
-                q_values, actions, policy.params(batch["obs"]), (t_loc, t_scale), *duals, config
+                q_values,
+                actions,
+                policy.params(batch["obs"]),
+                (t_loc, t_scale),
+                *duals[:3],
+                config,
+                penalty_log_temperature=duals[3] if action_box is not None else None,
+                action_box=action_box,
             )
         policy_opt.zero_grad()
         dual_opt.zero_grad()

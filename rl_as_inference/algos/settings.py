@@ -195,6 +195,7 @@ RULES: dict[str, Rule] = {
     "epsilon_mean": POSITIVE,
     "epsilon_stddev": POSITIVE,
     "epsilon_policy": POSITIVE,
+    "epsilon_penalty": POSITIVE,
     "epsilon_eta": POSITIVE,
     "epsilon_alpha": POSITIVE,
     "init_temperature": POSITIVE,
@@ -210,6 +211,9 @@ RULES: dict[str, Rule] = {
     "start_states": one_of(START_STATES),
     "loss": one_of(LOSSES),
     "double_q": FLAG,
+    "twin_critic": FLAG,
+    "per_dim_constraints": FLAG,
+    "action_penalization": FLAG,
 }
 
 
