@@ -89,6 +89,8 @@ THRESHOLDS: dict[str, float] = {
     "InvertedDoublePendulum-v5": 9000.0,
     # Hopper is compared at a fixed budget (--budget 100000 --full), not by time to a threshold
     "Hopper-v5": 3800.0,
+    # a cheap MuJoCo task with 2-D actions, where per-dimension KL bounds can differ from joint ones
+    "Reacher-v5": -3.75,
 }
 
 # Env steps between evaluations during training, per environment (overridden by --eval-every).
@@ -103,6 +105,7 @@ EVAL_EVERY: dict[str, int] = {
     "InvertedPendulum-v5": 1_000,
     "InvertedDoublePendulum-v5": 5_000,
     "Hopper-v5": 10_000,
+    "Reacher-v5": 5_000,
 }
 
 # rl-baselines3-zoo settings (github.com/DLR-RM/rl-baselines3-zoo, hyperparams/sac.yml at c94924e,

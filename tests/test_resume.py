@@ -22,6 +22,18 @@ CASES = {
         mpo.MPOConfig(env="CartPole-v1", num_envs=3, target_policy_update_every=9, **SMALL),
     ),
     "mpo-gaussian": (mpo, mpo.MPOConfig(env="Pendulum-v1", num_samples=4, **SMALL)),
+    # one critic, a multiplier per action coordinate and the out-of-box temperature: all resume
+    "mpo-refined": (
+        mpo,
+        mpo.MPOConfig(
+            env="MountainCarContinuous-v0",
+            num_samples=4,
+            twin_critic=False,
+            per_dim_constraints=True,
+            action_penalization=True,
+            **SMALL,
+        ),
+    ),
     "softq": (
         softq,
         softq.SoftQConfig(
