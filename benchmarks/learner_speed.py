@@ -14,7 +14,7 @@ median to SB3 SAC's median on the same env. Variants:
 - ``mpo-single``: ``mpo`` with ``twin_critic = false``, one critic (the MPO paper's and Acme's);
 - ``mpo-recipe``: the env's MPO recipe table, where there is one (``rl_as_inference/recipes``).
 
-Extra variants: ``--variant NAME=key=value,key=value`` adds our MPO with those settings.
+Extra variants: ``--variant "NAME=key=value;key=value"`` adds our MPO with those settings.
 
 Run (the numbers in benchmarks/RESULTS.md):
 
@@ -106,7 +106,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1000, help="timed env steps with learning")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch threads of each run")
-    parser.add_argument("--variant", action="append", default=[], help="NAME=key=value,key=value (our MPO)")
+    parser.add_argument("--variant", action="append", default=[], help="NAME=key=value;key=value (our MPO)")
     parser.add_argument("--only", nargs="+", help="run only these variants")
     args = parser.parse_args()
 
@@ -115,7 +115,7 @@ def main() -> None:
     variants = {"sb3-sac": ("sb3-sac", [])} | BASE_VARIANTS
     for spec in args.variant:
         name, _, sets = spec.partition("=")
-        variants[name] = ("mpo", [s for s in sets.split(",") if s])
+        variants[name] = ("mpo", [s for s in sets.split(";") if s])
     print(f"- date: {datetime.now(UTC).isoformat(timespec='seconds')}")
     print(f"- command: benchmarks/learner_speed.py {' '.join(sys.argv[1:])}")
     print(
