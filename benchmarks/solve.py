@@ -8,7 +8,10 @@ process of this one (the same machine, the same process tree, the same torch thr
   recipe nor ``--algo`` runs SB3 only), through the algorithm's own ``train`` function;
 - ``sb3``: Stable-Baselines3 with the rl-baselines3-zoo hyperparameters of that environment
   (:data:`ZOO`, copied from the zoo's ``hyperparams/*.yml``; SB3 is an optional benchmark
-  dependency, ``pip install -e .[bench]``, never a runtime one).
+  dependency, ``pip install -e .[bench]``, never a runtime one);
+- ``rejax`` (with ``--rejax``, CartPole-v1 and Pendulum-v1 only): rejax's PPO and SAC with rejax's
+  own published settings, its whole training loop compiled by JAX, compiled ahead of time before
+  the clock starts and the compilation reported apart (``benchmarks/rejax_baseline.py``).
 
 Evaluation protocol (identical for both libraries):
 
@@ -540,6 +543,10 @@ def run_job(job: dict) -> RunResult:
         torch.ones(2, 2, device="cuda").matmul(torch.ones(2, 2, device="cuda"))
         torch.cuda.synchronize()
 
+    if job["library"] == "rejax":  # JAX, not torch: its own runner (benchmarks/rejax_baseline.py)
+        from rejax_baseline import run_rejax_job
+
+        return run_rejax_job(job)
     try:
         return run_ours(job) if job["library"] == "ours" else run_sb3(job)
     except Exception as exc:  # a failed run is reported in the table, not fatal to the others
@@ -596,6 +603,35 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None or b == 0 else a / b
 
 
+def _ratio_tables(by_key: dict[tuple[str, int], dict[str, RunResult]], base: str, label: str) -> list[str]:
+    """Ratio rows ours / ``base`` per (env, seed) where both ran, then their median and worst per env."""
+    pairs = {k: v for k, v in by_key.items() if "ours" in v and base in v}
+    if not pairs:
+        return []
+    lines = ["", f"| env | seed | steps ours/{label} | wall-clock ours/{label} |", "|---|---|---|---|"]
+    per_env: dict[str, list[tuple[float | None, float | None]]] = {}
+    for (env, seed), v in pairs.items():
+        o, s = v["ours"], v[base]
+        steps = _ratio(o.steps_to_threshold, s.steps_to_threshold)
+        wall = _ratio(o.seconds_to_threshold, s.seconds_to_threshold)
+        if not o.solved and s.solved:
+            steps = wall = float("inf")  # ours never reached it: the worst possible ratio
+        per_env.setdefault(env, []).append((steps, wall))
+        lines.append(f"| {env} | {seed} | {_fmt(steps, '.2f')} | {_fmt(wall, '.2f')} |")
+    lines += [
+        "",
+        f"| env | seeds | median steps ratio ours/{label} | worst steps ratio | median wall ratio | worst wall ratio |",
+        "|---|---|---|---|---|---|",
+    ]
+    for env, rows in per_env.items():
+        cells = []
+        for i in (0, 1):
+            vals = [row[i] for row in rows if row[i] is not None]
+            cells += [_fmt(statistics.median(vals), ".2f"), _fmt(max(vals), ".2f")] if vals else ["-", "-"]
+        lines.append(f"| {env} | {len(rows)} | {' | '.join(cells)} |")
+    return lines
+
+
 def tables(results: list[RunResult]) -> str:
     """Markdown: one row per run, ratio rows per (env, seed), and median/worst ratios per env."""
     lines = [
@@ -620,31 +656,8 @@ def tables(results: list[RunResult]) -> str:
     by_key: dict[tuple[str, int], dict[str, RunResult]] = {}
     for r in results:
         by_key.setdefault((r.env, r.seed), {})[r.library] = r
-    pairs = {k: v for k, v in by_key.items() if "ours" in v and "sb3" in v}
-    if pairs:
-        lines += ["", "| env | seed | steps ours/SB3 | wall-clock ours/SB3 |", "|---|---|---|---|"]
-        per_env: dict[str, list[tuple[float | None, float | None]]] = {}
-        for (env, seed), v in pairs.items():
-            o, s = v["ours"], v["sb3"]
-            steps = _ratio(o.steps_to_threshold, s.steps_to_threshold)
-            wall = _ratio(o.seconds_to_threshold, s.seconds_to_threshold)
-            if not o.solved and s.solved:
-                steps = wall = float("inf")  # ours never reached it: the worst possible ratio
-            per_env.setdefault(env, []).append((steps, wall))
-            lines.append(f"| {env} | {seed} | {_fmt(steps, '.2f')} | {_fmt(wall, '.2f')} |")
-        lines += [
-            "",
-            "| env | seeds | median steps ratio | worst steps ratio | median wall ratio | worst wall ratio |",
-            "|---|---|---|---|---|---|",
-        ]
-        for env, rows in per_env.items():
-            cells = []
-            for i in (0, 1):
-                vals = [row[i] for row in rows if row[i] is not None]
-                cells += (
-                    [_fmt(statistics.median(vals), ".2f"), _fmt(max(vals), ".2f")] if vals else ["-", "-"]
-                )
-            lines.append(f"| {env} | {len(rows)} | {' | '.join(cells)} |")
+    for base, label in (("sb3", "SB3"), ("rejax", "rejax")):
+        lines += _ratio_tables(by_key, base, label)
     return "\n".join(lines)
 
 
@@ -703,6 +716,12 @@ def main(argv: list[str] | None = None) -> None:
         default="cpu",
         help="where both libraries train (auto: CUDA when present); evaluation steps Gymnasium on the CPU",
     )
+    parser.add_argument(
+        "--rejax",
+        action="store_true",
+        help="also run rejax (JAX) where benchmarks/rejax_baseline.py has its settings "
+        "(CartPole-v1 PPO, Pendulum-v1 SAC); compilation is reported apart from the clock",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write all results (and eval curves)")
     args = parser.parse_args(argv)
     if args.ours_only and args.sb3_only:
@@ -746,6 +765,16 @@ def main(argv: list[str] | None = None) -> None:
                 sb3_algo = sb3_algos.get(env, sb3_algos.get("*"))
                 zoo_entry(env, sb3_algo)  # an unknown alternative fails before any run
                 jobs.append({**common, "library": "sb3", "algo": None, "sb3_algo": sb3_algo})
+            if args.rejax:
+                from rejax_baseline import REJAX_CONFIGS
+
+                if env in REJAX_CONFIGS:
+                    jobs.append({**common, "library": "rejax", "algo": None})
+                else:
+                    print(
+                        f"- {env}: no rejax settings (have {', '.join(REJAX_CONFIGS)}): rejax skipped",
+                        flush=True,
+                    )
 
     results = []
     context = multiprocessing.get_context("spawn")
@@ -763,6 +792,8 @@ def main(argv: list[str] | None = None) -> None:
             )
             + f"; final {r.final_mean:.1f} over {r.final_episodes} episodes; load {os.getloadavg()[0]:.2f}"
         )
+        if getattr(r, "compile_seconds", None) is not None:  # rejax: ahead-of-time compilation, unclocked
+            status += f"; compilation {r.compile_seconds:.1f} s (outside the clock)"
         print(f"- {r.env} seed {r.seed} {r.library} {r.algo}: {status}", flush=True)
         curve = ", ".join(f"{steps}: {mean:.0f} ({secs:.0f} s)" for steps, secs, mean in r.evals)
         print(f"  evaluations (env steps: mean return (training s)): {curve or 'none'}", flush=True)
