@@ -34,7 +34,7 @@ import torch
 from torch.distributions import Independent, Normal, kl_divergence
 
 from rl_as_inference import envs
-from rl_as_inference.algos.collect import Collector
+from rl_as_inference.algos.collect import Collector, clamp_into
 from rl_as_inference.algos.registry import Algorithm, last_logged
 from rl_as_inference.algos.sac import TrainResult
 from rl_as_inference.algos.schedules import decay_learning_rates
@@ -164,9 +164,7 @@ def out_of_box_cost(actions: torch.Tensor, low: torch.Tensor, high: torch.Tensor
     """-||(a - clip(a, low, high)) / half width||_2 per sampled action ``[M, B]``: 0 inside the box,
     the distance to it (in units of the half widths, Acme's unit box) outside."""
     half = (high - low) / 2
-    return -torch.linalg.vector_norm(
-        (actions - torch.minimum(torch.maximum(actions, low), high)) / half, dim=-1
-    )
+    return -torch.linalg.vector_norm((actions - clamp_into(actions, low, high)) / half, dim=-1)
 
 
 def mpo_losses(
@@ -295,9 +293,7 @@ def train(
     action_box = None
     if config.action_penalization and not data.discrete:
         duals.append(torch.tensor(config.init_log_temperature, device=device))
-        action_box = tuple(
-            torch.as_tensor(b, dtype=torch.float32, device=device) for b in (space.low, space.high)
-        )
+        action_box = (data.low, data.high)  # the box the collector clamps the env's actions into
     for dual in duals:
         dual.requires_grad_(True)
     policy_opt = adam(policy.parameters(), lr=config.policy_lr)
