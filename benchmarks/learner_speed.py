@@ -26,13 +26,14 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import multiprocessing
-import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
-from datetime import UTC, datetime
+
+try:  # run as a script from benchmarks/ (as solve.py is), or imported from the repository root
+    from solve import machine_info
+except ModuleNotFoundError:
+    from benchmarks.solve import machine_info
 
 BASE_VARIANTS: dict[str, tuple[str, list[str]]] = {
     "sac": ("sac", []),
@@ -90,15 +91,6 @@ def _run(job: dict) -> float:
     return time_sb3(job) if job["algo"] == "sb3-sac" else time_ours(job)
 
 
-def _git() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-        ).stdout.strip()
-    except OSError:
-        return "?"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--envs", nargs="+", default=["Pendulum-v1"])
@@ -116,13 +108,9 @@ def main() -> None:
     for spec in args.variant:
         name, _, sets = spec.partition("=")
         variants[name] = ("mpo", [s for s in sets.split(";") if s])
-    print(f"- date: {datetime.now(UTC).isoformat(timespec='seconds')}")
-    print(f"- command: benchmarks/learner_speed.py {' '.join(sys.argv[1:])}")
-    print(
-        f"- cpu: {platform.processor() or platform.machine()} ({os.cpu_count()} logical CPUs); git: {_git()}"
-    )
-    print(f"- torch threads per run: {args.threads}; warm-up {args.warmup} steps, timed {args.steps} steps")
-    print(f"- load average at start: {[round(x, 2) for x in os.getloadavg()]}\n")
+    for line in machine_info(["benchmarks/learner_speed.py", *sys.argv[1:]], args.threads):
+        print(f"- {line}")
+    print(f"- warm-up {args.warmup} steps, timed {args.steps} steps\n")
     print("| env | variant | ms per env step (median) | range | / SB3 SAC |")
     print("|---|---|---|---|---|")
     context = multiprocessing.get_context("spawn")
