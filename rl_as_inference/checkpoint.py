@@ -20,6 +20,7 @@ __all__ = [
     "load_error_detail",
     "load_checkpoint",
     "load_tagged",
+    "restore_checkpoint",
     "save_checkpoint",
     "set_rng_state",
 ]
@@ -184,6 +185,13 @@ def load_checkpoint(
         ValueError: the file is not a checkpoint of this library, or is corrupt.
     """
     state = load_tagged(path, FORMAT, "checkpoint", map_location)
+    restore_checkpoint(state, optim=optim, guide=guide)
+    return state
+
+
+def restore_checkpoint(state: dict, *, optim: pyro.optim.PyroOptim | None = None, guide=None) -> None:
+    """Put a checkpoint dict read by :func:`load_checkpoint` (or received from another process)
+    into Pyro's param store and ``optim``, as :func:`load_checkpoint` describes."""
     if guide is not None and hasattr(guide, "register"):
         guide.register()
     store = pyro.get_param_store()
@@ -203,4 +211,3 @@ def load_checkpoint(
         store._param_to_name[unconstrained] = name
     if optim is not None and state.get("optim") is not None:
         optim.set_state(state["optim"])
-    return state

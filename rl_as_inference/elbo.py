@@ -42,6 +42,7 @@ from pyro.poutine.runtime import _PYRO_STACK
 from pyro.poutine.trace_messenger import TraceMessenger
 from torch.distributions.kl import kl_divergence
 
+from rl_as_inference import distributed as dp
 from rl_as_inference.guides import TrajectoryGuide
 from rl_as_inference.ledger import FusedSites, check_support_inside, from_traces, without_rsample
 from rl_as_inference.models import TrajectoryModel
@@ -114,6 +115,10 @@ class TrajectoryELBO(ELBO):
             pass (same estimator, same random numbers, a fraction of the overhead) and trace
             anything else; ``False``: always trace the guide and replay the model; ``True``: fuse
             or raise.
+        distributed: average the running baseline's batch statistics over the ranks of the
+            ``torch.distributed`` process group (data-parallel SVI: every rank then subtracts the
+            same baseline, as one process would with all ranks' episodes). ``fit(distributed=True)``
+            sets it.
     """
 
     def __init__(
@@ -126,6 +131,7 @@ class TrajectoryELBO(ELBO):
         reduction: str = "mean",
         value_loss_weight: float = 1.0,
         fused: bool | str = "auto",
+        distributed: bool = False,
     ):
         super().__init__(num_particles=1)
         if fused not in (True, False, "auto"):
@@ -155,6 +161,9 @@ class TrajectoryELBO(ELBO):
         self.value_loss_weight = float(value_loss_weight)
         self._running: torch.Tensor | None = None  # running-average baseline per time step
         self._running_weight = 0.0
+        # data-parallel SVI: the running baseline averages every rank's batch, so all ranks hold
+        # the same baseline (set by fit(distributed=True))
+        self.distributed = bool(distributed)
         self._kl_known: dict[tuple[type, type], bool] = {}
         self._support_checked: set[tuple[type, type]] = set()  # (guide fn, model fn) pairs seen
         self.last: ELBOTerms | None = None
@@ -311,6 +320,8 @@ class TrajectoryELBO(ELBO):
         previous = (
             self._running / self._running_weight if self._running_weight > 0 else torch.zeros_like(batch_mean)
         )
+        if self.distributed:
+            batch_mean = dp.all_reduce_mean(batch_mean)
         d = self.baseline_decay
         self._running = d * self._running + (1 - d) * batch_mean
         self._running_weight = d * self._running_weight + (1 - d)

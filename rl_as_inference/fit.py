@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import secrets
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -12,13 +13,22 @@ from pathlib import Path
 
 import pyro
 import torch
+from pyro import poutine
 from pyro.infer import SVI
 from tqdm import tqdm
 
 from rl_as_inference.envs.base import resolve_device
 
+from . import distributed as dp
 from . import signals
-from .checkpoint import load_checkpoint, save_checkpoint, set_rng_state
+from .checkpoint import (
+    FORMAT,
+    get_rng_state,
+    load_tagged,
+    restore_checkpoint,
+    save_checkpoint,
+    set_rng_state,
+)
 from .elbo import TrajectoryELBO
 
 __all__ = ["FitResult", "fit"]
@@ -60,6 +70,7 @@ def fit(
     checkpoint: str | None = None,
     checkpoint_every: int | None = None,
     resume: bool = False,
+    distributed: bool = False,
 ) -> FitResult:
     """Maximize the ELBO of ``model`` over the guide's parameters with Pyro's SVI.
 
@@ -86,6 +97,20 @@ def fit(
         resume: continue from ``checkpoint`` if it exists: parameters, optimizer state, random
             generators and history come back, so a resumed CPU run ends bit-identical to one that
             was never interrupted.
+        distributed: data-parallel SVI over the ranks of a ``torch.distributed`` process group
+            (joined from ``torchrun``'s environment if not yet initialized). Every rank runs this
+            call with the same arguments and rolls out its own ``num_episodes`` episodes; the
+            parameters are created by a first trace and broadcast from rank 0; each step's
+            gradients are averaged over ranks (:class:`~rl_as_inference.distributed.DistributedOptim`
+            wraps ``optim``), so every rank holds the same parameters after every step, and with
+            the per-episode mean ELBO K ranks take the step one process would take with K x
+            ``num_episodes`` episodes. ``TrajectoryELBO``'s running baseline is averaged over
+            ranks. Rank r draws its episodes from seed :func:`~rl_as_inference.distributed.rank_seed`
+            ``(seed, r)``. The history (ELBO, return) and the stats passed to callbacks are means
+            over ranks; callbacks run on every rank and a ``StopIteration`` on any rank stops all.
+            Only rank 0 shows progress and writes the checkpoint (which holds every rank's random
+            state, so a resumed run continues each rank's stream; resuming with another world
+            size is refused). A signal to any rank saves and stops all of them at the same step.
 
     Returns:
         A :class:`FitResult` with the ELBO history.
@@ -105,50 +130,65 @@ def fit(
     if checkpoint_every is not None and (not isinstance(checkpoint_every, int) or checkpoint_every < 1):
         raise ValueError(f"checkpoint_every must be an int >= 1, got {checkpoint_every!r}")
     _place(model, guide, device)
+    loss = TrajectoryELBO() if loss is None else loss
+    if distributed:
+        optim, seed = _join(optim, loss, seed, device)
     if seed is not None:
         pyro.set_rng_seed(int(seed))
-    loss = TrajectoryELBO() if loss is None else loss
     svi = SVI(model, guide, optim, loss=loss)
     result = FitResult(svi=svi)
     start_step = 0
-    if resume and checkpoint is not None:
-        try:
-            state = load_checkpoint(checkpoint, optim=optim, guide=guide)
-        except FileNotFoundError:
-            state = None
-        if state is not None:
-            start_step = state["step"]
-            set_rng_state(state["rng"])  # continue the random stream: bit-identical to an uninterrupted run
-            if "loss" in state["extra"] and hasattr(loss, "load_state_dict"):
-                loss.load_state_dict(state["extra"]["loss"])
-            result.elbo = list(state["extra"].get("elbo", []))
-            result.returns = list(state["extra"].get("returns", []))
+    state = _read_checkpoint(checkpoint, distributed) if resume and checkpoint is not None else None
+    if state is not None:
+        restore_checkpoint(state, optim=optim, guide=guide)
+        start_step = state["step"]
+        # continue the random stream: bit-identical to an uninterrupted run
+        set_rng_state(state["extra"]["rank_rng"][dp.rank()] if distributed else state["rng"])
+        if "loss" in state["extra"] and hasattr(loss, "load_state_dict"):
+            loss.load_state_dict(state["extra"]["loss"])
+        result.elbo = list(state["extra"].get("elbo", []))
+        result.returns = list(state["extra"].get("returns", []))
+    elif distributed:
+        _same_start(model, guide, num_episodes, seed)
+    progress = progress and (not distributed or dp.is_main())
     began = time.perf_counter()
     bar = tqdm(range(start_step, num_steps), disable=not progress, desc="SVI", dynamic_ncols=True)
     step = start_step
     # with a checkpoint, a SIGINT/SIGTERM/SIGHUP saves before the next step and raises
     # TrainingInterrupted (a SystemExit); without one, signals keep their usual effect
     guard = signals.deferred_signals() if checkpoint is not None else contextlib.nullcontext()
+    signalled = 0  # the signal some rank received (after the previous step's agreement), or 0
     with guard:
         try:
             for step in bar:
-                if checkpoint is not None and signals.pending() is not None:
-                    _save(checkpoint, optim, step, result, loss)
-                    _stop_if_signalled(checkpoint, step)
+                if not distributed:
+                    signalled = signals.pending() or 0
+                if checkpoint is not None and signalled:
+                    _save(checkpoint, optim, step, result, loss, distributed)
+                    _stop_if_signalled(checkpoint, step, signalled)
                 value = -svi.step(num_episodes)
                 traj = getattr(loss, "last", None)
                 traj = traj.trajectory if traj is not None else None
                 mean_return = traj.returns.mean().item() if traj is not None else float("nan")
+                if distributed:  # one small all-reduce: the history is the mean over ranks
+                    value, mean_return = dp.all_reduce_mean(torch.tensor([value, mean_return])).tolist()
                 result.elbo.append(value)
                 result.returns.append(mean_return)
                 if progress:
                     bar.set_postfix(elbo=f"{value:.4g}", ret=f"{mean_return:.4g}", refresh=False)
                 if checkpoint is not None and checkpoint_every and (step + 1) % checkpoint_every == 0:
-                    _save(checkpoint, optim, step + 1, result, loss)
+                    _save(checkpoint, optim, step + 1, result, loss, distributed)
+                stop = False
                 try:
                     for callback in callbacks:
                         callback(step, {"elbo": value, "return": mean_return})
                 except StopIteration:
+                    stop = True
+                if distributed:  # agree on stopping and on signals (a signal may reach one rank)
+                    local = torch.tensor([float(stop), float(signals.pending() or 0)])
+                    agreed = dp.all_reduce_max(local).tolist()
+                    stop, signalled = bool(agreed[0]), int(agreed[1])
+                if stop:
                     step += 1
                     break
             else:
@@ -158,29 +198,96 @@ def fit(
         result.num_steps = max(step, start_step)
         result.wall_time = time.perf_counter() - began
         if checkpoint is not None:
-            _save(checkpoint, optim, result.num_steps, result, loss)
+            _save(checkpoint, optim, result.num_steps, result, loss, distributed)
             # a signal during the last step: the run is saved and complete; still stop as asked
-            _stop_if_signalled(checkpoint, result.num_steps)
+            _stop_if_signalled(checkpoint, result.num_steps, signalled or signals.pending() or 0)
     return result
 
 
-def _stop_if_signalled(checkpoint: str, step: int) -> None:
-    """After the save: raise TrainingInterrupted for a pending signal, saying where and how to go on
-    (a script that does not catch it exits with 128 + signum, and SystemExit prints nothing)."""
-    try:
-        signals.raise_if_pending(Path(checkpoint), step, unit="SVI steps")
-    except signals.TrainingInterrupted as stop:
-        print(
-            f"rl_as_inference.fit: {stop}; resume with fit(..., checkpoint={str(checkpoint)!r}, resume=True)",
-            file=sys.stderr,
+def _join(optim, loss, seed: int | None, device) -> tuple:
+    """Join the process group, wrap ``optim``, make the loss reduce its statistics over ranks and
+    agree on a base seed (rank 0's, drawn when ``seed`` is None, so ranks never share a stream)."""
+    if not dp.init_from_environment(device=resolve_device(device) if device is not None else None):
+        raise ValueError(
+            "fit(distributed=True) needs a torch.distributed process group: launch the script with "
+            "`torchrun --nproc_per_node=K script.py` or call torch.distributed.init_process_group first"
         )
+    if isinstance(loss, TrajectoryELBO):
+        loss.distributed = True
+    if not isinstance(optim, dp.DistributedOptim):
+        optim = dp.DistributedOptim(optim)
+    if seed is None:
+        # from the OS: torch's and numpy's default generators start alike in every process
+        seed = secrets.randbits(31) if dp.is_main() else 0
+    return optim, dp.broadcast_object(int(seed))
+
+
+def _same_start(model, guide, num_episodes: int, seed: int) -> None:
+    """Create every parameter with one trace of the guide and the model replayed on it (all ranks
+    from the same seed), broadcast rank 0's values, then give each rank its own stream."""
+    with torch.no_grad():
+        guide_trace = poutine.trace(guide).get_trace(num_episodes)
+        poutine.replay(model, trace=guide_trace)(num_episodes)
+    dp.broadcast_param_store()
+    module = getattr(guide, "policy", None)
+    if isinstance(module, torch.nn.Module):
+        dp.broadcast_tensors(list(module.buffers()))
+    pyro.set_rng_seed(dp.rank_seed(seed, dp.rank()))
+
+
+def _read_checkpoint(path: str, distributed: bool) -> dict | None:
+    """The checkpoint at ``path`` (None if there is none); distributed, rank 0 reads it and sends
+    it to the others (no shared file system needed), and a different world size is refused."""
+    if distributed and not dp.is_main():
+        state = dp.broadcast_object(None)
+    else:
+        try:
+            state = load_tagged(path, FORMAT, "checkpoint")
+        except (FileNotFoundError, ValueError) as exc:
+            state = exc if isinstance(exc, ValueError) else None
+        if distributed:
+            dp.broadcast_object(state)
+    if isinstance(state, ValueError):
+        raise state
+    if state is None or not distributed:
+        return state
+    saved = state["extra"].get("world_size")
+    if saved != dp.world_size():
+        raise ValueError(
+            f"{path} was written by a run of world size {saved if saved is not None else '1 (not distributed)'}"
+            f", this one has {dp.world_size()}: resume with the same number of processes "
+            "(each rank continues its own random stream)"
+        )
+    return state
+
+
+def _stop_if_signalled(checkpoint: str, step: int, signum: int) -> None:
+    """After the save: raise TrainingInterrupted for a pending signal (``signum``, 0 for none: in a
+    distributed run, possibly one another rank received), saying where and how to go on (a script
+    that does not catch it exits with 128 + signum, and SystemExit prints nothing)."""
+    if not signum:
+        return
+    signals.clear()
+    try:
+        raise signals.TrainingInterrupted(signum, Path(checkpoint), step, unit="SVI steps")
+    except signals.TrainingInterrupted as stop:
+        if dp.is_main():
+            print(
+                f"rl_as_inference.fit: {stop}; resume with fit(..., checkpoint={str(checkpoint)!r}, resume=True)",
+                file=sys.stderr,
+            )
         raise
 
 
-def _save(path: str, optim, step: int, result: FitResult, loss) -> None:
+def _save(path: str, optim, step: int, result: FitResult, loss, distributed: bool = False) -> None:
     extra = {"elbo": result.elbo, "returns": result.returns}
     if hasattr(loss, "state_dict"):
         extra["loss"] = loss.state_dict()
+    if distributed:  # every rank's random state, gathered on rank 0 (a collective: all ranks call)
+        extra["rank_rng"] = dp.gather_objects(get_rng_state())
+        extra["world_size"] = dp.world_size()
+        if not dp.is_main():
+            return
     save_checkpoint(path, optim=optim, step=step, extra=extra)
 
 

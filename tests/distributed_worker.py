@@ -1,0 +1,148 @@
+"""One rank of the data-parallel ``fit`` tests, launched by ``torchrun`` from tests/test_distributed.py.
+
+Usage: torchrun --standalone --nproc_per_node=K tests/distributed_worker.py MODE OUT_DIR [STEPS]
+
+Modes:
+    identical  fit with each rank's parameters first created from a different seed; writes every
+               rank's parameter checksums (all-gathered) to OUT_DIR/rank0.json
+    equivalence  fit with SGD; each rank saves its final param store to OUT_DIR/rankR.pt
+    checkpoint   fit STEPS steps with a checkpoint in OUT_DIR (resume=True): run it twice
+    fail         rank 1 raises after its first step; rank 0 must not hang
+    stall        rank 1 sleeps inside its second step; rank 0's collective must time out
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import pyro
+import torch
+import torch.distributed as dist
+
+import rl_as_inference as rlai
+from rl_as_inference import distributed as dp
+from rl_as_inference import envs, guides, models
+
+SEED = 3
+EPISODES_PER_RANK = 8
+SGD_LR = 0.05
+
+
+def tabular_task(horizon: int = 5):
+    """A random 6-state, 3-action MDP: categorical actions, so score-function gradients and the
+    running baseline that data-parallel SVI must average over ranks."""
+    mdp = envs.random_mdp(6, 3, seed=11, deterministic=False)
+    model = models.TrajectoryModel(
+        mdp, models.UniformPrior(mdp.action_space), horizon=horizon, alpha=0.5, gamma=0.9
+    )
+    guide = guides.TabularGuide(mdp, horizon=horizon, gamma=0.9, init_scale=1.0)
+    return model, guide
+
+
+def checksums() -> dict[str, float]:
+    store = pyro.get_param_store()
+    return {name: float(store._params[name].detach().double().sum()) for name in sorted(store.keys())}
+
+
+def main() -> None:
+    mode, out = sys.argv[1], Path(sys.argv[2])
+    steps = int(sys.argv[3]) if len(sys.argv) > 3 else 3
+    dp.init_from_environment()  # the timeout from RLAI_DIST_TIMEOUT
+    rank = dp.rank()
+    model, guide = tabular_task()
+    if mode == "identical":
+        pyro.set_rng_seed(100 + rank)  # each rank creates different parameters before fit
+        guide(EPISODES_PER_RANK)
+        before = dp.gather_objects(checksums())
+        rlai.fit(
+            model,
+            guide,
+            num_steps=steps,
+            num_episodes=EPISODES_PER_RANK,
+            lr=0.05,
+            seed=SEED,
+            progress=False,
+            distributed=True,
+        )
+        after = dp.gather_objects(checksums())
+        if rank == 0:
+            (out / "rank0.json").write_text(json.dumps({"before": before, "after": after}))
+    elif mode == "equivalence":
+        rlai.fit(
+            model,
+            guide,
+            num_steps=steps,
+            num_episodes=EPISODES_PER_RANK,
+            optim=pyro.optim.SGD({"lr": SGD_LR}),
+            seed=SEED,
+            progress=False,
+            distributed=True,
+        )
+        store = pyro.get_param_store()
+        torch.save({n: store._params[n].detach().clone() for n in store}, out / f"rank{rank}.pt")
+    elif mode == "checkpoint":
+        result = rlai.fit(
+            model,
+            guide,
+            num_steps=steps,
+            num_episodes=EPISODES_PER_RANK,
+            lr=0.05,
+            seed=SEED,
+            progress=False,
+            distributed=True,
+            checkpoint=str(out / "fit.pt"),
+            resume=True,
+        )
+        store = pyro.get_param_store()
+        torch.save({n: store._params[n].detach().clone() for n in store}, out / f"final{rank}.pt")
+        if rank == 0:
+            (out / "history.json").write_text(
+                json.dumps({"elbo": result.elbo, "num_steps": result.num_steps})
+            )
+    elif mode == "fail":
+
+        def fail_on_rank_1(step, stats):
+            if rank == 1 and step == 1:
+                raise RuntimeError("rank 1 fails on purpose")
+
+        rlai.fit(
+            model,
+            guide,
+            num_steps=50,
+            num_episodes=EPISODES_PER_RANK,
+            lr=0.05,
+            seed=SEED,
+            progress=False,
+            distributed=True,
+            callbacks=[fail_on_rank_1],
+        )
+    elif mode == "stall":
+
+        def stall_on_rank_1(step, stats):
+            if rank == 1 and step == 1:
+                time.sleep(120)
+
+        rlai.fit(
+            model,
+            guide,
+            num_steps=50,
+            num_episodes=EPISODES_PER_RANK,
+            lr=0.05,
+            seed=SEED,
+            progress=False,
+            distributed=True,
+            callbacks=[stall_on_rank_1],
+        )
+    else:
+        raise SystemExit(f"unknown mode {mode!r}")
+    # every rank done before the group goes: gloo can abort a rank that tears down while a peer
+    # still runs
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
