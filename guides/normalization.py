@@ -69,11 +69,15 @@ class RunningObsNormalizer(nn.Module):
     def update(self, obs: torch.Tensor) -> None:
         """Merge a batch of observations ``[*B, dim]`` into the running statistics."""
         x = obs.detach().reshape(-1, self.mean.shape[0]).to(self.mean.dtype)
-        n = x.shape[0]
-        if n == 0:
+        if x.shape[0] == 0:
             return
-        batch_mean = x.mean(0)
-        batch_var = x.var(0, unbiased=False)
+        self.merge(x.shape[0], x.mean(0), x.var(0, unbiased=False))
+
+    @torch.no_grad()
+    def merge(self, n: int | torch.Tensor, batch_mean: torch.Tensor, batch_var: torch.Tensor) -> None:
+        """Merge the moments of ``n`` observations (their mean and biased variance per coordinate)
+        into the running statistics: what :meth:`update` does with a batch it holds, and what a
+        data-parallel run does with the moments of every rank's batch together."""
         total = self.count + n
         delta = batch_mean - self.mean
         m2 = self.var * self.count + batch_var * n + delta.square() * (self.count * n / total)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from rl_as_inference import runs
+from rl_as_inference import distributed, runs
 from rl_as_inference.envs.ids import import_env_module
 from rl_as_inference.signals import TrainingInterrupted
 
@@ -54,6 +55,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     train.add_argument(
         "--algo", metavar="NAME", help="algorithm (default: the recipe's); see rlai train --help"
+    )
+    train.add_argument(
+        "--nproc",
+        type=int,
+        metavar="K",
+        help="train data-parallel on K processes of this machine (runs torchrun --standalone "
+        "--nproc_per_node=K -m rl_as_inference train ...): each steps num_envs / K envs and learns "
+        "from its share of every batch, gradients averaged; for several machines run torchrun yourself",
     )
     train.add_argument(
         "--config",
@@ -203,10 +212,34 @@ def _summary(run_dir: Path) -> None:
     print(f"run directory: {run_dir}")
 
 
+def _launch_torchrun(nproc: int, argv: list[str]) -> None:
+    """Replace this process by ``torchrun --standalone --nproc_per_node=K -m rl_as_inference ARGS``
+    (ARGS without --nproc), so signals reach torchrun, which forwards them to every rank, and the
+    exit code is torchrun's."""
+    rest, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            rest.append(arg)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [*cmd, "-m", "rl_as_inference", *rest])
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``rlai`` console script."""
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.command == "train" and args.nproc is not None:
+        if args.nproc < 1:
+            print(f"rlai: error: --nproc must be >= 1, got {args.nproc}", file=sys.stderr)
+            return 2
+        if args.nproc > 1 and not distributed.launched_by_torchrun():
+            _launch_torchrun(args.nproc, sys.argv[1:] if argv is None else list(argv))
     try:
         if args.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")
@@ -226,7 +259,8 @@ def main(argv: list[str] | None = None) -> int:
             run_dir = runs.resume_run(
                 args.resume, progress=not args.no_progress, eval_episodes=args.eval_episodes
             )
-            _summary(run_dir)
+            if distributed.is_main():
+                _summary(run_dir)
         elif args.command == "train":
             if args.env is None:
                 raise ValueError("rlai train needs --env ID (or --resume DIR)")
@@ -246,7 +280,8 @@ def main(argv: list[str] | None = None) -> int:
                 eval_episodes=args.eval_episodes,
                 checkpoint_every=args.checkpoint_every,
             )
-            _summary(run_dir)
+            if distributed.is_main():
+                _summary(run_dir)
         elif args.command == "inspect":
             _inspect(args)
         else:
@@ -261,19 +296,28 @@ def main(argv: list[str] | None = None) -> int:
                 f"{len(returns)} episodes: mean return {np.mean(returns):.2f} +- {np.std(returns):.2f} (std)"
             )
     except TrainingInterrupted as stop:  # the state is saved: say where, and how to go on
-        resume = f"; resume with: rlai train --resume {stop.path.parent}" if stop.path is not None else ""
-        print(f"rlai: {stop}{resume}", file=sys.stderr)
+        if distributed.is_main():
+            resume = f"; resume with: rlai train --resume {stop.path.parent}" if stop.path is not None else ""
+            print(f"rlai: {stop}{resume}", file=sys.stderr)
         return stop.code
     except KeyboardInterrupt:  # Ctrl-C outside training (evaluation, inspection): nothing to save
         print("rlai: interrupted", file=sys.stderr)
         return 130
     except (ValueError, TypeError) as exc:
-        print(f"rlai: error: {exc}", file=sys.stderr)
+        # in a data-parallel run an error every rank raised alike (a bad option, or one rank 0 met
+        # in the run directory and sent to the others) is printed once, by rank 0
+        alike = not distributed.active() or getattr(exc, "raised_on_every_rank", False)
+        if distributed.is_main() and runs.is_rank_0():
+            print(f"rlai: error: {exc}", file=sys.stderr)
+        elif not alike:
+            print(f"rlai: rank {distributed.rank()}: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # a read-only or full disk, a path through a file: name the path
         where = f" {exc.filename}" if exc.filename else ""
         print(f"rlai: error: cannot read or write{where}: {exc.strerror or exc}", file=sys.stderr)
         return 2
+    if distributed.active():  # every rank passed the run's last barrier: tear the group down
+        torch.distributed.destroy_process_group()
     return 0
 
 

@@ -38,11 +38,16 @@ __all__ = [
     "DistributedOptim",
     "active",
     "all_reduce_mean",
+    "all_reduce_sum",
+    "mean_of_finite",
     "average_gradients",
+    "barrier",
+    "broadcast_modules",
     "broadcast_object",
     "broadcast_param_store",
     "broadcast_tensors",
     "gather_objects",
+    "scatter_objects",
     "init_from_environment",
     "is_main",
     "rank",
@@ -149,16 +154,40 @@ def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
     return out.to(tensor.device)
 
 
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """The sum of ``tensor`` over ranks (a new tensor on ``tensor``'s device)."""
+    if not active() or world_size() == 1:
+        return tensor
+    out = tensor.detach().to(_device_of_group(), copy=True)
+    _collective("all_reduce", dist.all_reduce, out, op=dist.ReduceOp.SUM)
+    return out.to(tensor.device)
+
+
+def mean_of_finite(values: dict[str, float]) -> dict[str, float]:
+    """Each value averaged over the ranks where it is finite (NaN where it is finite on none): the
+    metric rows of a data-parallel run, where a rank may have finished no episode in an interval.
+    Every rank must pass the same keys."""
+    if not active() or world_size() == 1 or not values:
+        return values
+    keys = list(values)
+    x = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64)
+    finite = torch.isfinite(x)
+    sums = all_reduce_sum(torch.cat([torch.where(finite, x, 0.0), finite.double()]))
+    total, count = sums[: len(keys)], sums[len(keys) :]
+    means = torch.where(count > 0, total / count.clamp_min(1), float("nan"))
+    return dict(zip(keys, means.tolist(), strict=True))
+
+
 def average_gradients(params: Sequence[torch.Tensor]) -> None:
     """Replace every ``p.grad`` by its mean over ranks, with one all-reduce of one flat buffer.
 
-    Every rank must pass the same parameters in the same order (a missing gradient counts as zero,
-    so a parameter that one rank's loss did not touch still lines up).
+    Every rank must pass the same parameters in the same order. A parameter without a gradient
+    counts as zero (and gets the averaged gradient, zero if no rank had one): deciding per
+    parameter whether any rank had one would read the device once per step.
     """
     if not active() or world_size() == 1 or not params:
         return
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.reshape(-1) for g in grads])
+    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
     _collective("all_reduce of the gradients", dist.all_reduce, flat, op=dist.ReduceOp.SUM)
     flat.div_(world_size())
     offset = 0
@@ -169,17 +198,37 @@ def average_gradients(params: Sequence[torch.Tensor]) -> None:
 
 
 def broadcast_tensors(tensors: Sequence[torch.Tensor], src: int = 0) -> None:
-    """Overwrite ``tensors`` on every rank with rank ``src``'s values (one broadcast of a flat buffer)."""
+    """Overwrite ``tensors`` on every rank with rank ``src``'s values (one broadcast of a flat buffer
+    per dtype and device)."""
     if not active() or world_size() == 1 or not tensors:
         return
-    flat = torch.cat([t.detach().reshape(-1) for t in tensors])
-    _collective("broadcast", dist.broadcast, flat, src=src)
-    offset = 0
-    with torch.no_grad():
-        for t in tensors:
-            n = t.numel()
-            t.copy_(flat[offset : offset + n].view_as(t))
-            offset += n
+    groups: dict[tuple, list[torch.Tensor]] = {}
+    for t in tensors:
+        groups.setdefault((t.dtype, t.device), []).append(t)
+    for members in groups.values():
+        flat = torch.cat([t.detach().reshape(-1) for t in members])
+        _collective("broadcast", dist.broadcast, flat, src=src)
+        offset = 0
+        with torch.no_grad():
+            for t in members:
+                n = t.numel()
+                t.copy_(flat[offset : offset + n].view_as(t))
+                offset += n
+
+
+def broadcast_modules(modules: Iterable[torch.nn.Module], src: int = 0) -> None:
+    """Give every rank rank ``src``'s parameters and buffers of ``modules`` (in place)."""
+    seen: dict[int, torch.Tensor] = {}  # a module shared by two (an observation normalizer) once
+    for m in modules:
+        for t in m.state_dict(keep_vars=True).values():
+            seen.setdefault(id(t), t)
+    broadcast_tensors(list(seen.values()), src=src)
+
+
+def barrier() -> None:
+    """Wait until every rank is here (nothing outside a process group)."""
+    if active() and world_size() > 1:
+        _collective("barrier", dist.barrier)
 
 
 def broadcast_object(obj: Any, src: int = 0) -> Any:
@@ -198,6 +247,15 @@ def gather_objects(obj: Any) -> list:
     out: list = [None] * world_size()
     _collective("all_gather_object", dist.all_gather_object, out, obj)
     return out
+
+
+def scatter_objects(objs: list | None, src: int = 0) -> Any:
+    """Rank r's entry of rank ``src``'s list ``objs`` (one per rank; ignored on other ranks)."""
+    if not active() or world_size() == 1:
+        return objs[0]
+    out: list = [None]
+    _collective("scatter_object_list", dist.scatter_object_list, out, objs if rank() == src else None, src=src)
+    return out[0]
 
 
 def check_same_names(names: Sequence[str], what: str) -> None:

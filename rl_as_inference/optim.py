@@ -1,4 +1,5 @@
-"""The optimizer every training loop of the library builds: Adam with torch's fused kernel."""
+"""The optimizer every training loop of the library builds: Adam with torch's fused kernel, which
+in a data-parallel run (``torch.distributed``) averages its gradients over the ranks first."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ from typing import Any
 
 import torch
 
-__all__ = ["adam"]
+from rl_as_inference import distributed as dp
+
+__all__ = ["AveragingAdam", "adam"]
 
 # Devices where torch.optim.Adam has a fused kernel for floating-point parameters.
 _FUSED_DEVICES = ("cpu", "cuda")
@@ -34,4 +37,16 @@ def adam(params: Iterable[torch.Tensor] | Iterable[dict[str, Any]], lr: float) -
     else:
         tensors = params
     fused = bool(tensors) and all(p.device.type in _FUSED_DEVICES and p.is_floating_point() for p in tensors)
-    return torch.optim.Adam(params, lr=lr, fused=fused or None)
+    cls = AveragingAdam if dp.active() and dp.world_size() > 1 else torch.optim.Adam
+    return cls(params, lr=lr, fused=fused or None)
+
+
+class AveragingAdam(torch.optim.Adam):
+    """Adam whose ``step`` first replaces each gradient by its mean over the ranks of the process
+    group (one all-reduce of all its parameters' gradients, flattened): data-parallel training,
+    where every rank computes the gradient of its own share of the batch and all ranks then apply
+    the same update to the same parameters. :func:`adam` builds one inside a process group."""
+
+    def step(self, closure=None):
+        dp.average_gradients([p for group in self.param_groups for p in group["params"]])
+        return super().step(closure)

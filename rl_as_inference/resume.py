@@ -7,6 +7,14 @@ generators to one file, atomically (temporary file + rename), so a crash never l
 checkpoint and the previous one stays valid until the new one is complete. Resuming loads them
 back in place; on CPU the continued run then ends with parameters bit-identical to an
 uninterrupted one.
+
+In a data-parallel run (``torch.distributed``, more than one rank) the ranks hold the same networks
+and optimizers but their own envs, replay buffers and random generators. Attaching broadcasts rank
+0's networks (each rank built its own from its own seed); saving gathers every rank's state to rank
+0, which writes one file (rank 0's state where a single process keeps it, the others' under
+``other_ranks``); resuming reads it on rank 0 and hands each rank its own part, and refuses a file
+written with another number of ranks. The ranks agree on signals: one that reaches any rank saves
+and stops all of them at the same step.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from typing import Any
 
 import torch
 
+from rl_as_inference import distributed as dp
 from rl_as_inference import signals
 from rl_as_inference.checkpoint import (
     atomic_torch_save,
@@ -65,6 +74,37 @@ def _load_into(obj: Any, state: Any, name: str) -> None:
                 f"training state: {name} does not fit this run's {name} ({load_error_detail(exc)}); "
                 "was the config changed since it was written?"
             ) from None
+
+
+def _tensors_of(components) -> list[torch.Tensor]:
+    """The tensors among ``components`` (and inside lists of them): the duals of an algorithm."""
+    out = []
+    for c in components:
+        if isinstance(c, torch.Tensor):
+            out.append(c)
+        elif isinstance(c, list | tuple):
+            out += _tensors_of(c)
+    return out
+
+
+def _to_device(state: Any, device) -> Any:
+    """``state`` with every tensor moved to ``device`` (the map_location of a state sent by rank 0)."""
+    if device is None:
+        return state
+    if isinstance(state, torch.Tensor):
+        return state.to(device)
+    if isinstance(state, dict):
+        return {k: _to_device(v, device) for k, v in state.items()}
+    if isinstance(state, list | tuple):
+        return type(state)(_to_device(v, device) for v in state)
+    return state
+
+
+def _world_size_message(path, saved: int, now: int) -> str:
+    return (
+        f"{path} was written by a run on {saved} process(es), this one has {now}: resume with "
+        f"--nproc {saved} (each rank continues its own envs, replay buffer and random streams)"
+    )
 
 
 class Checkpointer:
@@ -116,8 +156,11 @@ class Checkpointer:
         """
         self.algorithm, self.components, self.loop = algorithm, components, loop
         if not self.resume:
+            if dp.world_size() > 1:  # every rank starts from rank 0's networks and duals
+                dp.broadcast_modules(c for c in components.values() if isinstance(c, torch.nn.Module))
+                dp.broadcast_tensors(_tensors_of(components.values()))
             return False
-        state = read_train_state(self.path, self.device)
+        state = self._read_for_this_rank()
         if state["algorithm"] != algorithm:
             raise ValueError(f"{self.path} holds a {state['algorithm']} run, not {algorithm}")
         missing = sorted(set(components) - set(state["components"]))
@@ -141,9 +184,13 @@ class Checkpointer:
                 is saved first, so nothing is lost.
         """
         self.loop["wall_time"] = wall_time
-        if signals.pending() is not None:
+        signum = signals.pending()
+        if dp.world_size() > 1:  # one small all-reduce: a signal that reached any rank stops all
+            signum = int(dp.all_reduce_max(torch.tensor([signum or 0]))[0]) or None
+        if signum is not None:
             self.save(env_steps)
-            signals.raise_if_pending(self.path, env_steps)
+            signals.clear()
+            raise signals.TrainingInterrupted(signum, self.path, int(env_steps))
         if env_steps >= self.next_save:
             self.save(env_steps)
             self.next_save = (env_steps // self.every + 1) * self.every
@@ -154,15 +201,44 @@ class Checkpointer:
             self.loop["wall_time"] = wall_time
         if self.path is None:
             return
-        atomic_torch_save(
-            {
-                "format": TRAIN_STATE_FORMAT,
-                "algorithm": self.algorithm,
-                "env_steps": int(env_steps),
-                "components": {name: _state_of(obj) for name, obj in self.components.items()},
-                "loop": dict(self.loop),
-                "rng": get_rng_state(),
-                "meta": self.meta,
-            },
-            self.path,
-        )
+        state = {
+            "format": TRAIN_STATE_FORMAT,
+            "algorithm": self.algorithm,
+            "env_steps": int(env_steps),
+            "components": {name: _state_of(obj) for name, obj in self.components.items()},
+            "loop": dict(self.loop),
+            "rng": get_rng_state(),
+            "meta": self.meta,
+        }
+        if dp.world_size() > 1:
+            ranks = dp.gather_objects({k: state[k] for k in ("components", "loop", "rng")})
+            if not dp.is_main():
+                return
+            state["world_size"] = dp.world_size()
+            state["other_ranks"] = ranks[1:]
+        atomic_torch_save(state, self.path)
+
+    def _read_for_this_rank(self) -> dict:
+        """The training state to restore here: the file's, or in a data-parallel run this rank's part
+        of the file rank 0 read (the others' parts are never loaded where they are not used)."""
+        if dp.world_size() == 1:
+            state = read_train_state(self.path, self.device)
+            if state.get("world_size", 1) != 1:
+                raise ValueError(_world_size_message(self.path, state["world_size"], 1))
+            return state
+        parts = None
+        if dp.is_main():
+            try:
+                state = read_train_state(self.path, "cpu")
+                saved = state.get("world_size", 1)
+                if saved != dp.world_size():
+                    raise ValueError(_world_size_message(self.path, saved, dp.world_size()))
+                parts = [state] + [dict(state, **part) for part in state["other_ranks"]]
+                for part in parts:
+                    part.pop("other_ranks", None)
+            except ValueError as exc:
+                parts = [exc] * dp.world_size()
+        mine = dp.scatter_objects(parts)
+        if isinstance(mine, ValueError):
+            raise mine
+        return _to_device(mine, self.device)

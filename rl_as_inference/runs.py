@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from rl_as_inference import distributed as dp
 from rl_as_inference import envs, guides
 from rl_as_inference.algos import REGISTRY
 from rl_as_inference.algos.collect import check_observation_space
@@ -143,7 +144,7 @@ def train_run(
     if algo is None:
         algo = load_recipe(env_id).get("default_algo") or _generic_algorithm(env_id, action_space)
     family = recipe_family(env_id)
-    if family is not None and algo in load_recipe(env_id):  # the family's table sets this run
+    if family is not None and algo in load_recipe(env_id) and is_rank_0():  # the family's table sets this run
         print(
             f"rlai: note: {env_id} has no recipe of its own; {algo} with the {family} defaults "
             f"(rl_as_inference/recipes/families/{family}.toml)",
@@ -175,7 +176,7 @@ def train_run(
     extra = [f"{key}={value}" for key, value in given.items() if value is not None]
     notes: list[str] = []
     config = build_config(config_cls, env_id, algo, file=config_file, sets=[*extra, *sets], notes=notes)
-    for note in notes:
+    for note in notes if is_rank_0() else ():
         print(f"rlai: note: {note}", file=sys.stderr)
     if REGISTRY[algo].needs_dynamics and config.backend == "gymnasium":
         raise ValueError(
@@ -183,21 +184,27 @@ def train_run(
             "Gymnasium's own envs do not expose; leave backend at 'auto' (the torch env)"
         )
     Checkpointer(None, every=checkpoint_every)  # checks the interval before anything is written
+    _join_process_group(config)
+    data_parallel_config(config)  # a size that does not split over the ranks fails before any write
     run_dir = Path(out) if out is not None else Path("runs") / f"{env_id}-{algo}-seed{config.seed}"
-    if (run_dir / TRAIN_STATE).exists():
-        raise ValueError(f"{run_dir} already holds a run: continue it with --resume {run_dir}, or pick --out")
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ValueError(f"run directory {run_dir} exists and is not a directory")
-    if (run_dir / "config.toml").exists():
-        print(
-            f"rlai: note: {run_dir} holds a run that stopped before its first checkpoint; starting it over",
-            file=sys.stderr,
-        )
-        _start_over(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(run_dir)
-    resolved = {"algo": algo, "checkpoint_every": checkpoint_every, **dataclasses.asdict(config)}
-    atomic_write_text(run_dir / "config.toml", to_toml(resolved))
+
+    def prepare() -> None:
+        if (run_dir / TRAIN_STATE).exists():
+            raise ValueError(f"{run_dir} already holds a run: continue it with --resume {run_dir}, or pick --out")
+        if run_dir.exists() and not run_dir.is_dir():
+            raise ValueError(f"run directory {run_dir} exists and is not a directory")
+        if (run_dir / "config.toml").exists():
+            print(
+                f"rlai: note: {run_dir} holds a run that stopped before its first checkpoint; starting it over",
+                file=sys.stderr,
+            )
+            _start_over(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temporaries(run_dir)
+        resolved = {"algo": algo, "checkpoint_every": checkpoint_every, **dataclasses.asdict(config)}
+        atomic_write_text(run_dir / "config.toml", to_toml(resolved))
+
+    _on_rank_0(prepare)
     checkpointer = Checkpointer(
         run_dir / TRAIN_STATE,
         every=checkpoint_every,
@@ -313,10 +320,15 @@ def resume_run(run_dir: str | os.PathLike, *, progress: bool = True, eval_episod
             f"{run_dir} has no {TRAIN_STATE}: its run stopped before its first checkpoint; "
             f"start it over with rlai train --out {run_dir} (and the same options)"
         )
-    _remove_stale_temporaries(run_dir)
-    state = read_train_state(run_dir / TRAIN_STATE, map_location="cpu")
-    _check_same_config(state, config, run_dir / TRAIN_STATE)
-    _truncate_metrics(run_dir / "metrics.csv", int(state["env_steps"]))
+    _join_process_group(config)
+
+    def prepare() -> None:
+        _remove_stale_temporaries(run_dir)
+        state = read_train_state(run_dir / TRAIN_STATE, map_location="cpu")
+        _check_same_config(state, config, run_dir / TRAIN_STATE)
+        _truncate_metrics(run_dir / "metrics.csv", int(state["env_steps"]))
+
+    _on_rank_0(prepare)
     checkpointer = Checkpointer(
         run_dir / TRAIN_STATE,
         every=every,
@@ -389,14 +401,19 @@ class _MetricLog:
 
 def _run(run_dir: Path, algo: str, config, checkpointer: Checkpointer, *, progress: bool, eval_episodes: int):
     _, train = ALGORITHMS[algo]
-    log = _MetricLog(run_dir, algo, config, progress)
+    main = dp.is_main()  # in a data-parallel run, rank 0 logs and writes; every rank trains
+    log = _MetricLog(run_dir, algo, config, progress) if main else None
     # a SIGINT, SIGTERM or SIGHUP while training saves the state at the loop's next iteration and
     # raises TrainingInterrupted (a SystemExit with code 128 + signum)
     with deferred_signals():
         try:
-            result = train(config, callback=log, checkpointer=checkpointer)
+            result = train(data_parallel_config(config), callback=log, checkpointer=checkpointer)
         finally:
-            log.close()
+            if log is not None:
+                log.close()
+        if not main:
+            dp.barrier()  # rank 0 evaluates and writes; the group ends when all are done
+            return run_dir
         atomic_torch_save(
             {
                 "format": RUN_FORMAT,
@@ -424,7 +441,75 @@ def _run(run_dir: Path, algo: str, config, checkpointer: Checkpointer, *, progre
             "std_return": float(np.std(returns)),
         }
     atomic_write_text(run_dir / "eval.json", json.dumps(summary, indent=2) + "\n")
+    dp.barrier()
     return run_dir
+
+
+# Config fields that are sizes of one process's share of the work: a data-parallel run of K
+# processes gives each 1/K of them (its envs, its replay buffer, its part of every batch), so the
+# K ranks together collect, store and learn from what one process would.
+SPLIT_OVER_RANKS = ("num_envs", "batch_size", "actor_batch_size", "buffer_size")
+
+
+def data_parallel_config(config):
+    """This rank's config in a data-parallel run (``config`` itself in one process).
+
+    Each of the K ranks steps ``num_envs / K`` envs and keeps ``buffer_size / K`` transitions, and
+    learns from ``batch_size / K`` (``actor_batch_size / K``) samples per learner step, whose
+    gradients are averaged over the ranks: together the batch one process would use. Env-step
+    counts (budget, learning_starts, logging, checkpoints, schedules) count every rank's steps, so
+    they keep their meaning. Rank r seeds everything from ``distributed.rank_seed(seed, r)`` (rank
+    0 from ``seed``); the networks are then made rank 0's when the loop starts.
+
+    Raises:
+        ValueError: a size that K does not divide, naming it and K.
+    """
+    k = dp.world_size()
+    if k == 1:
+        return config
+    changes = {}
+    for name in SPLIT_OVER_RANKS:
+        value = getattr(config, name, None)
+        if value is None:
+            continue
+        if value % k:
+            error = ValueError(
+                f"{name}={value} does not split over {k} processes: use a multiple of {k} (each "
+                f"process takes {name} / {k})"
+            )
+            error.raised_on_every_rank = True  # the same config on every rank: printed once
+            raise error
+        changes[name] = value // k
+    changes["seed"] = dp.rank_seed(config.seed, dp.rank())
+    return dataclasses.replace(config, **changes)
+
+
+def is_rank_0() -> bool:
+    """Rank 0, or a process outside torchrun (also before the process group is joined)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _join_process_group(config) -> None:
+    """Under torchrun, join the process group: NCCL where the run trains on CUDA, else gloo."""
+    dp.init_from_environment(device=resolve_device(config.device))
+
+
+def _on_rank_0(fn):
+    """Run ``fn`` (work on the run directory) on rank 0 only; the other ranks wait for it and raise
+    the same error if it raised one, so every rank stops with the same message."""
+    if dp.world_size() == 1:
+        return fn()
+    outcome: tuple = ("ok", None)
+    if dp.is_main():
+        try:
+            outcome = ("ok", fn())
+        except (ValueError, OSError) as exc:
+            outcome = ("error", exc)
+    outcome = dp.broadcast_object(outcome)
+    if outcome[0] == "error":
+        outcome[1].raised_on_every_rank = True  # the CLI prints it once, on rank 0
+        raise outcome[1]
+    return outcome[1]
 
 
 class LoadedPolicy:

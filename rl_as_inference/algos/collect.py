@@ -8,6 +8,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from rl_as_inference import distributed as dp
 from rl_as_inference import envs
 from rl_as_inference.algos.settings import BACKENDS, VECTORIZATIONS, RunSettings
 from rl_as_inference.guides.normalization import DEFAULT_OBS_CLIP, RunningObsNormalizer
@@ -118,9 +119,20 @@ def make_obs_normalizer(
 
 
 def update_obs_normalizer(normalizer: RunningObsNormalizer | None, obs: torch.Tensor) -> None:
-    """Merge a step's observations into ``normalizer`` (nothing when there is none)."""
-    if normalizer is not None:
+    """Merge a step's observations into ``normalizer`` (nothing when there is none); in a
+    data-parallel run, the observations of every rank's step (one all-reduce of their count, sum
+    and sum of squares), so all ranks keep the same statistics."""
+    if normalizer is None:
+        return
+    if dp.world_size() == 1:
         normalizer.update(obs)
+        return
+    x = obs.detach().reshape(-1, normalizer.mean.shape[0]).to(normalizer.mean.dtype)
+    count = torch.full((1,), float(x.shape[0]), dtype=x.dtype, device=x.device)
+    moments = dp.all_reduce_sum(torch.cat([count, x.sum(0), x.square().sum(0)]))
+    n, total, squares = moments[0], moments[1 : 1 + x.shape[1]], moments[1 + x.shape[1] :]
+    mean = total / n
+    normalizer.merge(n, mean, (squares / n - mean.square()).clamp_min(0.0))
 
 
 def clamp_into(action: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
@@ -388,7 +400,9 @@ class Collector:
         )
         self.returns.add(reward, terminated | truncated)
         self.obs = next_obs
-        self.env_steps += self.num_envs
+        # counted over all ranks of a data-parallel run (each steps its own num_envs), so budgets,
+        # schedules and logging intervals mean the same with any number of processes
+        self.env_steps += self.num_envs * dp.world_size()
 
     def into_box(self, action: torch.Tensor) -> torch.Tensor:
         """The action the env is given: clamped into a Box action space, a Discrete one as is."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from rl_as_inference import distributed as dp
 from rl_as_inference import envs
 from rl_as_inference.algos.collect import (
     DEFAULT_OBS_CLIP,
@@ -101,7 +102,7 @@ class SegmentEnvs:
         event = (1,) * len(self.env.state_shape)
         self.states = torch.where(ended.reshape(ended.shape + event), fresh, trajectory.states[-1].detach())
         self.elapsed = torch.where(ended, 0, elapsed)
-        self.env_steps += self.num_envs * horizon
+        self.env_steps += self.num_envs * horizon * dp.world_size()  # over all ranks
 
     def pop_mean_return(self) -> float:
         """Mean return of the episodes that ended since the last call (NaN if none); one host read."""

@@ -13,6 +13,8 @@ from collections.abc import Callable
 
 import torch
 
+from rl_as_inference import distributed as dp
+
 __all__ = ["IntervalMeans", "check_finite", "emit_row", "finish", "row_due"]
 
 
@@ -53,6 +55,9 @@ def emit_row(result, callback: Callable[[dict], None] | None, data, start: float
         "wall_time": time.perf_counter() - start,
         "return": data.pop_mean_return(),
     } | stats
+    if dp.world_size() > 1:  # a data-parallel run logs the mean over ranks (of those with episodes)
+        numbers = {k: v for k, v in row.items() if k != "env_steps" and isinstance(v, int | float)}
+        row |= dp.mean_of_finite(numbers)
     result.metrics.append(row)
     if callback is not None:
         callback(row)

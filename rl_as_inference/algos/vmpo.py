@@ -40,6 +40,7 @@ from torch import nn
 from torch.distributions import Categorical, Distribution, Independent, Normal, kl_divergence
 
 from rl_as_inference import bellman, envs
+from rl_as_inference import distributed as dp
 from rl_as_inference.algos.collect import (
     DEFAULT_OBS_CLIP,
     EpisodeReturns,
@@ -282,7 +283,7 @@ class Rollouts:
                 steps[key].append(value)
             self.returns.add(reward, terminated | truncated)
             self.obs = obs
-        self.env_steps += self.num_envs * length
+        self.env_steps += self.num_envs * length * dp.world_size()  # over all ranks
         return {key: torch.stack(values) for key, values in steps.items()}
 
     def pop_mean_return(self) -> float:
