@@ -254,7 +254,9 @@ def scatter_objects(objs: list | None, src: int = 0) -> Any:
     if not active() or world_size() == 1:
         return objs[0]
     out: list = [None]
-    _collective("scatter_object_list", dist.scatter_object_list, out, objs if rank() == src else None, src=src)
+    _collective(
+        "scatter_object_list", dist.scatter_object_list, out, objs if rank() == src else None, src=src
+    )
     return out[0]
 
 

@@ -190,7 +190,9 @@ def train_run(
 
     def prepare() -> None:
         if (run_dir / TRAIN_STATE).exists():
-            raise ValueError(f"{run_dir} already holds a run: continue it with --resume {run_dir}, or pick --out")
+            raise ValueError(
+                f"{run_dir} already holds a run: continue it with --resume {run_dir}, or pick --out"
+            )
         if run_dir.exists() and not run_dir.is_dir():
             raise ValueError(f"run directory {run_dir} exists and is not a directory")
         if (run_dir / "config.toml").exists():
