@@ -112,6 +112,29 @@ def test_categorical_m_step_moves_toward_the_e_step_and_its_kl_stays_finite():
     assert float(stats["kl_policy_rel"]) > 1 and duals[1].grad < 0  # violated: its multiplier grows
 
 
+def test_the_categorical_kl_multiplier_grows_at_most_linearly_while_its_bound_is_violated():
+    # A policy held 0.05 nats from pi_k (50x the bound) for 1500 dual steps of Adam at lr 0.01, as
+    # in a run whose optimizer noise alone keeps the KL above epsilon_policy. Adam moves the
+    # parameter by ~lr per step, so alpha = softplus(param) ends near 0.69 + 1500 x 0.01 = 15.7; an
+    # exp parameter would end near e^15 = 3e6 (what froze a LunarLander-v3 run's policy).
+    b = 8
+    q_values = torch.zeros(b, 3)
+    target_logits = torch.zeros(b, 3)
+    online = torch.tensor([[0.4, 0.0, -0.4]]).expand(b, 3)
+    config = mpo.MPOConfig(epsilon_policy=1e-3)
+    log_temperature = torch.tensor(0.0, requires_grad=True)
+    alpha_param = torch.tensor(0.0, requires_grad=True)
+    opt = torch.optim.Adam([alpha_param], lr=0.01)
+    for _ in range(1500):
+        loss, stats = mpo.categorical_mpo_losses(q_values, online, target_logits, log_temperature, alpha_param, config)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert float(stats["kl_policy_rel"]) > 10  # the bound stayed violated throughout
+    # softplus(0) + 1500 Adam steps of at most ~lr each (m / sqrt(v) -> 1 for a constant sign)
+    assert 10.0 < float(stats["alpha_policy"]) < 0.7 + 1500 * 0.01 * 1.05
+
+
 def test_categorical_mpo_learns_cartpole_at_a_reduced_budget():
     from rl_as_inference.runs import LoadedPolicy, episode_returns
 

@@ -74,7 +74,7 @@ class MPOConfig(RunSettings):
     critic_lr: float = 1e-3
     dual_lr: float = 1e-2
     init_log_temperature: float = 0.0
-    init_log_alpha: float = 0.0
+    init_log_alpha: float = 0.0  # log of the Gaussian KL multipliers; the categorical one is softplus of it
     hidden: tuple[int, ...] = (256, 256)
     rescale_actions: bool = False  # Box actions: the Gaussian acts in the unit box, mapped onto the env's
     # two Q networks and their min (clipped double-Q); False: one, as the MPO paper and Acme (every
@@ -102,7 +102,7 @@ def categorical_mpo_losses(
     online_logits: torch.Tensor,
     target_logits: torch.Tensor,
     log_temperature: torch.Tensor,
-    log_alpha: torch.Tensor,
+    alpha_param: torch.Tensor,
     config: MPOConfig,
 ) -> tuple[torch.Tensor, dict]:
     """The MPO loss of a categorical policy, with the E-step exact over all actions.
@@ -110,12 +110,18 @@ def categorical_mpo_losses(
     E-step (seed eq. 7): q(a|s) = pi_k(a|s) exp(Q(s, a) / eta) / Z(s), with eta minimizing the dual
     g(eta) = eta epsilon + eta E_s[log sum_a pi_k(a|s) exp(Q(s, a) / eta)].
     M-step (eq. 8): maximize E_s[sum_a q(a|s) log pi(a|s)] subject to E_s[KL(pi_k || pi)] <=
-    epsilon_policy, with the Lagrange multiplier exp(log_alpha) learned by its own dual.
+    epsilon_policy, with the Lagrange multiplier alpha = softplus(alpha_param) learned by its own
+    dual. Softplus, as Acme's categorical MPO, and not exp: Adam moves a parameter by about its
+    learning rate per step whatever the gradient's size, so while the bound stays violated exp
+    would grow alpha geometrically. That happened here (LunarLander-v3): the optimizer's own step
+    noise kept KL(pi_k || pi) above a 1e-3 bound, alpha passed 1e7 within ~1000 learner steps and
+    the policy stopped following Q. Softplus grows it at most linearly.
 
     Args:
         q_values: ``[B, A]`` Q(s_i, a) for every action.
         online_logits, target_logits: ``[B, A]`` logits of the policy being fitted and of pi_k.
-        log_temperature, log_alpha: the dual variables (scalars, trainable).
+        log_temperature, alpha_param: the dual variables (scalars, trainable): eta =
+            exp(log_temperature), alpha = softplus(alpha_param).
         config: constraint sizes (``epsilon``, ``epsilon_policy``).
 
     Returns:
@@ -132,7 +138,7 @@ def categorical_mpo_losses(
     # KL(pi_k || pi) from log-probabilities: a near-deterministic policy has probabilities that
     # underflow to 0 (logits ~ 100 in float32), where torch's Categorical KL returns inf.
     kl = (target_log_probs.exp() * (target_log_probs - online_log_probs)).sum(-1).mean()
-    alpha = log_alpha.exp()
+    alpha = torch.nn.functional.softplus(alpha_param)
     alpha_loss = alpha * (config.epsilon_policy - kl.detach())
     log_weights = torch.log(weights.clamp_min(1e-30))
     kl_q = (weights * (log_weights - target_log_probs)).sum(-1).mean()
