@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -180,3 +181,29 @@ def test_distributed_optim_outside_a_process_group_is_the_wrapped_optimizer():
     assert all(torch.equal(a[n], b[n]) for n in a)
     with pytest.raises(TypeError, match="pyro.optim"):
         dp.DistributedOptim(torch.optim.Adam([torch.zeros(1, requires_grad=True)]))
+
+
+def test_the_distributed_page_and_example_run_under_torchrun(tmp_path):
+    page = (Path(__file__).resolve().parents[1] / "docs" / "distributed.md").read_text()
+    (block,) = re.findall(r"```python\n(.*?)```", page, re.S)
+    script = tmp_path / "page.py"
+    script.write_text(block.replace("num_steps=150", "num_steps=3"))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    proc = subprocess.run(
+        [*launch, str(script)], capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S, env=env
+    )
+    ok(proc)
+    example = Path(__file__).resolve().parents[1] / "examples" / "distributed_fit.py"
+    two = subprocess.run(
+        [*launch, str(example), "3"], capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S, env=env
+    )
+    ok(two)
+    one = subprocess.run(
+        [sys.executable, str(example), "3"], capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S
+    )
+    ok(one)
+    assert re.search(r"^2 process\(es\): mean 50-step return \S+ -> \S+ in \S+ s$", two.stdout, re.M), (
+        two.stdout
+    )
+    assert re.search(r"^1 process\(es\): mean 50-step return", one.stdout, re.M), one.stdout
