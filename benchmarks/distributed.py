@@ -42,10 +42,21 @@ ROOT = Path(__file__).resolve().parents[1]
 RUN_TIMEOUT_S = 1800
 
 
-def train_once(env: str, seed: int, nproc: int, workdir: Path) -> dict:
+def train_once(env: str, seed: int, nproc: int, workdir: Path, device: str = "cpu") -> dict:
     """One `rlai train` run; its throughput, time to threshold and final evaluation."""
     out = workdir / f"{env}-k{nproc}-s{seed}"
-    cmd = [sys.executable, "-m", "rl_as_inference", "train", "--env", env, "--seed", str(seed)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "rl_as_inference",
+        "train",
+        "--env",
+        env,
+        "--seed",
+        str(seed),
+        "--device",
+        device,
+    ]
     cmd += ["--out", str(out), "--no-progress", "--eval-episodes", "100"]
     if nproc > 1:
         cmd += ["--nproc", str(nproc)]
@@ -70,6 +81,7 @@ def train_once(env: str, seed: int, nproc: int, workdir: Path) -> dict:
         "to_threshold_steps": int(first["env_steps"]) if first else None,
         "final": summary["mean_return"],
         "process_s": elapsed,
+        "device": device,
     }
 
 
@@ -99,17 +111,23 @@ def main() -> None:
     parser.add_argument("--nprocs", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--fit", action="store_true", help="also time examples/distributed_fit.py")
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        choices=("cpu", "cuda"),
+        help="where every rank trains (cuda: NCCL with a GPU per rank, gloo when ranks share a GPU)",
+    )
     parser.add_argument("--fit-steps", type=int, default=100)
     parser.add_argument("--json", help="also write every run's figures")
     args = parser.parse_args()
-    for line in machine_info(sys.argv, threads=1):
+    for line in machine_info(sys.argv, threads=1, device=args.device):
         print(f"- {line}")
     results, fits = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for env in args.envs:
             for seed in args.seeds:
                 for nproc in args.nprocs:  # interleaved, so drifting machine load hits all counts
-                    r = train_once(env, seed, nproc, Path(tmp))
+                    r = train_once(env, seed, nproc, Path(tmp), args.device)
                     results.append(r)
                     print(
                         f"  [{env} seed {seed} K={nproc}] {r['steps_per_s']:.0f} env steps/s, threshold at "

@@ -17,13 +17,18 @@
 #      <= 2 s and <= 5 s to threshold);
 #   2. the gpu-marked tests (every algorithm trains, resumes and acts on CUDA);
 #   3. the baseline in the same call on the same machine: ours on its CPU (1 torch thread) and
-#      SB3's zoo PPO on CartPole-v1 (its SAC on Pendulum-v1 takes about a minute a seed: seed 0 only).
+#      SB3's zoo PPO on CartPole-v1 (its SAC on Pendulum-v1 takes about a minute a seed: seed 0 only);
+#   4. (STAGES=distributed, a separate call) benchmarks/distributed.py: rlai train on 1 and 2
+#      processes on the GPU and on the CPU, CartPole-v1 and Pendulum-v1, seed 0.
 # Walk the same path on a CPU machine (its venv has the dependencies) with:
 #     DEVICE=cpu OUT=/tmp/gpu-out PY=.venv/bin/python SITE=/tmp/site-cpu WHEELS='.whl/rl_as_inference-*' \
 #         bash benchmarks/gpu_session.sh
 set -uo pipefail
 : "${OUT:?set OUT to the folder that receives the logs}"
 DEVICE=${DEVICE:-cuda}
+# which stages run: the first call takes the default four; a second call, STAGES=distributed
+# (350 s), measures data parallelism with the ranks sharing the GPU
+STAGES=${STAGES:-solve pytest baseline}
 PY=${PY:-python3}
 SITE=${SITE:-/tmp/site}
 export PYTHONUNBUFFERED=1
@@ -55,12 +60,25 @@ stage() {  # stage NAME SECONDS COMMAND...: run with a time limit, log to $OUT/N
 }
 
 solve=("$PY" -P "$repo/benchmarks/solve.py")
-# the goals' measurement first: a stage cut short by its limit still leaves the ones before it
-stage solve-ours-"$DEVICE" 180 "${solve[@]}" --envs CartPole-v1 Pendulum-v1 --seeds 0 1 2 3 4 \
-    --ours-only --device "$DEVICE" --final-episodes 100 --json "$OUT/solve-ours-$DEVICE.json"
-stage pytest-gpu 120 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests
-stage solve-cpu-baseline 130 "${solve[@]}" --envs CartPole-v1 --seeds 0 1 2 3 4 --device cpu \
-    --final-episodes 20 --json "$OUT/solve-cpu-baseline.json"
-stage solve-cpu-pendulum 70 "${solve[@]}" --envs Pendulum-v1 --seeds 0 --device cpu \
-    --final-episodes 20 --json "$OUT/solve-cpu-pendulum.json"
+wants() { [[ " $STAGES " == *" $1 "* ]]; }
+if wants solve; then
+    # the goals' measurement first: a stage cut short by its limit still leaves the ones before it
+    stage solve-ours-"$DEVICE" 180 "${solve[@]}" --envs CartPole-v1 Pendulum-v1 --seeds 0 1 2 3 4 \
+        --ours-only --device "$DEVICE" --final-episodes 100 --json "$OUT/solve-ours-$DEVICE.json"
+fi
+wants pytest && stage pytest-gpu 120 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests
+if wants baseline; then
+    stage solve-cpu-baseline 130 "${solve[@]}" --envs CartPole-v1 --seeds 0 1 2 3 4 --device cpu \
+        --final-episodes 20 --json "$OUT/solve-cpu-baseline.json"
+    stage solve-cpu-pendulum 70 "${solve[@]}" --envs Pendulum-v1 --seeds 0 --device cpu \
+        --final-episodes 20 --json "$OUT/solve-cpu-pendulum.json"
+fi
+if wants distributed; then
+    # rlai train on 1 and 2 processes sharing the one GPU (gloo: NCCL refuses two ranks on one
+    # GPU), then the same on the machine's CPU for the baseline
+    stage distributed-"$DEVICE" 200 "$PY" -P "$repo/benchmarks/distributed.py" --envs CartPole-v1 \
+        Pendulum-v1 --nprocs 1 2 --seeds 0 --device "$DEVICE" --json "$OUT/distributed-$DEVICE.json"
+    stage distributed-cpu 150 "$PY" -P "$repo/benchmarks/distributed.py" --envs CartPole-v1 \
+        Pendulum-v1 --nprocs 1 2 --seeds 0 --device cpu --json "$OUT/distributed-cpu.json"
+fi
 rm -rf "$work"

@@ -95,7 +95,8 @@ def init_from_environment(
     """Join the process group described by the environment (``torchrun``), if any and not yet joined.
 
     Args:
-        backend: ``"gloo"`` or ``"nccl"``; default NCCL when ``device`` is CUDA, else gloo.
+        backend: ``"gloo"`` or ``"nccl"``; default NCCL when ``device`` is CUDA and every rank of
+            this node has a GPU of its own, else gloo.
         timeout_s: seconds a collective waits (default ``RLAI_DIST_TIMEOUT`` or 300).
         device: where the tensors to reduce live; on CUDA each rank takes GPU ``LOCAL_RANK`` modulo
             the visible count (several ranks may share one GPU).
@@ -113,7 +114,10 @@ def init_from_environment(
         raise ValueError(f"the collective timeout must be > 0 seconds, got {timeout_s!r}")
     cuda = device is not None and torch.device(device).type == "cuda"
     if backend is None:
-        backend = "nccl" if cuda else "gloo"
+        # NCCL refuses two ranks of one communicator on the same GPU: with more ranks on this node
+        # than GPUs, gloo (which reduces CUDA tensors through host memory) is the one that works
+        per_node = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
+        backend = "nccl" if cuda and per_node <= torch.cuda.device_count() else "gloo"
     if backend not in ("gloo", "nccl"):
         raise ValueError(f"backend={backend!r} is not supported; choose 'gloo' (CPU) or 'nccl' (CUDA)")
     if cuda:
