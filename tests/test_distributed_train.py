@@ -79,6 +79,14 @@ def test_a_distributed_run_stopped_by_sigterm_resumes_to_the_parameters_of_an_un
     assert "rlai: SIGTERM: saved" in err, err[-3000:]
     state = torch.load(parts / "train_state.pt", weights_only=True)
     assert state["world_size"] == 2 and len(state["other_ranks"]) == 1
+    # the ranks hold bit-identical networks and optimizer states, and their own replay buffers
+    mine, other = state["components"], state["other_ranks"][0]["components"]
+    for name in ("policy", "critic"):
+        assert all(torch.equal(mine[name][k], other[name][k]) for k in mine[name])
+    assert torch.equal(mine["critic_opt"]["state"][0]["exp_avg"], other["critic_opt"]["state"][0]["exp_avg"])
+    assert not torch.equal(
+        mine["data"]["buffer"]["storage"]["obs"], other["data"]["buffer"]["storage"]["obs"]
+    )
     assert 0 < state["env_steps"] < 3000
     # the other number of processes is refused, naming both
     refused = rlai("train", "--resume", str(parts), "--no-progress", "--eval-episodes", "0")
