@@ -37,6 +37,7 @@ __all__ = [
     "DistributedError",
     "DistributedOptim",
     "active",
+    "all_gather_cat",
     "all_reduce_mean",
     "all_reduce_sum",
     "mean_of_finite",
@@ -147,6 +148,17 @@ def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
     out = tensor.detach().to(_device_of_group(), copy=True)
     _collective("all_reduce", dist.all_reduce, out, op=dist.ReduceOp.SUM)
     return out.div_(world_size()).to(tensor.device)
+
+
+def all_gather_cat(tensor: torch.Tensor) -> torch.Tensor:
+    """Every rank's ``tensor`` (same shape on all), concatenated along dim 0 in rank order
+    (``tensor`` itself outside a process group); not differentiable."""
+    if not active() or world_size() == 1:
+        return tensor
+    local = tensor.detach().to(_device_of_group()).contiguous()
+    parts = [torch.empty_like(local) for _ in range(world_size())]
+    _collective("all_gather", dist.all_gather, parts, local)
+    return torch.cat(parts).to(tensor.device)
 
 
 def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:

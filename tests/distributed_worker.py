@@ -9,6 +9,8 @@ Modes:
     checkpoint   fit STEPS steps with a checkpoint in OUT_DIR (resume=True): run it twice
     fail         rank 1 raises after its first step; rank 0 must not hang
     stall        rank 1 sleeps inside its second step; rank 0's collective must time out
+    vmpo         each rank computes the V-MPO loss of its half of a fixed batch; the averaged
+                 gradients go to OUT_DIR/vmpo.pt
 """
 
 from __future__ import annotations
@@ -40,6 +42,36 @@ def tabular_task(horizon: int = 5):
     )
     guide = guides.TabularGuide(mdp, horizon=horizon, gamma=0.9, init_scale=1.0)
     return model, guide
+
+
+def vmpo_batch(total: int = 16, actions: int = 3):
+    """A fixed batch for the V-MPO loss, and the policy and value heads whose gradients it gives."""
+    gen = torch.Generator().manual_seed(5)
+    obs = torch.randn(total, 4, generator=gen)
+    returns = torch.randn(total, generator=gen) * 2.0
+    acts = torch.randint(0, actions, (total,), generator=gen)
+    torch.manual_seed(0)
+    policy, value = torch.nn.Linear(4, actions), torch.nn.Linear(4, 1)
+    duals = [torch.tensor(0.0, requires_grad=True), torch.zeros(1, requires_grad=True)]
+    return obs, returns, acts, policy, value, duals
+
+
+def vmpo_gradients(obs, returns, acts, policy, value, duals) -> list[torch.Tensor]:
+    """The gradients of the V-MPO loss of this batch (pi_old = a shifted copy of pi)."""
+    from rl_as_inference.algos import vmpo
+
+    logits = policy(obs)
+    online = torch.distributions.Categorical(logits=logits)
+    target = torch.distributions.Categorical(logits=(logits + 0.3 * obs[:, :3]).detach())
+    loss, _ = vmpo.vmpo_losses(
+        returns, value(obs).squeeze(-1), acts, online, target, *duals, vmpo.VMPOConfig()
+    )
+    params = [*policy.parameters(), *value.parameters(), *duals]
+    for p in params:
+        p.grad = None
+    loss.backward()
+    dp.average_gradients(params)
+    return [p.grad.clone() for p in params]
 
 
 def checksums() -> dict[str, float]:
@@ -119,6 +151,13 @@ def main() -> None:
             distributed=True,
             callbacks=[fail_on_rank_1],
         )
+    elif mode == "vmpo":
+        obs, returns, acts, policy, value, duals = vmpo_batch()
+        half = obs.shape[0] // dp.world_size()
+        part = slice(rank * half, (rank + 1) * half)
+        grads = vmpo_gradients(obs[part], returns[part], acts[part], policy, value, duals)
+        if rank == 0:
+            torch.save(grads, out / "vmpo.pt")
     elif mode == "stall":
 
         def stall_on_rank_1(step, stats):

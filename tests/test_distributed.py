@@ -112,6 +112,16 @@ def test_two_ranks_of_half_the_episodes_take_the_step_of_one_process_with_all_of
     assert any(not torch.allclose(rank0[n], alone[n], atol=1e-4) for n in expected)
 
 
+def test_v_mpo_on_two_ranks_selects_and_weights_the_top_half_of_the_whole_batch(tmp_path):
+    # each rank holds half of a 16-state batch; the averaged gradients equal those of one process
+    # with all 16 (the top 8 by advantage over both halves, one softmax, one temperature dual)
+    ok(torchrun("vmpo", tmp_path))
+    two = torch.load(tmp_path / "vmpo.pt")
+    one = worker.vmpo_gradients(*worker.vmpo_batch())
+    for a, b in zip(two, one, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)  # float32 sums in another order
+
+
 def test_a_resumed_distributed_fit_ends_where_an_uninterrupted_one_does(tmp_path):
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     whole.mkdir()

@@ -126,7 +126,9 @@ def test_the_categorical_kl_multiplier_grows_at_most_linearly_while_its_bound_is
     alpha_param = torch.tensor(0.0, requires_grad=True)
     opt = torch.optim.Adam([alpha_param], lr=0.01)
     for _ in range(1500):
-        loss, stats = mpo.categorical_mpo_losses(q_values, online, target_logits, log_temperature, alpha_param, config)
+        loss, stats = mpo.categorical_mpo_losses(
+            q_values, online, target_logits, log_temperature, alpha_param, config
+        )
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -187,8 +187,11 @@ def vmpo_losses(
         are detached tensors (Acme-style KL / epsilon ratios and duals), read back only when logged.
     """
     advantages = (returns - values).detach()
-    k = max(1, int(config.top_fraction * advantages.shape[0]))
-    top, index = torch.topk(advantages, k)
+    # data-parallel: the top half of every rank's advantages together, as one process with all the
+    # envs would select (in one process: its own)
+    everyone = dp.all_gather_cat(advantages)
+    k = max(1, int(config.top_fraction * everyone.shape[0]))
+    top, index = torch.topk(everyone, k)
     # E-step: psi = softmax(A / eta) over the top half; temperature from its dual.
     temperature = log_temperature.exp()
     weights = torch.softmax(top / temperature.detach(), dim=0)
@@ -196,7 +199,13 @@ def vmpo_losses(
     temperature_loss = temperature * config.epsilon_eta + temperature * log_mean_exp
     # M-step: weighted maximum likelihood on the top half, KL(pi_old || pi) over all states.
     log_lik, kls, names = _m_step_terms(online, target, actions)
-    policy_loss = -(weights * log_lik[index]).sum()
+    if dp.world_size() == 1:
+        policy_loss = -(weights * log_lik[index]).sum()
+    else:  # this rank's states among the top get their weights (scattered: no host read); the
+        # ranks' gradients are averaged, so x K makes the average the one-process sum
+        b = advantages.shape[0]
+        mine = torch.zeros_like(everyone).scatter(0, index, weights)[dp.rank() * b : (dp.rank() + 1) * b]
+        policy_loss = -(mine * log_lik).sum() * dp.world_size()
     epsilons = (config.epsilon_alpha,) if len(names) == 1 else (config.epsilon_mean, config.epsilon_stddev)
     alpha = log_alpha.exp()
     kl_penalty = (alpha.detach() * kls).sum()
