@@ -28,7 +28,7 @@ from rl_as_inference import distributed as dp
 from rl_as_inference import envs, guides
 from rl_as_inference.algos import REGISTRY
 from rl_as_inference.algos.collect import check_observation_space
-from rl_as_inference.algos.settings import FLAG, RULES
+from rl_as_inference.algos.settings import FLAG, RULES, rank_share
 from rl_as_inference.checkpoint import (
     atomic_torch_save,
     atomic_write_text,
@@ -185,7 +185,7 @@ def train_run(
         )
     Checkpointer(None, every=checkpoint_every)  # checks the interval before anything is written
     _join_process_group(config)
-    data_parallel_config(config)  # a size that does not split over the ranks fails before any write
+    rank_share(config)  # a size that does not split over the ranks fails before any write
     run_dir = Path(out) if out is not None else Path("runs") / f"{env_id}-{algo}-seed{config.seed}"
 
     def prepare() -> None:
@@ -409,7 +409,7 @@ def _run(run_dir: Path, algo: str, config, checkpointer: Checkpointer, *, progre
     # raises TrainingInterrupted (a SystemExit with code 128 + signum)
     with deferred_signals():
         try:
-            result = train(data_parallel_config(config), callback=log, checkpointer=checkpointer)
+            result = train(config, callback=log, checkpointer=checkpointer)
         finally:
             if log is not None:
                 log.close()
@@ -445,45 +445,6 @@ def _run(run_dir: Path, algo: str, config, checkpointer: Checkpointer, *, progre
     atomic_write_text(run_dir / "eval.json", json.dumps(summary, indent=2) + "\n")
     dp.barrier()
     return run_dir
-
-
-# Config fields that are sizes of one process's share of the work: a data-parallel run of K
-# processes gives each 1/K of them (its envs, its replay buffer, its part of every batch), so the
-# K ranks together collect, store and learn from what one process would.
-SPLIT_OVER_RANKS = ("num_envs", "batch_size", "actor_batch_size", "buffer_size")
-
-
-def data_parallel_config(config):
-    """This rank's config in a data-parallel run (``config`` itself in one process).
-
-    Each of the K ranks steps ``num_envs / K`` envs and keeps ``buffer_size / K`` transitions, and
-    learns from ``batch_size / K`` (``actor_batch_size / K``) samples per learner step, whose
-    gradients are averaged over the ranks: together the batch one process would use. Env-step
-    counts (budget, learning_starts, logging, checkpoints, schedules) count every rank's steps, so
-    they keep their meaning. Rank r seeds everything from ``distributed.rank_seed(seed, r)`` (rank
-    0 from ``seed``); the networks are then made rank 0's when the loop starts.
-
-    Raises:
-        ValueError: a size that K does not divide, naming it and K.
-    """
-    k = dp.world_size()
-    if k == 1:
-        return config
-    changes = {}
-    for name in SPLIT_OVER_RANKS:
-        value = getattr(config, name, None)
-        if value is None:
-            continue
-        if value % k:
-            error = ValueError(
-                f"{name}={value} does not split over {k} processes: use a multiple of {k} (each "
-                f"process takes {name} / {k})"
-            )
-            error.raised_on_every_rank = True  # the same config on every rank: printed once
-            raise error
-        changes[name] = value // k
-    changes["seed"] = dp.rank_seed(config.seed, dp.rank())
-    return dataclasses.replace(config, **changes)
 
 
 def is_rank_0() -> bool:

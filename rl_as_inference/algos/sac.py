@@ -25,7 +25,7 @@ import torch
 from rl_as_inference import envs
 from rl_as_inference.algos.collect import Collector, uniform_log_density
 from rl_as_inference.algos.registry import Algorithm, logged_or_configured
-from rl_as_inference.algos.settings import RunSettings
+from rl_as_inference.algos.settings import RunSettings, rank_share
 from rl_as_inference.algos.stats import emit_row, finish, row_due
 from rl_as_inference.critics import TwinQ, soft_q_loss
 from rl_as_inference.guides.normalization import attach_obs_normalizer
@@ -112,6 +112,7 @@ def train(
 ) -> TrainResult:
     """Train SAC on ``config.env``; ``callback(row)`` sees each metric row, ``checkpointer`` saves (and
     on resume restores) the whole training state."""
+    config = rank_share(config)  # in a data-parallel run, this rank's share
     device = envs.base.resolve_device(config.device)
     torch.manual_seed(config.seed)
     data = Collector.for_config(config, device, "sac", reward_scale=config.reward_scale)

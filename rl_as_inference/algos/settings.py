@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from rl_as_inference import distributed as dp
 from rl_as_inference.critics import N_STEP_CORRECTIONS
 from rl_as_inference.envs.ids import check_env_id
 from rl_as_inference.guides.normalization import DEFAULT_OBS_CLIP
@@ -264,3 +265,45 @@ class RunSettings:
                 "rescale_obs=true and normalize_obs=true are not allowed together; use one (the running "
                 "normalizer standardizes every coordinate, so the fixed map from the bounds adds nothing)"
             )
+
+
+# Config fields that are sizes of one process's share of the work: a data-parallel run of K
+# processes gives each 1/K of them (its envs, its replay buffer, its part of every batch), so the
+# K ranks together collect, store and learn from what one process would.
+SPLIT_OVER_RANKS = ("num_envs", "batch_size", "actor_batch_size", "buffer_size")
+
+
+def rank_share(config):
+    """This rank's config in a data-parallel run (``config`` itself in one process); every
+    algorithm's ``train`` starts with it, so a script under ``torchrun`` trains data-parallel too.
+
+    Each of the K ranks steps ``num_envs / K`` envs and keeps ``buffer_size / K`` transitions, and
+    learns from ``batch_size / K`` (``actor_batch_size / K``) samples per learner step, whose
+    gradients are averaged over the ranks: together the batch one process would use. Env-step
+    counts (budget, learning_starts, logging, checkpoints, schedules) count every rank's steps, so
+    they keep their meaning. Rank r seeds everything from ``distributed.rank_seed(seed, r)`` (rank
+    0 from ``seed``); the networks are then made rank 0's when the loop starts.
+
+    Raises:
+        ValueError: a size that K does not divide, naming it and K.
+    """
+    k = dp.world_size()
+    if k == 1 or getattr(config, "_rank_share", False):
+        return config
+    changes = {}
+    for name in SPLIT_OVER_RANKS:
+        value = getattr(config, name, None)
+        if value is None:
+            continue
+        if value % k:
+            error = ValueError(
+                f"{name}={value} does not split over {k} processes: use a multiple of {k} (each "
+                f"process takes {name} / {k})"
+            )
+            error.raised_on_every_rank = True  # the same config on every rank: printed once
+            raise error
+        changes[name] = value // k
+    changes["seed"] = dp.rank_seed(config.seed, dp.rank())
+    share = dataclasses.replace(config, **changes)
+    share._rank_share = True  # not a field: a second call (svi -> its rollout loop) keeps it as is
+    return share

@@ -45,7 +45,7 @@ from rl_as_inference.algos.collect import Collector
 from rl_as_inference.algos.registry import Algorithm, logged_or_configured
 from rl_as_inference.algos.sac import TrainResult
 from rl_as_inference.algos.schedules import decay_learning_rates
-from rl_as_inference.algos.settings import RunSettings
+from rl_as_inference.algos.settings import RunSettings, rank_share
 from rl_as_inference.algos.stats import IntervalMeans, emit_row, finish, row_due
 from rl_as_inference.critics import constant_log_prior, n_step_soft_target, polyak_update
 from rl_as_inference.guides.normalization import attach_obs_normalizer
@@ -150,6 +150,7 @@ def train(
     checkpointer: Checkpointer | None = None,
 ) -> TrainResult:
     """Train soft Q-learning on ``config.env`` (callback and checkpointer as in :func:`rl_as_inference.algos.sac.train`)."""
+    config = rank_share(config)  # in a data-parallel run, this rank's share
     device = envs.base.resolve_device(config.device)
     torch.manual_seed(config.seed)
     data = Collector.for_config(config, device, "softq", discrete=True, reward_scale=config.reward_scale)

@@ -35,7 +35,7 @@ from rl_as_inference import envs, models
 from rl_as_inference.algos.collect import Collector
 from rl_as_inference.algos.registry import Algorithm, logged_or_configured
 from rl_as_inference.algos.sac import TrainResult, make_temperature, uniform_log_prior
-from rl_as_inference.algos.settings import RunSettings, check_settings
+from rl_as_inference.algos.settings import RunSettings, check_settings, rank_share
 from rl_as_inference.algos.stats import IntervalMeans, emit_row, finish, row_due
 from rl_as_inference.algos.svi_actor import SegmentActor, anneal_actor_critic
 from rl_as_inference.algos.svi_rollout import train_on_rollouts
@@ -153,6 +153,7 @@ def _train(
     checkpointer: Checkpointer | None = None,
 ) -> TrainResult:
     """The body of :func:`train`, run inside its param-store scope."""
+    config = rank_share(config)  # in a data-parallel run, this rank's share
     device = envs.base.resolve_device(config.device)
     torch.manual_seed(config.seed)
     # store_states: the actor re-simulates from replayed states

@@ -37,7 +37,7 @@ import torch
 from rl_as_inference import bellman, envs, models
 from rl_as_inference.algos.sac import TrainResult, make_temperature, uniform_log_prior
 from rl_as_inference.algos.segments import SegmentEnvs
-from rl_as_inference.algos.settings import check_settings
+from rl_as_inference.algos.settings import check_settings, rank_share
 from rl_as_inference.algos.stats import IntervalMeans, emit_row, finish, row_due
 from rl_as_inference.algos.svi_actor import SegmentActor, anneal_actor_critic
 from rl_as_inference.critics import StateValue, polyak_update
@@ -70,6 +70,7 @@ def train_on_rollouts(
     """Train segment SVI on the learner's own rollouts (call through :func:`svi.train`, which opens
     the param-store scope and dispatches on ``config.start_states``)."""
     check_settings(config)  # a config changed after construction is checked again
+    config = rank_share(config)  # in a data-parallel run, this rank's share
     device = envs.base.resolve_device(config.device)
     torch.manual_seed(config.seed)
     data = SegmentEnvs(

@@ -55,7 +55,7 @@ from rl_as_inference.algos.collect import (
 from rl_as_inference.algos.registry import Algorithm, last_logged
 from rl_as_inference.algos.sac import TrainResult
 from rl_as_inference.algos.schedules import decay_learning_rates
-from rl_as_inference.algos.settings import RunSettings
+from rl_as_inference.algos.settings import RunSettings, rank_share
 from rl_as_inference.algos.stats import IntervalMeans, emit_row, finish, row_due
 from rl_as_inference.critics import StateValue
 from rl_as_inference.guides.normalization import attach_obs_normalizer
@@ -343,6 +343,7 @@ def train(
 ) -> TrainResult:
     """Train V-MPO on the functional port of ``config.env``; ``callback(row)`` sees each metric row,
     ``checkpointer`` saves (and on resume restores) the whole training state."""
+    config = rank_share(config)  # in a data-parallel run, this rank's share
     device = envs.base.resolve_device(config.device)
     torch.manual_seed(config.seed)
     data = Rollouts(
