@@ -9,6 +9,7 @@ Modes:
     checkpoint   fit STEPS steps with a checkpoint in OUT_DIR (resume=True): run it twice
     fail         rank 1 raises after its first step; rank 0 must not hang
     stall        rank 1 sleeps inside its second step; rank 0's collective must time out
+    train        sac.train(config) from a script: policy checksums and step counts to OUT_DIR/train.json
     vmpo         each rank computes the V-MPO loss of its half of a fixed batch; the averaged
                  gradients go to OUT_DIR/vmpo.pt
 """
@@ -151,6 +152,28 @@ def main() -> None:
             distributed=True,
             callbacks=[fail_on_rank_1],
         )
+    elif mode == "train":
+        from rl_as_inference.algos import sac
+        from rl_as_inference.algos.settings import rank_share
+
+        config = sac.SACConfig(
+            env="Pendulum-v1",
+            total_env_steps=600,
+            learning_starts=200,
+            num_envs=4,
+            hidden=(16, 16),
+            log_every=200,
+        )
+        result = sac.train(config)
+        policy = {k: float(v.double().sum()) for k, v in result.policy.state_dict().items()}
+        record = {
+            "policy": dp.gather_objects(policy),
+            "env_steps": result.env_steps,
+            "num_envs": dp.gather_objects(rank_share(config).num_envs),
+            "rows": [r["env_steps"] for r in result.metrics],
+        }
+        if rank == 0:
+            (out / "train.json").write_text(json.dumps(record))
     elif mode == "vmpo":
         obs, returns, acts, policy, value, duals = vmpo_batch()
         half = obs.shape[0] // dp.world_size()

@@ -122,6 +122,16 @@ def test_v_mpo_on_two_ranks_selects_and_weights_the_top_half_of_the_whole_batch(
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)  # float32 sums in another order
 
 
+def test_an_algorithm_trained_from_a_script_under_torchrun_is_data_parallel(tmp_path):
+    # sac.train(config) with num_envs=4 on two ranks: 2 envs each, the 600-step budget counted over
+    # both, and the same policy on both ranks at the end
+    ok(torchrun("train", tmp_path))
+    record = json.loads((tmp_path / "train.json").read_text())
+    assert record["num_envs"] == [2, 2]
+    assert record["env_steps"] == 600 and record["rows"] == [200, 400, 600]
+    assert record["policy"][0] == record["policy"][1]
+
+
 def test_a_resumed_distributed_fit_ends_where_an_uninterrupted_one_does(tmp_path):
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     whole.mkdir()
