@@ -44,7 +44,9 @@ def main(steps: int = 150) -> rlai.FitResult:
     )
     if distributed.is_main():
         first, last = sum(result.returns[:10]) / 10, sum(result.returns[-10:]) / 10
-        print(f"{world} process(es): mean {HORIZON}-step return {first:.1f} -> {last:.1f} in {result.wall_time:.1f} s")
+        print(
+            f"{world} process(es): mean {HORIZON}-step return {first:.1f} -> {last:.1f} in {result.wall_time:.1f} s"
+        )
     if launched:
         dist.barrier()  # all ranks finished before the group is torn down
         dist.destroy_process_group()
