@@ -15,7 +15,8 @@ Gymnasium's env. From the run directory:
 - scaling efficiency: (env steps/s at K) / (K x env steps/s at 1), medians over seeds.
 
 ``--fit`` also times `examples/distributed_fit.py` (data-parallel ``rlai.fit`` on Pendulum-v1,
-64 episodes per step split over the ranks): SVI steps per second at each process count.
+``--fit-episodes`` episodes per step split over the ranks, 64 by default): SVI steps per second at
+each process count, which shows from what batch size on a step's compute outweighs its all-reduces.
 
     python benchmarks/distributed.py --envs CartPole-v1 Pendulum-v1 --nprocs 1 2 --seeds 0 1 2 --fit
 """
@@ -85,20 +86,27 @@ def train_once(env: str, seed: int, nproc: int, workdir: Path, device: str = "cp
     }
 
 
-def fit_once(nproc: int, steps: int) -> dict:
-    """`examples/distributed_fit.py` on ``nproc`` processes: SVI steps per second."""
+def fit_once(nproc: int, steps: int, episodes: int) -> dict:
+    """`examples/distributed_fit.py` on ``nproc`` processes, ``episodes`` per step: SVI steps per second."""
     script = str(ROOT / "examples" / "distributed_fit.py")
     if nproc > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-        cmd += [script, str(steps)]
+        cmd += [script, str(steps), str(episodes)]
     else:
-        cmd = [sys.executable, script, str(steps)]
+        cmd = [sys.executable, script, str(steps), str(episodes)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=RUN_TIMEOUT_S, cwd=ROOT)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
     match = re.search(r"return (\S+) -> (\S+) in (\S+) s", proc.stdout)
     first, last, seconds = (float(g) for g in match.groups())
-    return {"nproc": nproc, "steps": steps, "seconds": seconds, "steps_per_s": steps / seconds, "last": last}
+    return {
+        "nproc": nproc,
+        "episodes": episodes,
+        "steps": steps,
+        "seconds": seconds,
+        "steps_per_s": steps / seconds,
+        "last": last,
+    }
 
 
 def _fmt(x, spec: str) -> str:
@@ -107,7 +115,7 @@ def _fmt(x, spec: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--envs", nargs="+", default=["CartPole-v1", "Pendulum-v1"])
+    parser.add_argument("--envs", nargs="*", default=["CartPole-v1", "Pendulum-v1"], help="none: --fit alone")
     parser.add_argument("--nprocs", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--fit", action="store_true", help="also time examples/distributed_fit.py")
@@ -118,6 +126,13 @@ def main() -> None:
         help="where every rank trains (cuda: NCCL with a GPU per rank, gloo when ranks share a GPU)",
     )
     parser.add_argument("--fit-steps", type=int, default=100)
+    parser.add_argument(
+        "--fit-episodes",
+        nargs="+",
+        type=int,
+        default=[64],
+        help="episodes per SVI step (split over the processes): the larger, the more each step computes",
+    )
     parser.add_argument("--json", help="also write every run's figures")
     args = parser.parse_args()
     for line in machine_info(sys.argv, threads=1, device=args.device):
@@ -135,47 +150,52 @@ def main() -> None:
                         flush=True,
                     )
     if args.fit:
-        for nproc in args.nprocs:
-            fits.append(fit_once(nproc, args.fit_steps))
-    print()
-    print(
-        "| env | processes | seed | env steps | train s | env steps/s | s to threshold (training returns) "
-        "| final mean (100 episodes) |"
-    )
-    print("|---|---|---|---|---|---|---|---|")
-    for r in results:
+        for episodes in args.fit_episodes:
+            for nproc in args.nprocs:
+                fits.append(fit_once(nproc, args.fit_steps, episodes))
+    if results:
+        print()
         print(
-            f"| {r['env']} | {r['nproc']} | {r['seed']} | {r['env_steps']:,} | {r['train_s']:.1f} | "
-            f"{r['steps_per_s']:.0f} | {_fmt(r['to_threshold_s'], '.1f')} | {r['final']:.1f} |"
+            "| env | processes | seed | env steps | train s | env steps/s | s to threshold (training returns) "
+            "| final mean (100 episodes) |"
         )
-    print()
-    print("| env | processes | median env steps/s | scaling efficiency | median s to threshold |")
-    print("|---|---|---|---|---|")
-    for env in args.envs:
-        base = (
-            statistics.median(r["steps_per_s"] for r in results if r["env"] == env and r["nproc"] == 1)
-            if 1 in args.nprocs
-            else None
-        )
-        for nproc in args.nprocs:
-            mine = [r for r in results if r["env"] == env and r["nproc"] == nproc]
-            sps = statistics.median(r["steps_per_s"] for r in mine)
-            times = [r["to_threshold_s"] for r in mine if r["to_threshold_s"] is not None]
-            eff = sps / (nproc * base) if base else None
+        print("|---|---|---|---|---|---|---|---|")
+        for r in results:
             print(
-                f"| {env} | {nproc} | {sps:.0f} | {_fmt(eff, '.2f')} | "
-                f"{_fmt(statistics.median(times) if times else None, '.1f')} ({len(times)}/{len(mine)} reached) |"
+                f"| {r['env']} | {r['nproc']} | {r['seed']} | {r['env_steps']:,} | {r['train_s']:.1f} | "
+                f"{r['steps_per_s']:.0f} | {_fmt(r['to_threshold_s'], '.1f')} | {r['final']:.1f} |"
             )
+        print()
+        print("| env | processes | median env steps/s | scaling efficiency | median s to threshold |")
+        print("|---|---|---|---|---|")
+        for env in args.envs:
+            base = (
+                statistics.median(r["steps_per_s"] for r in results if r["env"] == env and r["nproc"] == 1)
+                if 1 in args.nprocs
+                else None
+            )
+            for nproc in args.nprocs:
+                mine = [r for r in results if r["env"] == env and r["nproc"] == nproc]
+                sps = statistics.median(r["steps_per_s"] for r in mine)
+                times = [r["to_threshold_s"] for r in mine if r["to_threshold_s"] is not None]
+                eff = sps / (nproc * base) if base else None
+                print(
+                    f"| {env} | {nproc} | {sps:.0f} | {_fmt(eff, '.2f')} | "
+                    f"{_fmt(statistics.median(times) if times else None, '.1f')} ({len(times)}/{len(mine)} reached) |"
+                )
     if fits:
         print()
         print(
-            "| examples/distributed_fit.py | processes | SVI steps | seconds | steps/s | last 10-step mean return |"
+            "| examples/distributed_fit.py | processes | SVI steps | seconds | steps/s | speed-up over 1 process "
+            "| last 10-step mean return |"
         )
-        print("|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|")
         for f in fits:
+            one = next((g for g in fits if g["episodes"] == f["episodes"] and g["nproc"] == 1), None)
+            speedup = f["steps_per_s"] / one["steps_per_s"] if one else None
             print(
-                f"| Pendulum-v1, 64 episodes per step | {f['nproc']} | {f['steps']} | {f['seconds']:.1f} | "
-                f"{f['steps_per_s']:.2f} | {f['last']:.1f} |"
+                f"| Pendulum-v1, {f['episodes']} episodes per step | {f['nproc']} | {f['steps']} | "
+                f"{f['seconds']:.1f} | {f['steps_per_s']:.2f} | {_fmt(speedup, '.2f')} | {f['last']:.1f} |"
             )
     if args.json:
         Path(args.json).write_text(json.dumps({"train": results, "fit": fits}, indent=2))

@@ -1,10 +1,10 @@
 """Data-parallel SVI on Pendulum-v1 from a script, on as many processes as torchrun starts:
 
-    torchrun --standalone --nproc_per_node=2 examples/distributed_fit.py [STEPS]
+    torchrun --standalone --nproc_per_node=2 examples/distributed_fit.py [STEPS [EPISODES]]
 
-Each rank rolls out TOTAL_EPISODES / K episodes per step through the differentiable pendulum; the
+Each rank rolls out EPISODES / K episodes (default 64) per step through the differentiable pendulum; the
 gradients are averaged, so every rank holds the same policy after every step and the run takes the
-steps one process would take with all TOTAL_EPISODES episodes. Only rank 0 prints. Run without
+steps one process would take with all EPISODES episodes. Only rank 0 prints. Run without
 torchrun (``python examples/distributed_fit.py``) it is the same script on one process.
 """
 
@@ -22,11 +22,11 @@ TOTAL_EPISODES = 64
 HORIZON = 50
 
 
-def main(steps: int = 150) -> rlai.FitResult:
+def main(steps: int = 150, total_episodes: int = TOTAL_EPISODES) -> rlai.FitResult:
     launched = distributed.init_from_environment()  # False without torchrun: one process
     world = distributed.world_size()
-    if TOTAL_EPISODES % world:
-        raise SystemExit(f"{TOTAL_EPISODES} episodes do not split over {world} processes")
+    if total_episodes % world:
+        raise SystemExit(f"{total_episodes} episodes do not split over {world} processes")
     env = envs.make("Pendulum-v1")
     torch.manual_seed(0)  # fit broadcasts rank 0's parameters anyway; this keeps runs repeatable
     policy = guides.GaussianMLP(env.observation_space, env.action_space, hidden=(32,))
@@ -36,7 +36,7 @@ def main(steps: int = 150) -> rlai.FitResult:
         model,
         guide,
         num_steps=steps,
-        num_episodes=TOTAL_EPISODES // world,
+        num_episodes=total_episodes // world,
         lr=3e-3,
         seed=0,
         progress=False,
@@ -54,4 +54,4 @@ def main(steps: int = 150) -> rlai.FitResult:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 150)
+    main(*(int(a) for a in sys.argv[1:3]))
