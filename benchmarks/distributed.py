@@ -34,10 +34,10 @@ import tempfile
 import time
 from pathlib import Path
 
-try:  # run as a script from benchmarks/ (as solve.py is), or imported from the repository root
-    from solve import THRESHOLDS, machine_info
-except ImportError:  # pragma: no cover
-    from benchmarks.solve import THRESHOLDS, machine_info
+# solve.py lies beside this file; `python -P` (as benchmarks/gpu_session.sh runs it, so that the
+# installed wheel is imported, not a checkout) leaves this folder off sys.path
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from solve import THRESHOLDS, machine_info  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_TIMEOUT_S = 1800
