@@ -23,8 +23,11 @@ Evaluation protocol (identical for both libraries):
 - during training, every ``--eval-every`` env steps (counted over all parallel envs, checked at the
   top of our loops and after every vectorized step of SB3), ``--eval-episodes`` (default 20)
   episodes; training stops at the first evaluation whose mean reaches the threshold
-  (:data:`THRESHOLDS`) unless ``--full`` is given; if the budget runs out, one last evaluation is
-  made at the final step count;
+  (:data:`THRESHOLDS`) unless ``--full`` is given; with ``--confirm-episodes N`` such an evaluation
+  is extended to N episodes (the same seeds extended) and stops training only if their mean
+  reaches the threshold too (a cheaper way to the N-episode criterion than ``--eval-episodes N``
+  at every evaluation: the first evaluation meeting both); if the budget runs out, one last
+  evaluation is made at the final step count;
 - then the final policy is confirmed on ``--final-episodes`` (default 100) episodes, the same
   seeds extended (so the first 20 are the detection episodes).
 
@@ -328,9 +331,16 @@ class Tracker:
     """Evaluations every ``every`` env steps, with their time kept out of the training clock."""
 
     def __init__(
-        self, result: RunResult, every: int, episodes: int, stop_at_threshold: bool, device: str = "cpu"
+        self,
+        result: RunResult,
+        every: int,
+        episodes: int,
+        stop_at_threshold: bool,
+        device: str = "cpu",
+        confirm_episodes: int = 0,
     ):
         self.result, self.every, self.episodes = result, every, episodes
+        self.confirm_episodes = confirm_episodes
         self.stop_at_threshold = stop_at_threshold
         self.cuda = device.startswith("cuda")
         self.next_eval = every
@@ -359,7 +369,15 @@ class Tracker:
         r = self.result
         train_s = self.train_seconds()
         t0 = time.perf_counter()
-        mean = float(np.mean(evaluate_returns(act, r.env, self.episodes)))
+        returns = evaluate_returns(act, r.env, self.episodes)
+        mean = float(np.mean(returns))
+        if mean >= r.threshold and self.confirm_episodes > len(returns):
+            # the screen passed: the same seeds extended decide (a policy lucky on the first
+            # episodes does not count as solved, and training goes on)
+            more = evaluate_returns(
+                act, r.env, self.confirm_episodes - len(returns), seed=EVAL_SEED + len(returns)
+            )
+            mean = float(np.mean(returns + more))
         r.eval_seconds += time.perf_counter() - t0
         r.evals.append((env_steps, train_s, mean))
         # progress of long runs, as it happens (the child shares the parent's stderr)
@@ -418,7 +436,14 @@ def run_ours(job: dict) -> RunResult:
     config = dataclasses.replace(config, total_env_steps=budget)
     result = RunResult("ours", env_id, seed, algo, budget, THRESHOLDS[env_id])
     device = resolve_device(config.device).type  # --set device=auto is resolved here too
-    tracker = Tracker(result, job["eval_every"], job["eval_episodes"], not job["full"], device)
+    tracker = Tracker(
+        result,
+        job["eval_every"],
+        job["eval_episodes"],
+        not job["full"],
+        device,
+        job.get("confirm_episodes", 0),
+    )
 
     def actor(module: torch.nn.Module) -> Callable[[np.ndarray], Any]:
         if next(module.parameters()).device.type != "cpu":
@@ -487,7 +512,14 @@ def run_sb3(job: dict) -> RunResult:
     zoo = zoo_entry(env_id, job.get("sb3_algo"))
     budget = job["budget"] or int(round(zoo["n_timesteps"] * job["budget_scale"]))
     result = RunResult("sb3", env_id, seed, zoo["algo"], budget, THRESHOLDS[env_id])
-    tracker = Tracker(result, job["eval_every"], job["eval_episodes"], not job["full"], job["device"])
+    tracker = Tracker(
+        result,
+        job["eval_every"],
+        job["eval_episodes"],
+        not job["full"],
+        job["device"],
+        job.get("confirm_episodes", 0),
+    )
     holder: dict[str, Any] = {}
 
     def act(obs: np.ndarray) -> Any:
@@ -686,6 +718,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--final-episodes", type=int, default=100, help="episodes confirming the final policy"
     )
+    parser.add_argument(
+        "--confirm-episodes",
+        type=int,
+        default=0,
+        help="an evaluation that reaches the threshold is extended to this many episodes, which "
+        "decide (0: the --eval-episodes alone decide)",
+    )
     parser.add_argument("--budget-scale", type=float, default=1.0, help="multiplies both max budgets")
     parser.add_argument(
         "--budget", type=int, default=None, help="env steps of both libraries (replaces their budgets)"
@@ -748,6 +787,7 @@ def main(argv: list[str] | None = None) -> None:
                 "eval_every": args.eval_every or EVAL_EVERY[env],
                 "eval_episodes": args.eval_episodes,
                 "final_episodes": args.final_episodes,
+                "confirm_episodes": args.confirm_episodes,
                 "budget_scale": args.budget_scale,
                 "budget": args.budget,
                 "full": args.full,
