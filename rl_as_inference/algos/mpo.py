@@ -19,7 +19,9 @@ of the replay (:func:`rl_as_inference.critics.n_step_soft_target` at alpha = 0: 
 rewards plus gamma^m E_{pi_k}[Q'(s_m, .)]), exact for paths of pi_k and, for the replayed actions of
 older policies, uncorrected (``n_step_correction = "none"``, as Acme's n-step adder) or corrected by
 Retrace (``"retrace"``, Munos et al. 2016, the MPO paper's policy evaluation: traces
-c_k = trace_lambda min(1, pi_k(a_k|s_k) / mu(a_k|s_k))).
+c_k = trace_lambda min(1, pi_k(a_k|s_k) / mu(a_k|s_k))). ``distributional_critic = true`` learns
+the law of the return on fixed atoms instead (Acme's distributional MPO,
+:mod:`rl_as_inference.distributional`), whose means the E-step reads.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from rl_as_inference.algos.schedules import decay_learning_rates
 from rl_as_inference.algos.settings import RunSettings, rank_share
 from rl_as_inference.algos.stats import IntervalMeans, emit_row, finish, row_due
 from rl_as_inference.critics import TwinQ, soft_q_loss
+from rl_as_inference.distributional import CategoricalQ, distributional_q_loss
 from rl_as_inference.guides.normalization import attach_obs_normalizer
 from rl_as_inference.guides.policies import CategoricalMLP, GaussianMLP, validate_on
 from rl_as_inference.optim import adam
@@ -89,6 +92,13 @@ class MPOConfig(RunSettings):
     # are added to the Q weights: keeps the Gaussian's mean inside the box the env clips to
     action_penalization: bool = False
     epsilon_penalty: float = 1e-3
+    # Acme's distributional MPO: the critic learns the return's law on num_atoms atoms evenly spaced
+    # on [v_min, v_max] (in scaled-reward units; returns outside are clipped onto the ends), and
+    # MPO reads its means (rl_as_inference.distributional); one network, so twin_critic = false
+    distributional_critic: bool = False
+    num_atoms: int = 51
+    v_min: float = -150.0
+    v_max: float = 150.0
 
 
 def realized_kl(weights: torch.Tensor) -> torch.Tensor:
@@ -264,6 +274,10 @@ def train(
     config = rank_share(config)  # in a data-parallel run, this rank's share
     device = envs.base.resolve_device(config.device)
     torch.manual_seed(config.seed)
+    if config.distributional_critic and config.twin_critic:
+        raise ValueError(
+            "distributional_critic = true is one network (Acme's distributional MPO): set twin_critic = false"
+        )
     data = Collector.for_config(config, device, "mpo", discrete=True, reward_scale=config.reward_scale)
     space = data.action_space
     if data.discrete and (config.per_dim_constraints or config.action_penalization):
@@ -284,13 +298,24 @@ def train(
         )
     policy.to(device)
     target_policy = copy.deepcopy(policy).requires_grad_(False)
-    critic = TwinQ(
-        data.observation_space,
-        space,
-        hidden=config.hidden,
-        rescale_obs=config.rescale_obs,
-        twin=config.twin_critic,
-    ).to(device)
+    if config.distributional_critic:
+        critic = CategoricalQ(
+            data.observation_space,
+            space,
+            hidden=config.hidden,
+            num_atoms=config.num_atoms,
+            v_min=config.v_min,
+            v_max=config.v_max,
+            rescale_obs=config.rescale_obs,
+        ).to(device)
+    else:
+        critic = TwinQ(
+            data.observation_space,
+            space,
+            hidden=config.hidden,
+            rescale_obs=config.rescale_obs,
+            twin=config.twin_critic,
+        ).to(device)
     attach_obs_normalizer(data.obs_normalizer, policy, target_policy, critic)
     # [log eta, log alpha_mean, log alpha_stddev (, log eta_penalty)]; per-dimension multipliers
     # have one entry per action coordinate
@@ -337,17 +362,23 @@ def train(
             groups += [(g, config.critic_lr) for g in critic_opt.param_groups]
             decay_learning_rates(groups, data.env_steps, config.total_env_steps)
         batch = data.sample(config.batch_size, n_step=config.n_step)
-        # ---- critic: T^{pi,q} at alpha = 0 against the target policy (plain expected Q backup)
-        critic_loss = soft_q_loss(
-            critic,
-            target_policy,
-            batch,
-            alpha=0.0,
-            log_pi=0.0,
-            gamma=config.gamma,
-            correction=config.n_step_correction,
-            trace_lambda=config.trace_lambda,
-        )
+        # ---- critic: T^{pi,q} at alpha = 0 against the target policy (plain expected Q backup),
+        # or its distributional form
+        if config.distributional_critic:
+            critic_loss = distributional_q_loss(
+                critic, target_policy, batch, gamma=config.gamma, correction=config.n_step_correction
+            )
+        else:
+            critic_loss = soft_q_loss(
+                critic,
+                target_policy,
+                batch,
+                alpha=0.0,
+                log_pi=0.0,
+                gamma=config.gamma,
+                correction=config.n_step_correction,
+                trace_lambda=config.trace_lambda,
+            )
         critic_opt.zero_grad()
         critic_loss.backward()
         critic_opt.step()

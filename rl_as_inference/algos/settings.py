@@ -215,6 +215,11 @@ RULES: dict[str, Rule] = {
     "twin_critic": FLAG,
     "per_dim_constraints": FLAG,
     "action_penalization": FLAG,
+    "distributional_critic": FLAG,
+    "num_atoms": count(2),
+    # the support's ends; v_min < v_max is checked where the critic is built (two keys at once)
+    "v_min": FINITE,
+    "v_max": FINITE,
 }
 
 
