@@ -54,9 +54,9 @@ from typing import Any
 import numpy as np
 
 try:  # run as a script from benchmarks/ (as solve.py is), or imported from the repository root
-    from solve import EVAL_EVERY, THRESHOLDS, RunResult, Tracker, _confirm
+    from solve import EVAL_EVERY, THRESHOLDS, RunResult, Tracker, confirm_final
 except ModuleNotFoundError:
-    from benchmarks.solve import EVAL_EVERY, THRESHOLDS, RunResult, Tracker, _confirm
+    from benchmarks.solve import EVAL_EVERY, THRESHOLDS, RunResult, Tracker, confirm_final
 
 # rejax's published hyperparameters, copied from the rejax repository (github.com/keraJLi/rejax,
 # tag v0.1.3): configs/gymnax/cartpole.yaml, section ``ppo``, and configs/gymnax/pendulum.yaml,
@@ -255,7 +255,7 @@ def run_rejax(job: dict) -> RejaxResult:
         if tracker.evaluate(env_steps, act):
             break
     tracker.finish(env_steps, act)
-    _confirm(result, act, job["final_episodes"])
+    confirm_final(result, act, job["final_episodes"])
     return result
 
 

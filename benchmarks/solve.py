@@ -479,7 +479,7 @@ def run_ours(job: dict) -> RunResult:
         env_steps = hook.env_steps
     policy = hook.components["policy"]
     tracker.finish(env_steps, actor(policy))
-    _confirm(result, actor(policy), job["final_episodes"])
+    confirm_final(result, actor(policy), job["final_episodes"])
     return result
 
 
@@ -548,12 +548,13 @@ def run_sb3(job: dict) -> RunResult:
     holder.update(model=model, venv=venv)
     model.learn(total_timesteps=budget, callback=EvalCallback())
     tracker.finish(model.num_timesteps, act)
-    _confirm(result, act, job["final_episodes"])
+    confirm_final(result, act, job["final_episodes"])
     venv.close()
     return result
 
 
-def _confirm(result: RunResult, act: Callable[[np.ndarray], Any], episodes: int) -> None:
+def confirm_final(result: RunResult, act: Callable[[np.ndarray], Any], episodes: int) -> None:
+    """Score the stopped policy on ``episodes`` evaluation episodes into ``result.final_*`` (0: skip)."""
     if episodes > 0:
         returns = evaluate_returns(act, result.env, episodes)
         result.final_mean, result.final_std = float(np.mean(returns)), float(np.std(returns))
