@@ -137,12 +137,10 @@ def categorical_mpo_losses(
     Returns:
         (loss, stats) as :func:`mpo_losses`.
     """
-    temperature = log_temperature.exp()
     target_log_probs = torch.log_softmax(target_logits.detach(), dim=-1)
-    q = q_values.detach()
-    weights = torch.softmax(target_log_probs + q / temperature.detach(), dim=-1)
-    log_z = torch.logsumexp(target_log_probs + q / temperature, dim=-1)
-    temperature_loss = temperature * config.epsilon + temperature * log_z.mean()
+    weights, temperature_loss, temperature = _temperature_dual(
+        q_values, log_temperature, config.epsilon, log_prior=target_log_probs, dim=-1
+    )
     online_log_probs = torch.log_softmax(online_logits, dim=-1)
     policy_loss = -(weights * online_log_probs).sum(-1).mean()
     # KL(pi_k || pi) from log-probabilities: a near-deterministic policy has probabilities that
@@ -166,14 +164,27 @@ def _gaussian(loc: torch.Tensor, scale: torch.Tensor) -> Independent:
     return Independent(Normal(loc, scale, validate_args=check), 1, validate_args=check)
 
 
-def _temperature_dual(values: torch.Tensor, log_temperature: torch.Tensor, epsilon: float):
-    """E-step weights softmax_j(values / eta) over the M samples of each state, and the dual
-    g(eta) = eta epsilon + eta E_s[log mean_j exp(values_j / eta)] whose minimizer puts
-    KL(q || pi_k) on epsilon. Returns (weights ``[M, B]``, g, eta)."""
+def _temperature_dual(
+    values: torch.Tensor,
+    log_temperature: torch.Tensor,
+    epsilon: float,
+    log_prior: torch.Tensor | None = None,
+    dim: int = 0,
+):
+    """E-step weights q_j proportional to pi_k(j) exp(values_j / eta) along ``dim``, and the dual
+
+        g(eta) = eta epsilon + eta E_s[log sum_j pi_k(j) exp(values_j / eta)]
+
+    whose minimizer puts KL(q || pi_k) on epsilon. ``log_prior`` is log pi_k over ``dim`` (the
+    categorical E-step's exact sum over actions); None: the M sampled actions of pi_k, each with
+    weight 1/M (a log mean exp). Returns (weights, g, eta)."""
     temperature = log_temperature.exp()
-    weights = torch.softmax(values.detach() / temperature.detach(), dim=0)
-    log_mean_exp = torch.logsumexp(values.detach() / temperature, dim=0) - math.log(values.shape[0])
-    return weights, temperature * epsilon + temperature * log_mean_exp.mean(), temperature
+    if log_prior is None:
+        log_prior = torch.full_like(values, -math.log(values.shape[dim]))
+    log_prior, values = log_prior.detach(), values.detach()
+    weights = torch.softmax(log_prior + values / temperature.detach(), dim=dim)
+    log_z = torch.logsumexp(log_prior + values / temperature, dim=dim)
+    return weights, temperature * epsilon + temperature * log_z.mean(), temperature
 
 
 def out_of_box_cost(actions: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
