@@ -1,0 +1,397 @@
+"""Planning as inference: model-predictive control on a functional env's known dynamics.
+
+At every control step the planner infers the posterior over the next H actions given optimality,
+
+    p(a_{0:H} | s, O)  proportional to  prod_t pi(a_t | s_t) exp( (sum_{t<H} gamma^t r_t + gamma^H V(s_H)) / alpha ),
+
+with the states s_t rolled out from s by the env's own pure ``step`` (the trajectory model's
+dynamics; no terminal value V unless one is given, and nothing after a termination), acts with
+the plan's first action, shifts the plan one step and repeats. Here gamma discounts the rewards
+of the plan (a planner's usual discount; 1 by default), and pi is a :class:`~rl_as_inference.models.Prior`
+(uniform on a bounded box or over discrete actions, Gaussian otherwise, or any prior the
+trajectory models take).
+
+Methods (``method=``):
+
+- ``"mppi"``: importance sampling with the current plan as proposal q, a Gaussian per step and
+  action coordinate (truncated to a bounded action box, so every sample is a valid action and
+  q's density is exact) or a categorical per step. The log weights are
+
+      log w_k = R_k / alpha + sum_t log pi(a_{k,t} | s_{k,t}) - sum_t log q(a_{k,t}),
+
+  self-normalized over the K samples; the new plan is the weighted mean of the samples (Box) or
+  the weighted frequencies of each step's actions (Discrete). MPPI's update (Williams et al.
+  2017) is this estimator with a Gaussian prior on the proposal's noise.
+- ``"cem"``: the cross-entropy method, the elite fraction of the samples by R / alpha + log pi,
+  refitting the proposal's mean and scale (or probabilities) to them.
+
+The temperature is ``alpha`` fixed, or, with ``target_ess`` (a fraction of K), chosen at every
+step and for every env by bisection on log alpha so that the Kish effective sample size of the
+weights, (sum w)^2 / sum w^2, is ``target_ess * K`` (as near as the weights allow): the knob an
+importance sampler is tuned by, in place of MPPI's hand-set lambda. Each step's ESS and alpha
+stay on the device (no host sync per step) and are read with :meth:`MPC.diagnostics`, which
+also gives PSIS k-hat of the recorded log weights (``record=True``).
+
+Everything is batched over E envs at once (the state ``[E, ...]``) and over the K samples
+(``[K, E, ...]`` through the env), on the env's device.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from rl_as_inference import models
+from rl_as_inference.envs import FunctionalEnv
+
+__all__ = ["METHODS", "MPC", "kish_ess", "temperature_for_ess"]
+
+METHODS = ("mppi", "cem")
+_BISECTION_STEPS = 40  # log alpha bracketed within 28 nats: 28 / 2^40 is below float precision
+
+
+def kish_ess(log_weights: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """(sum w)^2 / sum w^2 of unnormalized log weights along ``dim`` (Kish's effective sample size)."""
+    return torch.exp(2 * torch.logsumexp(log_weights, dim) - torch.logsumexp(2 * log_weights, dim))
+
+
+def temperature_for_ess(returns: torch.Tensor, log_ratio: torch.Tensor, target: float) -> torch.Tensor:
+    """alpha per column such that ``kish_ess(returns / alpha + log_ratio)`` is ``target`` samples.
+
+    Bisection on log alpha over ``[log spread - 14, log spread + 14]`` (spread: each column's
+    range of returns), a fixed number of halvings, all on the device. ESS grows with alpha (from
+    1 at alpha -> 0 toward the ESS of ``log_ratio`` alone); where ``target`` lies outside what a
+    column can reach, the nearer end of the bracket is returned.
+
+    Args:
+        returns: ``[K, E]`` discounted returns of K samples for each of E envs.
+        log_ratio: ``[K, E]`` log pi - log q of the samples (zeros when q is the prior).
+        target: the wanted ESS, in samples (1 <= target <= K).
+
+    Returns:
+        ``[E]`` temperatures.
+    """
+    spread = (returns.amax(0) - returns.amin(0)).clamp_min(1e-12)
+    low, high = spread.log() - 14.0, spread.log() + 14.0
+    for _ in range(_BISECTION_STEPS):
+        mid = (low + high) / 2
+        too_few = kish_ess(returns / mid.exp() + log_ratio) < target
+        low = torch.where(too_few, mid, low)  # too few effective samples: alpha must grow
+        high = torch.where(too_few, high, mid)
+    return ((low + high) / 2).exp()
+
+
+def _truncated_normal_sample(loc, scale, low, high, shape, generator):
+    """Samples of Normal(loc, scale) restricted to [low, high], by inverting its CDF."""
+    normal = torch.distributions.Normal(torch.zeros_like(loc), torch.ones_like(loc))
+    a = normal.cdf((low - loc) / scale)
+    b = normal.cdf((high - loc) / scale)
+    u = torch.rand(shape, generator=generator, device=loc.device, dtype=loc.dtype)
+    p = (a + u * (b - a)).clamp(1e-12, 1 - 1e-12)
+    return (loc + scale * torch.special.ndtri(p)).clamp(low, high)
+
+
+def _truncated_normal_log_prob(x, loc, scale, low, high):
+    normal = torch.distributions.Normal(loc, scale)
+    mass = (normal.cdf(high) - normal.cdf(low)).clamp_min(1e-30)
+    return normal.log_prob(x) - mass.log()
+
+
+class MPC:
+    """A model-predictive controller that plans by inference on ``env``'s dynamics.
+
+    Args:
+        env: a :class:`~rl_as_inference.envs.FunctionalEnv` (a torch port, a user's env, a
+            finite MDP) whose ``step`` the planner rolls out; Box or Discrete actions.
+        method: ``"mppi"`` or ``"cem"`` (see the module docstring).
+        horizon: H >= 1, the actions planned ahead.
+        num_samples: K >= 2 sampled plans per env and iteration.
+        alpha: the fixed temperature (reward units), unless ``target_ess`` is given.
+        target_ess: a fraction in (0, 1]: alpha is set every step so that the weights' ESS is
+            ``target_ess * K``.
+        prior: pi, a :class:`~rl_as_inference.models.Prior`; default uniform (Discrete or a
+            bounded Box), ``GaussianPrior(1.0)`` for an unbounded Box.
+        noise_std: the proposal's initial scale per action coordinate (Box), in action units;
+            default half of the box's width (1 for an unbounded box). ``"mppi"`` keeps it,
+            ``"cem"`` refits it each iteration (not below ``min_std``).
+        iterations: inference rounds per control step (each proposes from the last one's plan).
+        elite_fraction: ``"cem"``'s share of samples it refits to.
+        gamma: the discount of the plan's rewards, in (0, 1].
+        terminal_value: V(s_H) in reward units, a callable of ``[K, E, ...]`` states returning
+            ``[K, E]`` (a trained critic's value, say); None: 0.
+        min_std: floor of ``"cem"``'s refitted scale.
+        seed: seeds the planner's own generator (None: drawn from torch's global stream).
+        record: keep every control step's log weights for :meth:`diagnostics`' k-hat.
+    """
+
+    def __init__(
+        self,
+        env: FunctionalEnv,
+        method: str = "mppi",
+        *,
+        horizon: int = 15,
+        num_samples: int = 1000,
+        alpha: float = 1.0,
+        target_ess: float | None = None,
+        prior: models.Prior | None = None,
+        noise_std: float | None = None,
+        iterations: int = 1,
+        elite_fraction: float = 0.1,
+        gamma: float = 1.0,
+        terminal_value: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        min_std: float = 1e-3,
+        seed: int | None = None,
+        record: bool = False,
+    ):
+        if not isinstance(env, FunctionalEnv):
+            raise TypeError(
+                f"MPC plans on a functional env's dynamics (rl_as_inference.envs.make(ID)), got {type(env).__name__}"
+            )
+        if method not in METHODS:
+            raise ValueError(
+                f"method={method!r} is not available; use one of {', '.join(map(repr, METHODS))}"
+            )
+        self.env, self.method = env, method
+        self.horizon = _check_int("horizon", horizon, 1)
+        self.num_samples = _check_int("num_samples", num_samples, 2)
+        self.iterations = _check_int("iterations", iterations, 1)
+        if target_ess is None:
+            if isinstance(alpha, bool) or not (isinstance(alpha, int | float) and 0 < alpha < math.inf):
+                raise ValueError(f"alpha={alpha!r} is not allowed; use a positive finite number")
+        elif isinstance(target_ess, bool) or not (
+            isinstance(target_ess, int | float) and 0 < target_ess <= 1
+        ):
+            raise ValueError(
+                f"target_ess={target_ess!r} is not allowed; use a fraction in (0, 1] of num_samples"
+            )
+        if not (isinstance(gamma, int | float) and 0 < gamma <= 1):
+            raise ValueError(f"gamma={gamma!r} is not allowed; use a number in (0, 1]")
+        if not 0 < elite_fraction <= 1 or int(elite_fraction * num_samples) < 1:
+            raise ValueError(
+                f"elite_fraction={elite_fraction!r} is not allowed with num_samples={num_samples}: use a "
+                "fraction in (0, 1] that keeps at least one sample"
+            )
+        self.alpha, self.target_ess = float(alpha), target_ess
+        self.gamma, self.terminal_value = float(gamma), terminal_value
+        self.elite_fraction, self.min_std, self.record = float(elite_fraction), float(min_std), record
+        space = env.action_space
+        self.discrete = isinstance(space, gym.spaces.Discrete)
+        device, dtype = env.device, env.dtype
+        if self.discrete:
+            self.num_actions = int(space.n)
+        elif isinstance(space, gym.spaces.Box) and len(space.shape) == 1:
+            self.bounded = bool(space.is_bounded())
+            self.low = torch.as_tensor(space.low, device=device, dtype=dtype)
+            self.high = torch.as_tensor(space.high, device=device, dtype=dtype)
+            if noise_std is None:
+                init = (self.high - self.low) / 2 if self.bounded else torch.ones_like(self.low)
+            else:
+                if not (isinstance(noise_std, int | float) and 0 < noise_std < math.inf):
+                    raise ValueError(f"noise_std={noise_std!r} is not allowed; use a positive finite number")
+                init = torch.full_like(self.low, float(noise_std))
+            self.init_std = init
+            self.center = (self.high + self.low) / 2 if self.bounded else torch.zeros_like(self.low)
+        else:
+            raise TypeError(f"MPC plans Discrete and 1-D Box actions, got {space}")
+        if prior is None:
+            prior = models.UniformPrior(space) if self.discrete or self.bounded else models.GaussianPrior(1.0)
+        prior.check(env)
+        self.prior = prior
+        self._uniform_log_density: float | None = None
+        if isinstance(prior, models.UniformPrior):
+            if self.discrete:
+                self._uniform_log_density = -math.log(self.num_actions)
+            else:
+                self._uniform_log_density = -float(torch.log(self.high - self.low).sum())
+        self.generator = torch.Generator(device=device)
+        self.generator.manual_seed(int(torch.randint(0, 2**62, (1,))) if seed is None else int(seed))
+        self._plan: dict[str, torch.Tensor] | None = None
+        self._history: dict[str, list[torch.Tensor]] = {"ess": [], "alpha": [], "log_weights": []}
+        self.last_first_action_probs: torch.Tensor | None = None
+
+    # ------------------------------------------------------------------ the plan
+    def reset(self, state: torch.Tensor | None = None) -> None:
+        """Forget the plan (the next :meth:`act` starts from the prior) and the diagnostics.
+
+        ``state`` (optional) only fixes the batch of envs now; otherwise the first ``act`` does."""
+        self._plan = None
+        self._history = {"ess": [], "alpha": [], "log_weights": []}
+        if state is not None:
+            self._fresh_plan(self._batch(state))
+
+    def _batch(self, state: torch.Tensor) -> int:
+        self.env.check_state(state)
+        event = len(self.env.state_shape)
+        if state.dim() != event + 1:
+            raise ValueError(
+                f"state has shape {tuple(state.shape)}; MPC.act takes a batch of E states, "
+                f"[E{', ' if event else ''}{', '.join(map(str, self.env.state_shape))}]"
+            )
+        return state.shape[0]
+
+    def _fresh_plan(self, num_envs: int) -> None:
+        h, device, dtype = self.horizon, self.env.device, self.env.dtype
+        if self.discrete:
+            probs = torch.full(
+                (num_envs, h, self.num_actions), 1.0 / self.num_actions, device=device, dtype=dtype
+            )
+            self._plan = {"probs": probs}
+        else:
+            self._plan = {
+                "loc": self.center.expand(num_envs, h, -1).clone(),
+                "scale": self.init_std.expand(num_envs, h, -1).clone(),
+            }
+
+    def _shift(self) -> None:
+        """Warm start: the plan moves one step ahead; its new last step starts from the prior's."""
+        for key, value in self._plan.items():
+            fresh = {
+                "probs": 1.0 / self.num_actions if self.discrete else None,
+                "loc": None if self.discrete else self.center,
+                "scale": None if self.discrete else self.init_std,
+            }[key]
+            value[:, :-1] = value[:, 1:].clone()
+            value[:, -1] = fresh
+
+    # ------------------------------------------------------------------ one round of inference
+    def _propose(self, num_envs: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """K plans ``[K, E, H(, d)]`` and their log q ``[K, E]``."""
+        k, plan = self.num_samples, self._plan
+        if self.discrete:
+            probs = plan["probs"]
+            flat = probs.reshape(-1, self.num_actions)
+            draws = torch.multinomial(flat, k, replacement=True, generator=self.generator)  # [E H, K]
+            actions = draws.T.reshape(k, num_envs, self.horizon)
+            log_q = (
+                probs.log().unsqueeze(0).expand(k, -1, -1, -1).gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+            )
+            return actions, log_q.sum(-1)
+        loc, scale = plan["loc"], plan["scale"]
+        shape = (k, *loc.shape)
+        if self.bounded:
+            actions = _truncated_normal_sample(loc, scale, self.low, self.high, shape, self.generator)
+            log_q = _truncated_normal_log_prob(actions, loc, scale, self.low, self.high)
+        else:
+            noise = torch.randn(shape, generator=self.generator, device=loc.device, dtype=loc.dtype)
+            actions = loc + scale * noise
+            log_q = torch.distributions.Normal(loc, scale).log_prob(actions)
+        return actions, log_q.sum((-1, -2))
+
+    def _rollout(self, state: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Discounted returns ``[K, E]`` (plus gamma^H V(s_H)) and sum_t log pi ``[K, E]``."""
+        env, k = self.env, self.num_samples
+        s = state.unsqueeze(0).expand(k, *state.shape)
+        returns = torch.zeros(actions.shape[:2], device=state.device, dtype=env.dtype)
+        # a uniform prior's log density is one constant per step (the samples lie in the box or
+        # are valid discrete actions): added once, not evaluated H times
+        constant = self._uniform_log_density
+        log_prior = (
+            torch.full_like(returns, self.horizon * constant)
+            if constant is not None
+            else torch.zeros_like(returns)
+        )
+        alive = torch.ones_like(returns)
+        discount = 1.0
+        for t in range(self.horizon):
+            a = actions[:, :, t]
+            if constant is None:
+                log_prior = log_prior + self.prior.dist_at(t, s, env).log_prob(a).to(returns.dtype)
+            # the first step goes through env.step's checks of state, action and reward; the rest
+            # are the same env on actions drawn in its space, so the pure step is called directly
+            if t == 0:
+                step = env.step(s, a, generator=self.generator)
+            elif env.stochastic:
+                step = env._step(s, a, env.sample_next(s, a, self.generator))
+            else:
+                step = env._step(s, a)
+            returns = returns + discount * alive * step.reward.to(returns.dtype)
+            alive = alive * (~step.terminated).to(returns.dtype)
+            s = step.state
+            discount *= self.gamma
+        if self.terminal_value is not None:
+            returns = returns + discount * alive * self.terminal_value(s).to(returns.dtype)
+        return returns, log_prior
+
+    def _infer(self, state: torch.Tensor) -> None:
+        num_envs = state.shape[0]
+        for _ in range(self.iterations):
+            actions, log_q = self._propose(num_envs)
+            returns, log_prior = self._rollout(state, actions)
+            if self.target_ess is None:
+                alpha = torch.full((num_envs,), self.alpha, device=state.device, dtype=returns.dtype)
+            else:
+                alpha = temperature_for_ess(returns, log_prior - log_q, self.target_ess * self.num_samples)
+            log_target = returns / alpha + log_prior
+            log_weights = log_target - log_q
+            if self.method == "mppi":
+                weights = torch.softmax(log_weights, dim=0)  # [K, E]
+            else:  # cem: equal weights on the elites by the target density
+                elites = max(1, int(self.elite_fraction * self.num_samples))
+                top = log_target.topk(elites, dim=0).indices
+                weights = torch.zeros_like(log_target).scatter_(0, top, 1.0 / elites)
+            self._update(actions, weights)
+        self._history["ess"].append(kish_ess(log_weights))
+        self._history["alpha"].append(alpha)
+        if self.record:
+            self._history["log_weights"].append(log_weights)
+
+    def _update(self, actions: torch.Tensor, weights: torch.Tensor) -> None:
+        plan = self._plan
+        if self.discrete:
+            one_hot = torch.nn.functional.one_hot(actions, self.num_actions).to(weights.dtype)
+            probs = (weights[:, :, None, None] * one_hot).sum(0)  # [E, H, A]
+            self.last_first_action_probs = probs[:, 0].clone()
+            # every action keeps some probability, so the next round's proposal covers the prior
+            plan["probs"] = 0.99 * probs + 0.01 / self.num_actions
+            return
+        w = weights[:, :, None, None]
+        loc = (w * actions).sum(0)
+        plan["loc"] = loc
+        if self.method == "cem":
+            var = (w * (actions - loc).square()).sum(0)
+            plan["scale"] = var.sqrt().clamp_min(self.min_std)
+
+    # ------------------------------------------------------------------ control
+    @torch.no_grad()
+    def act(self, state: torch.Tensor) -> torch.Tensor:
+        """Plan from ``state`` (``[E, ...]``, E envs at once) and return the first actions ``[E(, d)]``.
+
+        Box actions: the plan's (weighted) mean first action; Discrete: its most probable one.
+        The plan is then shifted, so the next call warm-starts from it."""
+        num_envs = self._batch(state)
+        if self._plan is None or next(iter(self._plan.values())).shape[0] != num_envs:
+            self._fresh_plan(num_envs)
+        self._infer(state)
+        first = self._plan["probs"][:, 0].argmax(-1) if self.discrete else self._plan["loc"][:, 0].clone()
+        self._shift()
+        return first
+
+    def diagnostics(self) -> dict[str, np.ndarray]:
+        """Per control step since :meth:`reset`: ``ess`` and ``alpha`` ``[steps, E]`` and, with
+        ``record=True``, PSIS ``pareto_k`` ``[steps, E]`` of the last round's log weights."""
+        from rl_as_inference.diagnostics import importance_diagnostics
+
+        out = {
+            key: torch.stack(self._history[key]).cpu().numpy()
+            for key in ("ess", "alpha")
+            if self._history[key]
+        }
+        if self._history["log_weights"]:
+            lw = torch.stack(self._history["log_weights"]).cpu().numpy()  # [steps, K, E]
+            out["pareto_k"] = np.array(
+                [
+                    [importance_diagnostics(lw[s, :, e]).pareto_k for e in range(lw.shape[2])]
+                    for s in range(lw.shape[0])
+                ]
+            )
+        return out
+
+
+def _check_int(name: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name}={value!r} is not allowed; use an int >= {minimum}")
+    return value

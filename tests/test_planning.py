@@ -1,0 +1,205 @@
+"""Planning as inference (rl_as_inference.planning) against exact answers: the soft-LQR plan of a
+linear-quadratic system, the exact posterior of a deterministic finite MDP, the ESS-targeting
+temperature, the truncated proposal's support and density, and control of the Pendulum port."""
+
+from __future__ import annotations
+
+import math
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from rl_as_inference import envs, exact, models
+from rl_as_inference.envs import FunctionalEnv, Step
+from rl_as_inference.planning import (
+    MPC,
+    _truncated_normal_log_prob,
+    _truncated_normal_sample,
+    kish_ess,
+    temperature_for_ess,
+)
+
+
+class Integrator(FunctionalEnv):
+    """x' = x + a, r = -(x^2 + a^2): a scalar linear-quadratic system, unbounded actions."""
+
+    state_shape = (1,)
+    differentiable = True
+
+    def __init__(self):
+        super().__init__(dtype=torch.float64)
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (1,), dtype=np.float64)
+        self.action_space = gym.spaces.Box(-np.inf, np.inf, (1,), dtype=np.float64)
+
+    def _step(self, state, action):
+        reward = -(state[..., 0] ** 2 + action[..., 0] ** 2)
+        return Step(state + action, reward, torch.zeros_like(reward, dtype=torch.bool))
+
+    def _observe(self, state):
+        return state
+
+
+def _soft_lqr_plan(x0: float, horizon: int, alpha: float, prior_scale: float) -> np.ndarray:
+    """The exact posterior mean (= mode: the posterior is Gaussian) of a_0..a_{H-1}: the maximizer of
+    sum_t -(x_t^2 + a_t^2) / alpha - a_t^2 / (2 s^2), x_t = x0 + a_0 + ... + a_{t-1}, a least-squares
+    problem solved by numpy."""
+    h = horizon
+    # x_t = x0 + L_t a with L the strictly lower-triangular ones (rows t = 0..H-1)
+    lower = np.tril(np.ones((h, h)), -1)
+    # quadratic form: -(1/alpha) (|x0 1 + L a|^2 + |a|^2) - |a|^2 / (2 s^2)
+    hessian = (lower.T @ lower + np.eye(h)) / alpha + np.eye(h) / (2 * prior_scale**2)
+    gradient_at_zero = -(lower.T @ (x0 * np.ones(h))) / alpha
+    return np.linalg.solve(hessian, gradient_at_zero)
+
+
+def test_mppi_first_action_converges_to_the_soft_lqr_action():
+    env, horizon, alpha, scale, x0 = Integrator(), 4, 2.0, 1.0, 1.0
+    exact_plan = _soft_lqr_plan(x0, horizon, alpha, scale)
+    state = torch.tensor([[x0]], dtype=torch.float64)
+    errors = []
+    for k in (2_000, 200_000):
+        # the proposal is the prior itself (scale 1 around 0), so the weights are exp(R / alpha)
+        mpc = MPC(
+            env,
+            "mppi",
+            horizon=horizon,
+            num_samples=k,
+            alpha=alpha,
+            prior=models.GaussianPrior(scale),
+            noise_std=scale,
+            seed=0,
+            record=True,
+        )
+        mpc.reset(state)
+        actions, log_q = mpc._propose(1)
+        returns, log_prior = mpc._rollout(state, actions)
+        weights = torch.softmax(returns / alpha + log_prior - log_q, 0)[:, 0]
+        a0 = actions[:, 0, 0, 0]
+        estimate = float((weights * a0).sum())
+        # self-normalized importance sampling's standard error (delta method)
+        se = float(torch.sqrt((weights**2 * (a0 - estimate) ** 2).sum()))
+        assert abs(estimate - exact_plan[0]) < 4 * se, (k, estimate, exact_plan[0], se)
+        errors.append(abs(estimate - exact_plan[0]))
+        # act() returns the same weighted mean (its own draw): within the same error
+        first = float(mpc.act(state)[0, 0])
+        assert abs(first - exact_plan[0]) < 4 * se + 1e-12, (first, exact_plan[0], se)
+    assert se < 0.01  # at K = 200,000 the estimate pins the action to about 1e-2
+
+
+def test_cem_first_action_converges_to_the_soft_lqr_action():
+    env, horizon, alpha, scale, x0 = Integrator(), 4, 2.0, 1.0, 1.0
+    exact_plan = _soft_lqr_plan(x0, horizon, alpha, scale)
+    # CEM maximizes R / alpha + log pi, whose maximizer is the Gaussian posterior's mode = its mean
+    mpc = MPC(
+        env,
+        "cem",
+        horizon=horizon,
+        num_samples=4000,
+        alpha=alpha,
+        prior=models.GaussianPrior(scale),
+        iterations=12,
+        elite_fraction=0.05,
+        seed=1,
+        min_std=1e-4,
+    )
+    first = float(mpc.act(torch.tensor([[x0]], dtype=torch.float64))[0, 0])
+    # an optimizer's tolerance, not a sampling one: after 12 refits the elites' spread is ~1e-3
+    assert abs(first - exact_plan[0]) < 0.02, (first, exact_plan[0])
+
+
+def test_mppi_on_a_deterministic_mdp_gives_the_exact_first_step_posterior():
+    """gamma = 1 and deterministic dynamics: the posterior over plans' first action is q*_0."""
+    mdp = envs.random_mdp(5, 3, seed=4, deterministic=True, dtype=torch.float64)
+    horizon, alpha = 3, 1.0
+    solution = exact.solve(mdp, horizon=horizon, alpha=alpha)
+    states = torch.arange(5)
+    mpc = MPC(mdp, "mppi", horizon=horizon, num_samples=60_000, alpha=alpha, seed=2)
+    mpc.act(states)
+    probs = mpc.last_first_action_probs  # [5, 3] weighted frequencies of a_0, one row per state
+    expected = torch.as_tensor(np.asarray(solution.policy[0]), dtype=probs.dtype)
+    # the proposal is the uniform prior, so the weights are exp(R / alpha) / Z: each probability is
+    # a self-normalized mean of indicators, standard error about sqrt(p (1 - p) / ESS)
+    ess = torch.as_tensor(mpc.diagnostics()["ess"][0])
+    se = torch.sqrt(expected * (1 - expected) / ess[:, None]) + 1e-9
+    assert torch.all((probs - expected).abs() < 4 * se), (probs, expected, se)
+
+
+def test_the_temperature_hits_the_target_ess():
+    gen = torch.Generator().manual_seed(0)
+    returns = torch.randn(500, 3, generator=gen, dtype=torch.float64) * torch.tensor([1.0, 10.0, 100.0])
+    for target in (5.0, 50.0, 250.0):
+        alpha = temperature_for_ess(returns, torch.zeros_like(returns), target)
+        ess = kish_ess(returns / alpha)
+        # bisection to float precision on a continuous, increasing function: exact to 1e-6
+        assert torch.allclose(ess, torch.full_like(ess, target), rtol=1e-6), (target, ess)
+    env = envs.make("Pendulum-v1")
+    # the proposal is not the (uniform) prior, so the weights keep pi / q as alpha grows and the
+    # reachable ESS is bounded by that ratio's (here at least ~39 of 400): a target of 20 is reachable
+    mpc = MPC(env, "mppi", horizon=5, num_samples=400, target_ess=0.05, noise_std=1.0, seed=0)
+    state = env.sample_initial(4, generator=torch.Generator().manual_seed(1))
+    for _ in range(3):
+        state = env.step(state, mpc.act(state)).state
+    ess = mpc.diagnostics()["ess"]
+    assert ess.shape == (3, 4)
+    np.testing.assert_allclose(ess, 20.0, rtol=1e-4)
+
+
+def test_the_truncated_proposal_stays_in_the_box_and_its_density_integrates_to_one():
+    loc, scale = torch.tensor([1.5], dtype=torch.float64), torch.tensor([2.0], dtype=torch.float64)
+    low, high = torch.tensor([-2.0], dtype=torch.float64), torch.tensor([2.0], dtype=torch.float64)
+    gen = torch.Generator().manual_seed(0)
+    x = _truncated_normal_sample(loc, scale, low, high, (100_000, 1), gen)
+    assert x.min() >= -2.0 and x.max() <= 2.0
+    grid = torch.linspace(-2.0, 2.0, 20_001, dtype=torch.float64)[:, None]
+    density = _truncated_normal_log_prob(grid, loc, scale, low, high).exp()[:, 0]
+    assert float(torch.trapezoid(density, grid[:, 0])) == pytest.approx(1.0, abs=1e-6)
+    # the samples' mean against the density's (standard error of a mean of 1e5 draws)
+    mean = float(torch.trapezoid(density * grid[:, 0], grid[:, 0]))
+    assert abs(float(x.mean()) - mean) < 4 * float(x.std()) / math.sqrt(x.numel())
+    env = envs.make("Pendulum-v1")
+    mpc = MPC(env, "mppi", horizon=5, num_samples=200, noise_std=10.0, seed=0)
+    mpc.reset(env.sample_initial(3, generator=gen))
+    actions, _ = mpc._propose(3)
+    assert actions.abs().max() <= 2.0
+    assert mpc.act(env.sample_initial(3, generator=gen)).abs().max() <= 2.0
+
+
+def test_mppi_swings_the_pendulum_port_up():
+    env = envs.make("Pendulum-v1")
+    state = env.sample_initial(4, generator=torch.Generator().manual_seed(10_000))
+    mpc = MPC(env, "mppi", horizon=15, num_samples=500, alpha=0.3, noise_std=1.0, seed=0)
+    total = torch.zeros(4)
+    for _ in range(200):
+        step = env.step(state, mpc.act(state))
+        total += step.reward
+        state = step.state
+    # four episodes planned at once; a zero-torque policy averages about -1,200 from random
+    # starts and balancing from the bottom costs -100 to -400: every episode swings up
+    assert float(total.max()) > -450 and float(total.mean()) > -400, total
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"method": "smc2"}, "method='smc2' is not available; use one of 'mppi', 'cem'"),
+        ({"horizon": 0}, "horizon=0 is not allowed; use an int >= 1"),
+        ({"num_samples": 1}, "num_samples=1 is not allowed; use an int >= 2"),
+        ({"alpha": -1.0}, "alpha=-1.0 is not allowed"),
+        ({"target_ess": 1.5}, "target_ess=1.5 is not allowed"),
+        ({"gamma": 0.0}, "gamma=0.0 is not allowed"),
+        ({"noise_std": 0.0}, "noise_std=0.0 is not allowed"),
+    ],
+)
+def test_bad_settings_are_named(kwargs, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        MPC(envs.make("Pendulum-v1"), **kwargs)
+
+
+def test_a_state_without_its_batch_dimension_is_refused():
+    mpc = MPC(envs.make("Pendulum-v1"), horizon=3, num_samples=10)
+    with pytest.raises(
+        ValueError, match=r"state has shape \(2,\); MPC.act takes a batch of E states, \[E, 2\]"
+    ):
+        mpc.act(torch.zeros(2))
