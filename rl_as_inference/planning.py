@@ -130,9 +130,10 @@ class MPC:
 
     def __init__(
         self,
-        env: FunctionalEnv,
+        env: FunctionalEnv | Callable,
         method: str = "mppi",
         *,
+        action_space: gym.Space | None = None,
         horizon: int = 15,
         num_samples: int = 1000,
         alpha: float = 1.0,
@@ -147,10 +148,27 @@ class MPC:
         seed: int | None = None,
         record: bool = False,
     ):
+        self.model = None
         if not isinstance(env, FunctionalEnv):
-            raise TypeError(
-                f"MPC plans on a functional env's dynamics (rl_as_inference.envs.make(ID)), got {type(env).__name__}"
-            )
+            if not callable(env):
+                raise TypeError(
+                    "MPC plans on a functional env (rl_as_inference.envs.make(ID)) or a trajectory model "
+                    f"(a callable model(num_episodes, init_state)), got {type(env).__name__}"
+                )
+            self.model = env
+            model_env = getattr(env, "env", None)
+            if not isinstance(model_env, FunctionalEnv):
+                raise TypeError(
+                    f"{env!r} has no functional env at .env: a custom trajectory model needs one there "
+                    "(for its action space, state layout and device)"
+                )
+            env = model_env
+            if action_space is not None and action_space != env.action_space:
+                raise ValueError(
+                    f"action_space={action_space} differs from the model's env's {env.action_space}"
+                )
+            if prior is None:
+                prior = getattr(self.model, "prior", None)
         if method not in METHODS:
             raise ValueError(
                 f"method={method!r} is not available; use one of {', '.join(map(repr, METHODS))}"
@@ -316,11 +334,54 @@ class MPC:
             returns = returns + discount * alive * self.terminal_value(s).to(returns.dtype)
         return returns, log_prior
 
+    def _rollout_model(self, state: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The trajectory model run with its action sites fixed to the K x E plans: the sum of its
+        optimality factors (``O_t``, ``O_H``: r_t / alpha_model, so ``alpha`` here tempers them
+        once more, 1 by default) and of its actions' prior log densities, ``[K, E]`` each, under the
+        model's own scales and masks. Every other site (a stochastic transition, a per-episode
+        latent such as an unknown parameter) is drawn from the model itself, so its density
+        cancels from the weights: the plan's posterior marginalizes them."""
+        from pyro import poutine
+        from pyro.poutine.util import site_is_subsample
+
+        from rl_as_inference.models import sites
+
+        k, e = actions.shape[:2]
+        flat = actions.flatten(0, 1)  # episode k * E + e
+        data = {sites.action_site(t): flat[:, t] for t in range(self.horizon)}
+        init = state.unsqueeze(0).expand(k, *state.shape).flatten(0, 1)
+        # the model's own draws (transitions, latents) come from torch's stream: forked and seeded
+        # from the planner's generator, so a seeded planner repeats (one read of the seed per step)
+        with poutine.block(), torch.random.fork_rng(devices=_cuda_devices(state)):
+            torch.manual_seed(
+                int(torch.randint(0, 2**62, (1,), generator=self.generator, device=state.device))
+            )
+            trace = poutine.trace(poutine.condition(self.model, data=data)).get_trace(k * e, init)
+        factors = torch.zeros(k * e, device=state.device, dtype=self.env.dtype)
+        log_prior = torch.zeros_like(factors)
+        seen = 0
+        for name, site in trace.nodes.items():
+            if site["type"] != "sample" or site_is_subsample(site):
+                continue
+            info = sites.parse_site(name)
+            if info.role == "action":
+                log_prior = log_prior + _per_episode(sites.site_log_prob(site), k * e)
+                seen += 1
+            elif info.role == "factor":
+                factors = factors + _per_episode(sites.site_log_prob(site), k * e)
+        if seen != self.horizon:
+            raise ValueError(
+                f"the model has {seen} action sites a_t, the planner's horizon is {self.horizon}: "
+                "give MPC the model's horizon"
+            )
+        return factors.reshape(k, e), log_prior.reshape(k, e)
+
     def _infer(self, state: torch.Tensor) -> None:
         num_envs = state.shape[0]
         for _ in range(self.iterations):
             actions, log_q = self._propose(num_envs)
-            returns, log_prior = self._rollout(state, actions)
+            rollout = self._rollout if self.model is None else self._rollout_model
+            returns, log_prior = rollout(state, actions)
             if self.target_ess is None:
                 alpha = torch.full((num_envs,), self.alpha, device=state.device, dtype=returns.dtype)
             else:
@@ -389,6 +450,22 @@ class MPC:
                 ]
             )
         return out
+
+
+def _per_episode(log_prob: torch.Tensor, num_episodes: int) -> torch.Tensor:
+    """A site's log density as one value per episode (the episodes plate is the last batch dim)."""
+    if log_prob.dim() == 0:
+        return log_prob.expand(num_episodes)
+    if log_prob.shape[-1] != num_episodes:
+        raise ValueError(
+            f"a site's log density has shape {tuple(log_prob.shape)}; inside the episodes plate of "
+            f"{num_episodes} episodes its last dimension should be {num_episodes}"
+        )
+    return log_prob.reshape(-1, num_episodes).sum(0)
+
+
+def _cuda_devices(x: torch.Tensor) -> list[int]:
+    return [x.device.index or 0] if x.device.type == "cuda" else []
 
 
 def _check_int(name: str, value: object, minimum: int) -> int:

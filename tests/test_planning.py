@@ -203,3 +203,59 @@ def test_a_state_without_its_batch_dimension_is_refused():
         ValueError, match=r"state has shape \(2,\); MPC.act takes a batch of E states, \[E, 2\]"
     ):
         mpc.act(torch.zeros(2))
+
+
+class UnknownGainModel:
+    """A user's own trajectory model with a per-episode latent: x' = x + theta a, theta ~ N(1, 0.3^2)
+    unknown to the planner, r = -(x^2 + a^2), a Gaussian prior N(0, 1) on each action."""
+
+    def __init__(self, horizon: int, alpha: float):
+        self.env, self.horizon, self.alpha = Integrator(), horizon, alpha
+
+    def __call__(self, num_episodes: int, init_state: torch.Tensor | None = None):
+        import pyro
+        import pyro.distributions as dist
+
+        with pyro.plate("episodes", num_episodes, dim=-1):
+            zero = torch.zeros(num_episodes, 1, dtype=torch.float64)
+            gain = pyro.sample("gain", dist.Normal(torch.ones(num_episodes, dtype=torch.float64), 0.3))
+            x = init_state[..., 0]
+            for t in range(self.horizon):
+                a = pyro.sample(f"a_{t}", dist.Normal(zero, 1.0).to_event(1))[..., 0]
+                pyro.factor(f"O_{t}", -(x**2 + a**2) / self.alpha)
+                x = x + gain * a
+
+
+def test_a_custom_model_with_a_latent_parameter_plans_without_code_changes():
+    """H = 2: the plan's posterior marginalizes the unknown gain. a_1 separates, and a_0's marginal is
+
+        N(a_0; 0, 1) exp(-(x_0^2 + a_0^2) / alpha) E_theta[exp(-(x_0 + theta a_0)^2 / alpha)],
+
+    the expectation in closed form for Gaussian theta; its mean by quadrature is the reference."""
+    x0, alpha, sigma = 1.0, 1.0, 0.3
+    grid = np.linspace(-6.0, 6.0, 200_001)
+    spread = alpha + 2 * sigma**2 * grid**2
+    log_f = -(grid**2) / 2 - grid**2 / alpha - (x0 + grid) ** 2 / spread - 0.5 * np.log(spread / alpha)
+    f = np.exp(log_f - log_f.max())
+    exact_mean = float(np.trapezoid(f * grid, grid) / np.trapezoid(f, grid))
+    model = UnknownGainModel(horizon=2, alpha=alpha)
+    mpc = MPC(model, "mppi", horizon=2, num_samples=100_000, noise_std=1.0, seed=3)
+    state = torch.tensor([[x0]], dtype=torch.float64)
+    mpc.reset(state)
+    actions, log_q = mpc._propose(1)
+    factors, log_prior = mpc._rollout_model(state, actions)
+    weights = torch.softmax(factors + log_prior - log_q, 0)[:, 0]
+    a0 = actions[:, 0, 0, 0]
+    estimate = float((weights * a0).sum())
+    se = float(torch.sqrt((weights**2 * (a0 - estimate) ** 2).sum()))
+    assert abs(estimate - exact_mean) < 4 * se, (estimate, exact_mean, se)
+    # the gain's uncertainty matters: the plan that knows theta = 1 acts differently
+    known = _soft_lqr_plan(x0, 2, alpha, 1.0)[0]  # the same model and prior with theta = 1
+    assert abs(known - exact_mean) > 10 * se, (known, exact_mean, se)
+    assert mpc.act(state).shape == (1, 1)
+
+
+def test_a_model_whose_horizon_differs_is_named():
+    mpc = MPC(UnknownGainModel(horizon=3, alpha=1.0), horizon=2, num_samples=10)
+    with pytest.raises(ValueError, match="the model has 3 action sites a_t, the planner's horizon is 2"):
+        mpc.act(torch.tensor([[1.0]], dtype=torch.float64))
