@@ -107,6 +107,53 @@ def _parser() -> argparse.ArgumentParser:
         "--no-progress", action="store_true", help="no progress bar (shown on a terminal by default)"
     )
 
+    plan = sub.add_parser(
+        "plan",
+        help="control Gymnasium's own env by planning as inference on the torch port's dynamics",
+        description="Model-predictive control: at every step infer the posterior over the next H actions "
+        "given optimality (importance sampling, mppi, or the cross-entropy method, cem) on the torch port's "
+        "dynamics from the true state of Gymnasium's env, act with the first action, shift the plan. Prints "
+        "the mean return and the planner's milliseconds per control step; --out writes the per-step "
+        "diagnostics (ESS, temperature, PSIS k-hat) as DIR/plan.nc (ArviZ InferenceData).",
+    )
+    plan.add_argument("--env", required=True, metavar="ID", help="a Gymnasium id with a torch port")
+    plan.add_argument("--method", default="mppi", help="mppi or cem (default mppi)")
+    plan.add_argument(
+        "--horizon", type=int, default=15, metavar="H", help="actions planned ahead (default 15)"
+    )
+    plan.add_argument(
+        "--samples", type=int, default=1000, metavar="K", help="sampled plans per step (default 1000)"
+    )
+    plan.add_argument("--episodes", type=int, default=10, metavar="N", help="episodes (default 10)")
+    plan.add_argument(
+        "--seed",
+        type=int,
+        default=10_000,
+        metavar="N",
+        help="episode i is reset with seed N + i (default 10000)",
+    )
+    plan.add_argument("--alpha", type=float, default=1.0, help="the temperature, reward units (default 1)")
+    plan.add_argument(
+        "--target-ess",
+        type=float,
+        default=None,
+        metavar="F",
+        help="set the temperature every step so that the weights' ESS is F x K (replaces --alpha)",
+    )
+    plan.add_argument(
+        "--noise-std", type=float, default=None, help="the proposal's scale (default: half the action box)"
+    )
+    plan.add_argument("--iterations", type=int, default=1, help="inference rounds per step (default 1)")
+    plan.add_argument(
+        "--prior",
+        choices=("uniform", "plan"),
+        default="uniform",
+        help="pi: uniform over the actions (default), or the last plan itself (q_new proportional to q exp(R / alpha), "
+        "weights exp(R / alpha): MPPI's usual update)",
+    )
+    plan.add_argument("--device", default=None, help="cpu, cuda or auto (default cpu)")
+    plan.add_argument("--out", default=None, metavar="DIR", help="write DIR/plan.nc")
+
     inspect = sub.add_parser(
         "inspect",
         help="diagnose a trained policy as importance sampling of p(tau | O) (ArviZ)",
@@ -133,7 +180,7 @@ def _parser() -> argparse.ArgumentParser:
     inspect.add_argument(
         "--device", choices=("cpu", "cuda", "auto"), default="cpu", help="where to run the episodes"
     )
-    for command in (train, evaluate, inspect):
+    for command in (train, evaluate, inspect, plan):
         command.add_argument(
             "--threads",
             type=int,
@@ -192,6 +239,32 @@ def _inspect(args: argparse.Namespace) -> None:
     for name, value in rows:
         print(f"  {name:<{width}}  {value}")
     print(f"wrote {out / 'posterior.nc'} and {', '.join(p.name for p in paths.values())}")
+
+
+def _plan(args: argparse.Namespace) -> None:
+    from rl_as_inference import plan_run
+
+    result = plan_run.plan_episodes(
+        args.env,
+        method=args.method,
+        horizon=args.horizon,
+        num_samples=args.samples,
+        episodes=args.episodes,
+        seed=args.seed,
+        device=args.device,
+        alpha=args.alpha,
+        target_ess=args.target_ess,
+        noise_std=args.noise_std,
+        iterations=args.iterations,
+        prior="plan" if args.prior == "plan" else None,
+    )
+    returns = np.asarray(result.returns)
+    print(
+        f"{len(returns)} episodes: mean return {returns.mean():.2f} +- {returns.std():.2f} (std); "
+        f"{result.ms_per_step:.2f} ms per control step (median of {result.steps})"
+    )
+    if args.out is not None:
+        print(f"diagnostics: {plan_run.write_inference_data(result, args.out)}")
 
 
 def _summary(run_dir: Path) -> None:
@@ -284,6 +357,8 @@ def main(argv: list[str] | None = None) -> int:
                 _summary(run_dir)
         elif args.command == "inspect":
             _inspect(args)
+        elif args.command == "plan":
+            _plan(args)
         else:
             returns = runs.evaluate(
                 args.run_dir,

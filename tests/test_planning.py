@@ -132,8 +132,8 @@ def test_the_temperature_hits_the_target_ess():
     for target in (5.0, 50.0, 250.0):
         alpha = temperature_for_ess(returns, torch.zeros_like(returns), target)
         ess = kish_ess(returns / alpha)
-        # bisection to float precision on a continuous, increasing function: exact to 1e-6
-        assert torch.allclose(ess, torch.full_like(ess, target), rtol=1e-6), (target, ess)
+        # bisection brackets log alpha within 2e-6 nats, and d log ESS / d log alpha <= 2 here
+        assert torch.allclose(ess, torch.full_like(ess, target), rtol=1e-4), (target, ess)
     env = envs.make("Pendulum-v1")
     # the proposal is not the (uniform) prior, so the weights keep pi / q as alpha grows and the
     # reachable ESS is bounded by that ratio's (here at least ~39 of 400): a target of 20 is reachable
@@ -143,7 +143,8 @@ def test_the_temperature_hits_the_target_ess():
         state = env.step(state, mpc.act(state)).state
     ess = mpc.diagnostics()["ess"]
     assert ess.shape == (3, 4)
-    np.testing.assert_allclose(ess, 20.0, rtol=1e-4)
+    # float32 weights: logsumexp of returns / alpha of size ~1e3 carries ~1e-4 relative error
+    np.testing.assert_allclose(ess, 20.0, rtol=1e-3)
 
 
 def test_the_truncated_proposal_stays_in_the_box_and_its_density_integrates_to_one():
@@ -259,3 +260,35 @@ def test_a_model_whose_horizon_differs_is_named():
     mpc = MPC(UnknownGainModel(horizon=3, alpha=1.0), horizon=2, num_samples=10)
     with pytest.raises(ValueError, match="the model has 3 action sites a_t, the planner's horizon is 2"):
         mpc.act(torch.tensor([[1.0]], dtype=torch.float64))
+
+
+def test_rlai_plan_controls_gymnasiums_pendulum_and_writes_arviz_data(tmp_path, capsys):
+    import arviz as az
+
+    from rl_as_inference.cli import main
+
+    code = main(
+        ["plan", "--env", "Pendulum-v1", "--episodes", "2", "--samples", "300", "--alpha", "0.3",
+         "--noise-std", "1.0", "--out", str(tmp_path)]
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0, out
+    mean = float(out.split("mean return ")[1].split()[0])
+    # Gymnasium's own Pendulum-v1 from seeds 10000 and 10001: a planned swing-up and balance
+    # scores far above the -1,200 of doing nothing
+    assert mean > -400, out
+    assert "ms per control step (median of 400)" in out
+    data = az.from_netcdf(str(tmp_path / "plan.nc"))
+    stats = data.sample_stats
+    assert dict(stats.sizes) == {"chain": 2, "draw": 200}
+    assert {"ess", "alpha", "pareto_k", "episode_return"} <= set(stats.data_vars)
+    assert float(stats.ess.min()) >= 1.0 and float(stats.ess.max()) <= 300.0
+    summary = az.summary(data, group="sample_stats", var_names=["ess"], kind="stats")
+    assert summary.shape[0] == 1
+
+
+def test_rlai_plan_names_a_bad_method(capsys):
+    from rl_as_inference.cli import main
+
+    assert main(["plan", "--env", "Pendulum-v1", "--method", "nope", "--episodes", "1"]) == 2
+    assert "method='nope' is not available; use one of 'mppi', 'cem'" in capsys.readouterr().err

@@ -1,0 +1,134 @@
+"""``rlai plan``: the planner of :mod:`rl_as_inference.planning` controlling Gymnasium's own env.
+
+Each control step reads the true state of Gymnasium's environment (``env.unwrapped.state``, the
+layout the torch ports share with Gymnasium's classic-control code), plans on the torch port's
+dynamics and applies the first action to Gymnasium's env, so the return is Gymnasium's. Episodes
+are reset with seeds ``seed + i``. The per-step diagnostics (the weights' ESS, the temperature and,
+where the log weights are kept, PSIS k-hat) go to an ArviZ ``InferenceData`` whose
+``sample_stats`` group has dims ``(chain, draw)`` = (episode, control step), the layout ArviZ's
+own functions read.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rl_as_inference import envs
+from rl_as_inference.planning import MPC
+
+__all__ = ["PlanResult", "plan_episodes", "write_inference_data"]
+
+
+@dataclass
+class PlanResult:
+    """What :func:`plan_episodes` measured."""
+
+    returns: list[float]
+    ms_per_step: float  # wall-clock of the planner's act per control step, median over steps
+    steps: int
+    diagnostics: dict[str, np.ndarray] = field(default_factory=dict)  # [episode, step] each
+
+    def to_inference_data(self):
+        """The per-step diagnostics as ArviZ ``InferenceData`` (episodes as chains, steps as draws)."""
+        import arviz as az
+
+        longest = max(v.shape[1] for v in self.diagnostics.values())
+        padded = {
+            k: np.pad(v, ((0, 0), (0, longest - v.shape[1])), constant_values=np.nan)
+            for k, v in self.diagnostics.items()
+        }
+        padded["episode_return"] = np.repeat(np.asarray(self.returns)[:, None], longest, axis=1)
+        return az.from_dict(sample_stats=padded)
+
+
+def _state_of(gym_env, port: envs.FunctionalEnv) -> torch.Tensor:
+    raw = getattr(gym_env.unwrapped, "state", None)
+    if raw is None:
+        raise ValueError(
+            f"{port.name}: Gymnasium's env exposes no .state to plan from; rlai plan reads the state of "
+            "the classic-control ports (Pendulum-v1, CartPole-v1, MountainCar-v0, MountainCarContinuous-v0, "
+            "Acrobot-v1)"
+        )
+    return torch.as_tensor(np.asarray(raw, dtype=np.float64), dtype=port.dtype, device=port.device)[None]
+
+
+def plan_episodes(
+    env_id: str,
+    *,
+    method: str = "mppi",
+    horizon: int = 15,
+    num_samples: int = 1000,
+    episodes: int = 10,
+    seed: int = 10_000,
+    device: str | None = None,
+    record: bool = True,
+    **planner,
+) -> PlanResult:
+    """Plan ``episodes`` episodes of Gymnasium's ``env_id`` with an :class:`MPC` on its torch port.
+
+    Args:
+        env_id: a Gymnasium id with a torch port (its dynamics are what the planner rolls out).
+        method, horizon, num_samples, **planner: the :class:`MPC`'s settings.
+        episodes: episodes to run; episode i is reset with seed ``seed + i``.
+        device: where the planner runs (the port's device).
+        record: keep the log weights for PSIS k-hat.
+    """
+    import gymnasium as gym
+
+    if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
+        raise ValueError(f"episodes={episodes!r} is not allowed; use an int >= 1")
+    port = envs.make(env_id, device=device)
+    gym_env = gym.make(env_id)
+    returns, times, per_episode = [], [], []
+    try:
+        for i in range(episodes):
+            obs, _ = gym_env.reset(seed=seed + i)
+            mpc = MPC(
+                port,
+                method,
+                horizon=horizon,
+                num_samples=num_samples,
+                seed=seed + i,
+                record=record,
+                **planner,
+            )
+            total, done = 0.0, False
+            while not done:
+                state = _state_of(gym_env, port)
+                start = time.perf_counter()
+                action = mpc.act(state)[0]
+                if port.device.type == "cuda":
+                    torch.cuda.synchronize()
+                times.append(time.perf_counter() - start)
+                a = action.cpu().numpy()
+                a = int(a) if port.action_space.shape == () else a.astype(port.action_space.dtype)
+                obs, reward, terminated, truncated, _ = gym_env.step(a)
+                total += float(reward)
+                done = terminated or truncated
+            returns.append(total)
+            per_episode.append({k: v[:, 0] for k, v in mpc.diagnostics().items()})
+    finally:
+        gym_env.close()
+    keys = per_episode[0].keys()
+    longest = max(len(d["ess"]) for d in per_episode)
+    diagnostics = {
+        k: np.stack([np.pad(d[k], (0, longest - len(d[k])), constant_values=np.nan) for d in per_episode])
+        for k in keys
+    }
+    return PlanResult(returns, 1e3 * float(np.median(times)), len(times), diagnostics)
+
+
+def write_inference_data(result: PlanResult, out: str | Path) -> Path:
+    """Write the diagnostics as ``OUT/plan.nc``; returns the path."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "plan.nc"
+    partial = out / ".plan.nc.tmp"  # written whole, then renamed: never a half-written plan.nc
+    result.to_inference_data().to_netcdf(str(partial))
+    partial.replace(path)
+    return path
