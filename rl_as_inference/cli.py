@@ -111,13 +111,14 @@ def _parser() -> argparse.ArgumentParser:
         "plan",
         help="control Gymnasium's own env by planning as inference on the torch port's dynamics",
         description="Model-predictive control: at every step infer the posterior over the next H actions "
-        "given optimality (importance sampling, mppi, or the cross-entropy method, cem) on the torch port's "
+        "given optimality (importance sampling, mppi; the cross-entropy method, cem; stochastic variational "
+        "inference, svi; sequential Monte Carlo, smc) on the torch port's "
         "dynamics from the true state of Gymnasium's env, act with the first action, shift the plan. Prints "
         "the mean return and the planner's milliseconds per control step; --out writes the per-step "
         "diagnostics (ESS, temperature, PSIS k-hat) as DIR/plan.nc (ArviZ InferenceData).",
     )
     plan.add_argument("--env", required=True, metavar="ID", help="a Gymnasium id with a torch port")
-    plan.add_argument("--method", default="mppi", help="mppi or cem (default mppi)")
+    plan.add_argument("--method", default="mppi", help="mppi, cem, svi or smc (default mppi)")
     plan.add_argument(
         "--horizon", type=int, default=15, metavar="H", help="actions planned ahead (default 15)"
     )

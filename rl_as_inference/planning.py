@@ -24,6 +24,12 @@ Methods (``method=``):
   2017) is this estimator with a Gaussian prior on the proposal's noise.
 - ``"cem"``: the cross-entropy method, the elite fraction of the samples by R / alpha + log pi,
   refitting the proposal's mean and scale (or probabilities) to them.
+- ``"svi"``: the variational form: Adam steps on the plan's parameters (per step mean and log
+  scale, or probabilities) ascending the ELBO E_q[R / alpha + log pi - log q], pathwise through
+  a differentiable env, by the score function otherwise.
+- ``"smc"``: sequential Monte Carlo over the horizon (Piché et al. 2019): particles weighted step
+  by step and resampled where their ESS falls below half, so partial plans that are already
+  poor stop being extended.
 
 The temperature is ``alpha`` fixed, or, with ``target_ess`` (a fraction of K), chosen at every
 step and for every env by bisection on log alpha so that the Kish effective sample size of the
@@ -50,7 +56,7 @@ from rl_as_inference.envs import FunctionalEnv
 
 __all__ = ["METHODS", "MPC", "kish_ess", "temperature_for_ess"]
 
-METHODS = ("mppi", "cem")
+METHODS = ("mppi", "cem", "svi", "smc")
 # bisection on log alpha: a 28-nat bracket halved 24 times is narrower than 2e-6 nats (a grid
 # of points per round took fewer operations for one env but far more work for many)
 _BISECTION_STEPS = 24
@@ -111,7 +117,7 @@ class MPC:
     Args:
         env: a :class:`~rl_as_inference.envs.FunctionalEnv` (a torch port, a user's env, a
             finite MDP) whose ``step`` the planner rolls out; Box or Discrete actions.
-        method: ``"mppi"`` or ``"cem"`` (see the module docstring).
+        method: ``"mppi"``, ``"cem"``, ``"svi"`` or ``"smc"`` (see the module docstring).
         horizon: H >= 1, the actions planned ahead.
         num_samples: K >= 2 sampled plans per env and iteration.
         alpha: the fixed temperature (reward units), unless ``target_ess`` is given.
@@ -131,7 +137,8 @@ class MPC:
         gamma: the discount of the plan's rewards, in (0, 1].
         terminal_value: V(s_H) in reward units, a callable of ``[K, E, ...]`` states returning
             ``[K, E]`` (a trained critic's value, say); None: 0.
-        min_std: floor of ``"cem"``'s refitted scale.
+        min_std: floor of the scale ``"cem"`` refits and ``"svi"`` learns.
+        lr: ``"svi"``'s Adam learning rate on the plan's mean (action units) and log scale.
         seed: seeds the planner's own generator (None: drawn from torch's global stream).
         record: keep every control step's log weights for :meth:`diagnostics`' k-hat.
     """
@@ -153,6 +160,7 @@ class MPC:
         gamma: float = 1.0,
         terminal_value: Callable[[torch.Tensor], torch.Tensor] | None = None,
         min_std: float = 1e-3,
+        lr: float = 0.1,
         seed: int | None = None,
         record: bool = False,
     ):
@@ -201,6 +209,9 @@ class MPC:
                 f"elite_fraction={elite_fraction!r} is not allowed with num_samples={num_samples}: use a "
                 "fraction in (0, 1] that keeps at least one sample"
             )
+        if not (isinstance(lr, int | float) and 0 < lr < math.inf):
+            raise ValueError(f"lr={lr!r} is not allowed; use a positive finite number")
+        self.lr = float(lr)
         self.alpha, self.target_ess = float(alpha), target_ess
         self.gamma, self.terminal_value = float(gamma), terminal_value
         self.elite_fraction, self.min_std, self.record = float(elite_fraction), float(min_std), record
@@ -290,27 +301,35 @@ class MPC:
 
     # ------------------------------------------------------------------ one round of inference
     def _propose(self, num_envs: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """K plans ``[K, E, H(, d)]`` and their log q ``[K, E]``."""
+        """K plans ``[K, E, H(, d)]`` and their log q ``[K, E]`` (Box samples are differentiable
+        in the plan's loc and scale: the inverse-CDF draw of a truncated normal)."""
         k, plan = self.num_samples, self._plan
         if self.discrete:
-            probs = plan["probs"]
-            flat = probs.reshape(-1, self.num_actions)
+            flat = plan["probs"].detach().reshape(-1, self.num_actions)
             draws = torch.multinomial(flat, k, replacement=True, generator=self.generator)  # [E H, K]
             actions = draws.T.reshape(k, num_envs, self.horizon)
-            log_q = (
-                probs.log().unsqueeze(0).expand(k, -1, -1, -1).gather(-1, actions.unsqueeze(-1)).squeeze(-1)
-            )
-            return actions, log_q.sum(-1)
+        else:
+            loc, scale = plan["loc"], plan["scale"]
+            shape = (k, *loc.shape)
+            if self.bounded:
+                actions = _truncated_normal_sample(loc, scale, self.low, self.high, shape, self.generator)
+            else:
+                noise = torch.randn(shape, generator=self.generator, device=loc.device, dtype=loc.dtype)
+                actions = loc + scale * noise
+        return actions, self._log_q(actions)
+
+    def _log_q(self, actions: torch.Tensor) -> torch.Tensor:
+        """log q of K plans under the current plan, ``[K, E]``."""
+        plan, k = self._plan, actions.shape[0]
+        if self.discrete:
+            log_probs = plan["probs"].log().unsqueeze(0).expand(k, -1, -1, -1)
+            return log_probs.gather(-1, actions.unsqueeze(-1)).squeeze(-1).sum(-1)
         loc, scale = plan["loc"], plan["scale"]
-        shape = (k, *loc.shape)
         if self.bounded:
-            actions = _truncated_normal_sample(loc, scale, self.low, self.high, shape, self.generator)
             log_q = _truncated_normal_log_prob(actions, loc, scale, self.low, self.high)
         else:
-            noise = torch.randn(shape, generator=self.generator, device=loc.device, dtype=loc.dtype)
-            actions = loc + scale * noise
             log_q = torch.distributions.Normal(loc, scale).log_prob(actions)
-        return actions, log_q.sum((-1, -2))
+        return log_q.sum((-1, -2))
 
     def _rollout(self, state: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Discounted returns ``[K, E]`` (plus gamma^H V(s_H)) and sum_t log pi ``[K, E]``."""
@@ -389,7 +408,147 @@ class MPC:
             )
         return factors.reshape(k, e), log_prior.reshape(k, e)
 
+    def _temperature(self, returns, log_prior, log_q) -> torch.Tensor:
+        if self.target_ess is None:
+            return torch.full(returns.shape[1:], self.alpha, device=returns.device, dtype=returns.dtype)
+        return temperature_for_ess(returns, log_prior - log_q, self.target_ess * self.num_samples)
+
+    def _infer_svi(self, state: torch.Tensor) -> None:
+        """``iterations`` Adam steps on the plan's parameters, ascending the ELBO
+        E_q[R / alpha + log pi - log q] estimated from K samples: pathwise through the env where
+        it is differentiable (Box actions), by the score function with the samples' mean as
+        baseline otherwise."""
+        num_envs, plan = state.shape[0], self._plan
+        if self.discrete:
+            params = [plan["probs"].log().clone().requires_grad_(True)]
+        else:
+            params = [
+                plan["loc"].clone().requires_grad_(True),
+                plan["scale"].log().clone().requires_grad_(True),
+            ]
+        optimizer = torch.optim.Adam(params, lr=self.lr)
+        pathwise = self.model is None and not self.discrete and self.env.differentiable
+        rollout = self._rollout if self.model is None else self._rollout_model
+        with torch.enable_grad():
+            for _ in range(self.iterations):
+                if self.discrete:
+                    plan["probs"] = params[0].softmax(-1)
+                else:
+                    plan["loc"], plan["scale"] = params[0], params[1].exp()
+                actions, _ = self._propose(num_envs)
+                if not pathwise:
+                    actions = actions.detach()
+                log_q = self._log_q(actions)
+                returns, log_prior = rollout(state, actions)
+                if self.prior_is_plan:
+                    log_prior = log_q.detach()  # pi is the plan at the start of the step
+                alpha = self._temperature(returns.detach(), log_prior.detach(), log_q.detach())
+                elbo_terms = returns / alpha + log_prior - log_q  # [K, E]
+                if pathwise:
+                    loss = -elbo_terms.mean(0).sum()
+                else:
+                    centred = (elbo_terms - elbo_terms.mean(0)).detach()
+                    loss = -(centred * log_q).mean(0).sum()
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                if not self.discrete:
+                    with torch.no_grad():  # projected steps: the mean stays in the action box
+                        if self.bounded:
+                            params[0].copy_(torch.maximum(torch.minimum(params[0], self.high), self.low))
+                        params[1].clamp_(min=math.log(self.min_std))
+        if self.discrete:
+            plan["probs"] = params[0].detach().softmax(-1)
+            self.last_first_action_probs = plan["probs"][:, 0].clone()
+        else:
+            plan["loc"] = params[0].detach()
+            plan["scale"] = params[1].detach().exp().clamp_min(self.min_std)
+        self._log_step(elbo_terms.detach(), alpha)
+
+    def _log_step(self, log_weights: torch.Tensor, alpha: torch.Tensor) -> None:
+        self._history["ess"].append(kish_ess(log_weights))
+        self._history["alpha"].append(alpha)
+        if self.record:
+            self._history["log_weights"].append(log_weights)
+
+    def _infer_smc(self, state: torch.Tensor) -> None:
+        """Sequential Monte Carlo over the horizon (Piché et al. 2019): K particles per env draw
+        a_t from the plan's step-t proposal, step the env and take the incremental weight
+        exp(r_t / alpha) pi(a_t) / q_t(a_t); whenever an env's ESS falls below K / 2 its particles
+        are resampled (multinomially, their action histories with them) and their weights
+        equalized. The final weights (with gamma^H V(s_H) / alpha) weight the surviving action
+        histories, from which the plan is refitted as by ``"mppi"``."""
+        env, k, num_envs = self.env, self.num_samples, state.shape[0]
+        actions, log_q_all = self._propose(num_envs)  # every particle's proposal, drawn up front
+        per_step_log_q = self._per_step_log_q(actions)  # [K, E, H]
+        alpha = torch.full((num_envs,), self.alpha, device=state.device, dtype=env.dtype)
+        s = state.unsqueeze(0).expand(k, *state.shape)
+        log_w = torch.zeros(k, num_envs, device=state.device, dtype=env.dtype)
+        alive = torch.ones_like(log_w)
+        history = actions.clone()
+        rows = torch.arange(num_envs, device=state.device)
+        discount = 1.0
+        for t in range(self.horizon):
+            a = history[:, :, t]
+            log_prior = (
+                torch.full_like(log_w, self._uniform_log_density)
+                if self._uniform_log_density is not None
+                else self.prior.dist_at(t, s, env).log_prob(a).to(log_w.dtype)
+            )
+            if self.prior_is_plan:
+                log_prior = per_step_log_q[:, :, t]
+            step = env.step(s, a, generator=self.generator) if t == 0 else self._pure_step(s, a)
+            log_w = log_w + discount * alive * step.reward.to(log_w.dtype) / alpha
+            log_w = log_w + log_prior - per_step_log_q[:, :, t]
+            alive = alive * (~step.terminated).to(log_w.dtype)
+            s = step.state
+            discount *= self.gamma
+            if t + 1 < self.horizon:  # resample where the weights have degenerated (on the device)
+                degenerate = kish_ess(log_w) < k / 2  # [E]
+                picks = torch.multinomial(
+                    torch.softmax(log_w, 0).T, k, replacement=True, generator=self.generator
+                )
+                keep = torch.arange(k, device=state.device).expand(num_envs, k)
+                index = torch.where(degenerate[:, None], picks, keep).T  # [K, E]
+                history = history[index, rows]
+                per_step_log_q = per_step_log_q[index, rows]
+                s, alive = s[index, rows], alive[index, rows]
+                mean_w = torch.logsumexp(log_w, 0) - math.log(k)
+                log_w = torch.where(degenerate, mean_w, log_w)
+        if self.terminal_value is not None:
+            log_w = log_w + discount * alive * self.terminal_value(s).to(log_w.dtype) / alpha
+        self._update(history, torch.softmax(log_w, 0))
+        self._log_step(log_w, alpha)
+
+    def _per_step_log_q(self, actions: torch.Tensor) -> torch.Tensor:
+        """log q_t(a_t) of each step of K plans, ``[K, E, H]``."""
+        plan, k = self._plan, actions.shape[0]
+        if self.discrete:
+            log_probs = plan["probs"].log().unsqueeze(0).expand(k, -1, -1, -1)
+            return log_probs.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+        loc, scale = plan["loc"], plan["scale"]
+        if self.bounded:
+            return _truncated_normal_log_prob(actions, loc, scale, self.low, self.high).sum(-1)
+        return torch.distributions.Normal(loc, scale).log_prob(actions).sum(-1)
+
+    def _pure_step(self, s: torch.Tensor, a: torch.Tensor):
+        if self.env.stochastic:
+            return self.env._step(s, a, self.env.sample_next(s, a, self.generator))
+        return self.env._step(s, a)
+
     def _infer(self, state: torch.Tensor) -> None:
+        if self.method == "svi":
+            return self._infer_svi(state)
+        if self.method == "smc":
+            if self.model is not None:
+                raise ValueError(
+                    "method='smc' steps a functional env; plan a trajectory model with 'mppi', 'cem' or 'svi'"
+                )
+            if self.target_ess is not None:
+                raise ValueError(
+                    "method='smc' takes a fixed alpha (its weights are built step by step); drop target_ess"
+                )
+            return self._infer_smc(state)
         num_envs = state.shape[0]
         for _ in range(self.iterations):
             actions, log_q = self._propose(num_envs)
@@ -397,10 +556,7 @@ class MPC:
             returns, log_prior = rollout(state, actions)
             if self.prior_is_plan:
                 log_prior = log_q  # pi is the plan that proposed: the weights are exp(R / alpha)
-            if self.target_ess is None:
-                alpha = torch.full((num_envs,), self.alpha, device=state.device, dtype=returns.dtype)
-            else:
-                alpha = temperature_for_ess(returns, log_prior - log_q, self.target_ess * self.num_samples)
+            alpha = self._temperature(returns, log_prior, log_q)
             log_target = returns / alpha + log_prior
             log_weights = log_target - log_q
             if self.method == "mppi":
@@ -410,10 +566,7 @@ class MPC:
                 top = log_target.topk(elites, dim=0).indices
                 weights = torch.zeros_like(log_target).scatter_(0, top, 1.0 / elites)
             self._update(actions, weights)
-        self._history["ess"].append(kish_ess(log_weights))
-        self._history["alpha"].append(alpha)
-        if self.record:
-            self._history["log_weights"].append(log_weights)
+        self._log_step(log_weights, alpha)
 
     def _update(self, actions: torch.Tensor, weights: torch.Tensor) -> None:
         plan = self._plan

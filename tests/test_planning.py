@@ -109,6 +109,48 @@ def test_cem_first_action_converges_to_the_soft_lqr_action():
     assert abs(first - exact_plan[0]) < 0.02, (first, exact_plan[0])
 
 
+def test_svi_first_action_converges_to_the_soft_lqr_action():
+    """Mean-field Gaussian VI of a Gaussian posterior recovers its mean exactly: the SVI plan's
+    first action is the soft-LQR one up to the optimizer's noise."""
+    env, horizon, alpha, scale, x0 = Integrator(), 4, 2.0, 1.0, 1.0
+    exact_plan = _soft_lqr_plan(x0, horizon, alpha, scale)
+    mpc = MPC(
+        env,
+        "svi",
+        horizon=horizon,
+        num_samples=500,
+        alpha=alpha,
+        prior=models.GaussianPrior(scale),
+        iterations=400,
+        lr=0.02,
+        seed=0,
+    )
+    first = float(mpc.act(torch.tensor([[x0]], dtype=torch.float64))[0, 0])
+    # Adam at lr 0.02 on pathwise gradients of 500 samples: the last iterates jitter by ~5e-3
+    assert abs(first - exact_plan[0]) < 0.02, (first, exact_plan[0])
+
+
+def test_smc_first_action_converges_to_the_soft_lqr_action():
+    env, horizon, alpha, scale, x0 = Integrator(), 4, 2.0, 1.0, 1.0
+    exact_plan = _soft_lqr_plan(x0, horizon, alpha, scale)
+    estimates = []
+    for seed in range(5):
+        mpc = MPC(
+            env,
+            "smc",
+            horizon=horizon,
+            num_samples=20_000,
+            alpha=alpha,
+            prior=models.GaussianPrior(scale),
+            noise_std=scale,
+            seed=seed,
+        )
+        estimates.append(float(mpc.act(torch.tensor([[x0]], dtype=torch.float64))[0, 0]))
+    # resampling correlates the particles, so the standard error is taken from five independent runs
+    se = float(np.std(estimates, ddof=1) / math.sqrt(len(estimates)))
+    assert abs(np.mean(estimates) - exact_plan[0]) < 4 * se + 1e-3, (estimates, exact_plan[0], se)
+
+
 def test_mppi_on_a_deterministic_mdp_gives_the_exact_first_step_posterior():
     """gamma = 1 and deterministic dynamics: the posterior over plans' first action is q*_0."""
     mdp = envs.random_mdp(5, 3, seed=4, deterministic=True, dtype=torch.float64)
@@ -184,7 +226,7 @@ def test_mppi_swings_the_pendulum_port_up():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"method": "smc2"}, "method='smc2' is not available; use one of 'mppi', 'cem'"),
+        ({"method": "smc2"}, "method='smc2' is not available; use one of 'mppi', 'cem', 'svi', 'smc'"),
         ({"horizon": 0}, "horizon=0 is not allowed; use an int >= 1"),
         ({"num_samples": 1}, "num_samples=1 is not allowed; use an int >= 2"),
         ({"alpha": -1.0}, "alpha=-1.0 is not allowed"),
@@ -291,4 +333,4 @@ def test_rlai_plan_names_a_bad_method(capsys):
     from rl_as_inference.cli import main
 
     assert main(["plan", "--env", "Pendulum-v1", "--method", "nope", "--episodes", "1"]) == 2
-    assert "method='nope' is not available; use one of 'mppi', 'cem'" in capsys.readouterr().err
+    assert "method='nope' is not available; use one of 'mppi', 'cem', 'svi', 'smc'" in capsys.readouterr().err
