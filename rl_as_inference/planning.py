@@ -95,14 +95,22 @@ def temperature_for_ess(returns: torch.Tensor, log_ratio: torch.Tensor, target: 
     return ((low + high) / 2).exp()
 
 
+def _standard_normal_cdf(z: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (1.0 + torch.erf(z * (1.0 / math.sqrt(2.0))))
+
+
 def _truncated_normal_sample(loc, scale, low, high, shape, generator):
-    """Samples of Normal(loc, scale) restricted to [low, high], by inverting its CDF."""
-    normal = torch.distributions.Normal(torch.zeros_like(loc), torch.ones_like(loc))
-    a = normal.cdf((low - loc) / scale)
-    b = normal.cdf((high - loc) / scale)
+    """Samples of Normal(loc, scale) restricted to [low, high], by inverting its CDF.
+
+    The inverse is sqrt(2) erfinv(2p - 1) (several times faster than ``torch.special.ndtri`` here),
+    with p kept a machine epsilon away from 0 and 1 so that it stays finite, and so do its
+    gradients in loc and scale (``"svi"`` differentiates through the draw)."""
+    a = _standard_normal_cdf((low - loc) / scale)
+    b = _standard_normal_cdf((high - loc) / scale)
     u = torch.rand(shape, generator=generator, device=loc.device, dtype=loc.dtype)
-    p = (a + u * (b - a)).clamp(1e-12, 1 - 1e-12)
-    return (loc + scale * torch.special.ndtri(p)).clamp(low, high)
+    eps = torch.finfo(loc.dtype).eps
+    p = (a + u * (b - a)).clamp(eps, 1 - eps)
+    return (loc + scale * (math.sqrt(2.0) * torch.erfinv(2 * p - 1))).clamp(low, high)
 
 
 def _truncated_normal_log_prob(x, loc, scale, low, high):
@@ -344,26 +352,29 @@ class MPC:
             if constant is not None
             else torch.zeros_like(returns)
         )
-        alive = torch.ones_like(returns)
+        # a differentiable env never terminates (its contract), so it needs no survival mask
+        alive = None if env.differentiable else torch.ones_like(returns)
         discount = 1.0
+        per_step = actions.movedim(2, 0)  # [H, K, E, ...]: each step's actions are one slab
+        if not self.discrete:
+            per_step = per_step.contiguous()
         for t in range(self.horizon):
-            a = actions[:, :, t]
+            a = per_step[t]
             if constant is None:
                 log_prior = log_prior + self.prior.dist_at(t, s, env).log_prob(a).to(returns.dtype)
-            # the first step goes through env.step's checks of state, action and reward; the rest
-            # are the same env on actions drawn in its space, so the pure step is called directly
-            if t == 0:
-                step = env.step(s, a, generator=self.generator)
-            elif env.stochastic:
-                step = env._step(s, a, env.sample_next(s, a, self.generator))
-            else:
-                step = env._step(s, a)
-            returns = returns + discount * alive * step.reward.to(returns.dtype)
-            alive = alive * (~step.terminated).to(returns.dtype)
+            # the state was checked by act and the actions are drawn in the env's space, so the
+            # pure step runs directly; the returns are checked once below
+            step = self._pure_step(s, a)
+            reward = step.reward if alive is None else alive * step.reward
+            returns = returns + (reward if discount == 1.0 else discount * reward)
+            if alive is not None:
+                alive = alive * (~step.terminated).to(returns.dtype)
             s = step.state
             discount *= self.gamma
         if self.terminal_value is not None:
-            returns = returns + discount * alive * self.terminal_value(s).to(returns.dtype)
+            value = self.terminal_value(s).to(returns.dtype)
+            returns = returns + discount * (value if alive is None else alive * value)
+        _check_finite_returns(returns, env)
         return returns, log_prior
 
     def _rollout_model(self, state: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -497,7 +508,7 @@ class MPC:
             )
             if self.prior_is_plan:
                 log_prior = per_step_log_q[:, :, t]
-            step = env.step(s, a, generator=self.generator) if t == 0 else self._pure_step(s, a)
+            step = self._pure_step(s, a)
             log_w = log_w + discount * alive * step.reward.to(log_w.dtype) / alpha
             log_w = log_w + log_prior - per_step_log_q[:, :, t]
             alive = alive * (~step.terminated).to(log_w.dtype)
@@ -517,6 +528,7 @@ class MPC:
                 log_w = torch.where(degenerate, mean_w, log_w)
         if self.terminal_value is not None:
             log_w = log_w + discount * alive * self.terminal_value(s).to(log_w.dtype) / alpha
+        _check_finite_returns(log_w, env)
         self._update(history, torch.softmax(log_w, 0))
         self._log_step(log_w, alpha)
 
@@ -618,6 +630,18 @@ class MPC:
                 ]
             )
         return out
+
+
+def _check_finite_returns(returns: torch.Tensor, env: FunctionalEnv) -> None:
+    """A NaN or infinite planned return is the env's own (its reward or its terminal value), named
+    here rather than as NaN weights; one sum read back per control step on the CPU, none on an
+    accelerator (a device synchronization per step would cost more than the check is worth)."""
+    if returns.device.type == "cpu" and not math.isfinite(float(returns.detach().sum())):
+        bad = (~torch.isfinite(returns)).nonzero()[0].tolist()
+        raise ValueError(
+            f"{env.name}: a planned rollout returned {returns[tuple(bad)].item()} (sample {bad[0]}, env "
+            f"{bad[1]}) from a finite state: the env's reward (or the terminal value) is not finite there"
+        )
 
 
 def _per_episode(log_prob: torch.Tensor, num_episodes: int) -> torch.Tensor:

@@ -1,0 +1,213 @@
+"""Planning on Gymnasium's own Pendulum-v1: our MPC against pytorch_mppi, side by side.
+
+Both controllers read the true state of ``gymnasium.make("Pendulum-v1")`` at every step (episode i
+reset with seed 10000 + i, 200 steps), plan with K samples over H steps on their own copy of the
+dynamics, and apply their command to Gymnasium's env; the score is Gymnasium's return, the cost the
+wall-clock of one command (median over all steps), with the same torch thread count.
+
+- pytorch_mppi (optional, ``pip install pytorch_mppi``): the setup of its README and
+  ``tests/pendulum.py``: Pendulum's dynamics written as a torch function in double precision, the
+  running cost angle_normalize(theta)^2 + 0.1 thetadot^2, lambda 1, noise sigma ``--sigma`` (1),
+  commands clamped to [-2, 2].
+- ours: ``rl_as_inference.planning.MPC`` on the torch port of Pendulum-v1 (float32), method
+  ``--method`` (mppi), temperature ``--alpha`` on Gymnasium's reward, proposal scale
+  ``--noise-std``.
+
+``--batch N`` also times our planner on N envs at once (states drawn by Gymnasium's reset
+distribution), a few control steps, and prints the cost per env and command beside one
+pytorch_mppi controller's.
+
+    python benchmarks/planning.py --samples 1000 100 --horizon 15 --episodes 30 --batch 1024
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from solve import machine_info  # noqa: E402
+
+EPISODE_SEED = 10_000
+STEPS = 200
+
+
+def _angle_normalize(x: torch.Tensor) -> torch.Tensor:
+    return ((x + math.pi) % (2 * math.pi)) - math.pi
+
+
+def pytorch_mppi_controller(samples: int, horizon: int, sigma: float, lambda_: float):
+    """pytorch_mppi's MPPI with its README's Pendulum setup."""
+    from pytorch_mppi import MPPI
+
+    def dynamics(state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        th, thdot = state[:, 0:1], state[:, 1:2]
+        u = action.clamp(-2.0, 2.0)
+        thdot = (thdot + (3 * 10.0 / 2 * torch.sin(th) + 3.0 * u) * 0.05).clamp(-8.0, 8.0)
+        return torch.cat((th + thdot * 0.05, thdot), dim=1)
+
+    def running_cost(state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        return _angle_normalize(state[:, 0]) ** 2 + 0.1 * state[:, 1] ** 2
+
+    dtype = torch.double
+    return MPPI(
+        dynamics,
+        running_cost,
+        2,
+        torch.tensor([[sigma]], dtype=dtype),
+        num_samples=samples,
+        horizon=horizon,
+        lambda_=lambda_,
+        u_min=torch.tensor([-2.0], dtype=dtype),
+        u_max=torch.tensor([2.0], dtype=dtype),
+        device="cpu",
+    )
+
+
+def run_episodes(make_command, episodes: int) -> tuple[list[float], list[float]]:
+    """Returns and per-command seconds of ``episodes`` Gymnasium episodes."""
+    import gymnasium as gym
+
+    env = gym.make("Pendulum-v1")
+    returns, seconds = [], []
+    try:
+        for i in range(episodes):
+            env.reset(seed=EPISODE_SEED + i)
+            command = make_command(i)
+            total = 0.0
+            for _ in range(STEPS):
+                state = np.asarray(env.unwrapped.state, dtype=np.float64)
+                start = time.perf_counter()
+                action = command(state)
+                seconds.append(time.perf_counter() - start)
+                _, reward, terminated, truncated, _ = env.step(
+                    np.asarray(action, dtype=np.float32).reshape(1)
+                )
+                total += float(reward)
+                if terminated or truncated:
+                    break
+            returns.append(total)
+    finally:
+        env.close()
+    return returns, seconds
+
+
+def theirs(samples: int, horizon: int, sigma: float, lambda_: float):
+    def make(i: int):
+        torch.manual_seed(EPISODE_SEED + i)
+        ctrl = pytorch_mppi_controller(samples, horizon, sigma, lambda_)
+        return lambda s: ctrl.command(torch.as_tensor(s, dtype=torch.double)).numpy()
+
+    return make
+
+
+def ours(samples: int, horizon: int, method: str, alpha: float, noise_std: float):
+    from rl_as_inference import envs
+    from rl_as_inference.planning import MPC
+
+    port = envs.make("Pendulum-v1")
+
+    def make(i: int):
+        mpc = MPC(
+            port, method, horizon=horizon, num_samples=samples, alpha=alpha, noise_std=noise_std, seed=i
+        )
+        return lambda s: mpc.act(torch.as_tensor(s, dtype=port.dtype)[None])[0].numpy()
+
+    return make
+
+
+def batch_cost(
+    num_envs: int, samples: int, horizon: int, method: str, alpha: float, noise_std: float
+) -> float:
+    """Seconds per command of our planner on ``num_envs`` envs at once (median of 5 after 1)."""
+    from rl_as_inference import envs
+    from rl_as_inference.planning import MPC
+
+    port = envs.make("Pendulum-v1")
+    state = port.sample_initial(num_envs, generator=torch.Generator().manual_seed(0))
+    mpc = MPC(port, method, horizon=horizon, num_samples=samples, alpha=alpha, noise_std=noise_std, seed=0)
+    times = []
+    for _ in range(6):
+        start = time.perf_counter()
+        action = mpc.act(state)
+        times.append(time.perf_counter() - start)
+        state = port.step(state, action).state
+    return statistics.median(times[1:])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", nargs="+", type=int, default=[1000, 100])
+    parser.add_argument("--horizon", type=int, default=15)
+    parser.add_argument("--episodes", type=int, default=30)
+    parser.add_argument("--method", default="mppi")
+    parser.add_argument("--alpha", type=float, default=0.3, help="our temperature (reward units)")
+    parser.add_argument("--noise-std", type=float, default=1.0, help="our proposal's scale")
+    parser.add_argument("--sigma", type=float, default=1.0, help="pytorch_mppi's noise sigma")
+    parser.add_argument("--lambda", dest="lambda_", type=float, default=1.0, help="pytorch_mppi's lambda")
+    parser.add_argument("--batch", type=int, default=0, help="also time ours on this many envs at once")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--ours-only", action="store_true")
+    parser.add_argument("--json", help="also write the figures here")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    for line in machine_info(sys.argv, threads=args.threads, device="cpu"):
+        print(f"- {line}")
+    rows = []
+    for k in args.samples:
+        libraries = [("ours", ours(k, args.horizon, args.method, args.alpha, args.noise_std))]
+        if not args.ours_only:
+            libraries.append(("pytorch_mppi", theirs(k, args.horizon, args.sigma, args.lambda_)))
+        for name, make in libraries:
+            returns, seconds = run_episodes(make, args.episodes)
+            row = {
+                "library": name,
+                "K": k,
+                "H": args.horizon,
+                "episodes": len(returns),
+                "mean": float(np.mean(returns)),
+                "std": float(np.std(returns)),
+                "ms_per_command": 1e3 * statistics.median(seconds),
+            }
+            rows.append(row)
+            print(
+                f"  [{name} K={k}] {row['mean']:.1f} +- {row['std']:.1f} over {row['episodes']} episodes, "
+                f"{row['ms_per_command']:.2f} ms per command",
+                flush=True,
+            )
+    print()
+    print("| library | K | H | episodes | mean return (std) | ms per command (median) |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['library']} | {r['K']} | {r['H']} | {r['episodes']} | {r['mean']:.1f} ({r['std']:.1f}) "
+            f"| {r['ms_per_command']:.2f} |"
+        )
+    batch = None
+    if args.batch:
+        k = args.samples[0]
+        seconds = batch_cost(args.batch, k, args.horizon, args.method, args.alpha, args.noise_std)
+        one = next((r for r in rows if r["library"] == "pytorch_mppi" and r["K"] == k), None)
+        per_env = 1e3 * seconds / args.batch
+        batch = {"envs": args.batch, "K": k, "ms_per_command": 1e3 * seconds, "ms_per_env": per_env}
+        print()
+        print(
+            f"ours on {args.batch} envs at once (K={k}, H={args.horizon}): {1e3 * seconds:.1f} ms per command, "
+            f"{per_env:.4f} ms per env"
+            + (f"; one pytorch_mppi controller: {one['ms_per_command']:.2f} ms, "
+               f"{one['ms_per_command'] / per_env:.0f}x ours per env" if one else "")
+        )  # fmt: skip
+    if args.json:
+        Path(args.json).write_text(json.dumps({"episodes": rows, "batch": batch}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
