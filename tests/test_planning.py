@@ -218,9 +218,9 @@ def test_mppi_swings_the_pendulum_port_up():
         step = env.step(state, mpc.act(state))
         total += step.reward
         state = step.state
-    # four episodes planned at once; a zero-torque policy averages about -1,200 from random
-    # starts and balancing from the bottom costs -100 to -400: every episode swings up
-    assert float(total.max()) > -450 and float(total.mean()) > -400, total
+    # four episodes planned at once (seeded: -342.4 to -125.8 here); zero torque from these starts
+    # averages -1,408, and a swing-up from the bottom with balancing costs -100 to -400
+    assert float(total.min()) > -450 and float(total.mean()) > -400, total
 
 
 @pytest.mark.parametrize(
@@ -316,8 +316,8 @@ def test_rlai_plan_controls_gymnasiums_pendulum_and_writes_arviz_data(tmp_path, 
     out = capsys.readouterr().out
     assert code == 0, out
     mean = float(out.split("mean return ")[1].split()[0])
-    # Gymnasium's own Pendulum-v1 from seeds 10000 and 10001: a planned swing-up and balance
-    # scores far above the -1,200 of doing nothing
+    # Gymnasium's own Pendulum-v1 from seeds 10000 and 10001, where zero torque scores -512.7 and
+    # -1,165.8: planned, both swing up and balance
     assert mean > -400, out
     assert "ms per control step (median of 400)" in out
     data = az.from_netcdf(str(tmp_path / "plan.nc"))
