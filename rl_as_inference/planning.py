@@ -147,6 +147,10 @@ class MPC:
             ``[K, E]`` (a trained critic's value, say); None: 0.
         min_std: floor of the scale ``"cem"`` refits and ``"svi"`` learns.
         lr: ``"svi"``'s Adam learning rate on the plan's mean (action units) and log scale.
+        proposal: ``"plan"`` (the open-loop plan, warm-started) or ``"prior"`` (``"mppi"`` only):
+            every sampled plan draws a_t ~ pi(.|s_t) along its own rollout, closed loop, so a
+            trained policy as ``PolicyPrior`` is the proposal and the weights are exp(R / alpha);
+            the first action is their weighted mean (Box) or most weighted (Discrete).
         seed: seeds the planner's own generator (None: drawn from torch's global stream).
         record: keep every control step's log weights for :meth:`diagnostics`' k-hat.
     """
@@ -169,6 +173,7 @@ class MPC:
         terminal_value: Callable[[torch.Tensor], torch.Tensor] | None = None,
         min_std: float = 1e-3,
         lr: float = 0.1,
+        proposal: str = "plan",
         seed: int | None = None,
         record: bool = False,
     ):
@@ -217,6 +222,13 @@ class MPC:
                 f"elite_fraction={elite_fraction!r} is not allowed with num_samples={num_samples}: use a "
                 "fraction in (0, 1] that keeps at least one sample"
             )
+        if proposal not in ("plan", "prior"):
+            raise ValueError(f"proposal={proposal!r} is not allowed; use 'plan' or 'prior'")
+        if proposal == "prior" and (method != "mppi" or not isinstance(env, FunctionalEnv)):
+            raise ValueError(
+                "proposal='prior' samples the prior along an env's rollouts: use method='mppi' on an env"
+            )
+        self.proposal = proposal
         if not (isinstance(lr, int | float) and 0 < lr < math.inf):
             raise ValueError(f"lr={lr!r} is not allowed; use a positive finite number")
         self.lr = float(lr)
@@ -376,6 +388,34 @@ class MPC:
             returns = returns + discount * (value if alive is None else alive * value)
         _check_finite_returns(returns, env)
         return returns, log_prior
+
+    def _rollout_from_prior(self, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """K rollouts per env whose actions are drawn from pi(.|s_t) at the states they reach:
+        the actions ``[K, E, H(, d)]``, discounted returns and sum_t log pi ``[K, E]``."""
+        env, k = self.env, self.num_samples
+        s = state.unsqueeze(0).expand(k, *state.shape)
+        returns = torch.zeros(k, state.shape[0], device=state.device, dtype=env.dtype)
+        log_prior, alive = torch.zeros_like(returns), torch.ones_like(returns)
+        taken, discount = [], 1.0
+        # a prior's distributions draw from torch's stream: forked and seeded from the planner's
+        # generator, so a seeded planner repeats (one read of the seed per control step)
+        with torch.random.fork_rng(devices=_cuda_devices(state)):
+            torch.manual_seed(
+                int(torch.randint(0, 2**62, (1,), generator=self.generator, device=state.device))
+            )
+            for _ in range(self.horizon):
+                d = self.prior.dist_at(len(taken), s, env)
+                a = d.sample()
+                log_prior = log_prior + d.log_prob(a).to(returns.dtype)
+                step = self._pure_step(s, a)
+                returns = returns + discount * alive * step.reward.to(returns.dtype)
+                alive = alive * (~step.terminated).to(returns.dtype)
+                s, discount = step.state, discount * self.gamma
+                taken.append(a)
+        if self.terminal_value is not None:
+            returns = returns + discount * alive * self.terminal_value(s).to(returns.dtype)
+        _check_finite_returns(returns, env)
+        return torch.stack(taken, dim=2), returns, log_prior
 
     def _rollout_model(self, state: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The trajectory model run with its action sites fixed to the K x E plans: the sum of its
@@ -563,9 +603,13 @@ class MPC:
             return self._infer_smc(state)
         num_envs = state.shape[0]
         for _ in range(self.iterations):
-            actions, log_q = self._propose(num_envs)
-            rollout = self._rollout if self.model is None else self._rollout_model
-            returns, log_prior = rollout(state, actions)
+            if self.proposal == "prior":
+                actions, returns, log_prior = self._rollout_from_prior(state)
+                log_q = log_prior  # q is pi: the weights are exp(R / alpha)
+            else:
+                actions, log_q = self._propose(num_envs)
+                rollout = self._rollout if self.model is None else self._rollout_model
+                returns, log_prior = rollout(state, actions)
             if self.prior_is_plan:
                 log_prior = log_q  # pi is the plan that proposed: the weights are exp(R / alpha)
             alpha = self._temperature(returns, log_prior, log_q)

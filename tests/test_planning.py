@@ -334,3 +334,32 @@ def test_rlai_plan_names_a_bad_method(capsys):
 
     assert main(["plan", "--env", "Pendulum-v1", "--method", "nope", "--episodes", "1"]) == 2
     assert "method='nope' is not available; use one of 'mppi', 'cem', 'svi', 'smc'" in capsys.readouterr().err
+
+
+def test_a_policy_prior_as_the_proposal_gives_the_same_posterior():
+    """proposal='prior': plans drawn closed loop from pi itself (here a PolicyPrior returning
+    N(0, 1) at every state), weighted by exp(R / alpha): the first action's posterior mean is the
+    soft-LQR one, as with the open-loop proposal."""
+    import pyro.distributions as dist
+
+    env, horizon, alpha, x0 = Integrator(), 4, 2.0, 1.0
+    exact_plan = _soft_lqr_plan(x0, horizon, alpha, 1.0)
+
+    def unit_gaussian(state):
+        return dist.Normal(torch.zeros_like(state), 1.0).to_event(1)
+
+    prior = models.PolicyPrior(unit_gaussian)
+    mpc = MPC(
+        env, "mppi", horizon=horizon, num_samples=100_000, alpha=alpha, prior=prior, proposal="prior", seed=5
+    )
+    state = torch.tensor([[x0]], dtype=torch.float64)
+    mpc.reset(state)
+    actions, returns, log_prior = mpc._rollout_from_prior(state)
+    weights = torch.softmax(returns / alpha, 0)[:, 0]
+    a0 = actions[:, 0, 0, 0]
+    estimate = float((weights * a0).sum())
+    se = float(torch.sqrt((weights**2 * (a0 - estimate) ** 2).sum()))
+    assert abs(estimate - exact_plan[0]) < 4 * se, (estimate, exact_plan[0], se)
+    assert abs(float(mpc.act(state)[0, 0]) - exact_plan[0]) < 4 * se
+    with pytest.raises(ValueError, match="proposal='prior' samples the prior along an env's rollouts"):
+        MPC(env, "cem", proposal="prior", prior=prior)
