@@ -38,6 +38,7 @@ from solve import machine_info  # noqa: E402
 
 EPISODE_SEED = 10_000
 STEPS = 200
+POINT_MASS_HORIZON = 30
 
 
 def _angle_normalize(x: torch.Tensor) -> torch.Tensor:
@@ -109,35 +110,45 @@ def theirs(samples: int, horizon: int, sigma: float, lambda_: float):
     return make
 
 
-def ours(samples: int, horizon: int, method: str, alpha: float, noise_std: float):
+def ours(samples: int, horizon: int, method: str, alpha: float, noise_std: float, device: str = "cpu"):
     from rl_as_inference import envs
     from rl_as_inference.planning import MPC
 
-    port = envs.make("Pendulum-v1")
+    port = envs.make("Pendulum-v1", device=device)
 
     def make(i: int):
         mpc = MPC(
             port, method, horizon=horizon, num_samples=samples, alpha=alpha, noise_std=noise_std, seed=i
         )
-        return lambda s: mpc.act(torch.as_tensor(s, dtype=port.dtype)[None])[0].numpy()
+        return lambda s: (
+            mpc.act(torch.as_tensor(s, dtype=port.dtype, device=port.device)[None])[0].cpu().numpy()
+        )
 
     return make
 
 
 def batch_cost(
-    num_envs: int, samples: int, horizon: int, method: str, alpha: float, noise_std: float
+    num_envs: int,
+    samples: int,
+    horizon: int,
+    method: str,
+    alpha: float,
+    noise_std: float,
+    device: str = "cpu",
 ) -> float:
     """Seconds per command of our planner on ``num_envs`` envs at once (median of 5 after 1)."""
     from rl_as_inference import envs
     from rl_as_inference.planning import MPC
 
-    port = envs.make("Pendulum-v1")
+    port = envs.make("Pendulum-v1", device=device)
     state = port.sample_initial(num_envs, generator=torch.Generator().manual_seed(0))
     mpc = MPC(port, method, horizon=horizon, num_samples=samples, alpha=alpha, noise_std=noise_std, seed=0)
     times = []
     for _ in range(6):
         start = time.perf_counter()
         action = mpc.act(state)
+        if port.device.type == "cuda":
+            torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
         state = port.step(state, action).state
     return statistics.median(times[1:])
@@ -156,6 +167,15 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=0, help="also time ours on this many envs at once")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--ours-only", action="store_true")
+    parser.add_argument(
+        "--device", default="cpu", help="where ours plans (pytorch_mppi: on the CPU, as its README)"
+    )
+    parser.add_argument(
+        "--others",
+        action="store_true",
+        help="also ours alone on CartPole-v1 (Gymnasium's env, categorical proposals) and the "
+        "user-defined examples/point_mass.py env (its torch port: Gymnasium has no such task)",
+    )
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -163,7 +183,7 @@ def main() -> None:
         print(f"- {line}")
     rows = []
     for k in args.samples:
-        libraries = [("ours", ours(k, args.horizon, args.method, args.alpha, args.noise_std))]
+        libraries = [("ours", ours(k, args.horizon, args.method, args.alpha, args.noise_std, args.device))]
         if not args.ours_only:
             libraries.append(("pytorch_mppi", theirs(k, args.horizon, args.sigma, args.lambda_)))
         for name, make in libraries:
@@ -194,7 +214,9 @@ def main() -> None:
     batch = None
     if args.batch:
         k = args.samples[0]
-        seconds = batch_cost(args.batch, k, args.horizon, args.method, args.alpha, args.noise_std)
+        seconds = batch_cost(
+            args.batch, k, args.horizon, args.method, args.alpha, args.noise_std, args.device
+        )
         one = next((r for r in rows if r["library"] == "pytorch_mppi" and r["K"] == k), None)
         per_env = 1e3 * seconds / args.batch
         batch = {"envs": args.batch, "K": k, "ms_per_command": 1e3 * seconds, "ms_per_env": per_env}
@@ -205,8 +227,57 @@ def main() -> None:
             + (f"; one pytorch_mppi controller: {one['ms_per_command']:.2f} ms, "
                f"{one['ms_per_command'] / per_env:.0f}x ours per env" if one else "")
         )  # fmt: skip
+    others = run_others(args) if args.others else []
     if args.json:
-        Path(args.json).write_text(json.dumps({"episodes": rows, "batch": batch}, indent=2))
+        Path(args.json).write_text(json.dumps({"episodes": rows, "batch": batch, "others": others}, indent=2))
+
+
+def run_others(args) -> list[dict]:
+    """Ours on CartPole-v1 (Gymnasium's env) and on the point mass of examples/ (its port)."""
+    from rl_as_inference.plan_run import plan_episodes
+    from rl_as_inference.planning import MPC
+
+    rows = []
+    k, h = args.samples[0], args.horizon
+    cart = plan_episodes(
+        "CartPole-v1", horizon=h, num_samples=k, episodes=args.episodes, seed=EPISODE_SEED, device=args.device
+    )
+    rows.append(_row("CartPole-v1 (Gymnasium)", np.asarray(cart.returns), cart.ms_per_step))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from examples.point_mass import PointMass
+
+    env = PointMass(device=args.device)
+    state = env.sample_initial(args.episodes, generator=torch.Generator().manual_seed(EPISODE_SEED))
+    # 15 steps (1.5 s) do not see past the obstacles; 30 do (tried 15, 30 and 50 on 4 starts:
+    # -233 to -243, -70 to -88, -75 to -96)
+    mpc = MPC(env, args.method, horizon=POINT_MASS_HORIZON, num_samples=k, alpha=1.0, seed=0)
+    total, seconds = torch.zeros(args.episodes, device=env.device), []
+    for _ in range(env.max_episode_steps):
+        start = time.perf_counter()
+        action = mpc.act(state)
+        seconds.append(time.perf_counter() - start)
+        step = env.step(state, action)
+        total, state = total + step.reward, step.state
+    task = f"examples/PointMass-v0 (its port, {args.episodes} envs at once, H={POINT_MASS_HORIZON}, alpha 1)"
+    rows.append(_row(task, total.cpu().numpy(), 1e3 * statistics.median(seconds)))
+    print()
+    print(f"| ours, K={k}, H={h} | episodes | mean return (std) | ms per command (median) |")
+    print("|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['task']} | {r['episodes']} | {r['mean']:.1f} ({r['std']:.1f}) | {r['ms_per_command']:.2f} |"
+        )
+    return rows
+
+
+def _row(task: str, returns: np.ndarray, ms: float) -> dict:
+    return {
+        "task": task,
+        "episodes": len(returns),
+        "mean": float(returns.mean()),
+        "std": float(returns.std()),
+        "ms_per_command": ms,
+    }
 
 
 if __name__ == "__main__":
