@@ -21,6 +21,8 @@
 #      SB3's zoo PPO on CartPole-v1 (its SAC on Pendulum-v1 takes about a minute a seed: seed 0 only);
 #   4. (STAGES=distributed, a separate call) benchmarks/distributed.py: rlai train on 1 and 2
 #      processes on the GPU and on the CPU, CartPole-v1 and Pendulum-v1, seed 0.
+#   5. (STAGES=planning, 150 s) benchmarks/planning.py: our planner on the GPU, 10 episodes and a
+#      batch of 1,024 envs, beside pytorch_mppi on the CPU (its wheel must be in .whl/).
 # Walk the same path on a CPU machine (its venv has the dependencies) with:
 #     DEVICE=cpu OUT=/tmp/gpu-out PY=.venv/bin/python SITE=/tmp/site-cpu WHEELS='.whl/rl_as_inference-*' \
 #         bash benchmarks/gpu_session.sh
@@ -84,5 +86,11 @@ if wants distributed; then
         Pendulum-v1 --nprocs 1 2 --seeds 0 --device "$DEVICE" --json "$OUT/distributed-$DEVICE.json"
     stage distributed-cpu 200 "$PY" -P "$repo/benchmarks/distributed.py" --envs CartPole-v1 \
         Pendulum-v1 --nprocs 1 2 --seeds 0 --device cpu --json "$OUT/distributed-cpu.json"
+fi
+if wants planning; then
+    # the planner on 1,024 Pendulum envs at once on the GPU (per-env cost against one pytorch_mppi
+    # controller on the CPU, which the same script times), then the single-env comparison
+    stage planning-"$DEVICE" 150 "$PY" -P "$repo/benchmarks/planning.py" --samples 1000 --horizon 15 \
+        --episodes 10 --batch 1024 --device "$DEVICE" --json "$OUT/planning-$DEVICE.json"
 fi
 rm -rf "$work"
