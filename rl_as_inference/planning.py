@@ -124,7 +124,10 @@ class MPC:
 
     Args:
         env: a :class:`~rl_as_inference.envs.FunctionalEnv` (a torch port, a user's env, a
-            finite MDP) whose ``step`` the planner rolls out; Box or Discrete actions.
+            finite MDP) whose ``step`` the planner rolls out, or a trajectory model (a
+            ``TrajectoryModel``, or a Pyro function following :mod:`rl_as_inference.models.sites`
+            called as ``model(num_episodes, init_state)``, with its functional env at
+            ``model.env``); Box or Discrete actions.
         method: ``"mppi"``, ``"cem"``, ``"svi"`` or ``"smc"`` (see the module docstring).
         horizon: H >= 1, the actions planned ahead.
         num_samples: K >= 2 sampled plans per env and iteration.
@@ -160,7 +163,6 @@ class MPC:
         env: FunctionalEnv | Callable,
         method: str = "mppi",
         *,
-        action_space: gym.Space | None = None,
         horizon: int = 15,
         num_samples: int = 1000,
         alpha: float = 1.0,
@@ -192,10 +194,6 @@ class MPC:
                     "(for its action space, state layout and device)"
                 )
             env = model_env
-            if action_space is not None and action_space != env.action_space:
-                raise ValueError(
-                    f"action_space={action_space} differs from the model's env's {env.action_space}"
-                )
             if prior is None:
                 prior = getattr(self.model, "prior", None)
         if method not in METHODS:
