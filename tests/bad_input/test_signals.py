@@ -27,6 +27,18 @@ SIGNALS = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP]
 IDS = [s.name for s in SIGNALS]
 
 
+@pytest.fixture(autouse=True)
+def python_sigint_handler():
+    """Python's own SIGINT handler (KeyboardInterrupt) for each test, as in an interactive process.
+
+    A process started in the background by a non-interactive shell (``cmd &``) inherits SIGINT
+    ignored, and Python then leaves it ignored: the in-process tests here raise SIGINT and expect
+    its usual effect, so they install the handler they assume and put the inherited one back."""
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, inherited)
+
+
 def _raise_at(env_steps: int, signum: int):
     def callback(row):
         if row["env_steps"] == env_steps:
