@@ -363,3 +363,17 @@ def test_a_policy_prior_as_the_proposal_gives_the_same_posterior():
     assert abs(float(mpc.act(state)[0, 0]) - exact_plan[0]) < 4 * se
     with pytest.raises(ValueError, match="proposal='prior' samples the prior along an env's rollouts"):
         MPC(env, "cem", proposal="prior", prior=prior)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("method", ["mppi", "cem", "svi", "smc"])
+def test_every_method_plans_on_cuda(method):
+    env = envs.make("Pendulum-v1", device="cuda")
+    state = env.sample_initial(8)
+    mpc = MPC(env, method, horizon=10, num_samples=256, alpha=0.3, noise_std=1.0, seed=0, iterations=2)
+    for _ in range(3):
+        action = mpc.act(state)
+        assert action.device.type == "cuda" and action.shape == (8, 1)
+        assert float(action.abs().max()) <= 2.0
+        state = env.step(state, action).state
+    assert mpc.diagnostics()["ess"].shape == (3, 8)
