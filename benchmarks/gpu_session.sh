@@ -7,6 +7,7 @@
 # (stable-baselines3==2.9.2, cloudpickle==3.1.3 and this project's other dependencies), and of
 # this project, into .whl/:
 #     rm -f .whl/rl_as_inference-* && python3 -m pip wheel -q --no-deps -w .whl .   (rebuild: the code changes)
+# .whl/ is git-ignored (built, never committed), so the copy to the GPU machine must carry it.
 # Then, on the GPU machine from the repository root with .whl/ in it and OUT set, within 540 s:
 #     bash benchmarks/gpu_session.sh
 # Stage limits
