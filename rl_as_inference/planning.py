@@ -44,6 +44,7 @@ Everything is batched over E envs at once (the state ``[E, ...]``) and over the 
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 
@@ -53,6 +54,7 @@ import torch
 
 from rl_as_inference import models
 from rl_as_inference.envs import FunctionalEnv
+from rl_as_inference.envs.base import stream_from
 
 __all__ = ["METHODS", "MPC", "kish_ess", "temperature_for_ess"]
 
@@ -71,9 +73,9 @@ def temperature_for_ess(returns: torch.Tensor, log_ratio: torch.Tensor, target: 
     """alpha per column such that ``kish_ess(returns / alpha + log_ratio)`` is ``target`` samples.
 
     Bisection on log alpha over ``[log spread - 14, log spread + 14]`` (spread: each column's range
-    of returns), a fixed number of halvings, all on the device (no host sync). ESS grows with alpha, from 1 as alpha -> 0 toward the ESS of
-    ``log_ratio`` alone; where ``target`` lies outside what a column can reach, the nearer end of
-    the bracket is returned.
+    of returns), a fixed number of halvings, all on the device (no host sync). ESS grows with
+    alpha, from 1 as alpha -> 0 toward the ESS of ``log_ratio`` alone; where ``target`` lies
+    outside what a column can reach, the nearer end of the bracket is returned.
 
     Args:
         returns: ``[K, E]`` discounted returns of K samples for each of E envs.
@@ -308,114 +310,106 @@ class MPC:
 
     def _shift(self) -> None:
         """Warm start: the plan moves one step ahead; its new last step starts from the prior's."""
+        fresh = (
+            {"probs": 1.0 / self.num_actions}
+            if self.discrete
+            else {"loc": self.center, "scale": self.init_std}
+        )
         for key, value in self._plan.items():
-            fresh = {
-                "probs": 1.0 / self.num_actions if self.discrete else None,
-                "loc": None if self.discrete else self.center,
-                "scale": None if self.discrete else self.init_std,
-            }[key]
             value[:, :-1] = value[:, 1:].clone()
-            value[:, -1] = fresh
+            value[:, -1] = fresh[key]
 
     # ------------------------------------------------------------------ one round of inference
-    def _propose(self, num_envs: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """K plans ``[K, E, H(, d)]`` and their log q ``[K, E]`` (Box samples are differentiable
-        in the plan's loc and scale: the inverse-CDF draw of a truncated normal)."""
+    def _propose(self, num_envs: int) -> torch.Tensor:
+        """K plans ``[K, E, H(, d)]`` from the current plan (Box samples are differentiable in its
+        loc and scale: the inverse-CDF draw of a truncated normal)."""
         k, plan = self.num_samples, self._plan
         if self.discrete:
             flat = plan["probs"].detach().reshape(-1, self.num_actions)
             draws = torch.multinomial(flat, k, replacement=True, generator=self.generator)  # [E H, K]
-            actions = draws.T.reshape(k, num_envs, self.horizon)
-        else:
-            loc, scale = plan["loc"], plan["scale"]
-            shape = (k, *loc.shape)
-            if self.bounded:
-                actions = _truncated_normal_sample(loc, scale, self.low, self.high, shape, self.generator)
-            else:
-                noise = torch.randn(shape, generator=self.generator, device=loc.device, dtype=loc.dtype)
-                actions = loc + scale * noise
-        return actions, self._log_q(actions)
+            return draws.T.reshape(k, num_envs, self.horizon)
+        loc, scale = plan["loc"], plan["scale"]
+        shape = (k, *loc.shape)
+        if self.bounded:
+            return _truncated_normal_sample(loc, scale, self.low, self.high, shape, self.generator)
+        noise = torch.randn(shape, generator=self.generator, device=loc.device, dtype=loc.dtype)
+        return loc + scale * noise
 
-    def _log_q(self, actions: torch.Tensor) -> torch.Tensor:
-        """log q of K plans under the current plan, ``[K, E]``."""
+    def _log_q_per_step(self, actions: torch.Tensor) -> torch.Tensor:
+        """log q_t(a_t) of each step of K plans under the current plan, ``[K, E, H]``."""
         plan, k = self._plan, actions.shape[0]
         if self.discrete:
             log_probs = plan["probs"].log().unsqueeze(0).expand(k, -1, -1, -1)
-            return log_probs.gather(-1, actions.unsqueeze(-1)).squeeze(-1).sum(-1)
+            return log_probs.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
         loc, scale = plan["loc"], plan["scale"]
         if self.bounded:
-            log_q = _truncated_normal_log_prob(actions, loc, scale, self.low, self.high)
-        else:
-            log_q = torch.distributions.Normal(loc, scale).log_prob(actions)
-        return log_q.sum((-1, -2))
+            return _truncated_normal_log_prob(actions, loc, scale, self.low, self.high).sum(-1)
+        return torch.distributions.Normal(loc, scale).log_prob(actions).sum(-1)
 
-    def _rollout(self, state: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Discounted returns ``[K, E]`` (plus gamma^H V(s_H)) and sum_t log pi ``[K, E]``."""
+    def _log_q(self, actions: torch.Tensor) -> torch.Tensor:
+        """log q of K whole plans, ``[K, E]``."""
+        return self._log_q_per_step(actions).sum(-1)
+
+    def _log_prior_at(self, t: int, s: torch.Tensor, a: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """log pi(a_t | s_t), ``like``'s shape and dtype: a uniform prior's is one constant (the
+        samples lie in the box or are valid discrete actions), not a density evaluation."""
+        if self._uniform_log_density is not None:
+            return torch.full_like(like, self._uniform_log_density)
+        return self.prior.dist_at(t, s, self.env).log_prob(a).to(like.dtype)
+
+    def _rollout(
+        self, state: torch.Tensor, actions: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """K rollouts per env of ``actions`` ``[K, E, H(, d)]``, or, with None, of actions drawn from
+        pi(.|s_t) at the states each rollout reaches (``proposal="prior"``): the actions, the
+        discounted returns (plus gamma^H V(s_H)) and sum_t log pi, ``[K, E]`` each."""
         env, k = self.env, self.num_samples
         s = state.unsqueeze(0).expand(k, *state.shape)
-        returns = torch.zeros(actions.shape[:2], device=state.device, dtype=env.dtype)
-        # a uniform prior's log density is one constant per step (the samples lie in the box or
-        # are valid discrete actions): added once, not evaluated H times
-        constant = self._uniform_log_density
-        log_prior = (
-            torch.full_like(returns, self.horizon * constant)
-            if constant is not None
-            else torch.zeros_like(returns)
-        )
+        returns = torch.zeros(k, state.shape[0], device=state.device, dtype=env.dtype)
+        log_prior = torch.zeros_like(returns)
         # a differentiable env never terminates (its contract), so it needs no survival mask
         alive = None if env.differentiable else torch.ones_like(returns)
-        discount = 1.0
-        per_step = actions.movedim(2, 0)  # [H, K, E, ...]: each step's actions are one slab
-        if not self.discrete:
-            per_step = per_step.contiguous()
-        for t in range(self.horizon):
-            a = per_step[t]
-            if constant is None:
-                log_prior = log_prior + self.prior.dist_at(t, s, env).log_prob(a).to(returns.dtype)
-            # the state was checked by act and the actions are drawn in the env's space, so the
-            # pure step runs directly; the returns are checked once below
-            step = self._pure_step(s, a)
-            reward = step.reward if alive is None else alive * step.reward
-            returns = returns + (reward if discount == 1.0 else discount * reward)
-            if alive is not None:
-                alive = alive * (~step.terminated).to(returns.dtype)
-            s = step.state
-            discount *= self.gamma
+        discount, taken = 1.0, []
+        if actions is not None:
+            per_step = actions.movedim(2, 0)  # [H, K, E, ...]: each step's actions are one slab
+            if not self.discrete:
+                per_step = per_step.contiguous()
+        # a prior's distributions draw from torch's stream only: forked and seeded from the
+        # planner's generator, so a seeded planner repeats (one read of the seed per control step)
+        drawing = stream_from(self.generator, state.device) if actions is None else contextlib.nullcontext()
+        with drawing:
+            for t in range(self.horizon):
+                if actions is None:
+                    d = self.prior.dist_at(t, s, env)
+                    a = d.sample()
+                    log_prior = log_prior + d.log_prob(a).to(returns.dtype)
+                    taken.append(a)
+                else:
+                    a = per_step[t]
+                    if self._uniform_log_density is None:
+                        log_prior = log_prior + self._log_prior_at(t, s, a, returns)
+                # the state was checked by act and the actions are drawn in the env's space, so the
+                # pure step runs directly; the returns are checked once below
+                step = self._pure_step(s, a)
+                reward = step.reward if alive is None else alive * step.reward
+                returns = returns + (reward if discount == 1.0 else discount * reward)
+                if alive is not None:
+                    alive = alive * (~step.terminated).to(returns.dtype)
+                s = step.state
+                discount *= self.gamma
+        if actions is None:
+            actions = torch.stack(taken, dim=2)
+        elif self._uniform_log_density is not None:  # added once, not evaluated H times
+            log_prior = log_prior + self.horizon * self._uniform_log_density
         if self.terminal_value is not None:
             value = self.terminal_value(s).to(returns.dtype)
             returns = returns + discount * (value if alive is None else alive * value)
         _check_finite_returns(returns, env)
-        return returns, log_prior
+        return actions, returns, log_prior
 
-    def _rollout_from_prior(self, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """K rollouts per env whose actions are drawn from pi(.|s_t) at the states they reach:
-        the actions ``[K, E, H(, d)]``, discounted returns and sum_t log pi ``[K, E]``."""
-        env, k = self.env, self.num_samples
-        s = state.unsqueeze(0).expand(k, *state.shape)
-        returns = torch.zeros(k, state.shape[0], device=state.device, dtype=env.dtype)
-        log_prior, alive = torch.zeros_like(returns), torch.ones_like(returns)
-        taken, discount = [], 1.0
-        # a prior's distributions draw from torch's stream: forked and seeded from the planner's
-        # generator, so a seeded planner repeats (one read of the seed per control step)
-        with torch.random.fork_rng(devices=_cuda_devices(state)):
-            torch.manual_seed(
-                int(torch.randint(0, 2**62, (1,), generator=self.generator, device=state.device))
-            )
-            for _ in range(self.horizon):
-                d = self.prior.dist_at(len(taken), s, env)
-                a = d.sample()
-                log_prior = log_prior + d.log_prob(a).to(returns.dtype)
-                step = self._pure_step(s, a)
-                returns = returns + discount * alive * step.reward.to(returns.dtype)
-                alive = alive * (~step.terminated).to(returns.dtype)
-                s, discount = step.state, discount * self.gamma
-                taken.append(a)
-        if self.terminal_value is not None:
-            returns = returns + discount * alive * self.terminal_value(s).to(returns.dtype)
-        _check_finite_returns(returns, env)
-        return torch.stack(taken, dim=2), returns, log_prior
-
-    def _rollout_model(self, state: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _rollout_model(
+        self, state: torch.Tensor, actions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The trajectory model run with its action sites fixed to the K x E plans: the sum of its
         optimality factors (``O_t``, ``O_H``: r_t / alpha_model, so ``alpha`` here tempers them
         once more, 1 by default) and of its actions' prior log densities, ``[K, E]`` each, under the
@@ -433,10 +427,7 @@ class MPC:
         init = state.unsqueeze(0).expand(k, *state.shape).flatten(0, 1)
         # the model's own draws (transitions, latents) come from torch's stream: forked and seeded
         # from the planner's generator, so a seeded planner repeats (one read of the seed per step)
-        with poutine.block(), torch.random.fork_rng(devices=_cuda_devices(state)):
-            torch.manual_seed(
-                int(torch.randint(0, 2**62, (1,), generator=self.generator, device=state.device))
-            )
+        with poutine.block(), stream_from(self.generator, state.device):
             trace = poutine.trace(poutine.condition(self.model, data=data)).get_trace(k * e, init)
         factors = torch.zeros(k * e, device=state.device, dtype=self.env.dtype)
         log_prior = torch.zeros_like(factors)
@@ -455,7 +446,7 @@ class MPC:
                 f"the model has {seen} action sites a_t, the planner's horizon is {self.horizon}: "
                 "give MPC the model's horizon"
             )
-        return factors.reshape(k, e), log_prior.reshape(k, e)
+        return actions, factors.reshape(k, e), log_prior.reshape(k, e)
 
     def _temperature(self, returns, log_prior, log_q) -> torch.Tensor:
         if self.target_ess is None:
@@ -484,11 +475,11 @@ class MPC:
                     plan["probs"] = params[0].softmax(-1)
                 else:
                     plan["loc"], plan["scale"] = params[0], params[1].exp()
-                actions, _ = self._propose(num_envs)
+                actions = self._propose(num_envs)
                 if not pathwise:
                     actions = actions.detach()
                 log_q = self._log_q(actions)
-                returns, log_prior = rollout(state, actions)
+                _, returns, log_prior = rollout(state, actions)
                 if self.prior_is_plan:
                     log_prior = log_q.detach()  # pi is the plan at the start of the step
                 alpha = self._temperature(returns.detach(), log_prior.detach(), log_q.detach())
@@ -528,8 +519,8 @@ class MPC:
         equalized. The final weights (with gamma^H V(s_H) / alpha) weight the surviving action
         histories, from which the plan is refitted as by ``"mppi"``."""
         env, k, num_envs = self.env, self.num_samples, state.shape[0]
-        actions, log_q_all = self._propose(num_envs)  # every particle's proposal, drawn up front
-        per_step_log_q = self._per_step_log_q(actions)  # [K, E, H]
+        actions = self._propose(num_envs)  # every particle's proposal, drawn up front
+        per_step_log_q = self._log_q_per_step(actions)  # [K, E, H]
         alpha = torch.full((num_envs,), self.alpha, device=state.device, dtype=env.dtype)
         s = state.unsqueeze(0).expand(k, *state.shape)
         log_w = torch.zeros(k, num_envs, device=state.device, dtype=env.dtype)
@@ -539,13 +530,7 @@ class MPC:
         discount = 1.0
         for t in range(self.horizon):
             a = history[:, :, t]
-            log_prior = (
-                torch.full_like(log_w, self._uniform_log_density)
-                if self._uniform_log_density is not None
-                else self.prior.dist_at(t, s, env).log_prob(a).to(log_w.dtype)
-            )
-            if self.prior_is_plan:
-                log_prior = per_step_log_q[:, :, t]
+            log_prior = per_step_log_q[:, :, t] if self.prior_is_plan else self._log_prior_at(t, s, a, log_w)
             step = self._pure_step(s, a)
             log_w = log_w + discount * alive * step.reward.to(log_w.dtype) / alpha
             log_w = log_w + log_prior - per_step_log_q[:, :, t]
@@ -570,17 +555,6 @@ class MPC:
         self._update(history, torch.softmax(log_w, 0))
         self._log_step(log_w, alpha)
 
-    def _per_step_log_q(self, actions: torch.Tensor) -> torch.Tensor:
-        """log q_t(a_t) of each step of K plans, ``[K, E, H]``."""
-        plan, k = self._plan, actions.shape[0]
-        if self.discrete:
-            log_probs = plan["probs"].log().unsqueeze(0).expand(k, -1, -1, -1)
-            return log_probs.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
-        loc, scale = plan["loc"], plan["scale"]
-        if self.bounded:
-            return _truncated_normal_log_prob(actions, loc, scale, self.low, self.high).sum(-1)
-        return torch.distributions.Normal(loc, scale).log_prob(actions).sum(-1)
-
     def _pure_step(self, s: torch.Tensor, a: torch.Tensor):
         if self.env.stochastic:
             return self.env._step(s, a, self.env.sample_next(s, a, self.generator))
@@ -602,12 +576,12 @@ class MPC:
         num_envs = state.shape[0]
         for _ in range(self.iterations):
             if self.proposal == "prior":
-                actions, returns, log_prior = self._rollout_from_prior(state)
+                actions, returns, log_prior = self._rollout(state, None)
                 log_q = log_prior  # q is pi: the weights are exp(R / alpha)
             else:
-                actions, log_q = self._propose(num_envs)
                 rollout = self._rollout if self.model is None else self._rollout_model
-                returns, log_prior = rollout(state, actions)
+                actions, returns, log_prior = rollout(state, self._propose(num_envs))
+                log_q = self._log_q(actions)
             if self.prior_is_plan:
                 log_prior = log_q  # pi is the plan that proposed: the weights are exp(R / alpha)
             alpha = self._temperature(returns, log_prior, log_q)
@@ -696,10 +670,6 @@ def _per_episode(log_prob: torch.Tensor, num_episodes: int) -> torch.Tensor:
             f"{num_episodes} episodes its last dimension should be {num_episodes}"
         )
     return log_prob.reshape(-1, num_episodes).sum(0)
-
-
-def _cuda_devices(x: torch.Tensor) -> list[int]:
-    return [x.device.index or 0] if x.device.type == "cuda" else []
 
 
 def _check_int(name: str, value: object, minimum: int) -> int:

@@ -54,6 +54,15 @@ def _soft_lqr_plan(x0: float, horizon: int, alpha: float, prior_scale: float) ->
     return np.linalg.solve(hessian, gradient_at_zero)
 
 
+def _weighted_first_action(actions: torch.Tensor, log_weights: torch.Tensor) -> tuple[float, float]:
+    """The self-normalized importance-sampling estimate of the first action's mean (env 0, action
+    coordinate 0) and its standard error by the delta method, sqrt(sum_k w_k^2 (a_k - mean)^2)."""
+    weights = torch.softmax(log_weights, 0)[:, 0]
+    a0 = actions[:, 0, 0, 0]
+    estimate = float((weights * a0).sum())
+    return estimate, float(torch.sqrt((weights**2 * (a0 - estimate) ** 2).sum()))
+
+
 def test_mppi_first_action_converges_to_the_soft_lqr_action():
     env, horizon, alpha, scale, x0 = Integrator(), 4, 2.0, 1.0, 1.0
     exact_plan = _soft_lqr_plan(x0, horizon, alpha, scale)
@@ -73,13 +82,8 @@ def test_mppi_first_action_converges_to_the_soft_lqr_action():
             record=True,
         )
         mpc.reset(state)
-        actions, log_q = mpc._propose(1)
-        returns, log_prior = mpc._rollout(state, actions)
-        weights = torch.softmax(returns / alpha + log_prior - log_q, 0)[:, 0]
-        a0 = actions[:, 0, 0, 0]
-        estimate = float((weights * a0).sum())
-        # self-normalized importance sampling's standard error (delta method)
-        se = float(torch.sqrt((weights**2 * (a0 - estimate) ** 2).sum()))
+        actions, returns, log_prior = mpc._rollout(state, mpc._propose(1))
+        estimate, se = _weighted_first_action(actions, returns / alpha + log_prior - mpc._log_q(actions))
         assert abs(estimate - exact_plan[0]) < 4 * se, (k, estimate, exact_plan[0], se)
         errors.append(abs(estimate - exact_plan[0]))
         # act() returns the same weighted mean (its own draw): within the same error
@@ -204,7 +208,7 @@ def test_the_truncated_proposal_stays_in_the_box_and_its_density_integrates_to_o
     env = envs.make("Pendulum-v1")
     mpc = MPC(env, "mppi", horizon=5, num_samples=200, noise_std=10.0, seed=0)
     mpc.reset(env.sample_initial(3, generator=gen))
-    actions, _ = mpc._propose(3)
+    actions = mpc._propose(3)
     assert actions.abs().max() <= 2.0
     assert mpc.act(env.sample_initial(3, generator=gen)).abs().max() <= 2.0
 
@@ -285,12 +289,8 @@ def test_a_custom_model_with_a_latent_parameter_plans_without_code_changes():
     mpc = MPC(model, "mppi", horizon=2, num_samples=100_000, noise_std=1.0, seed=3)
     state = torch.tensor([[x0]], dtype=torch.float64)
     mpc.reset(state)
-    actions, log_q = mpc._propose(1)
-    factors, log_prior = mpc._rollout_model(state, actions)
-    weights = torch.softmax(factors + log_prior - log_q, 0)[:, 0]
-    a0 = actions[:, 0, 0, 0]
-    estimate = float((weights * a0).sum())
-    se = float(torch.sqrt((weights**2 * (a0 - estimate) ** 2).sum()))
+    actions, factors, log_prior = mpc._rollout_model(state, mpc._propose(1))
+    estimate, se = _weighted_first_action(actions, factors + log_prior - mpc._log_q(actions))
     assert abs(estimate - exact_mean) < 4 * se, (estimate, exact_mean, se)
     # the gain's uncertainty matters: the plan that knows theta = 1 acts differently
     known = _soft_lqr_plan(x0, 2, alpha, 1.0)[0]  # the same model and prior with theta = 1
@@ -354,11 +354,8 @@ def test_a_policy_prior_as_the_proposal_gives_the_same_posterior():
     )
     state = torch.tensor([[x0]], dtype=torch.float64)
     mpc.reset(state)
-    actions, returns, log_prior = mpc._rollout_from_prior(state)
-    weights = torch.softmax(returns / alpha, 0)[:, 0]
-    a0 = actions[:, 0, 0, 0]
-    estimate = float((weights * a0).sum())
-    se = float(torch.sqrt((weights**2 * (a0 - estimate) ** 2).sum()))
+    actions, returns, _ = mpc._rollout(state, None)  # drawn from the prior along each rollout
+    estimate, se = _weighted_first_action(actions, returns / alpha)
     assert abs(estimate - exact_plan[0]) < 4 * se, (estimate, exact_plan[0], se)
     assert abs(float(mpc.act(state)[0, 0]) - exact_plan[0]) < 4 * se
     with pytest.raises(ValueError, match="proposal='prior' samples the prior along an env's rollouts"):

@@ -14,14 +14,16 @@ for a continuous one.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import gymnasium as gym
 import numpy as np
 import torch
 
-__all__ = ["FunctionalEnv", "Step", "resolve_device", "resolve_dtype", "stack_state"]
+__all__ = ["FunctionalEnv", "Step", "resolve_device", "resolve_dtype", "stack_state", "stream_from"]
 
 
 def stack_state(columns: tuple[torch.Tensor, ...]) -> torch.Tensor:
@@ -48,6 +50,21 @@ class Step(NamedTuple):
     state: torch.Tensor
     reward: torch.Tensor
     terminated: torch.Tensor
+
+
+@contextlib.contextmanager
+def stream_from(generator: torch.Generator, device: torch.device) -> Iterator[None]:
+    """Run the block on a fork of torch's global stream seeded from ``generator``.
+
+    torch distributions draw from the global stream only; this makes their draws reproducible from
+    a generator and leaves the caller's stream as it was. The seed is read back from the
+    generator once (a host sync when it lives on CUDA). ``device``: where the draws happen (its
+    CUDA stream is forked too)."""
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
 
 
 def resolve_device(device: torch.device | str | None) -> torch.device:
@@ -332,10 +349,7 @@ class FunctionalEnv:
         d = self.transition_dist(state, action)
         if generator is None:
             return d.sample()
-        seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
-        devices = [self.device.index or 0] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
+        with stream_from(generator, self.device):
             return d.sample()
 
     # ------------------------------------------------------------------ to implement
