@@ -50,6 +50,7 @@ import contextlib
 import csv
 import math
 import os
+import tempfile
 import textwrap
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -82,6 +83,7 @@ __all__ = [
     "from_netcdf",
     "from_run",
     "importance_diagnostics",
+    "pareto_k_per_step",
     "plot_actions",
     "plot_elbo",
     "plot_returns",
@@ -189,6 +191,15 @@ def _psis(lw: np.ndarray) -> tuple[np.ndarray, float]:
         warnings.simplefilter("ignore")  # psislw warns above k = 0.7; the caller reports k
         smoothed, k = az.psislw(lw, reff=1.0)
     return np.asarray(smoothed, dtype=np.float64), float(k)
+
+
+def pareto_k_per_step(log_weights) -> np.ndarray:
+    """PSIS k-hat of each step's and env's importance weights: ``[steps, K, E]`` log weights (a
+    planner's, :meth:`rl_as_inference.planning.MPC.diagnostics` with ``record=True``) -> ``[steps, E]``."""
+    lw = np.asarray(log_weights, dtype=np.float64)
+    if lw.ndim != 3:
+        raise ValueError(f"log_weights has shape {lw.shape}; pass [steps, K, E]")
+    return np.array([[_psis(lw[s, :, e])[1] for e in range(lw.shape[2])] for s in range(lw.shape[0])])
 
 
 def _kish(lw: np.ndarray) -> float:
@@ -1317,9 +1328,21 @@ def save_plots(idata: az.InferenceData, out_dir: str | os.PathLike, *, dpi: int 
 
 
 def to_netcdf(idata: az.InferenceData, path: str | os.PathLike) -> Path:
-    """Write ``idata`` to a netCDF file (read back with :func:`from_netcdf` or ``arviz.from_netcdf``)."""
-    idata.to_netcdf(str(path))
-    return Path(path)
+    """Write ``idata`` to a netCDF file (read back with :func:`from_netcdf` or ``arviz.from_netcdf``).
+
+    Atomically, as the run files are: written whole to a temporary file in the same folder, then
+    renamed over ``path``, so an interrupted write never leaves a torn file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)  # netCDF writers take a file name
+    try:
+        idata.to_netcdf(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
 
 
 def from_netcdf(path: str | os.PathLike) -> az.InferenceData:

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from rl_as_inference import envs
+from rl_as_inference.diagnostics import pareto_k_per_step, to_netcdf
 from rl_as_inference.planning import MPC
 
 __all__ = ["PlanResult", "plan_episodes", "write_inference_data"]
@@ -37,13 +38,10 @@ class PlanResult:
         """The per-step diagnostics as ArviZ ``InferenceData`` (episodes as chains, steps as draws)."""
         import arviz as az
 
-        longest = max(v.shape[1] for v in self.diagnostics.values())
-        padded = {
-            k: np.pad(v, ((0, 0), (0, longest - v.shape[1])), constant_values=np.nan)
-            for k, v in self.diagnostics.items()
-        }
-        padded["episode_return"] = np.repeat(np.asarray(self.returns)[:, None], longest, axis=1)
-        return az.from_dict(sample_stats=padded)
+        steps = next(iter(self.diagnostics.values())).shape[1]  # episodes padded to one length
+        stats = dict(self.diagnostics)
+        stats["episode_return"] = np.repeat(np.asarray(self.returns)[:, None], steps, axis=1)
+        return az.from_dict(sample_stats=stats)
 
 
 def _state_of(gym_env, port: envs.FunctionalEnv) -> torch.Tensor:
@@ -87,7 +85,7 @@ def plan_episodes(
     returns, times, per_episode = [], [], []
     try:
         for i in range(episodes):
-            obs, _ = gym_env.reset(seed=seed + i)
+            gym_env.reset(seed=seed + i)
             mpc = MPC(
                 port,
                 method,
@@ -107,11 +105,15 @@ def plan_episodes(
                 times.append(time.perf_counter() - start)
                 a = action.cpu().numpy()
                 a = int(a) if port.action_space.shape == () else a.astype(port.action_space.dtype)
-                obs, reward, terminated, truncated, _ = gym_env.step(a)
+                _, reward, terminated, truncated, _ = gym_env.step(a)
                 total += float(reward)
                 done = terminated or truncated
             returns.append(total)
-            per_episode.append({k: v[:, 0] for k, v in mpc.diagnostics().items()})
+            found = mpc.diagnostics()
+            episode = {"ess": found["ess"][:, 0], "alpha": found["alpha"][:, 0]}
+            if "log_weights" in found:
+                episode["pareto_k"] = pareto_k_per_step(found["log_weights"][:, :, :1])[:, 0]
+            per_episode.append(episode)
     finally:
         gym_env.close()
     keys = per_episode[0].keys()
@@ -124,11 +126,5 @@ def plan_episodes(
 
 
 def write_inference_data(result: PlanResult, out: str | Path) -> Path:
-    """Write the diagnostics as ``OUT/plan.nc``; returns the path."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "plan.nc"
-    partial = out / ".plan.nc.tmp"  # written whole, then renamed: never a half-written plan.nc
-    result.to_inference_data().to_netcdf(str(partial))
-    partial.replace(path)
-    return path
+    """Write the diagnostics as ``OUT/plan.nc`` (atomically); returns the path."""
+    return to_netcdf(result.to_inference_data(), Path(out) / "plan.nc")

@@ -35,8 +35,9 @@ The temperature is ``alpha`` fixed, or, with ``target_ess`` (a fraction of K), c
 step and for every env by bisection on log alpha so that the Kish effective sample size of the
 weights, (sum w)^2 / sum w^2, is ``target_ess * K`` (as near as the weights allow): the knob an
 importance sampler is tuned by, in place of MPPI's hand-set lambda. Each step's ESS and alpha
-stay on the device (no host sync per step) and are read with :meth:`MPC.diagnostics`, which
-also gives PSIS k-hat of the recorded log weights (``record=True``).
+stay on the device (no host sync per step) and are read with :meth:`MPC.diagnostics`, with the
+log weights themselves where ``record=True`` (their PSIS k-hat:
+:func:`rl_as_inference.diagnostics.pareto_k_per_step`).
 
 Everything is batched over E envs at once (the state ``[E, ...]``) and over the K samples
 (``[K, E, ...]`` through the env), on the env's device.
@@ -157,7 +158,7 @@ class MPC:
             trained policy as ``PolicyPrior`` is the proposal and the weights are exp(R / alpha);
             the first action is their weighted mean (Box) or most weighted (Discrete).
         seed: seeds the planner's own generator (None: drawn from torch's global stream).
-        record: keep every control step's log weights for :meth:`diagnostics`' k-hat.
+        record: keep every control step's log weights (:meth:`diagnostics`), for PSIS k-hat.
     """
 
     def __init__(
@@ -629,23 +630,10 @@ class MPC:
 
     def diagnostics(self) -> dict[str, np.ndarray]:
         """Per control step since :meth:`reset`: ``ess`` and ``alpha`` ``[steps, E]`` and, with
-        ``record=True``, PSIS ``pareto_k`` ``[steps, E]`` of the last round's log weights."""
-        from rl_as_inference.diagnostics import importance_diagnostics
-
-        out = {
-            key: torch.stack(self._history[key]).cpu().numpy()
-            for key in ("ess", "alpha")
-            if self._history[key]
-        }
-        if self._history["log_weights"]:
-            lw = torch.stack(self._history["log_weights"]).cpu().numpy()  # [steps, K, E]
-            out["pareto_k"] = np.array(
-                [
-                    [importance_diagnostics(lw[s, :, e]).pareto_k for e in range(lw.shape[2])]
-                    for s in range(lw.shape[0])
-                ]
-            )
-        return out
+        ``record=True``, the last round's ``log_weights`` ``[steps, K, E]`` (their PSIS k-hat:
+        :func:`rl_as_inference.diagnostics.pareto_k_per_step`)."""
+        keys = ("ess", "alpha", "log_weights")
+        return {key: torch.stack(self._history[key]).cpu().numpy() for key in keys if self._history[key]}
 
 
 def _check_finite_returns(returns: torch.Tensor, env: FunctionalEnv) -> None:

@@ -636,3 +636,18 @@ def test_tabular_diagnostics_on_cuda():
     model, guide = tabular_setup(mdp, sol.policy.log(), gamma=1.0)
     idata = diagnostics.to_inference_data(model, guide, num_episodes=256, seed=0)
     assert np.allclose(idata.sample_stats["log_weight"].values[0], sol.log_evidence, atol=1e-5)
+
+
+def test_pareto_k_per_step_is_each_columns_psis_k_hat():
+    from rl_as_inference.diagnostics import importance_diagnostics, pareto_k_per_step
+
+    gen = np.random.default_rng(0)
+    lw = gen.standard_normal((3, 200, 2)) * np.array([0.1, 3.0])  # mild and heavy-tailed weights
+    k = pareto_k_per_step(lw)
+    assert k.shape == (3, 2)
+    for s in range(3):
+        for e in range(2):
+            assert k[s, e] == importance_diagnostics(lw[s, :, e]).pareto_k
+    assert (k[:, 1] > k[:, 0]).all()  # the wider log weights have the heavier tail
+    with pytest.raises(ValueError, match=r"log_weights has shape \(200, 2\); pass \[steps, K, E\]"):
+        pareto_k_per_step(lw[0])
