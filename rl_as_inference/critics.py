@@ -61,7 +61,9 @@ def polyak_update(target: nn.Module, online: nn.Module, tau: float) -> None:
 class QNetwork(nn.Module):
     """Q(s, a): for a Box action space an MLP over [features(obs), a] -> [B]; for Discrete(n) an MLP
     over features(obs) -> [B, n] (all actions at once, so expectations over q are exact).
-    ``rescale_obs=True`` maps bounded observation coordinates onto [-1, 1] (:class:`ObservationEncoder`)."""
+    ``rescale_obs=True`` maps bounded observation coordinates onto [-1, 1] (:class:`ObservationEncoder`).
+    ``outputs=N`` gives N values per action instead of one, ``[B, N]`` or ``[B, n, N]`` (the atom
+    logits of :class:`rl_as_inference.distributional.CategoricalQ`)."""
 
     def __init__(
         self,
@@ -69,20 +71,26 @@ class QNetwork(nn.Module):
         action_space: gym.Space,
         hidden: Sequence[int] = (256, 256),
         rescale_obs: bool = False,
+        outputs: int | None = None,
     ):
         super().__init__()
         self.encoder = ObservationEncoder(observation_space, rescale=rescale_obs)
         self.discrete = isinstance(action_space, gym.spaces.Discrete)
+        self.outputs = outputs
+        per_action = 1 if outputs is None else outputs
         if self.discrete:
-            self.net = mlp([self.encoder.dim, *hidden, int(action_space.n)], nn.ReLU)
+            self.num_actions = int(action_space.n)
+            self.net = mlp([self.encoder.dim, *hidden, self.num_actions * per_action], nn.ReLU)
         else:
-            self.net = mlp([self.encoder.dim + int(action_space.shape[0]), *hidden, 1], nn.ReLU)
+            self.net = mlp([self.encoder.dim + int(action_space.shape[0]), *hidden, per_action], nn.ReLU)
 
     def forward(self, obs: torch.Tensor, action: torch.Tensor | None = None) -> torch.Tensor:
         x = self.encoder(obs, self.net[0].weight.dtype)
         if self.discrete:
-            return self.net(x)
-        return self.net(torch.cat((x, action.to(x.dtype)), dim=-1)).squeeze(-1)
+            out = self.net(x)
+            return out if self.outputs is None else out.unflatten(-1, (self.num_actions, self.outputs))
+        out = self.net(torch.cat((x, action.to(x.dtype)), dim=-1))
+        return out.squeeze(-1) if self.outputs is None else out
 
 
 class StateValue(nn.Module):

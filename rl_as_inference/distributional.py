@@ -26,13 +26,12 @@ import torch
 from torch import nn
 
 from rl_as_inference import bellman
-from rl_as_inference.critics import check_n_step_correction, polyak_update
-from rl_as_inference.guides.policies import ObservationEncoder, mlp
+from rl_as_inference.critics import QNetwork, check_n_step_correction, polyak_update
 
 __all__ = [
-    "AtomNetwork",
     "CategoricalQ",
     "categorical_projection",
+    "check_correction",
     "distributional_q_loss",
     "distributional_target",
 ]
@@ -71,35 +70,6 @@ def categorical_projection(
     return out
 
 
-class AtomNetwork(nn.Module):
-    """Logits of Z(s, a) on ``num_atoms`` atoms: for a Box action space an MLP over [features(obs), a]
-    -> ``[B, N]``; for Discrete(n) an MLP over features(obs) -> ``[B, n, N]`` (every action at once)."""
-
-    def __init__(
-        self,
-        observation_space: gym.Space,
-        action_space: gym.Space,
-        hidden: Sequence[int],
-        num_atoms: int,
-        rescale_obs: bool = False,
-    ):
-        super().__init__()
-        self.encoder = ObservationEncoder(observation_space, rescale=rescale_obs)
-        self.discrete = isinstance(action_space, gym.spaces.Discrete)
-        self.num_atoms = num_atoms
-        if self.discrete:
-            self.num_actions = int(action_space.n)
-            self.net = mlp([self.encoder.dim, *hidden, self.num_actions * num_atoms], nn.ReLU)
-        else:
-            self.net = mlp([self.encoder.dim + int(action_space.shape[0]), *hidden, num_atoms], nn.ReLU)
-
-    def forward(self, obs: torch.Tensor, action: torch.Tensor | None = None) -> torch.Tensor:
-        x = self.encoder(obs, self.net[0].weight.dtype)
-        if self.discrete:
-            return self.net(x).unflatten(-1, (self.num_actions, self.num_atoms))
-        return self.net(torch.cat((x, action.to(x.dtype)), dim=-1))
-
-
 class CategoricalQ(nn.Module):
     """A distributional critic with a slowly tracking target copy; its values are the means E[Z(s, a)].
 
@@ -131,7 +101,7 @@ class CategoricalQ(nn.Module):
             raise ValueError(f"num_atoms={num_atoms!r} is not allowed; use an integer >= 2")
         if not float(v_min) < float(v_max):
             raise ValueError(f"v_min={v_min!r} and v_max={v_max!r}: the support needs v_min < v_max")
-        self.q1 = AtomNetwork(observation_space, action_space, hidden, num_atoms, rescale_obs)
+        self.q1 = QNetwork(observation_space, action_space, hidden, rescale_obs, outputs=num_atoms)
         self.q2 = None
         self.register_buffer("support", torch.linspace(float(v_min), float(v_max), num_atoms))
         self.target = copy.deepcopy(nn.ModuleList([self.q1])).requires_grad_(False)
@@ -159,6 +129,16 @@ class CategoricalQ(nn.Module):
     def update_target(self, tau: float) -> None:
         """Polyak averaging: target <- (1 - tau) target + tau online."""
         polyak_update(self.target[0], self.q1, tau)
+
+
+def check_correction(correction: str) -> None:
+    """Raise a one-line ValueError unless ``correction`` is ``"none"``: Retrace's per-step traces do
+    not act on whole distributions."""
+    check_n_step_correction(correction, 1.0)
+    if correction != "none":
+        raise ValueError(
+            f"n_step_correction={correction!r} is not available with the distributional critic; use 'none'"
+        )
 
 
 def _affine_target(batch: dict, gamma: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -214,11 +194,7 @@ def distributional_q_loss(
 
     ``correction`` must be ``"none"``: Retrace's per-step traces do not act on whole distributions.
     """
-    check_n_step_correction(correction, 1.0)
-    if correction != "none":
-        raise ValueError(
-            f"n_step_correction={correction!r} is not available with the distributional critic; use 'none'"
-        )
+    check_correction(correction)
     target = distributional_target(critic, policy, batch, gamma=gamma)
     logits = critic.q1(batch["obs"], batch["action"])
     if critic.q1.discrete:

@@ -43,7 +43,7 @@ from rl_as_inference.algos.schedules import decay_learning_rates
 from rl_as_inference.algos.settings import RunSettings, rank_share
 from rl_as_inference.algos.stats import IntervalMeans, emit_row, finish, row_due
 from rl_as_inference.critics import TwinQ, soft_q_loss
-from rl_as_inference.distributional import CategoricalQ, distributional_q_loss
+from rl_as_inference.distributional import CategoricalQ, check_correction, distributional_q_loss
 from rl_as_inference.guides.normalization import attach_obs_normalizer
 from rl_as_inference.guides.policies import CategoricalMLP, GaussianMLP, validate_on
 from rl_as_inference.optim import adam
@@ -285,10 +285,12 @@ def train(
     config = rank_share(config)  # in a data-parallel run, this rank's share
     device = envs.base.resolve_device(config.device)
     torch.manual_seed(config.seed)
-    if config.distributional_critic and config.twin_critic:
-        raise ValueError(
-            "distributional_critic = true is one network (Acme's distributional MPO): set twin_critic = false"
-        )
+    if config.distributional_critic:  # refused before any env step is collected
+        if config.twin_critic:
+            raise ValueError(
+                "distributional_critic = true is one network (Acme's distributional MPO): set twin_critic = false"
+            )
+        check_correction(config.n_step_correction)
     data = Collector.for_config(config, device, "mpo", discrete=True, reward_scale=config.reward_scale)
     space = data.action_space
     if data.discrete and (config.per_dim_constraints or config.action_penalization):
