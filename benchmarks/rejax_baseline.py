@@ -204,14 +204,7 @@ def run_rejax(job: dict) -> RejaxResult:
     settings = REJAX_CONFIGS[env_id]
     budget = job["budget"] or int(round(settings["total_timesteps"] * job["budget_scale"]))
     result = RejaxResult("rejax", env_id, seed, settings["algo"].upper(), budget, THRESHOLDS[env_id])
-    tracker = Tracker(
-        result,
-        job["eval_every"],
-        job["eval_episodes"],
-        not job["full"],
-        "cpu",
-        job.get("confirm_episodes", 0),
-    )
+    tracker = Tracker.for_job(result, job, "cpu")
 
     # Everything compiled before the clock: init_state, one function per distinct chunk length (the
     # regular chunk and possibly a shorter last one), and the act function.

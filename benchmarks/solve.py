@@ -347,6 +347,18 @@ class Tracker:
         self.last_eval_steps = -1
         self.start = time.perf_counter()
 
+    @classmethod
+    def for_job(cls, result: RunResult, job: dict, device: str) -> Tracker:
+        """The tracker of one job of :func:`main` (its evaluation settings)."""
+        return cls(
+            result,
+            job["eval_every"],
+            job["eval_episodes"],
+            not job["full"],
+            device,
+            job.get("confirm_episodes", 0),
+        )
+
     def restart_clock(self) -> None:
         """Start the training clock (just before the learner is built)."""
         self.start = time.perf_counter()
@@ -436,14 +448,7 @@ def run_ours(job: dict) -> RunResult:
     config = dataclasses.replace(config, total_env_steps=budget)
     result = RunResult("ours", env_id, seed, algo, budget, THRESHOLDS[env_id])
     device = resolve_device(config.device).type  # --set device=auto is resolved here too
-    tracker = Tracker(
-        result,
-        job["eval_every"],
-        job["eval_episodes"],
-        not job["full"],
-        device,
-        job.get("confirm_episodes", 0),
-    )
+    tracker = Tracker.for_job(result, job, device)
 
     def actor(module: torch.nn.Module) -> Callable[[np.ndarray], Any]:
         if next(module.parameters()).device.type != "cpu":
@@ -512,14 +517,7 @@ def run_sb3(job: dict) -> RunResult:
     zoo = zoo_entry(env_id, job.get("sb3_algo"))
     budget = job["budget"] or int(round(zoo["n_timesteps"] * job["budget_scale"]))
     result = RunResult("sb3", env_id, seed, zoo["algo"], budget, THRESHOLDS[env_id])
-    tracker = Tracker(
-        result,
-        job["eval_every"],
-        job["eval_episodes"],
-        not job["full"],
-        job["device"],
-        job.get("confirm_episodes", 0),
-    )
+    tracker = Tracker.for_job(result, job, job["device"])
     holder: dict[str, Any] = {}
 
     def act(obs: np.ndarray) -> Any:
