@@ -38,7 +38,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from solve import machine_info  # noqa: E402
 
 EPISODE_SEED = 10_000
-STEPS = 200
 POINT_MASS_HORIZON = 30
 
 
@@ -75,38 +74,17 @@ def pytorch_mppi_controller(samples: int, horizon: int, sigma: float, lambda_: f
 
 
 def run_episodes(make_command, episodes: int) -> tuple[list[float], list[float]]:
-    """Returns and per-command seconds of ``episodes`` Gymnasium episodes."""
-    import gymnasium as gym
+    """Returns and per-command seconds of ``episodes`` Gymnasium Pendulum-v1 episodes."""
+    from rl_as_inference.plan_run import control_gymnasium
 
-    env = gym.make("Pendulum-v1")
-    returns, seconds = [], []
-    try:
-        for i in range(episodes):
-            env.reset(seed=EPISODE_SEED + i)
-            command = make_command(i)
-            total = 0.0
-            for _ in range(STEPS):
-                state = np.asarray(env.unwrapped.state, dtype=np.float64)
-                start = time.perf_counter()
-                action = command(state)
-                seconds.append(time.perf_counter() - start)
-                _, reward, terminated, truncated, _ = env.step(
-                    np.asarray(action, dtype=np.float32).reshape(1)
-                )
-                total += float(reward)
-                if terminated or truncated:
-                    break
-            returns.append(total)
-    finally:
-        env.close()
-    return returns, seconds
+    return control_gymnasium("Pendulum-v1", make_command, episodes, EPISODE_SEED)
 
 
 def theirs(samples: int, horizon: int, sigma: float, lambda_: float):
     def make(i: int):
         torch.manual_seed(EPISODE_SEED + i)
         ctrl = pytorch_mppi_controller(samples, horizon, sigma, lambda_)
-        return lambda s: ctrl.command(torch.as_tensor(s, dtype=torch.double)).numpy()
+        return lambda s: ctrl.command(torch.as_tensor(s, dtype=torch.double)).numpy().astype(np.float32)
 
     return make
 

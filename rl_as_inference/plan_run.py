@@ -12,6 +12,7 @@ own functions read.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from rl_as_inference import envs
 from rl_as_inference.diagnostics import pareto_k_per_step, to_netcdf
 from rl_as_inference.planning import MPC
 
-__all__ = ["PlanResult", "plan_episodes", "write_inference_data"]
+__all__ = ["PlanResult", "control_gymnasium", "plan_episodes", "write_inference_data"]
 
 
 @dataclass
@@ -44,15 +45,42 @@ class PlanResult:
         return az.from_dict(sample_stats=stats)
 
 
-def _state_of(gym_env, port: envs.FunctionalEnv) -> torch.Tensor:
-    raw = getattr(gym_env.unwrapped, "state", None)
-    if raw is None:
-        raise ValueError(
-            f"{port.name}: Gymnasium's env exposes no .state to plan from; rlai plan reads the state of "
-            "the classic-control ports (Pendulum-v1, CartPole-v1, MountainCar-v0, MountainCarContinuous-v0, "
-            "Acrobot-v1)"
-        )
-    return torch.as_tensor(np.asarray(raw, dtype=np.float64), dtype=port.dtype, device=port.device)[None]
+def control_gymnasium(
+    env_id: str, make_command: Callable[[int], Callable[[np.ndarray], object]], episodes: int, seed: int
+) -> tuple[list[float], list[float]]:
+    """Run ``episodes`` episodes of ``gymnasium.make(env_id)`` under a controller of its true state.
+
+    Episode i is reset with seed ``seed + i`` and controlled by ``make_command(i)``, a function of
+    ``env.unwrapped.state`` (float64) returning the action to apply; it runs until Gymnasium's own
+    termination or time limit. Returns the undiscounted returns and every command's wall-clock in
+    seconds (only the command is timed)."""
+    import gymnasium as gym
+
+    env = gym.make(env_id)
+    returns, seconds = [], []
+    try:
+        for i in range(episodes):
+            env.reset(seed=seed + i)
+            command = make_command(i)
+            total, done = 0.0, False
+            while not done:
+                raw = getattr(env.unwrapped, "state", None)
+                if raw is None:
+                    raise ValueError(
+                        f"{env_id}: Gymnasium's env exposes no .state to plan from; rlai plan reads the "
+                        "state of the classic-control ports (Pendulum-v1, CartPole-v1, MountainCar-v0, "
+                        "MountainCarContinuous-v0, Acrobot-v1)"
+                    )
+                start = time.perf_counter()
+                action = command(np.asarray(raw, dtype=np.float64))
+                seconds.append(time.perf_counter() - start)
+                _, reward, terminated, truncated, _ = env.step(action)
+                total += float(reward)
+                done = terminated or truncated
+            returns.append(total)
+    finally:
+        env.close()
+    return returns, seconds
 
 
 def plan_episodes(
@@ -76,53 +104,39 @@ def plan_episodes(
         device: where the planner runs (the port's device).
         record: keep the log weights for PSIS k-hat.
     """
-    import gymnasium as gym
-
     if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
         raise ValueError(f"episodes={episodes!r} is not allowed; use an int >= 1")
     port = envs.make(env_id, device=device)
-    gym_env = gym.make(env_id)
-    returns, times, per_episode = [], [], []
-    try:
-        for i in range(episodes):
-            gym_env.reset(seed=seed + i)
-            mpc = MPC(
-                port,
-                method,
-                horizon=horizon,
-                num_samples=num_samples,
-                seed=seed + i,
-                record=record,
-                **planner,
-            )
-            total, done = 0.0, False
-            while not done:
-                state = _state_of(gym_env, port)
-                start = time.perf_counter()
-                action = mpc.act(state)[0]
-                if port.device.type == "cuda":
-                    torch.cuda.synchronize()
-                times.append(time.perf_counter() - start)
-                a = action.cpu().numpy()
-                a = int(a) if port.action_space.shape == () else a.astype(port.action_space.dtype)
-                _, reward, terminated, truncated, _ = gym_env.step(a)
-                total += float(reward)
-                done = terminated or truncated
-            returns.append(total)
-            found = mpc.diagnostics()
-            episode = {"ess": found["ess"][:, 0], "alpha": found["alpha"][:, 0]}
-            if "log_weights" in found:
-                episode["pareto_k"] = pareto_k_per_step(found["log_weights"][:, :, :1])[:, 0]
-            per_episode.append(episode)
-    finally:
-        gym_env.close()
-    keys = per_episode[0].keys()
+    discrete = port.action_space.shape == ()
+    planners = []
+
+    def make_command(i: int):
+        mpc = MPC(
+            port, method, horizon=horizon, num_samples=num_samples, seed=seed + i, record=record, **planner
+        )
+        planners.append(mpc)
+
+        def command(state: np.ndarray):
+            action = mpc.act(torch.as_tensor(state, dtype=port.dtype, device=port.device)[None])[0]
+            a = action.cpu().numpy()  # waits for the device: the timing includes the plan's work
+            return int(a) if discrete else a.astype(port.action_space.dtype)
+
+        return command
+
+    returns, seconds = control_gymnasium(env_id, make_command, episodes, seed)
+    per_episode = []
+    for mpc in planners:
+        found = mpc.diagnostics()
+        episode = {"ess": found["ess"][:, 0], "alpha": found["alpha"][:, 0]}
+        if "log_weights" in found:
+            episode["pareto_k"] = pareto_k_per_step(found["log_weights"][:, :, :1])[:, 0]
+        per_episode.append(episode)
     longest = max(len(d["ess"]) for d in per_episode)
     diagnostics = {
         k: np.stack([np.pad(d[k], (0, longest - len(d[k])), constant_values=np.nan) for d in per_episode])
-        for k in keys
+        for k in per_episode[0]
     }
-    return PlanResult(returns, 1e3 * float(np.median(times)), len(times), diagnostics)
+    return PlanResult(returns, 1e3 * float(np.median(seconds)), len(seconds), diagnostics)
 
 
 def write_inference_data(result: PlanResult, out: str | Path) -> Path:
