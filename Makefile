@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 TORCH_INDEX_URL ?=
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint format bench clean
+.PHONY: demo test docs lint format bench clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "rl_as_inference needs Python >= 3.11; run make PYTHON=python3.11 ...")'
@@ -46,6 +46,17 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed-dev
 	@$(BIN)/python -m pytest $(PYTEST_ARGS); status=$$?; \
 	if [ $$status -eq 5 ]; then echo "make test: pytest collected no tests" >&2; fi; exit $$status
+
+$(VENV)/.installed-docs: pyproject.toml $(VENV)/.torch
+	$(BIN)/python -m pip install -q -e ".[docs]"
+	@touch $@ $(VENV)/.installed
+
+# The documentation site, warnings as errors (a broken reference or a failing tutorial fails it);
+# the tutorials run at their small size. RLAI_DOCS_EXECUTE=off renders them without running.
+docs: $(VENV)/.installed-docs
+	rm -rf docs/_build
+	$(BIN)/python -m sphinx -W --keep-going -b html -q docs docs/_build/html
+	@echo "make docs: open docs/_build/html/index.html"
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .

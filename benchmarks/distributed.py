@@ -34,7 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
-# solve.py lies beside this file; `python -P` (as benchmarks/gpu_session.sh runs it, so that the
+# solve.py lies beside this file; `python -P` (as benchmarks/gpu_checks.sh runs it, so that the
 # installed wheel is imported, not a checkout) leaves this folder off sys.path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from solve import THRESHOLDS, machine_info  # noqa: E402

@@ -99,7 +99,7 @@ def plan_episodes(
 
     Args:
         env_id: a Gymnasium id with a torch port (its dynamics are what the planner rolls out).
-        method, horizon, num_samples, **planner: the :class:`MPC`'s settings.
+        method, horizon, num_samples, ``**planner``: the :class:`MPC`'s settings.
         episodes: episodes to run; episode i is reset with seed ``seed + i``.
         device: where the planner runs (the port's device).
         record: keep the log weights for PSIS k-hat.

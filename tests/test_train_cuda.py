@@ -4,7 +4,7 @@ Every algorithm of ``tests/test_resume.py`` trains, checkpoints, resumes and is 
 Gymnasium observations with its networks on the GPU; ``train_run(device="auto")`` (what
 ``rlai train --device auto`` calls) picks CUDA. The CPU side of the same contract (bit-identical
 resume, reproducible evaluation) is tested in ``test_resume.py`` and ``test_cli.py``; device runs
-of this module go into ``benchmarks/RESULTS.md`` (``benchmarks/gpu_session.sh`` runs it).
+of this module go into ``benchmarks/RESULTS.md`` (``benchmarks/gpu_checks.sh`` runs it).
 """
 
 from __future__ import annotations

@@ -56,11 +56,11 @@ __all__ = ["MPOConfig", "categorical_mpo_losses", "mpo_losses", "realized_kl", "
 class MPOConfig(RunSettings):
     """Hyperparameters of MPO (constraint sizes and sample count: Acme's defaults)."""
 
-    learning_starts: int = 1_000
-    batch_size: int = 256
+    learning_starts: int = 1_000  # env steps of random actions before the first update
+    batch_size: int = 256  # transitions per learner update
     num_samples: int = 20  # actions sampled per state in the E-step
-    buffer_size: int = 100_000
-    gamma: float = 0.99
+    buffer_size: int = 100_000  # transitions the replay buffer keeps
+    gamma: float = 0.99  # probability of continuing after each step (the discount)
     tau: float = 0.005  # Polyak rate of the critic targets
     target_policy_update_every: int = 100  # learner steps between copies of pi into pi_k
     epsilon: float = 0.1  # E-step KL bound
@@ -73,12 +73,12 @@ class MPOConfig(RunSettings):
     n_step_correction: str = "none"
     trace_lambda: float = 1.0  # lambda of the Retrace traces
     anneal_lr: bool = False  # decay the policy and critic learning rates linearly to 0 over the budget
-    policy_lr: float = 1e-3
-    critic_lr: float = 1e-3
-    dual_lr: float = 1e-2
-    init_log_temperature: float = 0.0
+    policy_lr: float = 1e-3  # Adam learning rate of the policy
+    critic_lr: float = 1e-3  # Adam learning rate of the critics
+    dual_lr: float = 1e-2  # Adam learning rate of the dual variables (temperatures, KL multipliers)
+    init_log_temperature: float = 0.0  # starting log of the E-step temperatures
     init_log_alpha: float = 0.0  # log of the Gaussian KL multipliers; the categorical one is softplus of it
-    hidden: tuple[int, ...] = (256, 256)
+    hidden: tuple[int, ...] = (256, 256)  # hidden layer widths of every network
     rescale_actions: bool = False  # Box actions: the Gaussian acts in the unit box, mapped onto the env's
     # two Q networks and their min (clipped double-Q); False: one, as the MPO paper and Acme (every
     # critic evaluation, the E-step's M x B included, then costs half)

@@ -42,16 +42,16 @@ class SACConfig(RunSettings):
     """Hyperparameters of SAC (defaults: rl-baselines3-zoo, Pendulum-v1)."""
 
     learning_starts: int = 1_000  # random actions before the first update
-    batch_size: int = 256
-    buffer_size: int = 100_000
-    gamma: float = 0.99
-    tau: float = 0.005
-    actor_lr: float = 1e-3
-    critic_lr: float = 1e-3
-    alpha_lr: float = 1e-3
-    hidden: tuple[int, ...] = (256, 256)
+    batch_size: int = 256  # transitions per learner update
+    buffer_size: int = 100_000  # transitions the replay buffer keeps
+    gamma: float = 0.99  # probability of continuing after each step (the discount)
+    tau: float = 0.005  # Polyak rate of the target networks
+    actor_lr: float = 1e-3  # Adam learning rate of the policy
+    critic_lr: float = 1e-3  # Adam learning rate of the critics
+    alpha_lr: float = 1e-3  # Adam learning rate of the temperature's dual
+    hidden: tuple[int, ...] = (256, 256)  # hidden layer widths of every network
     alpha: float | None = None  # None: learned by its dual to reach target_entropy
-    initial_alpha: float = 1.0
+    initial_alpha: float = 1.0  # the learned temperature's starting value
     alpha_final: float | None = None  # with alpha: anneal alpha -> alpha_final (a temperature schedule)
     alpha_schedule: str = "linear"  # "linear" or "exponential"
     alpha_anneal_steps: int | None = None  # env steps of the schedule (None: total_env_steps)

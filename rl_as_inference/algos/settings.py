@@ -257,10 +257,10 @@ class RunSettings:
     # standardize observations by their running mean and variance (RunningObsNormalizer), saved
     # with the policy; clipped to +-obs_clip
     normalize_obs: bool = False
-    obs_clip: float = DEFAULT_OBS_CLIP
+    obs_clip: float = DEFAULT_OBS_CLIP  # normalized observations are clipped to +-obs_clip
     reward_scale: float = 1.0  # multiplies the rewards the learner sees (logged returns: unscaled)
-    seed: int = 0
-    device: str = "cpu"
+    seed: int = 0  # seeds torch, the envs' resets and the random actions and batch sampling
+    device: str = "cpu"  # where envs, buffers and networks live: "cpu", "cuda", "cuda:N" or "auto"
     log_every: int = 1_000  # env steps between metric rows
 
     def __post_init__(self) -> None:

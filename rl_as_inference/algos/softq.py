@@ -62,10 +62,10 @@ class SoftQConfig(RunSettings):
     """Hyperparameters of soft Q-learning."""
 
     env: str = "MountainCar-v0"
-    learning_starts: int = 1_000
-    batch_size: int = 256
-    buffer_size: int = 100_000
-    gamma: float = 0.99
+    learning_starts: int = 1_000  # env steps of random actions before the first update
+    batch_size: int = 256  # transitions per learner update
+    buffer_size: int = 100_000  # transitions the replay buffer keeps
+    gamma: float = 0.99  # probability of continuing after each step (the discount)
     tau: float = 0.005  # Polyak rate of the target network
     n_step: int = 1  # critic targets from n-step paths (1: one-step), with the KL terms of T^{pi,q}
     # "none": replayed actions taken as q's (exact on-policy); "retrace": traces trace_lambda *
@@ -73,7 +73,7 @@ class SoftQConfig(RunSettings):
     n_step_correction: str = "none"
     trace_lambda: float = 1.0  # lambda of the Retrace traces
     updates_every: int = 1  # collection steps (of num_envs transitions) per learner step
-    lr: float = 1e-3
+    lr: float = 1e-3  # Adam learning rate of the critic
     anneal_lr: bool = False  # decay the learning rate linearly to 0 over the budget
     alpha: float = 1.0  # temperature of q (reward units), the start of a schedule with alpha_final
     alpha_final: float | None = None
@@ -81,7 +81,7 @@ class SoftQConfig(RunSettings):
     alpha_anneal_steps: int | None = None  # env steps of the schedule (None: total_env_steps)
     double_q: bool = False  # the next state's q from the online network, its values from the target
     loss: str = "huber"  # "huber" (smooth L1 at delta 1, as DQN) or "mse"
-    hidden: tuple[int, ...] = (256, 256)
+    hidden: tuple[int, ...] = (256, 256)  # hidden layer widths of every network
 
 
 def soft_q_loss(

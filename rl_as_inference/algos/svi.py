@@ -52,22 +52,22 @@ class SVIConfig(RunSettings):
     """Hyperparameters of segment SVI (critic settings as SAC's rl-baselines3-zoo Pendulum-v1 ones)."""
 
     algo_name: ClassVar[str] = "svi"  # the name errors use (em shares these settings)
-    learning_starts: int = 1_000
+    learning_starts: int = 1_000  # env steps of random actions before the first update
     horizon: int = 5  # H: steps differentiated through the dynamics per actor update
     batch_size: int = 256  # transitions per critic update
     actor_batch_size: int = 256  # start states (episodes) per actor update; each rolls out H steps
-    buffer_size: int = 100_000
-    gamma: float = 0.99
-    tau: float = 0.005
-    actor_lr: float = 1e-3
-    critic_lr: float = 1e-3
-    alpha_lr: float = 1e-3
-    hidden: tuple[int, ...] = (256, 256)
+    buffer_size: int = 100_000  # transitions the replay buffer keeps
+    gamma: float = 0.99  # probability of continuing after each step (the discount)
+    tau: float = 0.005  # Polyak rate of the target networks
+    actor_lr: float = 1e-3  # Adam learning rate of the policy
+    critic_lr: float = 1e-3  # Adam learning rate of the critics
+    alpha_lr: float = 1e-3  # Adam learning rate of the temperature's dual
+    hidden: tuple[int, ...] = (256, 256)  # hidden layer widths of every network
     objective: str = "maxent"  # "maxent" (eq. 10) or "kl" (eq. 2 against a lagged copy of q)
     prior_update_every: int = 100  # actor steps between refreshes of pi (objective "kl")
     kl_bound: float = 0.05  # epsilon of the KL dual (objective "kl" with a learned temperature)
     alpha: float | None = None  # None: learned by its dual (target_entropy for "maxent", kl_bound for "kl")
-    initial_alpha: float = 1.0
+    initial_alpha: float = 1.0  # the learned temperature's starting value
     alpha_final: float | None = None  # with alpha: anneal alpha -> alpha_final (a temperature schedule)
     alpha_schedule: str = "linear"  # "linear" or "exponential"
     alpha_anneal_steps: int | None = None  # env steps of the schedule (None: total_env_steps)

@@ -93,7 +93,7 @@ class VMPOConfig(RunSettings):
     updates_per_batch: int = 8  # learner steps on each collected batch
     target_update_every: int = 32  # learner steps between copies of pi into pi_old (K): 4 batches
     top_fraction: float = 0.5  # share of the batch, by advantage, that the E-step keeps
-    gamma: float = 0.99
+    gamma: float = 0.99  # probability of continuing after each step (the discount)
     reward_scale: float = 0.1  # multiplies the rewards in the value targets (logged returns: unscaled)
     epsilon_eta: float = 0.1  # E-step bound on KL(psi || uniform on the top half)
     epsilon_alpha: float = 0.005  # M-step KL bound, categorical policies
@@ -101,12 +101,12 @@ class VMPOConfig(RunSettings):
     epsilon_stddev: float = 1e-4  # M-step KL bound on the standard deviation, Gaussian policies
     init_temperature: float = 1.0  # paper
     init_alpha: float = 5.0  # paper (all multipliers)
-    policy_lr: float = 3e-3
-    value_lr: float = 3e-3
-    dual_lr: float = 0.1
+    policy_lr: float = 3e-3  # Adam learning rate of the policy
+    value_lr: float = 3e-3  # Adam learning rate of the state value
+    dual_lr: float = 0.1  # Adam learning rate of the dual variables (temperatures, KL multipliers)
     anneal_lr: bool = True  # decay the network learning rates linearly to 0 over total_env_steps
     max_grad_norm: float | None = None  # None: no clipping of the network gradients
-    hidden: tuple[int, ...] = (64, 64)
+    hidden: tuple[int, ...] = (64, 64)  # hidden layer widths of every network
     activation: str = "Tanh"  # a torch.nn activation, for the policy and the value network
     rescale_actions: bool = False  # Box actions: the Gaussian acts in the unit box, mapped onto the env's
 

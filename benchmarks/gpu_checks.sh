@@ -9,7 +9,7 @@
 #     rm -f .whl/rl_as_inference-* && python3 -m pip wheel -q --no-deps -w .whl .   (rebuild: the code changes)
 # .whl/ is git-ignored (built, never committed), so the copy to the GPU machine must carry it.
 # Then, on the GPU machine from the repository root with .whl/ in it and OUT set, within 540 s:
-#     bash benchmarks/gpu_session.sh
+#     bash benchmarks/gpu_checks.sh
 # Stage limits
 # sum to 500 s; on this project's 2-CPU VM (DEVICE=cpu) stage 3 needed 100-110 s, stage 4 about 55.
 # The STAGES=distributed call: its first run took 147 s there, its second more than 150 s.
@@ -26,7 +26,7 @@
 #      batch of 1,024 envs, beside pytorch_mppi on the CPU (its wheel must be in .whl/).
 # Walk the same path on a CPU machine (its venv has the dependencies) with:
 #     DEVICE=cpu OUT=/tmp/gpu-out PY=.venv/bin/python SITE=/tmp/site-cpu WHEELS='.whl/rl_as_inference-*' \
-#         bash benchmarks/gpu_session.sh
+#         bash benchmarks/gpu_checks.sh
 set -uo pipefail
 : "${OUT:?set OUT to the folder that receives the logs}"
 DEVICE=${DEVICE:-cuda}
