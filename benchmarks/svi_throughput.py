@@ -1,7 +1,7 @@
 """Env-steps per second of gradient-carrying SVI steps on Pendulum-v1.
 
 One SVI step = roll out N episodes of T steps from a 64x64 TanhGaussianMLP guide, evaluate the
-maximum-entropy ELBO (seed eq. 10) with pathwise gradients, back-propagate, take an Adam step.
+maximum-entropy ELBO (the source's eq. 10) with pathwise gradients, back-propagate, take an Adam step.
 Compared on the same batch, in the same process:
 
 - ``hand``: a hand-written torch loss of the same objective (no Pyro): the floor to beat;

@@ -1,4 +1,4 @@
-"""Guides: the variational policy q rolled out through the same dynamics as the model (seed eq. 12)."""
+"""Guides: the variational policy q rolled out through the same dynamics as the model (the source's eq. 12)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ class TrajectoryGuide:
 
     ``gamma`` is the continuation probability of the model that this guide approximates: step t's
     sites run under ``poutine.scale(gamma**t)`` here as in the model (q shares the dynamics and the
-    death time, seed eq. 12), which is what makes Pyro's own ELBOs compute the discounted ELBO.
+    death time, the source's eq. 12), which is what makes Pyro's own ELBOs compute the discounted ELBO.
     """
 
     env: FunctionalEnv

@@ -31,7 +31,7 @@ class SquashedNormal(dist.TorchDistribution):
     log q(a) = sum_i [log N(u_i; loc_i, scale_i) - log half_i - log(1 - tanh(u_i)^2)],
     with log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2u)), which stays finite where tanh(u)
     rounds to +-1. An action this distribution just sampled is scored from its cached u (exact,
-    and differentiable through u, as the pathwise ELBO gradient of seed eq. (10) needs); any other
+    and differentiable through u, as the pathwise ELBO gradient of the source's eq. (10) needs); any other
     action is mapped back by atanh, clamped inside the open box so a stored saturated action keeps
     a finite density.
 

@@ -1,8 +1,8 @@
 """Prior policies pi(a|s) of trajectory models.
 
 The prior decides which ELBO a trajectory model has (:class:`~rl_as_inference.models.TrajectoryModel`): ``UniformPrior`` gives the
-maximum-entropy ELBO of seed eq. (10), E_q[sum_t gamma^t r_t / alpha] + sum_t H(q(.|s_t)) - const;
-``PolicyPrior`` gives the KL-regularized ELBO of seed eq. (2) against a fixed reference policy (a
+maximum-entropy ELBO of the source's eq. (10), E_q[sum_t gamma^t r_t / alpha] + sum_t H(q(.|s_t)) - const;
+``PolicyPrior`` gives the KL-regularized ELBO of the source's eq. (2) against a fixed reference policy (a
 frozen previous policy for trust-region and EM methods); ``GaussianPrior`` is a soft action
 penalty for continuous actions.
 """
@@ -140,7 +140,7 @@ def _batch_shape(state: torch.Tensor, env: FunctionalEnv) -> torch.Size:
 
 
 class UniformPrior(Prior):
-    """pi uniform over the action space: seed eq. (10), the maximum-entropy ELBO.
+    """pi uniform over the action space: the source's eq. (10), the maximum-entropy ELBO.
 
     Discrete(n): Categorical with probabilities 1/n, so KL(q || pi) = log n - H(q). A bounded Box:
     uniform on the closed box, so KL(q || pi) = log vol(box) - H(q). An unbounded Box has no
@@ -233,7 +233,7 @@ class GaussianPrior(Prior):
 
 
 class PolicyPrior(Prior):
-    """pi(a|s) = ``fn(state)``: a fixed reference policy, giving the KL-regularized ELBO of seed eq. (2).
+    """pi(a|s) = ``fn(state)``: a fixed reference policy, giving the KL-regularized ELBO of the source's eq. (2).
 
     ``fn`` takes a batch of states (integer states for tabular MDPs, ``[*B, k]`` tensors otherwise)
     and returns a torch or Pyro distribution with batch shape ``[*B]``; with ``time_indexed=True``

@@ -2,7 +2,7 @@
 
 A model is this loop with actions from the prior pi plus optimality factors; a guide is the same
 loop with actions from the variational policy q. Because both run the same pure dynamics, q(tau)
-shares p(s_0) and p(s_{t+1}|s_t, a_t) with the model (seed eq. 12) and only the action sites differ.
+shares p(s_0) and p(s_{t+1}|s_t, a_t) with the model (the source's eq. 12) and only the action sites differ.
 """
 
 from __future__ import annotations

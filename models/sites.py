@@ -14,7 +14,7 @@ site                    meaning
                         pi(a_t|s_t) in the model and from q(a_t|s_t) in the guide; every one of
                         them must be in the guide
 ``s_t`` (t >= 1)        state after step t-1: a sample site with the same distribution in model
-                        and guide when the dynamics are stochastic (seed eq. 12, the log-probs
+                        and guide when the dynamics are stochastic (the source's eq. 12, the log-probs
                         cancel); deterministic dynamics need no site (the built-in models return
                         every state in their ``Trajectory``, the ``_RETURN`` value of a trace)
 ``O_t`` (t < H)         optimality factor ``pyro.factor("O_t", r_t / alpha)``, model only;

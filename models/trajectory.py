@@ -30,9 +30,9 @@ class TrajectoryModel:
     After every step the episode ends with probability 1 - gamma in an absorbing state with zero
     reward: step t's sites run under ``poutine.scale(gamma**t)`` (the death time marginalized). With
     a guide q that shares the dynamics and gamma (``PolicyGuide(..., gamma=...)``), the ELBO of
-    this model is seed eq. (2), discounted,
+    this model is the source's eq. (2), discounted,
     E_q[sum_t gamma^t (r_t / alpha - KL(q(.|s_t) || pi(.|s_t)))] (+ gamma^H V(s_H) / alpha)
-    <= log p(O), which with ``UniformPrior`` is the maximum-entropy objective of seed eq. (10); its
+    <= log p(O), which with ``UniformPrior`` is the maximum-entropy objective of the source's eq. (10); its
     optimum is the stationary soft value that the critics learn. gamma = 1 is the undiscounted
     eq. (2). Sites follow :mod:`rl_as_inference.models.sites`.
 

@@ -6,7 +6,7 @@ In reward units (the ELBO times alpha):
 
 The seed writes a ratio of logs inside the expectation; the correct term is the difference above.
 With pi uniform the KL term is a negative entropy plus a constant and Q^q is SAC's soft Q. The
-E-step of seed eq. (7) has the closed form q(a|s) proportional to pi(a|s) exp(Q(s, a) / alpha)
+E-step of the source's eq. (7) has the closed form q(a|s) proportional to pi(a|s) exp(Q(s, a) / alpha)
 (:func:`greedy_in_kl`), whose soft value is alpha * log sum_a pi(a|s) exp(Q(s, a) / alpha).
 
 The batch functions here (:func:`soft_value_of_sample`, :func:`soft_value_of_distribution`,
@@ -257,7 +257,7 @@ def lambda_returns(
 
 
 def greedy_in_kl(q_values: torch.Tensor, log_prior: torch.Tensor, alpha: float) -> torch.Tensor:
-    """The E-step of seed eq. (7): q(a|s) proportional to pi(a|s) exp(Q(s, a) / alpha), as probabilities."""
+    """The E-step of the source's eq. (7): q(a|s) proportional to pi(a|s) exp(Q(s, a) / alpha), as probabilities."""
     return torch.softmax(log_prior + q_values / alpha, dim=-1)
 
 

@@ -7,7 +7,7 @@ The target of Q(s, a) is Q^q's Bellman operator in reward units,
 one step of it (:func:`soft_q_loss` on a one-step batch) or n steps along a replayed path
 (:func:`n_step_soft_target`, optionally with Retrace traces for the actions of older policies). The
 prior pi is a callable log density of (obs, action) (:data:`LogPrior`): a uniform prior is a
-constant, a reference policy pi_k (the KL objective of seed eq. 2) is :func:`policy_log_prior`.
+constant, a reference policy pi_k (the KL objective of the source's eq. 2) is :func:`policy_log_prior`.
 """
 
 from __future__ import annotations

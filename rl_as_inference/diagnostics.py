@@ -1,10 +1,10 @@
 """Diagnostics of a variational policy: its trajectories as importance samples of p(tau | O), in ArviZ.
 
-Each episode tau ~ q(tau) that the guide rolls out carries the importance weight of seed eq. (2),
+Each episode tau ~ q(tau) that the guide rolls out carries the importance weight of the source's eq. (2),
 
     log w(tau) = log p(tau, O) - log q(tau),   l_t = r_t / alpha + log pi(a_t|s_t) - log q(a_t|s_t)
 
-(p(s_0) and the dynamics are shared by model and guide and cancel, seed eq. (12)). Without
+(p(s_0) and the dynamics are shared by model and guide and cancel, the source's eq. (12)). Without
 discounting log w = sum_t l_t (+ V(s_H) / alpha). With gamma < 1, a continuation probability, the
 episode also draws a death time that model and guide share; it is marginalized exactly, so that
 E_q[w] = p(O): log w = logsumexp_t [log(gamma^t - gamma^{t+1}) + sum_{k <= t} l_k] (the site ledger,
@@ -129,7 +129,7 @@ _ENV_LABELS: dict[str, dict[str, tuple[str, ...]]] = {
 # ---------------------------------------------------------------------- importance weights
 @dataclass
 class ImportanceDiagnostics:
-    """What N importance log weights log w_i = log p(tau_i, O) - log q(tau_i) say (seed eq. 2).
+    """What N importance log weights log w_i = log p(tau_i, O) - log q(tau_i) say (the source's eq. 2).
 
     Attributes:
         num_samples: N.
@@ -805,7 +805,7 @@ def from_run(
 
     The policy comes from ``checkpoint.pt`` (:func:`rl_as_inference.runs.load_policy`); the model is
     a ``TrajectoryModel`` on the torch port of the run's environment with the uniform prior (the
-    maximum-entropy objective of seed eq. (10)); the guide is a ``PolicyGuide`` of that policy. The
+    maximum-entropy objective of the source's eq. (10)); the guide is a ``PolicyGuide`` of that policy. The
     columns of ``metrics.csv`` become the ``*_history`` variables under their csv names
     (``env_steps`` the ``step`` coordinate). They are what the algorithm logged, not quantities of
     eq. (2): SAC's ``elbo`` column is minus its actor loss (a one-step objective in reward units),
@@ -891,7 +891,7 @@ def from_run(
 
 # ---------------------------------------------------------------------- summaries
 _PRIOR_NOTES = {
-    "impossible": "uniform on the action space (seed eq. 10)",
+    "impossible": "uniform on the action space (the source's eq. 10)",
     "flat": (
         "uniform density 1/vol(action box), extended flat beyond the box (improper): the policy's "
         "support is unbounded and the env clips its actions; the dropped constant is the prior's mass "

@@ -1,4 +1,4 @@
-"""``TrajectoryELBO``: the ELBO of seed eqs. (2) and (10) for trajectory models, with the right gradients.
+"""``TrajectoryELBO``: the ELBO of the source's eqs. (2) and (10) for trajectory models, with the right gradients.
 
 Pyro's stock ELBOs do not fit trajectories: ``Trace_ELBO`` credits every action
 with the whole episode's cost and syncs the GPU at every site; ``TraceGraph_ELBO`` gives exact
@@ -89,7 +89,7 @@ class ELBOTerms:
 
 
 class TrajectoryELBO(ELBO):
-    """The trajectory ELBO of seed eq. (2) (eq. (10) with a uniform prior) as a Pyro loss.
+    """The trajectory ELBO of the source's eq. (2) (eq. (10) with a uniform prior) as a Pyro loss.
 
     Use as ``pyro.infer.SVI(model, guide, optim, loss=TrajectoryELBO())``. The model and guide
     follow the site-naming convention (``TrajectoryModel`` / the guides of

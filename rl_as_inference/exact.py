@@ -28,15 +28,15 @@ Three functions compute it exactly:
       B_t(s) = log sum_a pi0(a|s) exp(R(s,a)/alpha) [ (1 - gamma) + gamma sum_s' P(s'|s,a) exp(B_{t+1}(s')) ],
       log p(O) = log sum_s p0(s) exp(B_0(s));
 
-* :func:`solve`: log p(O) and the best ELBO (seed eq. (2)) over variational policies q that share p0,
-  the dynamics and the death time with the model (seed eq. (12)), by KL-regularized soft value
+* :func:`solve`: log p(O) and the best ELBO (the source's eq. (2)) over variational policies q that share p0,
+  the dynamics and the death time with the model (the source's eq. (12)), by KL-regularized soft value
   iteration, V_T = 0 and
 
       Q_t(s,a) = R(s,a)/alpha + gamma sum_s' P(s'|s,a) V_{t+1}(s'),  V_t(s) = log sum_a pi0(a|s) exp(Q_t(s,a)),
       q*_t(a|s) = pi0(a|s) exp(Q_t(s,a) - V_t(s)),  max ELBO = sum_s p0(s) V_0(s),
 
   together with the optimal policy q*. With a uniform prior pi0 the ELBO is the maximum-entropy
-  objective (seed eq. (10)): discounted expected reward plus entropy, minus log A per step the episode
+  objective (the source's eq. (10)): discounted expected reward plus entropy, minus log A per step the episode
   is alive. As T - t grows, q*_t tends to the stationary soft-optimal policy of the discounted MDP;
 * :func:`elbo_of`: the exact ELBO of any given tabular policy, by forward propagation of the
   alive state distribution.
@@ -88,8 +88,8 @@ class ExactSolution:
 
     Attributes:
         log_evidence: log p(O) = log sum_s p0(s) exp(B_0(s)).
-        elbo: the best ELBO (seed eq. (2)) over q that share p0, the dynamics and the death time
-            (seed eq. (12)): max_q ELBO(q) = sum_s p0(s) V_0(s); it is attained by ``policy``.
+        elbo: the best ELBO (the source's eq. (2)) over q that share p0, the dynamics and the death time
+            (the source's eq. (12)): max_q ELBO(q) = sum_s p0(s) V_0(s); it is attained by ``policy``.
         policy: ``[T, S, A]`` the optimal q*_t(a|s) = pi0(a|s) exp(Q_t(s,a) - V_t(s)).
         q_values: ``[T, S, A]`` Q_t(s,a) = R(s,a)/alpha + gamma sum_s' P(s'|s,a) V_{t+1}(s') in nats
             (multiply by alpha for reward units; V_{t+1}(s') is 0 for terminal s'). For T - t large
@@ -182,7 +182,7 @@ def _prior(mdp: TabularMDP, prior, horizon: int | None = None) -> torch.Tensor:
     """pi0 as ``[S, A]``, or ``[T, S, A]`` (a time-dependent pi0_t) when ``horizon`` is given."""
     S, A = mdp.num_states, mdp.num_actions
     if prior is None:
-        # seed eq. (10): the uniform prior turns the KL into a negative entropy plus log A.
+        # the source's eq. (10): the uniform prior turns the KL into a negative entropy plus log A.
         pi0 = torch.full((S, A), 1.0 / A, dtype=torch.float64, device=mdp.device)
         return pi0 if horizon is None else pi0.expand(horizon, S, A)
     if not isinstance(prior, torch.Tensor):
@@ -356,7 +356,7 @@ def log_evidence(mdp: TabularMDP, *, horizon: int, alpha: float, gamma: float = 
 
     with B_{t+1}(s') = 0 for a terminal s'; then log p(O) = log sum_s p0(s) exp(B_0(s)). This is what
     Pyro's TraceEnum_ELBO computes on the enumerated model with the death as one more absorbing
-    state, and it upper-bounds every ELBO (seed eq. (2)). gamma = 1 is the undiscounted evidence.
+    state, and it upper-bounds every ELBO (the source's eq. (2)). gamma = 1 is the undiscounted evidence.
 
     Args:
         mdp: the finite MDP (transition, reward, initial distribution, terminal states).
@@ -377,16 +377,16 @@ def log_evidence(mdp: TabularMDP, *, horizon: int, alpha: float, gamma: float = 
 def solve(mdp: TabularMDP, *, horizon: int, alpha: float, gamma: float = 1.0, prior=None) -> ExactSolution:
     """Solve a finite MDP as inference: log p(O), the best ELBO, and the optimal variational policy.
 
-    The evidence is computed as in :func:`log_evidence`. The best ELBO (seed eq. (2)) over policies
+    The evidence is computed as in :func:`log_evidence`. The best ELBO (the source's eq. (2)) over policies
     q_t(a|s) whose trajectories share p0, the dynamics and the death time (probability 1 - gamma
-    after each step) with the model (seed eq. (12)) is KL-regularized soft value iteration
+    after each step) with the model (the source's eq. (12)) is KL-regularized soft value iteration
     (the soft Bellman recursion in nats):
 
         V_T = 0,  Q_t(s,a) = R(s,a)/alpha + gamma sum_s' P(s'|s,a) V_{t+1}(s')   (V_{t+1}(s') = 0 if s' is terminal),
         V_t(s) = log sum_a pi0(a|s) exp(Q_t(s,a)),  q*_t(a|s) = pi0(a|s) exp(Q_t(s,a) - V_t(s)),
         max ELBO = sum_s p0(s) V_0(s).
 
-    With the uniform prior (None) this is the maximum-entropy objective of seed eq. (10).
+    With the uniform prior (None) this is the maximum-entropy objective of the source's eq. (10).
     Actions with pi0(a|s) = 0 get q*_t(a|s) = 0. For gamma < 1, q*_t tends, as T - t grows, to the
     stationary soft-optimal policy, the one whose value is the fixed point of
     V = log sum_a pi0 exp(R/alpha + gamma P V). log p(O) >= max ELBO; the gap is 0 for deterministic
@@ -430,7 +430,7 @@ def solve(mdp: TabularMDP, *, horizon: int, alpha: float, gamma: float = 1.0, pr
 
 # ---------------------------------------------------------------------- ELBO of a given policy
 def elbo_of(mdp: TabularMDP, policy, *, horizon: int, alpha: float, gamma: float = 1.0, prior=None) -> float:
-    """The exact ELBO (seed eq. (2)) of a tabular variational policy that shares p0 and the dynamics.
+    """The exact ELBO (the source's eq. (2)) of a tabular variational policy that shares p0 and the dynamics.
 
     q also shares the death time with the model (after each step the episode goes on with
     probability gamma), so the step t counts with probability gamma^t, reward and KL alike:

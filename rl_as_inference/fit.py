@@ -75,7 +75,7 @@ def fit(
     """Maximize the ELBO of ``model`` over the guide's parameters with Pyro's SVI.
 
     Each step rolls out ``num_episodes`` episodes from the guide, replays them in the model and takes
-    one optimizer step on the ELBO of seed eq. (2) (eq. (10) with a uniform prior).
+    one optimizer step on the ELBO of the source's eq. (2) (eq. (10) with a uniform prior).
 
     Args:
         model, guide: Pyro callables taking ``(num_episodes)`` that follow the site convention.

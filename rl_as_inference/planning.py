@@ -140,7 +140,7 @@ class MPC:
         prior: pi, a :class:`~rl_as_inference.models.Prior`; default uniform (Discrete or a
             bounded Box), ``GaussianPrior(1.0)`` for an unbounded Box. ``"plan"``: the current
             plan itself (the proposal), so each round is the KL-regularized step
-            q_new proportional to q exp(R / alpha) (seed eq. 7 with pi_k the last plan, a mirror-descent
+            q_new proportional to q exp(R / alpha) (the source's eq. 7 with pi_k the last plan, a mirror-descent
             step), whose weights are exp(R / alpha) alone: MPPI's usual weights, and the form in
             which ``target_ess`` tunes how far one step may move.
         noise_std: the proposal's initial scale per action coordinate (Box), in action units;

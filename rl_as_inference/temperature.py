@@ -1,7 +1,7 @@
 """The temperature alpha of the trajectory ELBO: fixed, scheduled, or learned by a dual.
 
-alpha trades return against KL in seed eq. (2), E_q[sum gamma^t r_t] - alpha KL(q || pi), and
-against entropy in eq. (10). A fixed alpha is the seed's setting; an annealed one sweeps from
+alpha trades return against KL in the source's eq. (2), E_q[sum gamma^t r_t] - alpha KL(q || pi), and
+against entropy in eq. (10). A fixed alpha is the source's setting; an annealed one sweeps from
 exploration to exploitation; a learned one turns alpha into the Lagrange multiplier of a
 constraint, which is easier to choose than alpha itself:
 

@@ -1,6 +1,6 @@
 """A TRPO-style trust-region update: ELBO (2) against the previous iterate with a hard KL bound.
 
-Seed eq. (2) with the prior pi set to the previous policy q_k is the KL-regularized objective of
+The source's eq. (2) with the prior pi set to the previous policy q_k is the KL-regularized objective of
 the trust-region family. TRPO enforces E_s[KL(q_{k+1}(.|s) || q_k(.|s))] <= delta with a line
 search; this module does the same around any gradient: step along -grad of the surrogate loss,
 then halve the step until the realized KL, measured on states the caller chooses, is within the

@@ -30,7 +30,7 @@ HORIZON, ALPHA, GAMMA = 6, 0.5, 0.95
 def deterministic_mdp(*, fixed_start: bool = True) -> envs.TabularMDP:
     """8 states, 3 actions, deterministic transitions, N(0, 1) rewards; start in state 0 if ``fixed_start``.
 
-    With a fixed start, the exact posterior p(tau | O) has the form of seed eq. (12): the optimal q
+    With a fixed start, the exact posterior p(tau | O) has the form of the source's eq. (12): the optimal q
     of exact.solve IS the posterior, so every importance weight equals log p(O).
     """
     base = envs.random_mdp(8, 3, seed=1, deterministic=True)

@@ -6,6 +6,7 @@ import re
 import warnings
 from pathlib import Path
 
+import pyro
 import pytest
 import torch
 
@@ -75,3 +76,50 @@ def test_the_planning_page_runs_and_swings_the_pendulum_up():
     # seeded: -140.7 over the 8 episodes here; zero torque from these starts scores -989.3
     assert float(namespace["total"].mean()) > -250, namespace["total"]
     assert namespace["mpc"].diagnostics()["ess"].shape == (200, 8)
+
+
+def test_the_first_model_of_getting_started_runs_and_learns(capsys):
+    (block,) = _python_blocks("getting_started.md")
+    pyro.clear_param_store()
+    namespace: dict = {}
+    exec(compile(block, str(DOCS / "getting_started.md"), "exec"), namespace)  # noqa: S102 (our own page)
+    result = namespace["result"]
+    assert len(result.elbo) == 200
+    first, last = sum(result.returns[:10]) / 10, sum(result.returns[-10:]) / 10
+    # seeded: the mean 50-step return of the first ten steps is about -304, of the last ten -247
+    assert last > first + 30, (first, last)
+    out = capsys.readouterr().out
+    assert out.startswith("ELBO ") and "return " in out, out
+
+
+def test_the_enumeration_how_to_reaches_the_exact_optimum(capsys):
+    (block,) = [b for b in _python_blocks("custom_model.md") if "TraceEnum_ELBO" in b]
+    exec(compile(block, str(DOCS / "custom_model.md"), "exec"), {})  # noqa: S102 (our own page)
+    reached, best = map(float, capsys.readouterr().out.split())
+    # exact gradients: Adam converges; float32 tables round the ELBO at ~1e-6
+    assert abs(reached - best) < 1e-3, (reached, best)
+
+
+# The pages whose python blocks the suite executes: a new page with one must get its test here
+# (the distributed page's block runs under torchrun in test_distributed.py).
+TESTED_PAGES = {"custom_model.md", "distributed.md", "functional_env.md", "getting_started.md", "planning.md"}
+
+
+def test_every_python_block_on_a_docs_page_is_executed_by_a_test():
+    with_blocks = {p.name for p in DOCS.glob("*.md") if _python_blocks(p.name)}
+    assert with_blocks == TESTED_PAGES, with_blocks ^ TESTED_PAGES
+
+
+def test_the_algorithms_table_says_what_each_registration_says():
+    from rl_as_inference.algos import REGISTRY
+
+    rows = {}
+    for line in (DOCS / "algorithms.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| `") and len(cells) >= 4 and cells[0] != "`--algo`":
+            rows[cells[0].strip("`")] = cells
+    assert set(rows) == set(REGISTRY), set(rows) ^ set(REGISTRY)
+    for name, algo in REGISTRY.items():
+        spaces, dynamics = rows[name][-2], rows[name][-1]
+        assert {s.strip() for s in spaces.split(",")} == set(algo.action_spaces), (name, spaces)
+        assert dynamics.startswith("yes") == algo.needs_dynamics, (name, dynamics)

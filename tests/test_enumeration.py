@@ -1,7 +1,7 @@
 """Pyro's TraceEnum_ELBO on tabular trajectory models against exact inference.
 
 With ``config_enumerate`` on the guide, every action (and stochastic-state) site is summed out
-under q instead of sampled, so the ELBO Pyro computes is the exact expectation of seed eq. (2),
+under q instead of sampled, so the ELBO Pyro computes is the exact expectation of the source's eq. (2),
 discounted: it must equal ``exact.elbo_of`` for the guide's policy to rounding, and its gradient
 the exact gradient. Without enumeration TraceEnum_ELBO is a one-sample estimator like Trace_ELBO.
 """

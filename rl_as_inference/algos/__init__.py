@@ -1,4 +1,4 @@
-"""Algorithms of the seed's family, each a small module that reads top to bottom.
+"""Algorithms of the source's family, each a small module that reads top to bottom.
 
 - ``svi``: trajectory SVI over H-step segments with a learned soft terminal value (the flagship),
   started at replayed states or, in ``svi_rollout``, continuing the learner's own envs;

@@ -1,7 +1,7 @@
-"""EM, coordinate ascent variant A of the seed (eqs. 7, 8): parametric E-step, non-parametric M-step.
+"""EM, coordinate ascent variant A of the source (eqs. 7, 8): parametric E-step, non-parametric M-step.
 
 E-step (eq. 7): q_k = argmax_q E_q[Q] - alpha KL(q || pi_k), here as SVI on the H-step trajectory
-model whose prior is pi_k (seed eq. 2), for ``prior_update_every`` actor updates.
+model whose prior is pi_k (the source's eq. 2), for ``prior_update_every`` actor updates.
 M-step (eq. 8): pi_{k+1} = argmin_pi KL(q_k || pi) over all policies is q_k itself: copy it.
 
 This is exactly segment SVI (:mod:`rl_as_inference.algos.svi`) with ``objective="kl"``: the
@@ -42,7 +42,7 @@ def train(
     """Alternate E-steps (SVI against pi_k) and M-steps (pi_{k+1} := q_k)."""
     if config.objective != "kl":
         raise ValueError(
-            f"em optimizes the KL objective of seed eq. (2); objective={config.objective!r} is svi's"
+            f"em optimizes the KL objective of the source's eq. (2); objective={config.objective!r} is svi's"
         )
     return svi.train(config, callback=callback, checkpointer=checkpointer)
 

@@ -1,4 +1,4 @@
-"""MPO: coordinate ascent variant B of the seed (eqs. 7, 8): non-parametric E-step, parametric M-step.
+"""MPO: coordinate ascent variant B of the source (eqs. 7, 8): non-parametric E-step, parametric M-step.
 
 E-step (eq. 7 in closed form): for each replayed state s, sample actions a_j ~ pi_k(.|s) and weight
 them by q(a_j|s) proportional to exp(Q(s, a_j) / eta); the temperature eta solves the dual of the
@@ -117,7 +117,7 @@ def categorical_mpo_losses(
 ) -> tuple[torch.Tensor, dict]:
     """The MPO loss of a categorical policy, with the E-step exact over all actions.
 
-    E-step (seed eq. 7): q(a|s) = pi_k(a|s) exp(Q(s, a) / eta) / Z(s), with eta minimizing the dual
+    E-step (the source's eq. 7): q(a|s) = pi_k(a|s) exp(Q(s, a) / eta) / Z(s), with eta minimizing the dual
     g(eta) = eta epsilon + eta E_s[log sum_a pi_k(a|s) exp(Q(s, a) / eta)].
     M-step (eq. 8): maximize E_s[sum_a q(a|s) log pi(a|s)] subject to E_s[KL(pi_k || pi)] <=
     epsilon_policy, with the Lagrange multiplier alpha = softplus(alpha_param) learned by its own

@@ -91,7 +91,7 @@ def make_temperature(config, device: torch.device) -> Temperature:
 
 
 def uniform_log_prior(action_space: gym.spaces.Box) -> float:
-    """log pi(a) of the uniform prior on the action box (seed eq. 10): -log vol."""
+    """log pi(a) of the uniform prior on the action box (the source's eq. 10): -log vol."""
     return uniform_log_density(action_space)
 
 

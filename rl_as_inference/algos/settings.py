@@ -41,7 +41,7 @@ __all__ = [
 
 VECTORIZATIONS = ("sync", "async")  # gymnasium.make_vec's vectorization_mode for Gymnasium's own envs
 BACKENDS = ("auto", "functional", "gymnasium")  # the torch port where there is one, or Gymnasium's own env
-OBJECTIVES = ("maxent", "kl")  # seed eq. (10) against the uniform prior, or eq. (2) against pi_k
+OBJECTIVES = ("maxent", "kl")  # the source's eq. (10) against the uniform prior, or eq. (2) against pi_k
 START_STATES = ("replay", "rollout")  # where segment SVI starts its segments
 LOSSES = ("mse", "huber")  # soft Q-learning's regression loss
 

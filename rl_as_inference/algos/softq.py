@@ -1,6 +1,6 @@
 """Soft Q-learning: the KL-regularized critic alone, its policy the closed-form E-step (Discrete actions).
 
-With a finite action set the E-step of seed eq. (7) needs no network: the optimal variational
+With a finite action set the E-step of the source's eq. (7) needs no network: the optimal variational
 policy for a critic Q at temperature alpha is q(a|s) = pi(a|s) exp(Q(s, a) / alpha) / Z(s), and the
 soft value it attains is V(s) = E_q[Q - alpha (log q - log pi)] = alpha log sum_a pi(a) exp(Q / alpha).
 So one network Q is trained, by regression onto the sampled soft Bellman target

@@ -12,7 +12,7 @@ the actor sees how an action changes the next H states, not only the critic's lo
 without the dynamics gradient is SAC; H = episode length without a critic is a pure pathwise
 policy gradient (chaotic on Pendulum over 200 steps; a short H is the middle ground).
 
-Objective ``maxent`` is seed eq. (10) (pi uniform over the action box); ``kl`` is seed eq. (2)
+Objective ``maxent`` is the source's eq. (10) (pi uniform over the action box); ``kl`` is the source's eq. (2)
 with pi a frozen copy of the policy refreshed every ``prior_update_every`` actor steps (a proximal,
 trust-region-like iteration). The same pi enters the critic's T^{pi,q} and V
 (:func:`critic_log_prior`): against pi_k, Q is the KL-regularized value of eq. (2), not SAC's soft Q. The temperature is fixed or learned by the dual of an entropy target.
@@ -98,8 +98,8 @@ class SVIConfig(RunSettings):
 def critic_log_prior(actor: SegmentActor, action_space: gym.spaces.Box) -> LogPrior:
     """The prior pi of the critic's T^{pi,q} and of the terminal value: the trajectory model's own.
 
-    Objective ``maxent``: the uniform density on the action box (seed eq. 10). Objective ``kl``:
-    log pi_k(a|s) of the frozen reference policy (seed eq. 2), so that Q and V are the KL-regularized
+    Objective ``maxent``: the uniform density on the action box (the source's eq. 10). Objective ``kl``:
+    log pi_k(a|s) of the frozen reference policy (the source's eq. 2), so that Q and V are the KL-regularized
     values against pi_k and the temperature, the multiplier of the bound E_s[KL(q || pi_k)] <=
     kl_bound, scales that KL and no maximum-entropy bonus.
     """

@@ -2,7 +2,7 @@
 
 Both modes optimize the same H-step trajectory model with the same guide and loss; they differ in
 where segments start and in the critic. This module builds what they share, so the two cannot
-drift apart: the tanh-Gaussian policy q, the model's prior (uniform for seed eq. 10, a lagged copy
+drift apart: the tanh-Gaussian policy q, the model's prior (uniform for the source's eq. 10, a lagged copy
 pi_k of q for eq. 2), the guide, the ELBO and the actor's optimizer.
 """
 

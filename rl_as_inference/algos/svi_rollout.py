@@ -4,7 +4,7 @@ The same trajectory model and ELBO as :mod:`rl_as_inference.algos.svi`,
 
     ELBO = E_q[ sum_{t<H} gamma^t (r_t / alpha - KL(q || pi)) + gamma^H V(s_H) / alpha ],
 
-(seed eq. 2; eq. 10 with pi uniform), but the H-step segments are not re-simulated from replayed
+(the source's eq. 2; eq. 10 with pi uniform), but the H-step segments are not re-simulated from replayed
 states: they continue the ``num_envs`` episodes the learner is playing (:class:`SegmentEnvs`). One
 rollout of the guide is at once the interaction with the envs, the Monte-Carlo sample of the ELBO
 (its gradient pathwise through the differentiable dynamics) and the critic's data. This is the

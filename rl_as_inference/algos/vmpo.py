@@ -8,14 +8,14 @@ current policy and learns a state value V with n-step bootstrapped targets (the 
 
 so a time limit bootstraps and a termination does not; the value loss is 0.5 (G - V)^2 and the
 advantages are A = G - V(s).
-E-step (seed eq. 7 over the batch's samples): keep the top half of the advantages (the set K) and
+E-step (the source's eq. 7 over the batch's samples): keep the top half of the advantages (the set K) and
 weight them by psi(s, a) = exp(A / eta) / sum_K exp(A / eta), the non-parametric
 q(s, a) proportional to pi_old(a|s) exp(A / eta) restricted to K; the temperature solves the dual of
 KL(psi || uniform on K) <= epsilon_eta,
 
     L_eta = eta * epsilon_eta + eta * log mean_K exp(A / eta).
 
-M-step (seed eq. 8): weighted maximum likelihood L_pi = -sum_K psi log pi(a|s) subject to
+M-step (the source's eq. 8): weighted maximum likelihood L_pi = -sum_K psi log pi(a|s) subject to
 E_s[KL(pi_old(.|s) || pi(.|s))] <= epsilon_alpha with a Lagrange multiplier alpha,
 
     L_alpha = alpha * (epsilon_alpha - sg[KL]) + sg[alpha] * KL,

@@ -2,7 +2,7 @@
 
 A functional environment holds constants only. Its state is a tensor that the caller owns and passes
 in, and :meth:`FunctionalEnv.step` is a pure function of ``(state, action)``. That is what lets a
-Pyro model and a Pyro guide run the *same* dynamics (seed eq. 12: q(tau) and p(tau, O) share
+Pyro model and a Pyro guide run the *same* dynamics (the source's eq. 12: q(tau) and p(tau, O) share
 p(s_0) and p(s_{t+1} | s_t, a_t)), lets gradients flow through the dynamics, and lets a rollout be
 captured by ``torch.compile`` or a CUDA graph.
 

@@ -79,7 +79,7 @@ class TabularMDP(FunctionalEnv):
     (``[*B]``, or Pyro's enumerated ``[A, 1, ..., 1]``: the tables are indexed with both). The step is
     s' ~ P(. | s, a), reward R[s, a]; ``terminated`` is ``terminal[s']`` (no terminal states unless
     given). For stochastic MDPs :meth:`transition_dist` returns the Categorical of s' so that a
-    trajectory model can make it a Pyro sample site shared with the guide (seed eq. 12), and
+    trajectory model can make it a Pyro sample site shared with the guide (the source's eq. 12), and
     :meth:`step` accepts that sampled ``next_state``.
 
     Args:
