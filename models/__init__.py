@@ -4,9 +4,16 @@ See :mod:`rl_as_inference.models.sites` for the site-naming convention that cust
 """
 
 from .priors import GaussianPrior, PolicyPrior, Prior, TablePrior, UniformPrior, as_pyro_distribution
-from .rollout import InitialStateDistribution, Optimality, Trajectory, initial_distribution, rollout
+from .rollout import (
+    InitialStateDistribution,
+    Optimality,
+    PyroSites,
+    Trajectory,
+    initial_distribution,
+    rollout,
+)
 from .sites import EPISODES, SiteInfo, action_site, factor_site, parse_site, state_site
-from .trajectory import TrajectoryModel
+from .trajectory import TrajectoryModel, check_gamma, check_horizon
 
 __all__ = [
     "EPISODES",
@@ -15,6 +22,7 @@ __all__ = [
     "Optimality",
     "PolicyPrior",
     "Prior",
+    "PyroSites",
     "SiteInfo",
     "Trajectory",
     "TablePrior",
@@ -22,6 +30,8 @@ __all__ = [
     "UniformPrior",
     "action_site",
     "as_pyro_distribution",
+    "check_gamma",
+    "check_horizon",
     "factor_site",
     "initial_distribution",
     "parse_site",
