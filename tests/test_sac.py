@@ -210,6 +210,29 @@ def test_metric_rows_fall_on_multiples_of_log_every_after_learning_starts():
     assert rows == [250, 300, 400]  # no catch-up row at 251 for the interval learning_starts skipped
 
 
+def test_sac_rows_log_the_mean_loss_over_the_interval_not_the_last_step(monkeypatch):
+    losses = []
+
+    def recorded(*args, **kwargs):
+        loss = soft_q_loss(*args, **kwargs)
+        losses.append(loss.item())
+        return loss
+
+    soft_q_loss = sac.soft_q_loss
+    monkeypatch.setattr(sac, "soft_q_loss", recorded)
+    config = sac.SACConfig(
+        total_env_steps=400, learning_starts=200, log_every=100, hidden=(8,), batch_size=16
+    )
+    rows = sac.train(config).metrics
+    assert [row["env_steps"] for row in rows] == [200, 300, 400]
+    # one learner step per env step from 200 on: the first row has 1, the others 100 each
+    spans = [losses[:1], losses[1:101], losses[101:201]]
+    assert len(losses) == 201
+    for row, span in zip(rows, spans, strict=True):
+        assert row["critic_loss"] == pytest.approx(sum(span) / len(span), rel=1e-5)
+    assert rows[-1]["critic_loss"] != pytest.approx(losses[-1], rel=1e-3)  # not the last step's
+
+
 @pytest.mark.parametrize("prior", ["pi_k", "uniform"])
 def test_kl_objective_terminal_value_has_no_spread_gradient_at_q_equal_pi_k(prior):
     # em / svi with objective "kl": the terminal value V(s_H) = E_q[Q - alpha (log q - log pi_k)] and

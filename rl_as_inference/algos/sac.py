@@ -26,7 +26,7 @@ from rl_as_inference import envs
 from rl_as_inference.algos.collect import Collector, uniform_log_density
 from rl_as_inference.algos.registry import Algorithm, logged_or_configured
 from rl_as_inference.algos.settings import RunSettings, rank_share
-from rl_as_inference.algos.stats import emit_row, finish, row_due
+from rl_as_inference.algos.stats import IntervalMeans, emit_row, finish, row_due
 from rl_as_inference.critics import TwinQ, soft_q_loss
 from rl_as_inference.guides.normalization import attach_obs_normalizer
 from rl_as_inference.guides.policies import TanhGaussianMLP
@@ -136,6 +136,9 @@ def train(
 
     result = TrainResult(policy=policy)
     loop = {"next_log": config.log_every, "wall_time": 0.0}
+    # the losses are means over every learner step of a metric row: the last step's alone would
+    # alias with anything periodic in the loop (and is one batch's noise)
+    interval = IntervalMeans()
     ckpt = checkpointer or Checkpointer(None)
     ckpt.attach(
         "sac",
@@ -146,6 +149,7 @@ def train(
             "actor_opt": actor_opt,
             "critic_opt": critic_opt,
             "temperature": temperature,
+            "stats": interval,
         },
         loop,
     )
@@ -181,12 +185,14 @@ def train(
             # ---- temperature: dual of the entropy constraint E[-log q] >= target_entropy
             temperature.dual_step(log_q + target_entropy)
             critic.update_target(config.tau)
+            interval.add({"critic_loss": critic_loss, "actor_loss": loss})
         if row_due(loop, data.env_steps, config):
+            means = interval.pop()
             stats = {
-                "critic_loss": critic_loss.item(),
-                "actor_loss": loss.item(),
-                "elbo": -loss.item(),  # the H = 1 trajectory ELBO in reward units (batch mean)
-                "alpha": temperature.item(),
+                "critic_loss": means["critic_loss"],
+                "actor_loss": means["actor_loss"],
+                "elbo": -means["actor_loss"],  # the H = 1 trajectory ELBO in reward units (batch mean)
+                "alpha": temperature.item(),  # the temperature at the row (the one the policy ends with)
             }
             emit_row(result, callback, data, start, stats)
     return finish(result, data, ckpt, start)
