@@ -45,7 +45,7 @@ for notebook in sorted((ROOT / "notebooks").glob("*.ipynb")):
 # those of a short run; the notebooks say how to run them at full size).
 os.environ.setdefault("RLAI_NOTEBOOK_SMALL", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-os.environ.setdefault("MPLBACKEND", "agg")
+os.environ.pop("MPLBACKEND", None)  # the kernel's inline backend draws the figures into the page
 nb_execution_mode = os.environ.get("RLAI_DOCS_EXECUTE", "force")
 nb_execution_timeout = 600
 nb_execution_raise_on_error = True  # a failing tutorial fails the build, never renders a traceback
