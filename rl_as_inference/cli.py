@@ -153,6 +153,12 @@ def _parser() -> argparse.ArgumentParser:
         "weights exp(R / alpha): MPPI's usual update)",
     )
     plan.add_argument("--device", default=None, help="cpu, cuda or auto (default cpu)")
+    plan.add_argument(
+        "--compile",
+        action="store_true",
+        help="fuse the rollout of the sampled plans with torch.compile (a deterministic env; the first "
+        "step pays the compilation)",
+    )
     plan.add_argument("--out", default=None, metavar="DIR", help="write DIR/plan.nc")
 
     inspect = sub.add_parser(
@@ -258,6 +264,7 @@ def _plan(args: argparse.Namespace) -> None:
         noise_std=args.noise_std,
         iterations=args.iterations,
         prior="plan" if args.prior == "plan" else None,
+        compile=args.compile,
     )
     returns = np.asarray(result.returns)
     print(

@@ -329,6 +329,20 @@ def test_rlai_plan_controls_gymnasiums_pendulum_and_writes_arviz_data(tmp_path, 
     assert summary.shape[0] == 1
 
 
+def test_rlai_plan_compiled_returns_what_the_eager_planner_returns(capsys):
+    from rl_as_inference.cli import main
+
+    args = ["plan", "--env", "Pendulum-v1", "--episodes", "1", "--samples", "64", "--horizon", "5",
+            "--alpha", "0.3", "--noise-std", "1.0"]  # fmt: skip
+    means = []
+    for extra in ([], ["--compile"]):
+        assert main(args + extra) == 0
+        means.append(float(capsys.readouterr().out.split("mean return ")[1].split()[0]))
+    # the fused kernels round float32 differently, which may move an action by ~1e-6; measured,
+    # both print -1211.38, and 0.5 leaves room for such rounding over the 200 steps
+    assert abs(means[0] - means[1]) < 0.5, means
+
+
 def test_rlai_plan_names_a_bad_method(capsys):
     from rl_as_inference.cli import main
 
@@ -374,3 +388,27 @@ def test_every_method_plans_on_cuda(method):
         assert float(action.abs().max()) <= 2.0
         state = env.step(state, action).state
     assert mpc.diagnostics()["ess"].shape == (3, 8)
+
+
+@pytest.mark.parametrize("env_id", ["Pendulum-v1", "CartPole-v1"])
+def test_a_compiled_rollout_plans_what_the_eager_one_plans(env_id):
+    # Pendulum never terminates (no survival mask), CartPole does (the mask is compiled too)
+    env = envs.make(env_id)
+    state = env.reset(3, seed=0)
+    planners = [
+        MPC(env, "mppi", horizon=5, num_samples=64, alpha=0.5, seed=1, compile=c) for c in (False, True)
+    ]
+    for _ in range(3):
+        eager, compiled = (planner.act(state) for planner in planners)
+        if env_id == "CartPole-v1":
+            assert torch.equal(eager, compiled)
+        else:
+            # fused float32 kernels round differently: the weighted mean action agrees to rounding
+            torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-4)
+        state = env.step(state, eager).state
+
+
+def test_compile_is_refused_where_the_rollout_is_not_deterministic():
+    mdp = envs.gridworld(2, 3, slip=0.1)
+    with pytest.raises(ValueError, match="compile=True compiles the rollout of a deterministic"):
+        MPC(mdp, "mppi", horizon=3, num_samples=16, compile=True)
