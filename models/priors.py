@@ -1,7 +1,7 @@
 """Prior policies pi(a|s) of trajectory models.
 
 The prior decides which ELBO a trajectory model has (:class:`~rl_as_inference.models.TrajectoryModel`): ``UniformPrior`` gives the
-maximum-entropy ELBO of the source's eq. (10), E_q[sum_t gamma^t r_t / alpha] + sum_t H(q(.|s_t)) - const;
+maximum-entropy ELBO of the source's eq. (10), E_q[sum_t gamma^t (r_t / alpha + H(q(.|s_t)))] - const;
 ``PolicyPrior`` gives the KL-regularized ELBO of the source's eq. (2) against a fixed reference policy (a
 frozen previous policy for trust-region and EM methods); ``GaussianPrior`` is a soft action
 penalty for continuous actions.

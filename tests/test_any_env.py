@@ -408,18 +408,29 @@ def test_mujoco_tasks_without_a_recipe_take_the_mujoco_defaults():
     assert rconfig.load_recipe("InvertedPendulum-v5")["default_algo"] == "vmpo"
     for env_id in ("Pendulum-v1", "LunarLander-v3", "FrozenLake-v1", "test/PendulumClone-v0"):
         assert rconfig.recipe_family(env_id) is None, env_id
-    recipe = rconfig.load_recipe("Hopper-v5")
+    recipe = rconfig.load_recipe("HalfCheetah-v5")
     assert recipe["default_algo"] == "sac"
     for algo in (name for name, table in recipe.items() if isinstance(table, dict)):
         config_cls, _ = runs.ALGORITHMS[algo]
-        config = rconfig.build_config(config_cls, "Hopper-v5", algo, sets=["env=Hopper-v5"])
+        config = rconfig.build_config(config_cls, "HalfCheetah-v5", algo, sets=["env=HalfCheetah-v5"])
         assert config.total_env_steps == 1_000_000, algo
-    sac_config = rconfig.build_config(runs.ALGORITHMS["sac"][0], "Hopper-v5", "sac", sets=["env=Hopper-v5"])
+    sac_cls = runs.ALGORITHMS["sac"][0]
+    sac_config = rconfig.build_config(sac_cls, "HalfCheetah-v5", "sac", sets=["env=HalfCheetah-v5"])
     assert (sac_config.learning_starts, sac_config.actor_lr, sac_config.buffer_size) == (
         10_000,
         3e-4,
         1_000_000,
     )
+    # Hopper-v5 has a recipe of its own: the family's tables, SAC smaller and faster
+    assert rconfig.recipe_family("Hopper-v5") is None
+    hopper = rconfig.build_config(sac_cls, "Hopper-v5", "sac", sets=["env=Hopper-v5"])
+    assert (hopper.hidden, hopper.num_envs, hopper.actor_lr, hopper.learning_starts) == (
+        (128, 128),
+        2,
+        1e-3,
+        10_000,
+    )
+    assert set(rconfig.load_recipe("Hopper-v5")) == set(rconfig.load_recipe("HalfCheetah-v5"))
 
 
 def test_a_mujoco_task_trains_from_the_command_line_with_its_defaults_named(tmp_path, capsys):

@@ -4,7 +4,7 @@ The actor step is stochastic variational inference on a truncated trajectory mod
 states drawn from the replay buffer, the guide q rolls out H steps through the differentiable
 dynamics, and the rest of the episode is summarized by the terminal factor gamma^H V(s_H) / alpha,
 
-    ELBO = E_q[ sum_{t<H} gamma^t r_t / alpha + gamma^H V(s_H) / alpha ] - E_q[ sum_{t<H} KL(q || pi) ],
+    ELBO = E_q[ sum_{t<H} gamma^t (r_t / alpha - KL(q || pi)(s_t)) + gamma^H V(s_H) / alpha ],
 
 with V(s) = E_{a~q}[ min Q(s, a) - alpha (log q(a|s) - log pi(a|s)) ] from twin soft critics learned
 with T^{pi,q} (:mod:`rl_as_inference.bellman`). Gradients are pathwise through the H steps, so
