@@ -92,6 +92,24 @@ def theirs(samples: int, horizon: int, sigma: float, lambda_: float):
     return make
 
 
+def our_planner(
+    port, samples: int, horizon: int, method: str, alpha: float, noise_std: float, seed: int, compile: bool
+):
+    """Our MPC on the torch port with the benchmark's settings (one place for both timings)."""
+    from rl_as_inference.planning import MPC
+
+    return MPC(
+        port,
+        method,
+        horizon=horizon,
+        num_samples=samples,
+        alpha=alpha,
+        noise_std=noise_std,
+        seed=seed,
+        compile=compile,
+    )
+
+
 def ours(
     samples: int,
     horizon: int,
@@ -102,21 +120,11 @@ def ours(
     compile: bool = False,
 ):
     from rl_as_inference import envs
-    from rl_as_inference.planning import MPC
 
     port = envs.make("Pendulum-v1", device=device)
 
     def make(i: int):
-        mpc = MPC(
-            port,
-            method,
-            horizon=horizon,
-            num_samples=samples,
-            alpha=alpha,
-            noise_std=noise_std,
-            seed=i,
-            compile=compile,
-        )
+        mpc = our_planner(port, samples, horizon, method, alpha, noise_std, i, compile)
         return lambda s: (
             mpc.act(torch.as_tensor(s, dtype=port.dtype, device=port.device)[None])[0].cpu().numpy()
         )
@@ -137,20 +145,10 @@ def batch_cost(
     """Seconds per command of our planner on ``num_envs`` envs at once (median of 5 after 1: the
     first, which compiles with ``compile``, is left out)."""
     from rl_as_inference import envs
-    from rl_as_inference.planning import MPC
 
     port = envs.make("Pendulum-v1", device=device)
     state = port.sample_initial(num_envs, generator=torch.Generator().manual_seed(0))
-    mpc = MPC(
-        port,
-        method,
-        horizon=horizon,
-        num_samples=samples,
-        alpha=alpha,
-        noise_std=noise_std,
-        seed=0,
-        compile=compile,
-    )
+    mpc = our_planner(port, samples, horizon, method, alpha, noise_std, 0, compile)
     times = []
     for _ in range(6):
         start = time.perf_counter()
