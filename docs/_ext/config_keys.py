@@ -71,16 +71,12 @@ def _default(field: dataclasses.Field) -> Any:
     return None
 
 
-def _toml(value: Any) -> str:
-    if value is None:
-        return "unset"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return f'"{value}"'
-    if isinstance(value, (tuple, list)):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    return repr(value)
+def _as_written(name: str, value: Any) -> str:
+    """The default as the run's ``config.toml`` writes it (:func:`rl_as_inference.config.to_toml`);
+    None, which that file leaves as a comment, reads "unset"."""
+    from rl_as_inference.config import to_toml
+
+    return "unset" if value is None else to_toml({name: value}).strip().split(" = ", 1)[1]
 
 
 def key_docs(config_cls: type) -> list[KeyDoc]:
@@ -96,7 +92,10 @@ def key_docs(config_cls: type) -> list[KeyDoc]:
         rule = RULES.get(field.name)
         out.append(
             KeyDoc(
-                field.name, _toml(_default(field)), rule.allowed if rule else "", comments.get(field.name, "")
+                field.name,
+                _as_written(field.name, _default(field)),
+                rule.allowed if rule else "",
+                comments.get(field.name, ""),
             )
         )
     return out
