@@ -539,12 +539,19 @@ class MPC:
         """Sequential Monte Carlo over the horizon (Piché et al. 2019): K particles per env draw
         a_t from the plan's step-t proposal, step the env and take the incremental weight
         exp(r_t / alpha) pi(a_t) / q_t(a_t); whenever an env's ESS falls below K / 2 its particles
-        are resampled (multinomially, their action histories with them) and their weights
-        equalized. The final weights (with gamma^H V(s_H) / alpha) weight the surviving action
-        histories, from which the plan is refitted as by ``"mppi"``."""
+        are resampled (multinomially: their states and the actions taken so far) and their weights
+        equalized, and each copy goes on with its own next actions. The final weights (with
+        gamma^H V(s_H) / alpha) weight the surviving action histories, from which the plan is
+        refitted as by ``"mppi"``.
+
+        The open-loop proposal's steps are independent of one another, so every particle's actions
+        are drawn up front and only the steps already taken move with a resampled particle: its
+        later steps stay the fresh draws of the slot it lands in (copies of one particle explore
+        different continuations, the point of resampling)."""
         env, k, num_envs = self.env, self.num_samples, state.shape[0]
-        actions = self._propose(num_envs)  # every particle's proposal, drawn up front
-        per_step_log_q = self._log_q_per_step(actions)  # [K, E, H]
+        actions = self._propose(num_envs)  # every slot's proposal, drawn up front
+        # [K, E, H]: only step t's column is read at step t, from the slot's own fresh draw
+        per_step_log_q = self._log_q_per_step(actions)
         alpha = torch.full((num_envs,), self.alpha, device=state.device, dtype=env.dtype)
         s = state.unsqueeze(0).expand(k, *state.shape)
         log_w = torch.zeros(k, num_envs, device=state.device, dtype=env.dtype)
@@ -568,8 +575,7 @@ class MPC:
                 )
                 keep = torch.arange(k, device=state.device).expand(num_envs, k)
                 index = torch.where(degenerate[:, None], picks, keep).T  # [K, E]
-                history = history[index, rows]
-                per_step_log_q = per_step_log_q[index, rows]
+                history = torch.cat((history[index, rows][:, :, : t + 1], history[:, :, t + 1 :]), dim=2)
                 s, alive = s[index, rows], alive[index, rows]
                 mean_w = torch.logsumexp(log_w, 0) - math.log(k)
                 log_w = torch.where(degenerate, mean_w, log_w)

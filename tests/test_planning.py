@@ -155,6 +155,41 @@ def test_smc_first_action_converges_to_the_soft_lqr_action():
     assert abs(np.mean(estimates) - exact_plan[0]) < 4 * se + 1e-3, (estimates, exact_plan[0], se)
 
 
+class SharpFirstStep(FunctionalEnv):
+    """One bounded action per step; the first step's reward -100 (a - 0.5)^2 is sharp, every later
+    one is -a^2 (the state counts the steps)."""
+
+    state_shape = (1,)
+    differentiable = True
+
+    def __init__(self):
+        super().__init__(dtype=torch.float64)
+        self.observation_space = gym.spaces.Box(0.0, np.inf, (1,), dtype=np.float64)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (1,), dtype=np.float64)
+
+    def _step(self, state, action):
+        first = state[..., 0] == 0
+        a = action[..., 0]
+        reward = torch.where(first, -100.0 * (a - 0.5) ** 2, -(a**2))
+        return Step(state + 1, reward, torch.zeros_like(reward, dtype=torch.bool))
+
+    def _observe(self, state):
+        return state
+
+
+def test_smc_copies_of_a_resampled_particle_go_on_with_their_own_actions():
+    """At alpha 0.01 the first step's weights sit on the few particles nearest a = 0.5, so
+    SMC resamples every particle from them. Each copy must then go on with its own second action:
+    the final log weights (r_1 / alpha - log q(a_1) after the equalized first step) then differ
+    between almost all of the 200 particles. Copies that kept their source's second action would
+    share its final weight: as many distinct weights as sources (8 here when copies keep it)."""
+    mpc = MPC(SharpFirstStep(), "smc", horizon=2, num_samples=200, alpha=0.01, seed=0, record=True)
+    mpc.act(torch.zeros(1, 1, dtype=torch.float64))
+    final = mpc.diagnostics()["log_weights"][0][:, 0]  # [K]: the one control step, the one env
+    distinct = len(np.unique(np.round(final, 9)))
+    assert distinct > 150, distinct  # fresh draws: 200 distinct actions (continuous) but for ties
+
+
 def test_mppi_on_a_deterministic_mdp_gives_the_exact_first_step_posterior():
     """gamma = 1 and deterministic dynamics: the posterior over plans' first action is q*_0."""
     mdp = envs.random_mdp(5, 3, seed=4, deterministic=True, dtype=torch.float64)
