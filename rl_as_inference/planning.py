@@ -539,7 +539,7 @@ class MPC:
         """Sequential Monte Carlo over the horizon (Piché et al. 2019): K particles per env draw
         a_t from the plan's step-t proposal, step the env and take the incremental weight
         exp(r_t / alpha) pi(a_t) / q_t(a_t); whenever an env's ESS falls below K / 2 its particles
-        are resampled (multinomially: their states and the actions taken so far) and their weights
+        are resampled (systematically: their states and the actions taken so far) and their weights
         equalized, and each copy goes on with its own next actions. The final weights (with
         gamma^H V(s_H) / alpha) weight the surviving action histories, from which the plan is
         refitted as by ``"mppi"``.
@@ -570,9 +570,7 @@ class MPC:
             discount *= self.gamma
             if t + 1 < self.horizon:  # resample where the weights have degenerated (on the device)
                 degenerate = kish_ess(log_w) < k / 2  # [E]
-                picks = torch.multinomial(
-                    torch.softmax(log_w, 0).T, k, replacement=True, generator=self.generator
-                )
+                picks = _systematic_resample(log_w, self.generator)
                 keep = torch.arange(k, device=state.device).expand(num_envs, k)
                 index = torch.where(degenerate[:, None], picks, keep).T  # [K, E]
                 history = torch.cat((history[index, rows][:, :, : t + 1], history[:, :, t + 1 :]), dim=2)
@@ -705,6 +703,20 @@ def _compiled_returns_of_plans() -> Callable:
     if not _COMPILED:
         _COMPILED.append(torch.compile(_returns_of_plans, dynamic=False))
     return _COMPILED[0]
+
+
+def _systematic_resample(log_weights: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Systematic resampling of each column of ``log_weights`` ``[K, E]``: indices ``[E, K]``.
+
+    One uniform u per column; sample j is the particle whose cumulative weight first exceeds
+    (u + j) / K. Each particle is copied floor(K w) or ceil(K w) times (less variance than a
+    multinomial draw, which copies it Binomial(K, w) times), by one search per column."""
+    k, e = log_weights.shape
+    cumulative = torch.softmax(log_weights, 0).T.cumsum(-1)  # [E, K]
+    offsets = torch.rand(e, 1, generator=generator, device=log_weights.device, dtype=log_weights.dtype)
+    points = (offsets + torch.arange(k, device=log_weights.device, dtype=log_weights.dtype)) / k
+    # the last cumulative weight is 1 up to rounding: clamp so a point above it picks the last particle
+    return torch.searchsorted(cumulative, points, right=True).clamp_max(k - 1)
 
 
 def _check_finite_returns(returns: torch.Tensor, env: FunctionalEnv) -> None:

@@ -447,3 +447,19 @@ def test_compile_is_refused_where_the_rollout_is_not_deterministic():
     mdp = envs.gridworld(2, 3, slip=0.1)
     with pytest.raises(ValueError, match="compile=True compiles the rollout of a deterministic"):
         MPC(mdp, "mppi", horizon=3, num_samples=16, compile=True)
+
+
+def test_systematic_resampling_copies_each_particle_floor_or_ceil_of_k_w_times():
+    from rl_as_inference.planning import _systematic_resample
+
+    generator = torch.Generator().manual_seed(0)
+    log_weights = torch.randn(50, 7, generator=generator, dtype=torch.float64) * 2
+    expected = 50 * torch.softmax(log_weights, 0).T  # [E, K] expected copies
+    for _ in range(20):
+        index = _systematic_resample(log_weights, generator)  # [E, K]
+        assert index.shape == (7, 50) and int(index.min()) >= 0 and int(index.max()) < 50
+        counts = torch.zeros(7, 50, dtype=torch.float64).scatter_add_(
+            1, index, torch.ones(7, 50, dtype=torch.float64)
+        )
+        # floor or ceil of K w (1e-9: the cumulative sums' rounding at an exact integer)
+        assert torch.all(counts >= expected.floor() - 1e-9) and torch.all(counts <= expected.ceil() + 1e-9)
