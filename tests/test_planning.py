@@ -82,7 +82,7 @@ def test_mppi_first_action_converges_to_the_soft_lqr_action():
             record=True,
         )
         mpc.reset(state)
-        actions, returns, log_prior = mpc._rollout(state, mpc._propose(1))
+        actions, returns, log_prior = mpc._rollout(state, mpc._propose(1)[0])
         estimate, se = _weighted_first_action(actions, returns / alpha + log_prior - mpc._log_q(actions))
         assert abs(estimate - exact_plan[0]) < 4 * se, (k, estimate, exact_plan[0], se)
         errors.append(abs(estimate - exact_plan[0]))
@@ -232,7 +232,7 @@ def test_the_truncated_proposal_stays_in_the_box_and_its_density_integrates_to_o
     loc, scale = torch.tensor([1.5], dtype=torch.float64), torch.tensor([2.0], dtype=torch.float64)
     low, high = torch.tensor([-2.0], dtype=torch.float64), torch.tensor([2.0], dtype=torch.float64)
     gen = torch.Generator().manual_seed(0)
-    x = _truncated_normal_sample(loc, scale, low, high, (100_000, 1), gen)
+    x, log_q = _truncated_normal_sample(loc, scale, low, high, (100_000, 1), gen)
     assert x.min() >= -2.0 and x.max() <= 2.0
     grid = torch.linspace(-2.0, 2.0, 20_001, dtype=torch.float64)[:, None]
     density = _truncated_normal_log_prob(grid, loc, scale, low, high).exp()[:, 0]
@@ -240,12 +240,26 @@ def test_the_truncated_proposal_stays_in_the_box_and_its_density_integrates_to_o
     # the samples' mean against the density's (standard error of a mean of 1e5 draws)
     mean = float(torch.trapezoid(density * grid[:, 0], grid[:, 0]))
     assert abs(float(x.mean()) - mean) < 4 * float(x.std()) / math.sqrt(x.numel())
+    # the draw's own log density (from its erfinv value) is the density evaluated at the sample
+    torch.testing.assert_close(log_q, _truncated_normal_log_prob(x, loc, scale, low, high), atol=1e-9, rtol=0)
     env = envs.make("Pendulum-v1")
     mpc = MPC(env, "mppi", horizon=5, num_samples=200, noise_std=10.0, seed=0)
     mpc.reset(env.sample_initial(3, generator=gen))
-    actions = mpc._propose(3)
+    actions, _ = mpc._propose(3)
     assert actions.abs().max() <= 2.0
     assert mpc.act(env.sample_initial(3, generator=gen)).abs().max() <= 2.0
+
+
+@pytest.mark.parametrize("env", [envs.make("Pendulum-v1"), Integrator()], ids=["bounded", "unbounded"])
+def test_the_proposals_log_density_is_that_of_its_samples(env):
+    mpc = MPC(env, "mppi", horizon=4, num_samples=500, noise_std=0.8, seed=0)
+    mpc.reset(torch.zeros(3, *env.state_shape, dtype=env.dtype))
+    mpc._plan["loc"] += torch.linspace(-0.5, 0.5, 4, dtype=env.dtype)[None, :, None]  # not the centre
+    actions, log_q = mpc._propose(3)
+    assert log_q.shape == (500, 3, 4)
+    # float32 Pendulum: erfinv's value squared against the Normal's (x - loc)^2 / 2 scale^2
+    tolerance = 1e-4 if env.dtype == torch.float32 else 1e-10
+    torch.testing.assert_close(log_q, mpc._log_q_per_step(actions), atol=tolerance, rtol=0)
 
 
 def test_mppi_swings_the_pendulum_port_up():
@@ -324,7 +338,7 @@ def test_a_custom_model_with_a_latent_parameter_plans_without_code_changes():
     mpc = MPC(model, "mppi", horizon=2, num_samples=100_000, noise_std=1.0, seed=3)
     state = torch.tensor([[x0]], dtype=torch.float64)
     mpc.reset(state)
-    actions, factors, log_prior = mpc._rollout_model(state, mpc._propose(1))
+    actions, factors, log_prior = mpc._rollout_model(state, mpc._propose(1)[0])
     estimate, se = _weighted_first_action(actions, factors + log_prior - mpc._log_q(actions))
     assert abs(estimate - exact_mean) < 4 * se, (estimate, exact_mean, se)
     # the gain's uncertainty matters: the plan that knows theta = 1 acts differently
