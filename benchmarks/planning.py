@@ -9,10 +9,10 @@ wall-clock of one command (median over all steps), with the same torch thread co
   ``tests/pendulum.py``: Pendulum's dynamics written as a torch function in double precision, the
   running cost angle_normalize(theta)^2 + 0.1 thetadot^2, lambda 1, noise sigma ``--sigma`` (1),
   commands clamped to [-2, 2].
-- ours: ``rl_as_inference.planning.MPC`` on the torch port of Pendulum-v1 (float32), method
-  ``--method`` (mppi), temperature ``--alpha`` on Gymnasium's reward, proposal scale
-  ``--noise-std``; the defaults (0.1 and 0.7) were chosen from 14 pairs on 30 other starts (seeds
-  20000 + i), alpha 0.03-0.5 by scale 0.5-1.0 (-144.6 to -195.8 there).
+- ours: ``rl_as_inference.planning.MPC`` on the torch port of Pendulum-v1 (float32), each method
+  of ``--methods`` (mppi) with its settings in :data:`METHOD_SETTINGS` (chosen on 30 other starts,
+  ``--episode-seed 20000``), overridden by ``--alpha``, ``--noise-std`` and ``--set KEY=VALUE``
+  (any other ``MPC`` keyword).
 
 ``--compile`` plans with ``MPC(compile=True)`` (the rollout fused by ``torch.compile``); the
 compilation runs before the clock and its seconds are printed apart.
@@ -27,12 +27,14 @@ pytorch_mppi controller's.
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import math
 import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,6 +44,25 @@ from solve import machine_info  # noqa: E402
 
 EPISODE_SEED = 10_000
 POINT_MASS_HORIZON = 30
+
+# Our settings per method on Pendulum-v1 (temperature alpha on Gymnasium's reward, the proposal's
+# initial scale in action units, other MPC keywords), each the best mean return over 30 starts
+# other than the evaluation's (--episode-seed 20000) at K = 1000, H = 15 among those tried:
+METHOD_SETTINGS: dict[str, dict[str, Any]] = {
+    # 14 pairs, alpha 0.03-0.5 by scale 0.5-1.0: -144.6 to -195.8; prior="plan" at alpha 0.1
+    # -144.7; target_ess 0.01 or 0.05 with prior="plan" -166.3, -179.0 (with the uniform prior
+    # 0.05 is out of reach: -1207.3)
+    "mppi": {"alpha": 0.1, "noise_std": 0.7},
+    # the refitted scale floored at min_std 0.5: -181.0 (0.3: -192.1, 0.1: -363.2; 2 iterations
+    # at 0.1: -540.2): below 0.5 the warm-started scale collapses and the plan stops exploring
+    "cem": {"alpha": 0.1, "noise_std": 0.7, "min_std": 0.5},
+    # 3 Adam steps at lr 0.3: -140.3 (one step at lr 0.5 or 1.0: -150.4, -149.6; at 0.1: -964.9)
+    "svi": {"alpha": 0.1, "noise_std": 0.7, "lr": 0.3, "iterations": 3},
+    # alpha 1: -253.7 (0.1: -995.2, 0.3: -338.1, 2: -295.7, 10: -964.7): step-wise weights without
+    # a terminal value resample toward the plans whose first steps pay, which on Pendulum are not
+    # the ones that swing up
+    "smc": {"alpha": 1.0, "noise_std": 0.7},
+}
 
 
 def _angle_normalize(x: torch.Tensor) -> torch.Tensor:
@@ -76,16 +97,17 @@ def pytorch_mppi_controller(samples: int, horizon: int, sigma: float, lambda_: f
     )
 
 
-def run_episodes(make_command, episodes: int) -> tuple[list[float], list[float]]:
-    """Returns and per-command seconds of ``episodes`` Gymnasium Pendulum-v1 episodes."""
+def run_episodes(make_command, episodes: int, seed: int = EPISODE_SEED) -> tuple[list[float], list[float]]:
+    """Returns and per-command seconds of ``episodes`` Gymnasium Pendulum-v1 episodes (episode i
+    reset with ``seed + i``)."""
     from rl_as_inference.plan_run import control_gymnasium
 
-    return control_gymnasium("Pendulum-v1", make_command, episodes, EPISODE_SEED)
+    return control_gymnasium("Pendulum-v1", make_command, episodes, seed)
 
 
-def theirs(samples: int, horizon: int, sigma: float, lambda_: float):
+def theirs(samples: int, horizon: int, sigma: float, lambda_: float, seed: int = EPISODE_SEED):
     def make(i: int):
-        torch.manual_seed(EPISODE_SEED + i)
+        torch.manual_seed(seed + i)
         ctrl = pytorch_mppi_controller(samples, horizon, sigma, lambda_)
         return lambda s: ctrl.command(torch.as_tensor(s, dtype=torch.double)).numpy().astype(np.float32)
 
@@ -93,29 +115,19 @@ def theirs(samples: int, horizon: int, sigma: float, lambda_: float):
 
 
 def our_planner(
-    port, samples: int, horizon: int, method: str, alpha: float, noise_std: float, seed: int, compile: bool
+    port, samples: int, horizon: int, method: str, settings: dict[str, Any], seed: int, compile: bool
 ):
     """Our MPC on the torch port with the benchmark's settings (one place for both timings)."""
     from rl_as_inference.planning import MPC
 
-    return MPC(
-        port,
-        method,
-        horizon=horizon,
-        num_samples=samples,
-        alpha=alpha,
-        noise_std=noise_std,
-        seed=seed,
-        compile=compile,
-    )
+    return MPC(port, method, horizon=horizon, num_samples=samples, seed=seed, compile=compile, **settings)
 
 
 def ours(
     samples: int,
     horizon: int,
     method: str,
-    alpha: float,
-    noise_std: float,
+    settings: dict[str, Any],
     device: str = "cpu",
     compile: bool = False,
 ):
@@ -124,7 +136,7 @@ def ours(
     port = envs.make("Pendulum-v1", device=device)
 
     def make(i: int):
-        mpc = our_planner(port, samples, horizon, method, alpha, noise_std, i, compile)
+        mpc = our_planner(port, samples, horizon, method, settings, i, compile)
         return lambda s: (
             mpc.act(torch.as_tensor(s, dtype=port.dtype, device=port.device)[None])[0].cpu().numpy()
         )
@@ -137,8 +149,7 @@ def batch_cost(
     samples: int,
     horizon: int,
     method: str,
-    alpha: float,
-    noise_std: float,
+    settings: dict[str, Any],
     device: str = "cpu",
     compile: bool = False,
 ) -> float:
@@ -148,7 +159,7 @@ def batch_cost(
 
     port = envs.make("Pendulum-v1", device=device)
     state = port.sample_initial(num_envs, generator=torch.Generator().manual_seed(0))
-    mpc = our_planner(port, samples, horizon, method, alpha, noise_std, 0, compile)
+    mpc = our_planner(port, samples, horizon, method, settings, 0, compile)
     times = []
     for _ in range(6):
         start = time.perf_counter()
@@ -165,11 +176,20 @@ def main() -> None:
     parser.add_argument("--samples", nargs="+", type=int, default=[1000, 100])
     parser.add_argument("--horizon", type=int, default=15)
     parser.add_argument("--episodes", type=int, default=30)
-    parser.add_argument("--method", default="mppi")
+    parser.add_argument("--methods", nargs="+", default=["mppi"], choices=sorted(METHOD_SETTINGS))
+    parser.add_argument("--alpha", type=float, help="our temperature (reward units) for every method")
+    parser.add_argument("--noise-std", type=float, help="our proposal's initial scale for every method")
     parser.add_argument(
-        "--alpha", type=float, default=0.1, help="our temperature (reward units; chosen on starts 20000+i)"
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="another MPC keyword for every method (VALUE a Python literal: iterations=2, target_ess=0.1)",
     )
-    parser.add_argument("--noise-std", type=float, default=0.7, help="our proposal's scale (chosen likewise)")
+    parser.add_argument(
+        "--episode-seed", type=int, default=EPISODE_SEED, help="episode i resets with this + i"
+    )
     parser.add_argument("--sigma", type=float, default=1.0, help="pytorch_mppi's noise sigma")
     parser.add_argument("--lambda", dest="lambda_", type=float, default=1.0, help="pytorch_mppi's lambda")
     parser.add_argument("--batch", type=int, default=0, help="also time ours on this many envs at once")
@@ -194,18 +214,27 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     for line in machine_info(sys.argv, threads=args.threads, device="cpu"):
         print(f"- {line}")
+    settings = {method: method_settings(method, args) for method in args.methods}
+    for method in args.methods:
+        print(f"- ours {method}: {settings[method]}")
     rows = []
     for k in args.samples:
-        make_ours = ours(k, args.horizon, args.method, args.alpha, args.noise_std, args.device, args.compile)
-        if args.compile:  # the compilation happens here, before the clock, and is reported apart
-            started = time.perf_counter()
-            make_ours(0)(np.zeros(2, dtype=np.float32))  # a planner of its own: the episodes' are fresh
-            print(f"- ours compiled in {time.perf_counter() - started:.1f} s (K={k}, H={args.horizon})")
-        libraries = [("ours", make_ours)]
+        libraries = []
+        for method in args.methods:
+            make_ours = ours(k, args.horizon, method, settings[method], args.device, args.compile)
+            if args.compile:  # the compilation happens here, before the clock, and is reported apart
+                started = time.perf_counter()
+                make_ours(0)(np.zeros(2, dtype=np.float32))  # a planner of its own: the episodes' are fresh
+                print(
+                    f"- ours {method} compiled in {time.perf_counter() - started:.1f} s (K={k}, H={args.horizon})"
+                )
+            libraries.append((f"ours {method}", make_ours))
         if not args.ours_only:
-            libraries.append(("pytorch_mppi", theirs(k, args.horizon, args.sigma, args.lambda_)))
+            libraries.append(
+                ("pytorch_mppi", theirs(k, args.horizon, args.sigma, args.lambda_, args.episode_seed))
+            )
         for name, make in libraries:
-            returns, seconds = run_episodes(make, args.episodes)
+            returns, seconds = run_episodes(make, args.episodes, args.episode_seed)
             row = {
                 "library": name,
                 "K": k,
@@ -231,23 +260,71 @@ def main() -> None:
         )
     batch = None
     if args.batch:
-        k = args.samples[0]
-        seconds = batch_cost(
-            args.batch, k, args.horizon, args.method, args.alpha, args.noise_std, args.device, args.compile
-        )
+        k, method = args.samples[0], args.methods[0]
+        seconds = batch_cost(args.batch, k, args.horizon, method, settings[method], args.device, args.compile)
         one = next((r for r in rows if r["library"] == "pytorch_mppi" and r["K"] == k), None)
         per_env = 1e3 * seconds / args.batch
         batch = {"envs": args.batch, "K": k, "ms_per_command": 1e3 * seconds, "ms_per_env": per_env}
         print()
         print(
-            f"ours on {args.batch} envs at once (K={k}, H={args.horizon}): {1e3 * seconds:.1f} ms per command, "
+            f"ours {method} on {args.batch} envs at once (K={k}, H={args.horizon}): {1e3 * seconds:.1f} ms per command, "
             f"{per_env:.4f} ms per env"
             + (f"; one pytorch_mppi controller: {one['ms_per_command']:.2f} ms, "
                f"{one['ms_per_command'] / per_env:.0f}x ours per env" if one else "")
         )  # fmt: skip
+        floor = draw_floor(k * args.batch * args.horizon, args.device)
+        batch["floor_ms"] = floor
+        print(
+            f"the draws alone, {k * args.batch * args.horizon:,} numbers (K x envs x H): "
+            + ", ".join(f"{name} {ms:.1f} ms" for name, ms in floor.items())
+        )
     others = run_others(args) if args.others else []
     if args.json:
         Path(args.json).write_text(json.dumps({"episodes": rows, "batch": batch, "others": others}, indent=2))
+
+
+def draw_floor(count: int, device: str) -> dict[str, float]:
+    """Milliseconds (median of 5) of the elementwise work any truncated-Gaussian importance sampler
+    does per command on ``count`` sample-steps, whatever its rollout: torch drawing the uniforms,
+    the inverse CDF (erfinv) and one multiply, each over ``count`` numbers."""
+    x = torch.empty(count, device=device)
+    generator = torch.Generator(device=device).manual_seed(0)
+    work = {
+        "torch.rand": lambda: x.uniform_(generator=generator),
+        "erfinv": lambda: torch.erfinv(x),
+        "one multiply": lambda: x * 2.0,
+    }
+    floor = {}
+    for name, run in work.items():
+        times = []
+        for _ in range(5):
+            start = time.perf_counter()
+            run()
+            if x.device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - start)
+        floor[name] = 1e3 * statistics.median(times)
+    return floor
+
+
+def method_settings(method: str, args: argparse.Namespace) -> dict[str, Any]:
+    """:data:`METHOD_SETTINGS` of ``method`` with the command line's overrides."""
+    settings = dict(METHOD_SETTINGS[method])
+    if args.alpha is not None:
+        settings["alpha"] = args.alpha
+    if args.noise_std is not None:
+        settings["noise_std"] = args.noise_std
+    for item in args.sets:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set {item!r}: use KEY=VALUE, for example iterations=2")
+        try:
+            settings[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            raise SystemExit(
+                f"--set {item!r}: VALUE must be a Python literal (a number, True, None)"
+            ) from None
+    return settings
 
 
 def run_others(args) -> list[dict]:
@@ -258,17 +335,22 @@ def run_others(args) -> list[dict]:
     rows = []
     k, h = args.samples[0], args.horizon
     cart = plan_episodes(
-        "CartPole-v1", horizon=h, num_samples=k, episodes=args.episodes, seed=EPISODE_SEED, device=args.device
+        "CartPole-v1",
+        horizon=h,
+        num_samples=k,
+        episodes=args.episodes,
+        seed=args.episode_seed,
+        device=args.device,
     )
     rows.append(_row("CartPole-v1 (Gymnasium)", np.asarray(cart.returns), cart.ms_per_step))
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from examples.point_mass import PointMass
 
     env = PointMass(device=args.device)
-    state = env.sample_initial(args.episodes, generator=torch.Generator().manual_seed(EPISODE_SEED))
+    state = env.sample_initial(args.episodes, generator=torch.Generator().manual_seed(args.episode_seed))
     # 15 steps (1.5 s) do not see past the obstacles; 30 do (tried 15, 30 and 50 on 4 starts:
     # -233 to -243, -70 to -88, -75 to -96)
-    mpc = MPC(env, args.method, horizon=POINT_MASS_HORIZON, num_samples=k, alpha=1.0, seed=0)
+    mpc = MPC(env, args.methods[0], horizon=POINT_MASS_HORIZON, num_samples=k, alpha=1.0, seed=0)
     total, seconds = torch.zeros(args.episodes, device=env.device), []
     for _ in range(env.max_episode_steps):
         start = time.perf_counter()
