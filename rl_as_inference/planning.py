@@ -118,7 +118,7 @@ def _truncated_normal_sample(loc, scale, low, high, shape, generator):
         log q(x) = -e^2 - log scale - log(2 pi) / 2 - log(Phi(b) - Phi(a)),
 
     one pass over the samples where evaluating the Normal's density at x took several (and was
-    a third of a 1,024-env Pendulum command)."""
+    about a quarter of a 1,024-env Pendulum command)."""
     a = _standard_normal_cdf((low - loc) / scale)
     b = _standard_normal_cdf((high - loc) / scale)
     u = torch.rand(shape, generator=generator, device=loc.device, dtype=loc.dtype)
