@@ -51,7 +51,8 @@ POINT_MASS_HORIZON = 30
 METHOD_SETTINGS: dict[str, dict[str, Any]] = {
     # 14 pairs, alpha 0.03-0.5 by scale 0.5-1.0: -144.6 to -195.8; prior="plan" at alpha 0.1
     # -144.7; target_ess 0.01 or 0.05 with prior="plan" -166.3, -179.0 (with the uniform prior
-    # 0.05 is out of reach: -1207.3)
+    # 0.05 is out of reach: -1207.3); two inference rounds per command (--set iterations=2, within
+    # pytorch_mppi's milliseconds when compiled) -143.4
     "mppi": {"alpha": 0.1, "noise_std": 0.7},
     # the refitted scale floored at min_std 0.5: -181.0 (0.3: -192.1, 0.1: -363.2; 2 iterations
     # at 0.1: -540.2): below 0.5 the warm-started scale collapses and the plan stops exploring
