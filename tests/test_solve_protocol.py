@@ -35,3 +35,52 @@ def test_a_screen_passed_by_lucky_episodes_does_not_count_when_the_confirmation_
     easy = RunResult("ours", "CartPole-v1", 0, "x", 1000, whole - 1.0)
     assert Tracker(easy, 100, 2, True, confirm_episodes=10).evaluate(100, _lean)
     assert easy.solved and easy.steps_to_threshold == 100
+
+
+def test_a_benchmark_worker_dies_with_the_process_that_started_it(tmp_path):
+    """The parent (a solve.py-like loop: one spawned ProcessPoolExecutor worker per job) is killed
+    while its worker sleeps; the worker must not outlive it (before, a benchmark stopped with a
+    signal left its worker training beside later measurements)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    pid_file = tmp_path / "worker.pid"
+    parent = f"""
+import concurrent.futures, multiprocessing, os, sys, time
+sys.path.insert(0, {str(Path(__file__).resolve().parents[1] / "benchmarks")!r})
+from solve import die_with_parent
+
+def job(path):
+    open(path, "w").write(str(os.getpid()))
+    time.sleep(120)
+
+if __name__ == "__main__":
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context, initializer=die_with_parent) as pool:
+        pool.submit(job, {str(pid_file)!r}).result()
+"""
+    script = tmp_path / "parent.py"
+    script.write_text(parent)
+    proc = subprocess.Popen([sys.executable, str(script)])
+    try:
+        deadline = time.monotonic() + 120
+        while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        worker = int(pid_file.read_text())
+        os.kill(proc.pid, signal.SIGKILL)  # no handler of the parent's can run
+        proc.wait(10)
+        for _ in range(100):  # the kernel signals the worker as the parent goes
+            try:
+                os.kill(worker, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+        else:
+            os.kill(worker, signal.SIGKILL)
+            raise AssertionError(f"worker {worker} outlived its parent by 10 s")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
