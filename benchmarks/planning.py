@@ -42,6 +42,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from solve import machine_info  # noqa: E402
 
+from rl_as_inference.config import parse_assignment  # noqa: E402
+
 EPISODE_SEED = 10_000
 POINT_MASS_HORIZON = 30
 
@@ -316,9 +318,10 @@ def method_settings(method: str, args: argparse.Namespace) -> dict[str, Any]:
     if args.noise_std is not None:
         settings["noise_std"] = args.noise_std
     for item in args.sets:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--set {item!r}: use KEY=VALUE, for example iterations=2")
+        try:
+            key, value = parse_assignment(item)
+        except ValueError:
+            raise SystemExit(f"--set {item!r}: use KEY=VALUE, for example iterations=2") from None
         try:
             settings[key] = ast.literal_eval(value)
         except (ValueError, SyntaxError):
