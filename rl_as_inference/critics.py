@@ -63,7 +63,13 @@ class QNetwork(nn.Module):
     over features(obs) -> [B, n] (all actions at once, so expectations over q are exact).
     ``rescale_obs=True`` maps bounded observation coordinates onto [-1, 1] (:class:`ObservationEncoder`).
     ``outputs=N`` gives N values per action instead of one, ``[B, N]`` or ``[B, n, N]`` (the atom
-    logits of :class:`rl_as_inference.distributional.CategoricalQ`)."""
+    logits of :class:`rl_as_inference.distributional.CategoricalQ`).
+
+    ``clip_actions=True`` (Box) evaluates Q at clip(a, low, high), the action the collector hands
+    the env, so that Q(s, a) = Q(s, clip(a)) holds by construction for a policy whose samples
+    leave the box (MPO's unsquashed Gaussian). Without it the network learns from the raw
+    out-of-box actions in the replay and is asked, in MPO's E-step, for values at samples beyond
+    them, where it can only extrapolate."""
 
     def __init__(
         self,
@@ -72,11 +78,20 @@ class QNetwork(nn.Module):
         hidden: Sequence[int] = (256, 256),
         rescale_obs: bool = False,
         outputs: int | None = None,
+        clip_actions: bool = False,
     ):
         super().__init__()
         self.encoder = ObservationEncoder(observation_space, rescale=rescale_obs)
         self.discrete = isinstance(action_space, gym.spaces.Discrete)
         self.outputs = outputs
+        self.clip_actions = bool(clip_actions) and not self.discrete
+        if self.clip_actions:
+            # not persistent: the box is the env's, not a learned quantity, and checkpoints written
+            # without it load unchanged
+            low = torch.as_tensor(action_space.low, dtype=torch.float32)
+            high = torch.as_tensor(action_space.high, dtype=torch.float32)
+            self.register_buffer("action_low", low, persistent=False)
+            self.register_buffer("action_high", high, persistent=False)
         per_action = 1 if outputs is None else outputs
         if self.discrete:
             self.num_actions = int(action_space.n)
@@ -89,7 +104,10 @@ class QNetwork(nn.Module):
         if self.discrete:
             out = self.net(x)
             return out if self.outputs is None else out.unflatten(-1, (self.num_actions, self.outputs))
-        out = self.net(torch.cat((x, action.to(x.dtype)), dim=-1))
+        action = action.to(x.dtype)
+        if self.clip_actions:
+            action = torch.clamp(action, self.action_low.to(x.dtype), self.action_high.to(x.dtype))
+        out = self.net(torch.cat((x, action), dim=-1))
         return out.squeeze(-1) if self.outputs is None else out
 
 
@@ -118,7 +136,8 @@ class TwinQ(nn.Module):
 
     ``twin=False`` keeps one network (``q2`` is None, ``min`` and ``target_min`` are that network's
     values): the critic of the MPO paper and of Acme's MPO, whose backup is an expectation under pi_k
-    rather than a maximum, at half the cost of every critic evaluation.
+    rather than a maximum, at half the cost of every critic evaluation. ``clip_actions``: see
+    :class:`QNetwork`.
     """
 
     def __init__(
@@ -128,10 +147,12 @@ class TwinQ(nn.Module):
         hidden: Sequence[int] = (256, 256),
         rescale_obs: bool = False,
         twin: bool = True,
+        clip_actions: bool = False,
     ):
         super().__init__()
-        self.q1 = QNetwork(observation_space, action_space, hidden, rescale_obs)
-        self.q2 = QNetwork(observation_space, action_space, hidden, rescale_obs) if twin else None
+        net = {"hidden": hidden, "rescale_obs": rescale_obs, "clip_actions": clip_actions}
+        self.q1 = QNetwork(observation_space, action_space, **net)
+        self.q2 = QNetwork(observation_space, action_space, **net) if twin else None
         self.target = copy.deepcopy(nn.ModuleList(self._online())).requires_grad_(False)
 
     def _online(self) -> list[QNetwork]:

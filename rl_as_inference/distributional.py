@@ -84,6 +84,7 @@ class CategoricalQ(nn.Module):
         v_min, v_max: the support, in the units of the (scaled) rewards the critic learns from;
             returns outside it are clipped onto its ends.
         rescale_obs: see :class:`rl_as_inference.guides.policies.ObservationEncoder`.
+        clip_actions: see :class:`rl_as_inference.critics.QNetwork`.
     """
 
     def __init__(
@@ -95,13 +96,16 @@ class CategoricalQ(nn.Module):
         v_min: float = -150.0,
         v_max: float = 150.0,
         rescale_obs: bool = False,
+        clip_actions: bool = False,
     ):
         super().__init__()
         if isinstance(num_atoms, bool) or not isinstance(num_atoms, int) or num_atoms < 2:
             raise ValueError(f"num_atoms={num_atoms!r} is not allowed; use an integer >= 2")
         if not float(v_min) < float(v_max):
             raise ValueError(f"v_min={v_min!r} and v_max={v_max!r}: the support needs v_min < v_max")
-        self.q1 = QNetwork(observation_space, action_space, hidden, rescale_obs, outputs=num_atoms)
+        self.q1 = QNetwork(
+            observation_space, action_space, hidden, rescale_obs, outputs=num_atoms, clip_actions=clip_actions
+        )
         self.q2 = None
         self.register_buffer("support", torch.linspace(float(v_min), float(v_max), num_atoms))
         self.target = copy.deepcopy(nn.ModuleList([self.q1])).requires_grad_(False)

@@ -289,3 +289,61 @@ def test_single_critic_is_one_network_and_its_loss_one_squared_error():
     assert torch.allclose(loss, (critic.q1(obs, act) - 1).square().mean())
     with pytest.raises(ValueError, match="per_dim_constraints=true and action_penalization=true are for Box"):
         mpo.train(mpo.MPOConfig(env="CartPole-v1", per_dim_constraints=True, total_env_steps=10))
+
+
+def test_a_clipping_critic_values_an_out_of_box_action_as_the_action_the_env_executes():
+    import gymnasium as gym
+
+    from rl_as_inference.critics import TwinQ
+    from rl_as_inference.distributional import CategoricalQ
+
+    obs_space, act_space = gym.spaces.Box(-1, 1, (3,)), gym.spaces.Box(-2.0, 0.5, (2,))
+    obs = torch.randn(6, 3, generator=torch.Generator().manual_seed(0))
+    outside = torch.tensor([[3.0, 0.0], [-5.0, 0.2], [0.0, 9.0], [-2.5, -4.0], [1.0, 0.4], [-1.0, 0.0]])
+    clipped = outside.clamp(-2.0, 0.5)
+    for make in (
+        lambda clip: TwinQ(obs_space, act_space, hidden=(8,), clip_actions=clip),
+        lambda clip: CategoricalQ(obs_space, act_space, hidden=(8,), num_atoms=5, clip_actions=clip),
+    ):
+        torch.manual_seed(1)
+        critic = make(True)
+        torch.manual_seed(1)
+        plain = make(False)  # the same weights, evaluating the raw action
+        assert torch.equal(critic.min(obs, outside), critic.min(obs, clipped))
+        assert torch.equal(critic.target_min(obs, outside), critic.target_min(obs, clipped))
+        assert torch.equal(critic.min(obs, clipped), plain.min(obs, clipped))  # inside: unchanged
+        assert not torch.equal(plain.min(obs, outside), plain.min(obs, clipped))
+        # the box is the env's, not a learned quantity: state dicts are those of an unclipped critic
+        assert critic.state_dict().keys() == plain.state_dict().keys()
+
+
+def test_mpo_critic_is_only_ever_asked_for_actions_inside_the_box(monkeypatch):
+    from rl_as_inference import critics
+
+    given, reached = [], []  # the actions handed to Q, and the action columns its first layer saw
+    original_init, original_forward = critics.QNetwork.__init__, critics.QNetwork.forward
+
+    def init(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        width = self.encoder.dim
+        self.net[0].register_forward_pre_hook(
+            lambda _, inputs: reached.append(inputs[0][..., width:].detach())
+        )
+
+    def forward(self, obs, action=None):
+        given.append(action.detach())
+        return original_forward(self, obs, action)
+
+    monkeypatch.setattr(critics.QNetwork, "__init__", init)
+    monkeypatch.setattr(critics.QNetwork, "forward", forward)
+    config = mpo.MPOConfig(
+        env="Pendulum-v1", total_env_steps=400, learning_starts=200, hidden=(16,), log_every=200
+    )
+    mpo.train(config)
+    given = torch.cat([a.reshape(-1) for a in given])
+    reached = torch.cat([a.reshape(-1) for a in reached])
+    # Pendulum's torque box is [-2, 2]. pi_k's samples and the replayed actions leave it (the
+    # Gaussian's initial scale is the half width: about a third of its samples fall outside);
+    # before the critic clipped, those raw values reached the network.
+    assert float(given.abs().max()) > 2.0 and given.numel() == reached.numel()
+    assert float(reached.abs().max()) <= 2.0, float(reached.abs().max())

@@ -320,6 +320,7 @@ def train(
             v_min=config.v_min,
             v_max=config.v_max,
             rescale_obs=config.rescale_obs,
+            clip_actions=True,
         ).to(device)
     else:
         critic = TwinQ(
@@ -328,6 +329,7 @@ def train(
             hidden=config.hidden,
             rescale_obs=config.rescale_obs,
             twin=config.twin_critic,
+            clip_actions=True,
         ).to(device)
     attach_obs_normalizer(data.obs_normalizer, policy, target_policy, critic)
     # [log eta, log alpha_mean, log alpha_stddev (, log eta_penalty)]; per-dimension multipliers
