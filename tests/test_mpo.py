@@ -347,3 +347,15 @@ def test_mpo_critic_is_only_ever_asked_for_actions_inside_the_box(monkeypatch):
     # before the critic clipped, those raw values reached the network.
     assert float(given.abs().max()) > 2.0 and given.numel() == reached.numel()
     assert float(reached.abs().max()) <= 2.0, float(reached.abs().max())
+
+
+def test_out_of_box_stat_is_the_fraction_of_samples_with_a_coordinate_outside_the_box():
+    actions = torch.tensor([[[0.5, 0.0]], [[1.5, 0.0]], [[0.0, -3.0]], [[2.0, 2.0]]])  # [M=4, B=1, d=2]
+    q_values = torch.zeros(4, 1)
+    params = (torch.zeros(1, 2), torch.ones(1, 2))
+    duals = [torch.tensor(0.0, requires_grad=True) for _ in range(3)]
+    box = (torch.tensor([-1.0, -1.0]), torch.tensor([1.0, 2.0]))  # [2.0, 2.0] is outside on one axis only
+    _, stats = mpo.mpo_losses(q_values, actions, params, params, *duals, mpo.MPOConfig(), action_box=box)
+    assert float(stats["out_of_box"]) == 0.75
+    _, stats = mpo.mpo_losses(q_values, actions, params, params, *duals, mpo.MPOConfig())
+    assert "out_of_box" not in stats

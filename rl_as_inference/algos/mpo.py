@@ -220,7 +220,9 @@ def mpo_losses(
         config: constraint sizes and the refinements in use.
         penalty_log_temperature: with ``config.action_penalization``, the temperature of the
             out-of-box cost's E-step (a trainable scalar).
-        action_box: with ``config.action_penalization``, the (low, high) ``[d]`` of the env's box.
+        action_box: the (low, high) ``[d]`` of the env's box: needed by ``config.action_penalization``;
+            where given, the stats also report ``out_of_box``, the fraction of sampled actions
+            with a coordinate outside it.
 
     Returns:
         (loss, stats): one scalar whose gradients train the policy and all duals; Acme-style stats.
@@ -240,6 +242,9 @@ def mpo_losses(
         temperature_loss = temperature_loss + penalty_loss
         stats["temperature_penalty"] = penalty_temperature.detach()
         stats["kl_penalty_rel"] = realized_kl(penalty_weights) / config.epsilon_penalty
+    if action_box is not None:
+        low, high = action_box
+        stats["out_of_box"] = ((actions < low) | (actions > high)).any(-1).float().mean()
     # M-step, decoupled: fit the mean with pi_k's scale, the scale with pi_k's mean.
     loc, scale = online
     t_loc, t_scale = (t.detach() for t in target)
@@ -337,10 +342,9 @@ def train(
     per_dim = () if data.discrete or not config.per_dim_constraints else (int(space.shape[0]),)
     duals = [torch.tensor(config.init_log_temperature, device=device)]
     duals += [torch.full(per_dim, config.init_log_alpha, device=device) for _ in range(2)]
-    action_box = None
+    action_box = None if data.discrete else (data.low, data.high)  # the box the collector clamps into
     if config.action_penalization and not data.discrete:
         duals.append(torch.tensor(config.init_log_temperature, device=device))
-        action_box = (data.low, data.high)  # the box the collector clamps the env's actions into
     for dual in duals:
         dual.requires_grad_(True)
     policy_opt = adam(policy.parameters(), lr=config.policy_lr)
@@ -419,7 +423,7 @@ def train(
                 (t_loc, t_scale),
                 *duals[:3],
                 config,
-                penalty_log_temperature=duals[3] if action_box is not None else None,
+                penalty_log_temperature=duals[3] if config.action_penalization else None,
                 action_box=action_box,
             )
         policy_opt.zero_grad()
