@@ -9,7 +9,9 @@ constraint E_s[KL(q(.|s) || pi_k(.|s))] <= epsilon,
 minimized on the device by gradient steps on log eta (as Acme does).
 M-step (eq. 8): pi_{k+1} = argmax sum_j q_j log pi(a_j|s) (weighted maximum likelihood) subject to
 KL(pi_k || pi) bounds, decoupled for the mean (epsilon_mean) and the covariance (epsilon_stddev)
-with learned Lagrange multipliers. Q is learned with T^{pi,q} at alpha = 0 against the target policy.
+with learned Lagrange multipliers. Q is learned with T^{pi,q} at alpha = 0 against the target policy,
+and for Box actions it values every action at its clip into the box (the action the env is handed),
+so the Gaussian's out-of-box samples get the value of what they do rather than an extrapolation.
 Logged like Acme: the KL / epsilon ratios and the duals.
 
 Gaussian policies for Box actions; categorical policies for Discrete ones, where the E-step is exact
