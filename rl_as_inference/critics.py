@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from rl_as_inference import bellman
+from rl_as_inference.envs.base import clamp_into
 from rl_as_inference.guides.policies import ObservationEncoder, mlp
 
 __all__ = [
@@ -106,7 +107,7 @@ class QNetwork(nn.Module):
             return out if self.outputs is None else out.unflatten(-1, (self.num_actions, self.outputs))
         action = action.to(x.dtype)
         if self.clip_actions:
-            action = torch.clamp(action, self.action_low.to(x.dtype), self.action_high.to(x.dtype))
+            action = clamp_into(action, self.action_low, self.action_high)
         out = self.net(torch.cat((x, action), dim=-1))
         return out.squeeze(-1) if self.outputs is None else out
 

@@ -11,6 +11,7 @@ import torch
 from rl_as_inference import distributed as dp
 from rl_as_inference import envs
 from rl_as_inference.algos.settings import BACKENDS, VECTORIZATIONS, RunSettings
+from rl_as_inference.envs.base import clamp_into  # collect's public name since before the move
 from rl_as_inference.guides.normalization import DEFAULT_OBS_CLIP, RunningObsNormalizer
 from rl_as_inference.replay import ReplayBuffer, transition_fields
 
@@ -133,11 +134,6 @@ def update_obs_normalizer(normalizer: RunningObsNormalizer | None, obs: torch.Te
     n, total, squares = moments[0], moments[1 : 1 + x.shape[1]], moments[1 + x.shape[1] :]
     mean = total / n
     normalizer.merge(n, mean, (squares / n - mean.square()).clamp_min(0.0))
-
-
-def clamp_into(action: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
-    """``action`` clamped into the box [low, high] (infinite bounds leave it free); on the device."""
-    return torch.maximum(torch.minimum(action, high.to(action.dtype)), low.to(action.dtype))
 
 
 def true_next_obs(next_obs: torch.Tensor, done: torch.Tensor, info: dict) -> torch.Tensor:

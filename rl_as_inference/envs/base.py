@@ -23,7 +23,24 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-__all__ = ["FunctionalEnv", "Step", "resolve_device", "resolve_dtype", "stack_state", "stream_from"]
+__all__ = [
+    "FunctionalEnv",
+    "Step",
+    "clamp_into",
+    "resolve_device",
+    "resolve_dtype",
+    "stack_state",
+    "stream_from",
+]
+
+
+def clamp_into(action: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    """``action`` clamped into the box [low, high] (infinite bounds leave it free); on the device.
+
+    The action an env with a Box action space is handed (the collectors clamp with it), and the
+    action a clipping critic values (:class:`rl_as_inference.critics.QNetwork`).
+    """
+    return torch.maximum(torch.minimum(action, high.to(action.dtype)), low.to(action.dtype))
 
 
 def stack_state(columns: tuple[torch.Tensor, ...]) -> torch.Tensor:
