@@ -5,9 +5,13 @@ It stores transitions and returns them, one at a time or as n-step paths; it com
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-__all__ = ["ReplayBuffer", "transition_fields"]
+__all__ = ["ReplayBuffer", "available_memory", "storage_bytes", "transition_fields"]
+
+Fields = dict[str, tuple[tuple[int, ...], torch.dtype]]
 
 
 def transition_fields(
@@ -27,6 +31,52 @@ def transition_fields(
     }
 
 
+def storage_bytes(capacity: int, fields: Fields) -> int:
+    """Bytes that ``capacity`` transitions of ``fields`` take (what :class:`ReplayBuffer` allocates)."""
+    per = sum(
+        math.prod(shape) * torch.empty((), dtype=dtype).element_size() for shape, dtype in fields.values()
+    )
+    return capacity * per
+
+
+def available_memory(device: torch.device | str) -> int | None:
+    """Bytes that can still be allocated on ``device``, or None where that is not known.
+
+    CUDA: the free memory the driver reports. CPU: Linux's ``MemAvailable`` (memory that can be
+    handed out without swapping), lowered to a cgroup v2 limit's headroom inside a container;
+    None on other systems.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    if device.type != "cpu":
+        return None
+    free = None
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    free = int(line.split()[1]) * 1024
+                    break
+    except OSError:
+        return None
+    try:
+        with (
+            open("/sys/fs/cgroup/memory.max") as limit_file,
+            open("/sys/fs/cgroup/memory.current") as used_file,
+        ):
+            limit, used = limit_file.read().strip(), used_file.read().strip()
+        if limit != "max" and free is not None:
+            free = min(free, max(int(limit) - int(used), 0))
+    except (OSError, ValueError):
+        pass
+    return free
+
+
+def _gigabytes(n: int) -> str:
+    return f"{n / 1e9:.1f} GB"
+
+
 class ReplayBuffer:
     """Circular storage of transitions as preallocated device tensors, one per named field.
 
@@ -44,19 +94,36 @@ class ReplayBuffer:
     def __init__(
         self,
         capacity: int,
-        fields: dict[str, tuple[tuple[int, ...], torch.dtype]],
+        fields: Fields,
         *,
         device: torch.device | str = "cpu",
     ):
         if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
             raise ValueError(f"capacity must be an int >= 1, got {capacity!r}")
         self.capacity, self.device = capacity, torch.device(device)
+        self._check_fits(fields)
         self.storage = {
             name: torch.zeros((capacity, *shape), dtype=dtype, device=self.device)
             for name, (shape, dtype) in fields.items()
         }
         self.position = 0  # next slot to write
         self.size = 0
+
+    def _check_fits(self, fields: Fields) -> None:
+        # Zero-filling a buffer larger than the free memory gets the process killed by the
+        # kernel's OOM killer, with no message, so say before allocating what would not fit.
+        needed = storage_bytes(self.capacity, fields)
+        free = available_memory(self.device)
+        if free is None or needed <= free:
+            return
+        per = needed // self.capacity
+        largest = max(fields, key=lambda name: storage_bytes(1, {name: fields[name]}))
+        raise ValueError(
+            f"a replay buffer of capacity {self.capacity:,} (a run's buffer_size) needs "
+            f"{_gigabytes(needed)} ({per:,} bytes per transition, the largest field {largest!r} of shape "
+            f"{tuple(fields[largest][0])}) and {self.device} has {_gigabytes(free)} available; "
+            f"at most {free // per:,} transitions fit: lower buffer_size"
+        )
 
     def __len__(self) -> int:
         return self.size

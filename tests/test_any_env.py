@@ -430,6 +430,11 @@ def test_mujoco_tasks_without_a_recipe_take_the_mujoco_defaults():
         1e-3,
         10_000,
     )
+    # and MPO with the settings measured on it at 100k steps (the family's warm-up and buffer kept)
+    mpo_cls = runs.ALGORITHMS["mpo"][0]
+    mpo = rconfig.build_config(mpo_cls, "Hopper-v5", "mpo", sets=["env=Hopper-v5"])
+    assert (mpo.hidden, mpo.num_envs, mpo.twin_critic, mpo.action_penalization) == ((64, 64), 4, False, True)
+    assert (mpo.learning_starts, mpo.buffer_size) == (10_000, 1_000_000)
     assert set(rconfig.load_recipe("Hopper-v5")) == set(rconfig.load_recipe("HalfCheetah-v5"))
 
 
@@ -447,3 +452,34 @@ def test_a_mujoco_task_trains_from_the_command_line_with_its_defaults_named(tmp_
     assert loaded.module.encoder.normalizer.count.item() == 601
     summary = json.loads((out / "eval.json").read_text())
     assert summary["episodes"] == 2 and summary["env_steps"] == 600
+
+
+class Pixels(gym.Env):
+    """An env with image observations, as CarRacing-v3's (here 8x8x3 bytes)."""
+
+    observation_space = gym.spaces.Box(0, 255, (8, 8, 3), np.uint8)
+    action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.zeros((8, 8, 3), np.uint8), {}
+
+    def step(self, action):
+        return np.zeros((8, 8, 3), np.uint8), 0.0, False, False, {}
+
+
+@pytest.mark.parametrize("algo", ["sac", "mpo", "vmpo"])
+def test_image_observations_are_named_before_anything_is_allocated(algo, tmp_path, capsys):
+    gym.register("test/Pixels-v0", entry_point="tests.test_any_env:Pixels", max_episode_steps=10)
+    try:
+        out = tmp_path / "r"
+        line = _one_line_error(
+            capsys, main(["train", "--env", "test/Pixels-v0", "--algo", algo, "--out", str(out)])
+        )
+        with pytest.raises(ValueError, match=r"no convolutional encoder for images"):
+            Collector("test/Pixels-v0", num_envs=1, device=torch.device("cpu"), seed=0, buffer_size=10)
+    finally:
+        gym.registry.pop("test/Pixels-v0")
+    assert "test/Pixels-v0 has observation space Box(0, 255, (8, 8, 3), uint8)" in line
+    assert "no convolutional encoder for images" in line and "FlattenObservation" in line
+    assert not out.exists()

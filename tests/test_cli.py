@@ -14,6 +14,7 @@ import rl_as_inference as rlai
 from rl_as_inference import config as rconfig
 from rl_as_inference.algos import sac
 from rl_as_inference.cli import main
+from rl_as_inference.replay import available_memory
 
 TINY = ["--set", "total_env_steps=300", "--set", "learning_starts=100", "--set", "hidden=[16, 16]"]
 TINY += ["--set", "batch_size=32", "--set", "log_every=100", "--eval-episodes", "3", "--no-progress"]
@@ -235,3 +236,13 @@ def test_every_env_has_a_recipe_whose_tables_resolve():
                 envs.make(env_id, exploring_starts=getattr(config, "exploring_starts", 0.0))
             else:  # Gymnasium's own env: only what needs no dynamics
                 assert not runs.REGISTRY[algo].needs_dynamics and config.exploring_starts == 0, env_id
+
+
+@pytest.mark.skipif(available_memory("cpu") is None, reason="the free memory is known on Linux only")
+def test_a_replay_buffer_too_large_for_the_machine_is_a_one_line_error(tmp_path, capsys):
+    # 10^12 Pendulum-v1 transitions are terabytes: refused before anything is allocated or trained
+    argv = ["train", "--env", "Pendulum-v1", "--algo", "sac", "--set", "buffer_size=1000000000000"]
+    assert main([*argv, "--out", str(tmp_path / "run"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rlai: error: sac on Pendulum-v1: a replay buffer of capacity 1,000,000,000,000")
+    assert "lower buffer_size" in err and err.count("\n") == 1

@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 import torch
 
+from rl_as_inference import replay
 from rl_as_inference.algos import sac
 from rl_as_inference.algos.collect import Collector
 from rl_as_inference.critics import TwinQ, policy_log_prior, soft_q_loss
 from rl_as_inference.guides import CategoricalMLP, TanhGaussianMLP
-from rl_as_inference.replay import ReplayBuffer, transition_fields
+from rl_as_inference.replay import ReplayBuffer, available_memory, storage_bytes, transition_fields
 from rl_as_inference.temperature import Temperature
 
 
@@ -436,3 +437,49 @@ def test_mpo_logs_m_step_kl_averaged_over_the_interval():
     )
     rows = mpo.train(config).metrics
     assert all(row["kl_mean_rel"] > 0 and row["kl_stddev_rel"] > 0 for row in rows[1:]), rows
+
+
+def test_storage_bytes_is_what_the_buffer_allocates():
+    fields = transition_fields((3, 4), (2,), action_dtype=torch.int64) | {"truncated": ((), torch.bool)}
+    buf = ReplayBuffer(10, fields)
+    allocated = sum(t.numel() * t.element_size() for t in buf.storage.values())
+    # per transition: obs and next_obs 12 float32 each, 2 int64, a float32 reward and two bools
+    assert storage_bytes(10, fields) == allocated == 10 * (2 * 12 * 4 + 2 * 8 + 4 + 2)
+
+
+def test_available_memory_of_the_cpu_is_positive_where_it_is_known():
+    free = available_memory("cpu")
+    assert free is None or (isinstance(free, int) and free > 0)
+
+
+def test_a_buffer_larger_than_the_free_memory_is_refused_before_allocating(monkeypatch):
+    fields = transition_fields((96, 96, 3), (3,))  # CarRacing-v3's image observations
+    per = storage_bytes(1, fields)
+    monkeypatch.setattr(replay, "available_memory", lambda device: 1000 * per + per // 2)
+    ReplayBuffer(1000, fields)  # fits
+    with pytest.raises(ValueError) as info:
+        ReplayBuffer(100_000, fields)
+    message = str(info.value)
+    assert "capacity 100,000 (a run's buffer_size)" in message
+    assert f"{per:,} bytes per transition" in message and "'obs' of shape (96, 96, 3)" in message
+    assert "at most 1,000 transitions fit: lower buffer_size" in message
+
+
+def test_a_collector_whose_buffer_does_not_fit_names_the_run_and_closes_its_envs(monkeypatch):
+    closed = []
+    real_close = gym.vector.SyncVectorEnv.close
+    monkeypatch.setattr(
+        gym.vector.SyncVectorEnv, "close", lambda self, **kw: closed.append(1) or real_close(self)
+    )
+    monkeypatch.setattr(replay, "available_memory", lambda device: 10_000)
+    with pytest.raises(ValueError, match=r"^sac on Pendulum-v1: a replay buffer of capacity 1,000 "):
+        Collector(
+            "Pendulum-v1",
+            num_envs=2,
+            device=torch.device("cpu"),
+            seed=0,
+            buffer_size=1000,
+            backend="gymnasium",
+            algorithm="sac",
+        )
+    assert closed

@@ -74,9 +74,11 @@ def make_collection_env(
                 f"backend='functional' needs a torch env, and {env_id!r} has none (ported: "
                 f"{', '.join(sorted(envs.PORTED))}); use backend='gymnasium' or 'auto'"
             )
-        return envs.make_vec(
+        venv = envs.make_vec(
             env_id, num_envs, device=device, autoreset_mode="SameStep", exploring_starts=exploring_starts
         )
+        check_observation_space(env_id, venv.single_observation_space)
+        return venv
     if exploring_starts:
         raise ValueError("exploring_starts needs backend='functional': Gymnasium's envs reset from p(s_0)")
     if vectorization not in VECTORIZATIONS:
@@ -97,14 +99,26 @@ def make_collection_env(
 
 
 def check_observation_space(env_id: str, space: gym.Space) -> None:
-    """Raise a ValueError naming ``space`` unless the networks here take it: a Box, or Discrete
-    (one-hot encoded by :class:`~rl_as_inference.guides.policies.ObservationEncoder`)."""
-    if not isinstance(space, gym.spaces.Box | gym.spaces.Discrete):
+    """Raise a ValueError naming ``space`` unless the networks here take it: a 1-D Box, or
+    Discrete (one-hot encoded by :class:`~rl_as_inference.guides.policies.ObservationEncoder`).
+
+    Checked before any buffer is allocated: an image's replay buffer (CarRacing-v3's 96x96x3
+    observations, 100k transitions) is tens of GB, for networks that would then refuse it."""
+    flat_box = isinstance(space, gym.spaces.Box) and len(space.shape) == 1
+    if flat_box or isinstance(space, gym.spaces.Discrete):
+        return
+    if isinstance(space, gym.spaces.Box):
         raise ValueError(
-            f"{env_id} has observation space {space}; the networks here take Box or Discrete "
-            "observations (wrap the env in gymnasium.wrappers.FlattenObservation and register the "
+            f"{env_id} has observation space {space}; the networks here are MLPs over Discrete or 1-D "
+            "Box observations, with no convolutional encoder for images (to feed the pixels to an "
+            "MLP anyway, wrap the env in gymnasium.wrappers.FlattenObservation and register the "
             "wrapped id)"
         )
+    raise ValueError(
+        f"{env_id} has observation space {space}; the networks here take Discrete or 1-D Box "
+        "observations (wrap the env in gymnasium.wrappers.FlattenObservation and register the "
+        "wrapped id)"
+    )
 
 
 def make_obs_normalizer(
@@ -316,7 +330,11 @@ class Collector:
         if behaviour_log_prob:
             fields["behaviour_log_prob"] = ((), torch.float32)
         capacity = -(-buffer_size // num_envs) * num_envs
-        self.buffer = ReplayBuffer(capacity, fields, device=device)
+        try:
+            self.buffer = ReplayBuffer(capacity, fields, device=device)
+        except ValueError as exc:  # too large for this machine: name the env, free the envs
+            self.venv.close()
+            raise ValueError(f"{algorithm} on {env_id}: {exc}") from None
         self.generator = torch.Generator(device=device).manual_seed(seed)
         if not self.discrete:
             self.low = torch.as_tensor(self.action_space.low, device=device)
