@@ -483,3 +483,34 @@ def test_image_observations_are_named_before_anything_is_allocated(algo, tmp_pat
     assert "test/Pixels-v0 has observation space Box(0, 255, (8, 8, 3), uint8)" in line
     assert "no convolutional encoder for images" in line and "FlattenObservation" in line
     assert not out.exists()
+
+
+class Countdown(gym.Env):
+    """A user's Gymnasium env class, never registered: a 1-D walk that ends after 5 steps."""
+
+    observation_space = gym.spaces.Box(-10.0, 10.0, (1,), np.float32)
+    action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t, self.x = 0, np.zeros(1, np.float32)
+        return self.x.copy(), {}
+
+    def step(self, action):
+        self.t += 1
+        self.x = np.clip(self.x + np.asarray(action, np.float32), -10, 10)
+        return self.x.copy(), float(self.x[0]), self.t >= 5, False, {}
+
+
+def test_a_gymnasium_env_class_typed_as_module_and_name_trains_as_gymnasiums_env(tmp_path, capsys):
+    out = tmp_path / "r"
+    tiny = ["--set", "total_env_steps=300", "--set", "learning_starts=100", "--set", "hidden=[8]"]
+    tiny += ["--set", "batch_size=16", "--set", "log_every=100"]
+    try:
+        argv = ["train", "--env", "tests.test_any_env:Countdown", "--algo", "sac", "--out", str(out)]
+        assert main([*argv, *tiny, *QUIET]) == 0
+        assert gym.spec("Countdown").entry_point is Countdown  # registered with Gymnasium, as it is
+    finally:
+        gym.registry.pop("Countdown", None)
+    assert "episodes of Gymnasium's env" in capsys.readouterr().out
+    assert 'env = "Countdown"' in (out / "config.toml").read_text()

@@ -31,8 +31,10 @@ def import_env_module(env_id: str) -> str:
     """``module:Name`` as typed by a user: import ``module`` and return the id it makes known.
 
     ``Name`` is a Gymnasium id the module registers on import (as ``gymnasium.make`` reads the
-    prefix), or a ``FunctionalEnv`` factory in the module, which is registered under ``Name``
-    with :func:`rl_as_inference.envs.register`. Ids read from files never come here
+    prefix), a ``gymnasium.Env`` subclass in the module, which is registered with Gymnasium under
+    ``Name`` (the model-free algorithms then step it as Gymnasium's own env; its episodes end only
+    where the class ends them), or a ``FunctionalEnv`` factory in the module, which is registered
+    under ``Name`` with :func:`rl_as_inference.envs.register`. Ids read from files never come here
     (:func:`check_env_id` refuses the prefix): importing runs the module's code.
 
     Raises:
@@ -51,6 +53,10 @@ def import_env_module(env_id: str) -> str:
     if has_torch_env(name) or name in gym.registry:
         return name
     factory = getattr(module, name, None)
+    if isinstance(factory, type) and issubclass(factory, gym.Env):
+        # a Gymnasium env class, not a torch one: Gymnasium builds it, as for a registered id
+        gym.register(name, entry_point=factory)
+        return name
     if callable(factory):
         register(name, factory, override=True)
         return name
