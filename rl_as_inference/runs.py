@@ -159,6 +159,13 @@ def train_run(
             f"{algo} takes {' or '.join(REGISTRY[algo].action_spaces)} actions, and {env_id} has "
             f"{action_space}; " + (f"use one of {takes}" if takes else "no algorithm here takes it")
         )
+    if _unbounded_box(action_space) and not REGISTRY[algo].unbounded_box:
+        takes = ", ".join(sorted(name for name, a in REGISTRY.items() if a.unbounded_box))
+        raise ValueError(
+            f"{algo} needs a bounded action box (it squashes its actions into the box or draws its "
+            f"warm-up actions uniformly from it), and {env_id} has {action_space}; use {takes}, or "
+            "give the env finite action bounds"
+        )
     if REGISTRY[algo].needs_dynamics and not envs.has_torch_env(env_id):
         takes = ", ".join(sorted(name for name, a in REGISTRY.items() if not a.needs_dynamics))
         raise ValueError(
@@ -244,15 +251,26 @@ def gymnasium_env(env_id: str) -> gym.Env:
     return gym.wrappers.TimeLimit(env, limit) if limit is not None else env
 
 
+def _unbounded_box(space: gym.Space) -> bool:
+    """Whether ``space`` is a Box with an infinite bound (which only a Gaussian policy can act on)."""
+    return isinstance(space, gym.spaces.Box) and not (
+        np.isfinite(space.low).all() and np.isfinite(space.high).all()
+    )
+
+
 def _generic_algorithm(env_id: str, space: gym.Space) -> str:
-    """The documented default for an id without a recipe (:data:`GENERIC_ALGORITHMS`), announced."""
-    algo = GENERIC_ALGORITHMS.get(type(space).__name__)
+    """The documented default for an id without a recipe (:data:`GENERIC_ALGORITHMS`; V-MPO for a
+    Box with infinite bounds, which SAC's squashed policy cannot cover), announced."""
+    kind = type(space).__name__
+    algo = GENERIC_ALGORITHMS.get(kind)
     if algo is None:
         raise ValueError(
             f"{env_id} has action space {space}; the algorithms here take Discrete or Box actions"
         )
+    if _unbounded_box(space):
+        algo, kind = "vmpo", "Box (unbounded)"
     print(
-        f"rlai: note: {env_id} has no shipped recipe; {type(space).__name__} actions: {algo} with its "
+        f"rlai: note: {env_id} has no shipped recipe; {kind} actions: {algo} with its "
         "default settings (pick another with --algo, tune with --set key=value)",
         file=sys.stderr,
     )

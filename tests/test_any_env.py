@@ -514,3 +514,47 @@ def test_a_gymnasium_env_class_typed_as_module_and_name_trains_as_gymnasiums_env
         gym.registry.pop("Countdown", None)
     assert "episodes of Gymnasium's env" in capsys.readouterr().out
     assert 'env = "Countdown"' in (out / "config.toml").read_text()
+
+
+class UnboundedActions(gym.Env):
+    """A user's env whose action box is all of R (as custom envs often declare it)."""
+
+    observation_space = gym.spaces.Box(-np.inf, np.inf, (2,), np.float32)
+    action_space = gym.spaces.Box(-np.inf, np.inf, (1,), np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.x = np.zeros(2, np.float32)
+        return self.x.copy(), {}
+
+    def step(self, action):
+        self.x = self.x + 0.1
+        return self.x.copy(), -float(np.square(action).sum()), False, False, {}
+
+
+@pytest.fixture
+def unbounded_actions():
+    gym.register("test/Unbounded-v0", entry_point="tests.test_any_env:UnboundedActions", max_episode_steps=20)
+    yield "test/Unbounded-v0"
+    gym.registry.pop("test/Unbounded-v0")
+
+
+@pytest.mark.parametrize("algo", ["sac", "mpo"])
+def test_an_unbounded_action_box_is_refused_by_the_squashing_algorithms(
+    unbounded_actions, algo, tmp_path, capsys
+):
+    # before: sac named its policy class only, mpo's uniform warm-up handed the env NaN actions
+    out = tmp_path / "r"
+    line = _one_line_error(
+        capsys, main(["train", "--env", unbounded_actions, "--algo", algo, "--out", str(out)])
+    )
+    assert f"{algo} needs a bounded action box" in line and "Box(-inf, inf, (1,), float32); use vmpo" in line
+    assert not out.exists()
+
+
+def test_an_unbounded_action_box_without_a_recipe_trains_vmpo(unbounded_actions, tmp_path, capsys):
+    out = tmp_path / "r"
+    argv = ["train", "--env", unbounded_actions, "--out", str(out), "--set", "total_env_steps=512", *QUIET]
+    assert main(argv) == 0
+    assert "Box (unbounded) actions: vmpo with its default settings" in capsys.readouterr().err
+    assert "vmpo" in (out / "config.toml").read_text()

@@ -60,6 +60,8 @@ class Algorithm:
         needs_dynamics: it re-simulates or differentiates the env (a torch env: a port or one added
             with :func:`rl_as_inference.envs.register`), so Gymnasium's own envs cannot serve it.
         action_spaces: the Gymnasium action-space types it takes, by class name.
+        unbounded_box: it takes a Box with infinite bounds (a Gaussian acting on all of R^d); the
+            others squash their actions into the box or draw their warm-up actions uniformly from it.
     """
 
     name: str
@@ -71,3 +73,4 @@ class Algorithm:
     elbo_units: str = "nats"
     needs_dynamics: bool = False
     action_spaces: tuple[str, ...] = ("Box",)
+    unbounded_box: bool = False

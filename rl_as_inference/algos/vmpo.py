@@ -451,6 +451,7 @@ def _temperature(config, metrics) -> float | None:
 
 ALGORITHM = Algorithm(
     action_spaces=("Box", "Discrete"),
+    unbounded_box=True,
     name="vmpo",
     config=VMPOConfig,
     train=train,
