@@ -187,6 +187,13 @@ def _parser() -> argparse.ArgumentParser:
     inspect.add_argument(
         "--device", choices=("cpu", "cuda", "auto"), default="cpu", help="where to run the episodes"
     )
+    for command in (evaluate, inspect):
+        command.add_argument(
+            "--env",
+            metavar="MODULE:ID",
+            help="import MODULE first: the module that registers the run's id, typed as for rlai "
+            "train (module:ID or package.module:Factory); a run's files never name one",
+        )
     for command in (train, evaluate, inspect, plan):
         command.add_argument(
             "--threads",
@@ -325,6 +332,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
+        if args.command in ("evaluate", "inspect") and args.env is not None:
+            if ":" not in args.env:
+                raise ValueError(
+                    f"rlai {args.command} --env {args.env}: the run's own id is used; --env only "
+                    "imports the module that registers it, given as module:ID"
+                )
+            import_env_module(args.env)
         if args.command == "train" and args.resume is not None:
             # --env module:ID only imports the module that registers the run's id: the run's files
             # never name a module, so an id that needs one is typed again by the user

@@ -516,7 +516,8 @@ class LoadedPolicy:
                 action = d.sample() if generator is None else _sample_with(d, generator, self.device)
         action = action.cpu().numpy()
         if isinstance(self.action_space, gym.spaces.Discrete):
-            action = action.astype(np.int64)
+            # the policy's index 0..n-1, shifted to the space's start..start+n-1
+            action = action.astype(np.int64) + int(self.action_space.start)
             return int(action[0]) if single else action
         action = np.clip(
             action.astype(self.action_space.dtype), self.action_space.low, self.action_space.high
@@ -638,19 +639,44 @@ def episode_returns(
     _check_episodes(episodes)
     _check_seed(seed)
     env = gymnasium_env(policy.env_id)
+    limit = _episode_limit(env)
+    if limit is None:
+        # an env registered without a time limit whose episodes need not end (a good policy keeps
+        # a pendulum up forever): an evaluation must end, so it cuts them as MuJoCo's ids do
+        limit = UNLIMITED_EVAL_STEPS
+        print(
+            f"rlai: note: {policy.env_id} has no time limit; evaluation episodes stop after {limit} "
+            "steps (register it with max_episode_steps=N for its own)",
+            file=sys.stderr,
+        )
     generator = torch.Generator().manual_seed(seed)
     returns = []
     bar = tqdm(range(episodes), disable=not progress, desc=f"evaluate {policy.env_id}", unit="episode")
     for i in bar:
         obs, _ = env.reset(seed=seed + i)
-        total, done = 0.0, False
+        total, done, steps = 0.0, False, 0
         while not done:
             obs, reward, terminated, truncated, _ = env.step(policy.act(obs, not stochastic, generator))
             total += float(reward)
-            done = terminated or truncated
+            steps += 1
+            done = terminated or truncated or steps >= limit
         returns.append(total)
     env.close()
     return returns
+
+
+# steps after which an evaluation episode of an env without a time limit is cut (MuJoCo's limit)
+UNLIMITED_EVAL_STEPS = 1000
+
+
+def _episode_limit(env: gym.Env) -> int | None:
+    """The time limit of ``env``: its ``TimeLimit`` wrapper's, else its spec's; None if it has none."""
+    while isinstance(env, gym.Wrapper):
+        if isinstance(env, gym.wrappers.TimeLimit):
+            return int(env._max_episode_steps)
+        env = env.env
+    spec = getattr(env, "spec", None)
+    return None if spec is None or spec.max_episode_steps is None else int(spec.max_episode_steps)
 
 
 def evaluate(

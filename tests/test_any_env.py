@@ -558,3 +558,91 @@ def test_an_unbounded_action_box_without_a_recipe_trains_vmpo(unbounded_actions,
     assert main(argv) == 0
     assert "Box (unbounded) actions: vmpo with its default settings" in capsys.readouterr().err
     assert "vmpo" in (out / "config.toml").read_text()
+
+
+class OffsetActions(gym.Env):
+    """Discrete(3, start=-1): the env takes -1, 0 and 1 (and refuses 2); the reward is the action."""
+
+    observation_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+    action_space = gym.spaces.Discrete(3, start=-1)
+    seen: set[int] = set()
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return np.zeros(1, np.float32), {}
+
+    def step(self, action):
+        assert self.action_space.contains(action), action
+        OffsetActions.seen.add(int(action))
+        self.t += 1
+        return np.zeros(1, np.float32), float(action), False, self.t >= 10, {}
+
+
+@pytest.mark.parametrize("algo", ["vmpo", "mpo", "softq"])
+def test_discrete_actions_with_a_start_reach_the_env_shifted(algo, tmp_path, capsys):
+    # the policies choose indices 0..n-1: before, index 2 reached the env as 2, outside [-1, 2)
+    gym.register("OffsetActions-v0", entry_point="tests.test_any_env:OffsetActions", max_episode_steps=10)
+    OffsetActions.seen = set()
+    out = tmp_path / "r"
+    tiny = ["--set", "total_env_steps=3000", "--set", "log_every=1000"]
+    if algo != "vmpo":
+        tiny += ["--set", "learning_starts=200", "--set", "batch_size=32"]
+    try:
+        argv = ["train", "--env", "OffsetActions-v0", "--algo", algo, "--out", str(out), *tiny]
+        assert main([*argv, "--no-progress", "--eval-episodes", "0"]) == 0
+        assert OffsetActions.seen == {-1, 0, 1}  # every action of the space, nothing outside it
+        policy = load_policy(out)
+        actions = policy.act(np.zeros((4, 1), np.float32))
+        assert actions.min() >= -1 and actions.max() <= 1
+        # the reward is the action: all three algorithms learn to take +1, the space's last
+        assert runs.evaluate(out, episodes=2) == [10.0, 10.0]
+    finally:
+        gym.registry.pop("OffsetActions-v0")
+
+
+def test_evaluate_imports_the_module_of_a_module_registered_run(user_envs, tmp_path, capsys):
+    out = tmp_path / "r"
+    argv = ["train", "--env", "tests.test_any_env:HeavyPendulum", "--algo", "sac", "--out", str(out)]
+    argv += ["--set", "total_env_steps=200", "--set", "learning_starts=100", "--set", "hidden=[16]"]
+    assert main([*argv, "--no-progress", "--eval-episodes", "0"]) == 0
+    registry._REGISTERED.pop("HeavyPendulum")  # as in a new process
+    capsys.readouterr()
+    line = _one_line_error(capsys, main(["evaluate", str(out), "--episodes", "1"]))
+    assert "env='HeavyPendulum' is not a registered Gymnasium id" in line and "evaluate and inspect" in line
+    evaluate = ["evaluate", str(out), "--episodes", "1", "--env", "tests.test_any_env:HeavyPendulum"]
+    assert main([*evaluate, "--no-progress"]) == 0
+    assert "1 episodes: mean return" in capsys.readouterr().out
+    line = _one_line_error(capsys, main(["evaluate", str(out), "--env", "HeavyPendulum"]))
+    assert "--env only imports the module that registers it, given as module:ID" in line
+
+
+class Balanced(gym.Env):
+    """An env without a time limit whose episodes never end: its evaluation must end anyway."""
+
+    observation_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+    action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.zeros(1, np.float32), {}
+
+    def step(self, action):
+        return np.zeros(1, np.float32), 1.0, False, False, {}
+
+
+def test_evaluation_cuts_the_episodes_of_an_env_without_a_time_limit(tmp_path, capsys):
+    # before, the evaluation at the end of a run looped forever
+    gym.register("Balanced-v0", entry_point="tests.test_any_env:Balanced")
+    try:
+        out = tmp_path / "r"
+        tiny = ["--set", "total_env_steps=200", "--set", "learning_starts=100", "--set", "hidden=[8]"]
+        argv = ["train", "--env", "Balanced-v0", "--algo", "sac", "--out", str(out), *tiny]
+        assert main([*argv, "--set", "batch_size=16", "--no-progress", "--eval-episodes", "2"]) == 0
+        assert (
+            "Balanced-v0 has no time limit; evaluation episodes stop after 1000 steps"
+            in capsys.readouterr().err
+        )
+        assert runs.evaluate(out, episodes=2) == [1000.0, 1000.0]
+    finally:
+        gym.registry.pop("Balanced-v0")

@@ -317,6 +317,8 @@ class Collector:
         if not (isinstance(self.action_space, gym.spaces.Box) or (discrete and self.discrete)):
             raise ValueError(f"{algorithm} needs {allowed} action space; {env_id} has {self.action_space}")
         self.env = self.venv.env if backend == "functional" else None
+        # the policies choose indices 0..n-1; Discrete(n, start) takes start..start+n-1
+        self.action_start = int(self.action_space.start) if self.discrete else 0
         self.device, self.num_envs, self.store_states = device, num_envs, store_states
         fields = transition_fields(
             self.observation_space.shape,
@@ -419,8 +421,11 @@ class Collector:
         self.env_steps += self.num_envs * dp.world_size()
 
     def into_box(self, action: torch.Tensor) -> torch.Tensor:
-        """The action the env is given: clamped into a Box action space, a Discrete one as is."""
-        return action if self.discrete else clamp_into(action, self.low, self.high)
+        """The action the env is given: clamped into a Box action space; a Discrete index shifted
+        to the space's ``start`` (the buffer keeps the index)."""
+        if self.discrete:
+            return action + self.action_start if self.action_start else action
+        return clamp_into(action, self.low, self.high)
 
     def _final_obs(self, next_obs: torch.Tensor, done: torch.Tensor, info: dict) -> torch.Tensor:
         return true_next_obs(next_obs, done, info)

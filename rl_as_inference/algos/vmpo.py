@@ -262,6 +262,8 @@ class Rollouts:
         )
         self.observation_space = self.venv.single_observation_space
         self.action_space = self.venv.single_action_space
+        discrete = isinstance(self.action_space, gym.spaces.Discrete)
+        self.action_start = int(self.action_space.start) if discrete else 0
         self.device, self.num_envs, self.seed = device, num_envs, int(seed)
         self.obs_normalizer = make_obs_normalizer(
             self.observation_space, normalize_obs, obs_clip, env_id, device
@@ -282,7 +284,10 @@ class Rollouts:
         }
         for _ in range(length):
             action = policy(self.obs).sample()
-            env_action = clamp_into(action, self.low, self.high) if action.is_floating_point() else action
+            if action.is_floating_point():
+                env_action = clamp_into(action, self.low, self.high)
+            else:  # an index 0..n-1 of Discrete(n, start), which takes start..start+n-1
+                env_action = action + self.action_start if self.action_start else action
             obs, reward, terminated, truncated, info = self.venv.step(env_action)
             update_obs_normalizer(self.obs_normalizer, obs)
             final = true_next_obs(obs, terminated | truncated, info)

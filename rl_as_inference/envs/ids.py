@@ -88,7 +88,7 @@ def check_env_id(env_id: object, *, source: str = "env") -> str:
     if not has_torch_env(env_id) and env_id not in gym.registry:
         raise ValueError(
             f"{source}={env_id!r} is not a registered Gymnasium id; {_closest(env_id)}ported ids: {ported} "
-            "(a package's ids need its import: --env package:ID, also with --resume; a torch env of "
-            "yours: envs.register)"
+            "(a package's ids need its import: --env package:ID, also with --resume and for rlai "
+            "evaluate and inspect; a torch env of yours: envs.register)"
         )
     return env_id
