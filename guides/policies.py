@@ -121,8 +121,10 @@ class ObservationEncoder(nn.Module):
         super().__init__()
         self.rescale = bool(rescale)
         self.normalizer: nn.Module | None = None
+        self.start = 0
         if isinstance(space, gym.spaces.Discrete):
-            self.num_classes, self.dim = int(space.n), int(space.n)
+            # Discrete(n, start) observations are start..start+n-1: one-hot of obs - start
+            self.num_classes, self.dim, self.start = int(space.n), int(space.n), int(space.start)
         elif isinstance(space, gym.spaces.Box) and len(space.shape) == 1:
             self.num_classes, self.dim = None, int(space.shape[0])
             if self.rescale:
@@ -147,7 +149,8 @@ class ObservationEncoder(nn.Module):
 
     def forward(self, obs: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         if self.num_classes is not None:
-            return nn.functional.one_hot(obs.long(), self.num_classes).to(dtype)
+            index = obs.long() - self.start if self.start else obs.long()
+            return nn.functional.one_hot(index, self.num_classes).to(dtype)
         if self.normalizer is not None:
             return self.normalizer(obs.to(dtype))
         if self.rescale:

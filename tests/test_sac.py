@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import gymnasium as gym
 import numpy as np
 import pyro
 import pytest
@@ -85,6 +86,14 @@ def test_rescaling_passes_unbounded_coordinates_unchanged_and_warns_about_nothin
     out = encoder(obs, torch.float32)
     assert torch.allclose(out[:, [0, 2]], torch.tensor([[1.0, -1.0], [0.0, 0.0]]), atol=1e-6)
     assert torch.equal(out[:, [1, 3]], obs[:, [1, 3]])
+
+
+def test_discrete_observations_with_a_start_are_one_hot_from_their_start():
+    from rl_as_inference.guides.policies import ObservationEncoder
+
+    # Discrete(4, start=2) observes 2, 3, 4, 5: before, 4 and 5 overflowed the one-hot of width 4
+    encoder = ObservationEncoder(gym.spaces.Discrete(4, start=2))
+    assert torch.equal(encoder(torch.tensor([2, 3, 4, 5]), torch.float32), torch.eye(4))
 
 
 def test_sac_actor_loss_equals_the_trajectory_elbo_at_horizon_one():
