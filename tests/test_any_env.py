@@ -6,6 +6,7 @@ import json
 import math
 import re
 import shutil
+import sys
 from importlib.metadata import EntryPoint
 from pathlib import Path
 
@@ -646,3 +647,21 @@ def test_evaluation_cuts_the_episodes_of_an_env_without_a_time_limit(tmp_path, c
         assert runs.evaluate(out, episodes=2) == [1000.0, 1000.0]
     finally:
         gym.registry.pop("Balanced-v0")
+
+
+def test_an_env_with_constructor_arguments_is_a_registered_variant_typed_with_its_module(tmp_path, capsys):
+    # gymnasium.register(id, entry_point, kwargs=...) in a module of the user's: trained, then
+    # evaluated with the module typed again; FrozenLake without slipping is solved deterministically
+    out = tmp_path / "r"
+    variant = "tests.env_variant:test/FrozenLakeDry-v1"
+    tiny = ["--set", "total_env_steps=20000", "--set", "num_envs=16", "--set", "log_every=10000"]
+    try:
+        assert main(["train", "--env", variant, "--algo", "vmpo", "--out", str(out), *tiny, *QUIET]) == 0
+        assert gym.spec("test/FrozenLakeDry-v1").kwargs["is_slippery"] is False
+        gym.registry.pop("test/FrozenLakeDry-v1")  # as in a new process: neither id nor module known
+        sys.modules.pop("tests.env_variant")
+        capsys.readouterr()
+        assert main(["evaluate", str(out), "--episodes", "3", "--env", variant, "--no-progress"]) == 0
+        assert "3 episodes: mean return 1.00 +- 0.00" in capsys.readouterr().out
+    finally:
+        gym.registry.pop("test/FrozenLakeDry-v1", None)
