@@ -102,7 +102,28 @@ def test_the_enumeration_how_to_reaches_the_exact_optimum(capsys):
 
 # The pages whose python blocks the suite executes: a new page with one must get its test here
 # (the distributed page's block runs under torchrun in test_distributed.py).
-TESTED_PAGES = {"custom_model.md", "distributed.md", "functional_env.md", "getting_started.md", "planning.md"}
+TESTED_PAGES = {
+    "custom_model.md",
+    "distributed.md",
+    "environments.md",
+    "functional_env.md",
+    "getting_started.md",
+    "planning.md",
+}
+
+
+def test_the_environments_page_registers_a_variant_that_builds_with_its_arguments():
+    import gymnasium as gym
+
+    (block,) = _python_blocks("environments.md")
+    try:
+        exec(compile(block, str(DOCS / "environments.md"), "exec"), {})  # noqa: S102 (our own page)
+        env = gym.make("myenvs/FrozenLakeDry-v1")
+        assert env.spec.kwargs["is_slippery"] is False and env.spec.max_episode_steps == 100
+        assert len(env.unwrapped.P[0][0]) == 1  # one next state per action: it does not slip
+        env.close()
+    finally:
+        gym.registry.pop("myenvs/FrozenLakeDry-v1", None)
 
 
 def test_every_python_block_on_a_docs_page_is_executed_by_a_test():
