@@ -106,6 +106,12 @@ def plan_episodes(
     """
     if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
         raise ValueError(f"episodes={episodes!r} is not allowed; use an int >= 1")
+    if isinstance(env_id, str) and not envs.has_torch_env(env_id):
+        known = sorted({*envs.PORTED, *envs.registered_ids()})
+        raise ValueError(
+            f"planning rolls the dynamics out ahead of the env, so it needs a torch env, and {env_id!r} "
+            f"has none (torch envs here: {', '.join(known)}; add yours with envs.register)"
+        )
     port = envs.make(env_id, device=device)
     discrete = port.action_space.shape == ()
     planners = []

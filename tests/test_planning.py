@@ -399,6 +399,16 @@ def test_rlai_plan_names_a_bad_method(capsys):
     assert "method='nope' is not available; use one of 'mppi', 'cem', 'svi', 'smc'" in capsys.readouterr().err
 
 
+def test_rlai_plan_on_an_env_without_a_torch_env_says_why_it_cannot(capsys):
+    from rl_as_inference.cli import main
+
+    # before: the message suggested envs.from_gymnasium, which cannot be planned on
+    assert main(["plan", "--env", "LunarLander-v3", "--episodes", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "planning rolls the dynamics out ahead of the env, so it needs a torch env" in err
+    assert "'LunarLander-v3' has none" in err and "from_gymnasium" not in err
+
+
 def test_a_policy_prior_as_the_proposal_gives_the_same_posterior():
     """proposal='prior': plans drawn closed loop from pi itself (here a PolicyPrior returning
     N(0, 1) at every state), weighted by exp(R / alpha): the first action's posterior mean is the
