@@ -33,10 +33,7 @@ def transition_fields(
 
 def storage_bytes(capacity: int, fields: Fields) -> int:
     """Bytes that ``capacity`` transitions of ``fields`` take (what :class:`ReplayBuffer` allocates)."""
-    per = sum(
-        math.prod(shape) * torch.empty((), dtype=dtype).element_size() for shape, dtype in fields.values()
-    )
-    return capacity * per
+    return capacity * sum(math.prod(shape) * dtype.itemsize for shape, dtype in fields.values())
 
 
 def available_memory(device: torch.device | str) -> int | None:

@@ -379,14 +379,19 @@ def test_a_nan_from_a_gymnasium_env_is_named_with_the_step(tmp_path, capsys):
         gym.registry.pop("test/NanAtThree-v0")
 
 
+def _train_a_module_registered_run(out: Path, *flags: str) -> None:
+    """A tiny sac run on ``tests.test_any_env:HeavyPendulum``, its id then forgotten as in a new process."""
+    argv = ["train", "--env", "tests.test_any_env:HeavyPendulum", "--algo", "sac", "--out", str(out)]
+    argv += ["--set", "total_env_steps=200", "--set", "learning_starts=100", "--set", "hidden=[16]"]
+    assert main([*argv, "--no-progress", "--eval-episodes", "0", *flags]) == 0
+    registry._REGISTERED.pop("HeavyPendulum")
+
+
 def test_a_run_on_a_module_registered_id_resumes_with_the_module_typed_again(user_envs, tmp_path, capsys):
     # The run's files never name a module to import: a fresh process does not know the id, and
     # the user types --env module:ID with --resume to import it again.
     out = tmp_path / "r"
-    argv = ["train", "--env", "tests.test_any_env:HeavyPendulum", "--algo", "sac", "--out", str(out)]
-    argv += ["--set", "total_env_steps=200", "--set", "learning_starts=100", "--set", "hidden=[16]"]
-    assert main([*argv, "--no-progress", "--eval-episodes", "0", "--checkpoint-every", "100"]) == 0
-    registry._REGISTERED.pop("HeavyPendulum")  # as in a new process
+    _train_a_module_registered_run(out, "--checkpoint-every", "100")
     capsys.readouterr()
     line = _one_line_error(capsys, main(["train", "--resume", str(out), "--no-progress"]))
     assert "env='HeavyPendulum' is not a registered Gymnasium id" in line and "also with --resume" in line
@@ -604,10 +609,7 @@ def test_discrete_actions_with_a_start_reach_the_env_shifted(algo, tmp_path, cap
 
 def test_evaluate_imports_the_module_of_a_module_registered_run(user_envs, tmp_path, capsys):
     out = tmp_path / "r"
-    argv = ["train", "--env", "tests.test_any_env:HeavyPendulum", "--algo", "sac", "--out", str(out)]
-    argv += ["--set", "total_env_steps=200", "--set", "learning_starts=100", "--set", "hidden=[16]"]
-    assert main([*argv, "--no-progress", "--eval-episodes", "0"]) == 0
-    registry._REGISTERED.pop("HeavyPendulum")  # as in a new process
+    _train_a_module_registered_run(out)
     capsys.readouterr()
     line = _one_line_error(capsys, main(["evaluate", str(out), "--episodes", "1"]))
     assert "env='HeavyPendulum' is not a registered Gymnasium id" in line and "evaluate and inspect" in line

@@ -19,6 +19,7 @@ __all__ = [
     "BACKENDS",
     "DEFAULT_OBS_CLIP",
     "Collector",
+    "EnvActions",
     "EpisodeReturns",
     "check_observation_space",
     "clamp_into",
@@ -96,6 +97,24 @@ def make_collection_env(
         venv.close()
         raise
     return venv
+
+
+class EnvActions:
+    """How the policies' actions become the env's (the buffers keep them as drawn): a Box action
+    clamped into the box (MuJoCo tasks charge their control cost on the action as given), a
+    Discrete(n, start) index 0..n-1 shifted to the space's start..start+n-1."""
+
+    def __init__(self, space: gym.Space, device: torch.device):
+        self.start = int(space.start) if isinstance(space, gym.spaces.Discrete) else 0
+        self.low = self.high = None
+        if isinstance(space, gym.spaces.Box):
+            self.low = torch.as_tensor(space.low, device=device)
+            self.high = torch.as_tensor(space.high, device=device)
+
+    def __call__(self, action: torch.Tensor) -> torch.Tensor:
+        if self.low is not None:
+            return clamp_into(action, self.low, self.high)
+        return action + self.start if self.start else action
 
 
 def check_observation_space(env_id: str, space: gym.Space) -> None:
@@ -317,8 +336,6 @@ class Collector:
         if not (isinstance(self.action_space, gym.spaces.Box) or (discrete and self.discrete)):
             raise ValueError(f"{algorithm} needs {allowed} action space; {env_id} has {self.action_space}")
         self.env = self.venv.env if backend == "functional" else None
-        # the policies choose indices 0..n-1; Discrete(n, start) takes start..start+n-1
-        self.action_start = int(self.action_space.start) if self.discrete else 0
         self.device, self.num_envs, self.store_states = device, num_envs, store_states
         fields = transition_fields(
             self.observation_space.shape,
@@ -338,9 +355,8 @@ class Collector:
             self.venv.close()
             raise ValueError(f"{algorithm} on {env_id}: {exc}") from None
         self.generator = torch.Generator(device=device).manual_seed(seed)
-        if not self.discrete:
-            self.low = torch.as_tensor(self.action_space.low, device=device)
-            self.high = torch.as_tensor(self.action_space.high, device=device)
+        self.env_actions = EnvActions(self.action_space, device)
+        self.low, self.high = self.env_actions.low, self.env_actions.high  # the box (None: Discrete)
         self.uniform_log_prob = uniform_log_density(self.action_space)
         self.reward_scale = float(reward_scale)
         self.obs_normalizer = make_obs_normalizer(
@@ -421,11 +437,8 @@ class Collector:
         self.env_steps += self.num_envs * dp.world_size()
 
     def into_box(self, action: torch.Tensor) -> torch.Tensor:
-        """The action the env is given: clamped into a Box action space; a Discrete index shifted
-        to the space's ``start`` (the buffer keeps the index)."""
-        if self.discrete:
-            return action + self.action_start if self.action_start else action
-        return clamp_into(action, self.low, self.high)
+        """The action the env is given (:class:`EnvActions`); the buffer keeps ``action``."""
+        return self.env_actions(action)
 
     def _final_obs(self, next_obs: torch.Tensor, done: torch.Tensor, info: dict) -> torch.Tensor:
         return true_next_obs(next_obs, done, info)

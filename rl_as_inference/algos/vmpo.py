@@ -43,8 +43,8 @@ from rl_as_inference import bellman, envs
 from rl_as_inference import distributed as dp
 from rl_as_inference.algos.collect import (
     DEFAULT_OBS_CLIP,
+    EnvActions,
     EpisodeReturns,
-    clamp_into,
     episode_state,
     make_collection_env,
     make_obs_normalizer,
@@ -262,15 +262,11 @@ class Rollouts:
         )
         self.observation_space = self.venv.single_observation_space
         self.action_space = self.venv.single_action_space
-        discrete = isinstance(self.action_space, gym.spaces.Discrete)
-        self.action_start = int(self.action_space.start) if discrete else 0
         self.device, self.num_envs, self.seed = device, num_envs, int(seed)
         self.obs_normalizer = make_obs_normalizer(
             self.observation_space, normalize_obs, obs_clip, env_id, device
         )
-        if isinstance(self.action_space, gym.spaces.Box):
-            self.low = torch.as_tensor(self.action_space.low, device=device)
-            self.high = torch.as_tensor(self.action_space.high, device=device)
+        self.env_actions = EnvActions(self.action_space, device)
         self.obs, _ = self.venv.reset(seed=seed)
         update_obs_normalizer(self.obs_normalizer, self.obs)
         self.returns = EpisodeReturns(num_envs, device)
@@ -284,11 +280,7 @@ class Rollouts:
         }
         for _ in range(length):
             action = policy(self.obs).sample()
-            if action.is_floating_point():
-                env_action = clamp_into(action, self.low, self.high)
-            else:  # an index 0..n-1 of Discrete(n, start), which takes start..start+n-1
-                env_action = action + self.action_start if self.action_start else action
-            obs, reward, terminated, truncated, info = self.venv.step(env_action)
+            obs, reward, terminated, truncated, info = self.venv.step(self.env_actions(action))
             update_obs_normalizer(self.obs_normalizer, obs)
             final = true_next_obs(obs, terminated | truncated, info)
             for key, value in zip(
