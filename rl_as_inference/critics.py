@@ -25,6 +25,7 @@ from rl_as_inference.guides.policies import ObservationEncoder, mlp
 
 __all__ = [
     "N_STEP_CORRECTIONS",
+    "ActionTables",
     "LogPrior",
     "QNetwork",
     "StateValue",
@@ -32,6 +33,7 @@ __all__ = [
     "as_log_prior",
     "check_n_step_correction",
     "constant_log_prior",
+    "n_step_discrete_soft_target",
     "n_step_soft_target",
     "policy_log_prior",
     "polyak_update",
@@ -232,6 +234,53 @@ def _flat(fn: Callable, *args: torch.Tensor) -> torch.Tensor:
     return fn(*(a.flatten(0, 1) for a in args)).reshape(n, b)
 
 
+def _check_retrace_path(path: dict) -> None:
+    if "behaviour_log_prob" not in path:
+        raise ValueError(
+            "n_step_correction='retrace' needs the behaviour's log-probabilities: collect with "
+            "behaviour_log_prob=True"
+        )
+
+
+def _path_target(
+    path: dict,
+    *,
+    gamma: float,
+    next_values: torch.Tensor,
+    penalties: torch.Tensor | None = None,
+    action_values: torch.Tensor | None = None,
+    log_q: torch.Tensor | None = None,
+    correction: str,
+    trace_lambda: float,
+) -> torch.Tensor:
+    """The ``[B]`` targets of :func:`n_step_soft_target` from its per-step pieces.
+
+    ``next_values``: V(s'_k), ``[n, B]`` (``[B]``, the value after the path's last step, will do
+    for ``correction="none"``). The later steps k = 1..n-1, ``[n - 1, B]`` each (None: n = 1):
+    ``penalties`` alpha (log q - log pi)(a_k|s_k) (``"none"``; None also when alpha = 0),
+    ``action_values`` Q'(s_k, a_k) and ``log_q`` log q(a_k|s_k) (``"retrace"``).
+    """
+    rewards, terminated, truncated = path["reward"], path["terminated"], path["truncated"]
+    zeros = torch.zeros_like(rewards[:1])
+    if correction == "none":
+        every = (
+            torch.zeros_like(rewards)
+            if penalties is None
+            else torch.cat((zeros, penalties.to(rewards.dtype)))
+        )
+        return bellman.n_step_target(
+            rewards, terminated, every, next_values.to(rewards.dtype), gamma, truncated=truncated
+        )
+    q_taken, traces = torch.zeros_like(rewards), torch.zeros_like(rewards)
+    if action_values is not None:
+        q_taken = torch.cat((zeros, action_values.to(rewards.dtype)))
+        log_rho = (log_q.to(rewards.dtype) - path["behaviour_log_prob"][1:]).clamp(max=0.0)
+        traces = torch.cat((zeros, trace_lambda * log_rho.exp()))
+    return bellman.retrace_target(
+        rewards, terminated, q_taken, next_values.to(rewards.dtype), traces, gamma, truncated=truncated
+    )
+
+
 def n_step_soft_target(
     batch: dict,
     *,
@@ -255,7 +304,9 @@ def n_step_soft_target(
     ``correction="retrace"``: :func:`bellman.retrace_target` with traces
     c_k = trace_lambda min(1, q(a_k|s_k) / mu(a_k|s_k)), mu the behaviour density stored at
     collection (path field ``behaviour_log_prob``); its fixed point is Q^q whatever mu was.
-    Run it under ``torch.no_grad()``.
+    Run it under ``torch.no_grad()``. Over a Discrete action set
+    :func:`n_step_discrete_soft_target` computes the same target with each network run once per
+    path state.
 
     Args:
         batch: a sampled n-step batch (fields ``path`` and ``last``).
@@ -272,36 +323,109 @@ def n_step_soft_target(
     """
     check_n_step_correction(correction, trace_lambda)
     path = batch["path"]
-    rewards, terminated, truncated = path["reward"], path["terminated"], path["truncated"]
     obs, action = path["obs"][1:], path["action"][1:]  # the steps whose terms enter the target
     if correction == "none":
-        rows = torch.arange(rewards.shape[1], device=rewards.device)
-        bootstrap = soft_value(path["next_obs"][batch["last"], rows])
-        penalties = torch.zeros_like(rewards)
+        rows = torch.arange(path["reward"].shape[1], device=path["reward"].device)
+        penalties = None
         if len(obs) and not _is_zero(alpha):
-            log_ratio = _flat(lambda o, a: policy(o).log_prob(a) - log_pi(o, a), obs, action)
-            penalties = torch.cat((penalties[:1], alpha * log_ratio.to(rewards.dtype)))
-        return bellman.n_step_target(
-            rewards, terminated, penalties, bootstrap.to(rewards.dtype), gamma, truncated=truncated
+            penalties = alpha * _flat(lambda o, a: policy(o).log_prob(a) - log_pi(o, a), obs, action)
+        return _path_target(
+            path,
+            gamma=gamma,
+            next_values=soft_value(path["next_obs"][batch["last"], rows]),
+            penalties=penalties,
+            correction=correction,
+            trace_lambda=trace_lambda,
         )
-    if "behaviour_log_prob" not in path:
-        raise ValueError(
-            "n_step_correction='retrace' needs the behaviour's log-probabilities: collect with "
-            "behaviour_log_prob=True"
-        )
+    _check_retrace_path(path)
     if action_value is None:
         raise ValueError("n_step_correction='retrace' needs the action value Q'(s, a) (action_value)")
-    next_values = _flat(soft_value, path["next_obs"]).to(rewards.dtype)
-    zeros = torch.zeros_like(rewards[:1])
-    action_values, traces = torch.zeros_like(rewards), torch.zeros_like(rewards)
+    action_values = log_q = None
     if len(obs):
-        action_values = torch.cat((zeros, _flat(action_value, obs, action).to(rewards.dtype)))
-        log_q = _flat(lambda o, a: policy(o).log_prob(a), obs, action).to(rewards.dtype)
-        log_rho = (log_q - path["behaviour_log_prob"][1:]).clamp(max=0.0)
-        traces = torch.cat((zeros, trace_lambda * log_rho.exp()))
-    return bellman.retrace_target(
-        rewards, terminated, action_values, next_values, traces, gamma, truncated=truncated
+        action_values = _flat(action_value, obs, action)
+        log_q = _flat(lambda o, a: policy(o).log_prob(a), obs, action)
+    return _path_target(
+        path,
+        gamma=gamma,
+        next_values=_flat(soft_value, path["next_obs"]),
+        action_values=action_values,
+        log_q=log_q,
+        correction=correction,
+        trace_lambda=trace_lambda,
     )
+
+
+# Q'(s, .) of the target critic and log q(.|s) of the policy whose value is learned, over every
+# action of a Discrete space, for a batch of observations: [R, ...] -> ([R, A], [R, A])
+ActionTables = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def n_step_discrete_soft_target(
+    batch: dict,
+    *,
+    gamma: float,
+    alpha: float | torch.Tensor,
+    tables: ActionTables,
+    log_pi: LogPrior,
+    correction: str = "none",
+    trace_lambda: float = 1.0,
+) -> torch.Tensor:
+    """:func:`n_step_soft_target` over a Discrete action set, each network run once per path state.
+
+    Over finite actions, Q'(s, .) and log q(.|s) give everything the target needs at a state:
+    V(s) = sum_a q(a|s) (Q'(s, a) - alpha (log q(a|s) - log pi(a|s))) exactly, and Q'(s_k, a_k) and
+    log q(a_k|s_k) of the later steps by indexing. The states are evaluated once, as the path's
+    next states s'_0..s'_{n-1}: within the path's episode s'_{k-1} = s_k, so the first n - 1 of
+    them serve as the later steps' states (a :class:`~rl_as_inference.replay.ReplayBuffer` path
+    is consecutive transitions of one env, and the steps after its episode's end, where s'_{k-1}
+    need not be s_k, are never used). That is n B states per network instead of up to (2n - 1) B,
+    in three passes, with the callables of :func:`n_step_soft_target`. Run it under
+    ``torch.no_grad()``.
+
+    Args:
+        batch: a sampled n-step batch (fields ``path`` and ``last``).
+        gamma, alpha: discount and temperature (alpha = 0: no KL terms).
+        tables: :data:`ActionTables`, observations ``[R, ...]`` -> (Q'(s, .), log q(.|s)), ``[R, A]`` each.
+        log_pi: the prior's log density (:data:`LogPrior`; ``(obs, None)`` gives every action's, or
+            a constant).
+        correction: ``"none"`` or ``"retrace"``; trace_lambda: lambda of the traces.
+
+    Returns:
+        ``[B]`` targets.
+    """
+    check_n_step_correction(correction, trace_lambda)
+    path = batch["path"]
+    if correction == "retrace":
+        _check_retrace_path(path)
+    n, b = path["reward"].shape
+    states = path["next_obs"].flatten(0, 1)
+    q_values, log_q = tables(states)
+    q_values = q_values.to(log_q.dtype)
+    log_prior = torch.as_tensor(log_pi(states, None), dtype=log_q.dtype, device=log_q.device).expand_as(log_q)
+    next_values = _soft_value_of_log_probs(q_values, log_q, log_prior, alpha).reshape(n, b)
+    pieces: dict[str, torch.Tensor] = {}
+    if n > 1:
+        index = path["action"][1:].long().reshape(-1, 1)
+        within = slice(0, (n - 1) * b)  # s'_0..s'_{n-2}: the states s_1..s_{n-1} within the episode
+
+        def taken(table: torch.Tensor) -> torch.Tensor:
+            return table[within].gather(-1, index).reshape(n - 1, b)
+
+        if correction == "retrace":
+            pieces = {"action_values": taken(q_values), "log_q": taken(log_q)}
+        elif not _is_zero(alpha):
+            pieces = {"penalties": alpha * (taken(log_q) - taken(log_prior))}
+    return _path_target(
+        path, gamma=gamma, next_values=next_values, correction=correction, trace_lambda=trace_lambda, **pieces
+    )
+
+
+def _soft_value_of_log_probs(
+    q_values: torch.Tensor, log_q: torch.Tensor, log_pi: torch.Tensor, alpha: float | torch.Tensor
+) -> torch.Tensor:
+    """E_{a~q}[Q(s, a) - alpha (log q - log pi)] over the last axis, from log q (0 log 0 = 0)."""
+    terms = log_q.exp() * (q_values - alpha * (log_q - log_pi))
+    return torch.where(torch.isneginf(log_q), torch.zeros_like(terms), terms).sum(-1)
 
 
 def soft_q_loss(
@@ -322,8 +446,9 @@ def soft_q_loss(
     sum over actions for discrete ones. ``log_pi`` is the prior's log density, a :data:`LogPrior`
     callable of (obs, action) (:func:`policy_log_prior` for a reference policy pi_k) or a
     constant (a uniform prior). An n-step batch (a ``path`` field, see
-    :meth:`ReplayBuffer.sample_n_step`) gets the target of :func:`n_step_soft_target` instead
-    (``correction``: ``"none"`` or ``"retrace"``, with ``trace_lambda``).
+    :meth:`ReplayBuffer.sample_n_step`) gets the target of :func:`n_step_soft_target` instead, of
+    :func:`n_step_discrete_soft_target` for a Discrete critic (``correction``: ``"none"`` or
+    ``"retrace"``, with ``trace_lambda``).
     """
     log_prior = as_log_prior(log_pi)
 
@@ -344,7 +469,17 @@ def soft_q_loss(
         return critic.target_min(obs, action)
 
     with torch.no_grad():
-        if "path" in batch:
+        if "path" in batch and critic.q1.discrete:
+            target = n_step_discrete_soft_target(
+                batch,
+                gamma=gamma,
+                alpha=alpha,
+                tables=lambda obs: (critic.target_min(obs), policy(obs).logits),
+                log_pi=log_prior,
+                correction=correction,
+                trace_lambda=trace_lambda,
+            )
+        elif "path" in batch:
             target = n_step_soft_target(
                 batch,
                 gamma=gamma,

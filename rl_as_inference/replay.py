@@ -138,6 +138,18 @@ class ReplayBuffer:
         self.position = (self.position + n) % self.capacity
         self.size = min(self.size + n, self.capacity)
 
+    def truncate_latest(self, count: int) -> None:
+        """Mark the ``count`` most recent transitions as time-limit ends (``truncated`` = True).
+
+        For episodes cut where they stand, as a resumed run's restarted envs cut theirs: an n-step
+        path (:meth:`sample_n_step`) then ends at such a transition and bootstraps from its stored
+        next state, instead of running on into the restarted episode as if it followed it."""
+        if "truncated" not in self.storage:
+            raise ValueError("truncate_latest needs a 'truncated' field")
+        count = min(count, self.size)
+        index = (self.position - 1 - torch.arange(count, device=self.device)) % self.capacity
+        self.storage["truncated"][index] = True
+
     def sample(self, batch_size: int, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """A uniform random batch (with replacement) of stored transitions."""
         if self.size == 0:
@@ -179,8 +191,9 @@ class ReplayBuffer:
         start = torch.randint(0, usable, (batch_size,), device=self.device, generator=generator)
         steps = torch.arange(n, device=self.device)
         index = (oldest + start + stride * steps[:, None]) % self.capacity  # [n, B]
-        batch = {key: value[index[0]] for key, value in self.storage.items()}
-        batch["path"] = {key: value[index] for key, value in self.storage.items()}
+        path = {key: value[index] for key, value in self.storage.items()}
+        batch = {key: value[0] for key, value in path.items()}  # the first step: views, no second gather
+        batch["path"] = path
         ended = batch["path"]["terminated"] | batch["path"]["truncated"]
         # alive[k]: no earlier step on the path ended its episode
         alive = torch.cat((torch.ones_like(ended[:1]), ~ended[:-1]), 0).cumprod(0).bool()

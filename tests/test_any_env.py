@@ -132,6 +132,17 @@ def test_a_collector_restart_keeps_the_buffer_and_draws_fresh_episodes():
     assert not torch.equal(fresh.obs, collector.obs)  # restarted, from another reset seed than 3's
     assert torch.equal(fresh.returns.current, torch.zeros(2))
     assert fresh.random_actions().tolist() == collector.random_actions().tolist()  # the stream continues
+    # the cut episodes end at their last stored transitions: an n-step path stops there instead of
+    # running on into the restarted episode, whose first observation does not follow it
+    truncated = fresh.buffer.storage["truncated"][:10]
+    assert truncated[8:].all() and not truncated[:8].any()
+    assert not collector.buffer.storage["truncated"][:10].any()  # the saved run's own buffer is untouched
+    for _ in range(3):
+        fresh.step(None)
+    paths = fresh.sample(256, n_step=3)
+    cut = paths["path"]["truncated"]  # no other ends in 16 steps of a 200-step time limit
+    crosses = cut[:2].any(0)  # paths with a step of the restarted episode after a cut one
+    assert crosses.any() and (paths["last"][crosses] == cut.int().argmax(0)[crosses]).all()
 
 
 def test_dynamics_algorithms_on_a_gymnasium_only_env_say_why_and_what_to_use(tmp_path, capsys):

@@ -138,9 +138,9 @@ def _paths(mdp, behaviour, n):
     return torch.stack(obs), torch.stack(act), torch.stack(nxt), weight
 
 
-def _expected_target(Q, mdp, paths, q, log_prior, log_mu, *, gamma, alpha, correction, lam=1.0):
-    """E[y | s_0, a_0] of critics.n_step_soft_target over the enumerated paths: one application of
-    the n-step operator with exact expectations."""
+def _expected_target(Q, mdp, paths, q, log_prior, log_mu, *, gamma, alpha, correction, lam=1.0, tables=False):
+    """E[y | s_0, a_0] of critics.n_step_soft_target (``tables``: critics.n_step_discrete_soft_target)
+    over the enumerated paths: one application of the n-step operator with exact expectations."""
     obs, act, nxt, weight = paths
     V = bellman.soft_value_of_distribution(Q, q, log_prior, alpha)
     terminated = mdp.terminal[nxt]
@@ -154,21 +154,34 @@ def _expected_target(Q, mdp, paths, q, log_prior, log_mu, *, gamma, alpha, corre
         "truncated": torch.zeros_like(terminated),
         "behaviour_log_prob": log_mu[obs, act],
     }
-    y = critics.n_step_soft_target(
-        {"path": path, "last": alive.sum(0) - 1},
-        gamma=gamma,
-        alpha=alpha,
-        policy=lambda o: Categorical(probs=q[o]),
-        log_pi=lambda o, a: log_prior[o] if a is None else log_prior[o, a],
-        soft_value=lambda o: V[o],
-        action_value=lambda o, a: Q[o, a],
-        correction=correction,
-        trace_lambda=lam,
-    )
+    batch = {"path": path, "last": alive.sum(0) - 1}
+    log_pi = lambda o, a: log_prior[o] if a is None else log_prior[o, a]  # noqa: E731
+    if tables:
+        y = critics.n_step_discrete_soft_target(
+            batch,
+            gamma=gamma,
+            alpha=alpha,
+            tables=lambda o: (Q[o], q[o].log()),
+            log_pi=log_pi,
+            correction=correction,
+            trace_lambda=lam,
+        )
+    else:
+        y = critics.n_step_soft_target(
+            batch,
+            gamma=gamma,
+            alpha=alpha,
+            policy=lambda o: Categorical(probs=q[o]),
+            log_pi=log_pi,
+            soft_value=lambda o: V[o],
+            action_value=lambda o, a: Q[o, a],
+            correction=correction,
+            trace_lambda=lam,
+        )
     return (weight * y).reshape(mdp.num_states * mdp.num_actions, -1).sum(-1).reshape(Q.shape)
 
 
-def _iterate(mdp, n, *, behaviour=None, correction="none", lam=1.0, kl_terms=True):
+def _iterate(mdp, n, *, behaviour=None, correction="none", lam=1.0, kl_terms=True, tables=False):
     """Q <- E[y] from Q = 0 until it stops moving; returns (Q, the closed-form Q^q)."""
     gamma, alpha = 0.9, 0.5
     q, prior = random_policy(mdp, 1), random_policy(mdp, 2)
@@ -179,7 +192,17 @@ def _iterate(mdp, n, *, behaviour=None, correction="none", lam=1.0, kl_terms=Tru
         # kl_terms=False is the former rewards-only target: the same paths with alpha = 0 inside,
         # the KL of q only in the bootstrap V
         new = _expected_target(
-            Q, mdp, paths, q, prior.log(), mu.log(), gamma=gamma, alpha=alpha, correction=correction, lam=lam
+            Q,
+            mdp,
+            paths,
+            q,
+            prior.log(),
+            mu.log(),
+            gamma=gamma,
+            alpha=alpha,
+            correction=correction,
+            lam=lam,
+            tables=tables,
         )
         if not kl_terms:
             V = bellman.soft_value_of_distribution(Q, q, prior.log(), alpha)
@@ -199,12 +222,16 @@ def _iterate(mdp, n, *, behaviour=None, correction="none", lam=1.0, kl_terms=Tru
 MDPS = {"random": lambda: envs.random_mdp(3, 2, seed=0), "terminal": _mdp_with_a_terminal_state}
 
 
+ROUTES = {"callables": False, "action tables": True}  # n_step_soft_target, n_step_discrete_soft_target
+
+
+@pytest.mark.parametrize("route", list(ROUTES))
 @pytest.mark.parametrize("mdp_name", list(MDPS))
 @pytest.mark.parametrize("n", [1, 3, 5])
-def test_n_step_target_on_policy_paths_has_the_fixed_point_q_of_q(mdp_name, n):
+def test_n_step_target_on_policy_paths_has_the_fixed_point_q_of_q(mdp_name, n, route):
     # the regression target of every replay critic: with a_1..a_{n-1} ~ q its expectation is
     # (T^{pi,q})^n, so iterating it reaches Q^q (prior pi not uniform: the KL terms matter)
-    Q, fixed = _iterate(MDPS[mdp_name](), n)
+    Q, fixed = _iterate(MDPS[mdp_name](), n, tables=ROUTES[route])
     torch.testing.assert_close(Q, fixed, atol=1e-6, rtol=0)
 
 
@@ -215,15 +242,16 @@ def test_rewards_only_n_step_target_misses_q_of_q(n):
     assert (Q - fixed).abs().max() > 0.1 * fixed.abs().max()
 
 
+@pytest.mark.parametrize("route", list(ROUTES))
 @pytest.mark.parametrize("mdp_name", list(MDPS))
 @pytest.mark.parametrize("n, lam", [(1, 1.0), (3, 1.0), (5, 1.0), (3, 0.5)])
-def test_retrace_from_another_policy_has_the_fixed_point_q_of_q(mdp_name, n, lam):
+def test_retrace_from_another_policy_has_the_fixed_point_q_of_q(mdp_name, n, lam, route):
     mdp = MDPS[mdp_name]()
     behaviour = torch.softmax(2 * random_policy(mdp, 7).log(), -1)  # far from q
-    Q, fixed = _iterate(mdp, n, behaviour=behaviour, correction="retrace", lam=lam)
+    Q, fixed = _iterate(mdp, n, behaviour=behaviour, correction="retrace", lam=lam, tables=ROUTES[route])
     torch.testing.assert_close(Q, fixed, atol=1e-6, rtol=0)
     if n > 1:  # the uncorrected target on the same paths does not get there
-        Q, _ = _iterate(mdp, n, behaviour=behaviour)
+        Q, _ = _iterate(mdp, n, behaviour=behaviour, tables=ROUTES[route])
         assert (Q - fixed).abs().max() > 0.1 * fixed.abs().max()
 
 

@@ -87,16 +87,19 @@ def _path_batch(obs_dim, actions, seed=0):
     truncated = torch.zeros(n, b, dtype=torch.bool)
     terminated[1, 1] = True  # path 1 ends at step 1 without a bootstrap
     truncated[0, 2] = True  # path 2 is cut at step 0 by a time limit: bootstrap from its next_obs
+    obs, next_obs = torch.randn(n, b, obs_dim, generator=g), torch.randn(n, b, obs_dim, generator=g)
+    ended = terminated | truncated
+    for k in range(1, n):  # consecutive transitions of one env: s_k = s'_{k-1} until an episode ends
+        obs[k] = torch.where(ended[k - 1, :, None], obs[k], next_obs[k - 1])
     path = {
-        "obs": torch.randn(n, b, obs_dim, generator=g),
+        "obs": obs,
         "action": actions,
         "reward": torch.randn(n, b, generator=g),
-        "next_obs": torch.randn(n, b, obs_dim, generator=g),
+        "next_obs": next_obs,
         "terminated": terminated,
         "truncated": truncated,
         "behaviour_log_prob": torch.randn(n, b, generator=g) - 1.0,
     }
-    ended = terminated | truncated
     last = torch.cat((torch.ones_like(ended[:1]), ~ended[:-1])).cumprod(0).sum(0) - 1
     return {key: value[0] for key, value in path.items()} | {"path": path, "last": last}
 
@@ -234,6 +237,18 @@ def test_collector_stores_the_behaviour_log_probability_when_asked():
     assert "behaviour_log_prob" not in plain.buffer.storage
     retrace = Collector.for_config(sac.SACConfig(n_step=3, n_step_correction="retrace"), cpu, "sac")
     assert "behaviour_log_prob" in retrace.buffer.storage
+
+
+def test_truncate_latest_marks_the_newest_transitions_across_the_wrap():
+    buf = _filled_buffer(12, 3, 5)  # 15 transitions written: the newest five in slots 2, 1, 0, 11, 10
+    before = buf.storage["truncated"].clone()
+    buf.truncate_latest(5)
+    newest = torch.zeros(12, dtype=torch.bool)
+    newest[[0, 1, 2, 10, 11]] = True
+    assert buf.storage["truncated"][newest].all()
+    assert torch.equal(buf.storage["truncated"][~newest], before[~newest])
+    with pytest.raises(ValueError, match="needs a 'truncated' field"):
+        ReplayBuffer(4, transition_fields((1,), (1,))).truncate_latest(1)
 
 
 def test_a_buffer_state_without_the_new_field_still_loads_and_a_mismatch_is_named():

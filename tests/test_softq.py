@@ -189,11 +189,17 @@ def test_n_step_target_adds_each_later_steps_q_minus_v_correction(double_q):
     terminated = torch.zeros(n, b, dtype=torch.bool)
     truncated = torch.zeros(n, b, dtype=torch.bool)
     terminated[1, 1], truncated[0, 2] = True, True
+    # consecutive transitions of one env, as a replay buffer stores them: s_k = s'_{k-1} until a
+    # step ends the episode, a fresh start after it
+    obs, next_obs = torch.randint(0, 5, (n, b), generator=g), torch.randint(0, 5, (n, b), generator=g)
+    for k in range(1, n):
+        ended = terminated[k - 1] | truncated[k - 1]
+        obs[k] = torch.where(ended, obs[k], next_obs[k - 1])
     path = {
-        "obs": torch.randint(0, 5, (n, b), generator=g),
+        "obs": obs,
         "action": torch.randint(0, 3, (n, b), generator=g),
         "reward": torch.randn(n, b, generator=g),
-        "next_obs": torch.randint(0, 5, (n, b), generator=g),
+        "next_obs": next_obs,
         "terminated": terminated,
         "truncated": truncated,
     }

@@ -468,8 +468,12 @@ class Collector:
         Without a saved env state (Gymnasium's own envs) the episodes in progress restart from
         reset, seeded by :func:`restart_seed` from the seed and step count; the buffer, random
         stream and step count continue exactly, and the partial returns of the cut episodes are
-        dropped."""
+        dropped. The last stored transition of each cut episode is marked truncated, so that no
+        n-step path runs from it into the restarted one (its stored next state stays the true one:
+        a path ending there bootstraps from it)."""
         self.buffer.load_state_dict(state["buffer"])
+        if state["venv"] is None:
+            self.buffer.truncate_latest(self.num_envs)
         self.generator.set_state(state["generator"].cpu())  # loaded to the device with the rest
         self.obs, self.env_steps = restore_episodes(
             self.venv, state, self.returns, seed=self.seed, device=self.device

@@ -18,7 +18,7 @@ and the second critic with its target: a learner step runs two networks (Q forwa
 Q' forward) instead of six, which is what a compute-bound learner (MountainCar-v0's) pays for.
 
 ``n_step`` > 1 regresses onto the n-step target of T^{pi,q} along a replayed path
-(:func:`rl_as_inference.critics.n_step_soft_target`),
+(:func:`rl_as_inference.critics.n_step_discrete_soft_target`: the target network run once per path state),
 
     y = sum_{k<m} gamma^k (r_k - [k > 0] alpha (log q'(a_k|s_k) - log pi(a_k))) + gamma^m V'(s_m),
 
@@ -47,7 +47,7 @@ from rl_as_inference.algos.sac import TrainResult
 from rl_as_inference.algos.schedules import decay_learning_rates
 from rl_as_inference.algos.settings import RunSettings, rank_share
 from rl_as_inference.algos.stats import IntervalMeans, emit_row, finish, row_due
-from rl_as_inference.critics import constant_log_prior, n_step_soft_target, polyak_update
+from rl_as_inference.critics import constant_log_prior, n_step_discrete_soft_target, polyak_update
 from rl_as_inference.guides.normalization import attach_obs_normalizer
 from rl_as_inference.guides.policies import SoftQPolicy
 from rl_as_inference.optim import adam
@@ -100,14 +100,12 @@ def soft_q_loss(
     V'(s') is the target network's soft value alpha log sum_a pi(a) exp(Q'(s', a) / alpha); with
     ``double_q`` it is E_{a~q}[Q'(s', a)] - alpha KL(q || pi) with q from the online network (the
     soft analogue of double DQN's decoupling of selection from evaluation). An n-step batch (a
-    ``path`` field) regresses onto :func:`~rl_as_inference.critics.n_step_soft_target` with the
+    ``path`` field) regresses onto :func:`~rl_as_inference.critics.n_step_discrete_soft_target` with the
     same V' and the same q (the target's q' = softmax(Q' / alpha), the online one with
     ``double_q``): ``correction`` ``"none"`` or ``"retrace"`` with ``trace_lambda``.
     """
     log_pi = -math.log(q_net.net[-1].out_features)  # pi uniform over the actions
-
-    def policy(obs: torch.Tensor) -> torch.distributions.Distribution:
-        return (q_net if double_q else target)(obs)
+    chooser = q_net if double_q else target  # whose q the values and the KL terms are of
 
     def soft_value(obs: torch.Tensor) -> torch.Tensor:
         q_next = target.q_values(obs)
@@ -117,19 +115,20 @@ def soft_q_loss(
             return bellman.soft_value_of_distribution(q_next, probs, log_prior, q_net.temperature)
         return target.soft_value(q_next)
 
-    def action_value(obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        return target.q_values(obs).gather(-1, action.long().unsqueeze(-1)).squeeze(-1)
+    def tables(obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # Q'(s, .) and log q(.|s), q = softmax(Q / alpha) of the chooser: one target pass
+        q_next = target.q_values(obs)
+        q_choice = q_net.q_values(obs) if double_q else q_next
+        return q_next, torch.log_softmax(q_choice / chooser.temperature.to(q_choice.dtype), -1)
 
     with torch.no_grad():
         if "path" in batch:
-            y = n_step_soft_target(
+            y = n_step_discrete_soft_target(
                 batch,
                 gamma=gamma,
                 alpha=target.temperature,
-                policy=policy,
+                tables=tables,
                 log_pi=constant_log_prior(log_pi),
-                soft_value=soft_value,
-                action_value=action_value,
                 correction=correction,
                 trace_lambda=trace_lambda,
             )
