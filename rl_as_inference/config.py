@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import tomllib
 import types
 import typing
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from rl_as_inference.algos import REGISTRY
+from rl_as_inference.algos.settings import ENV_KWARGS
 
 __all__ = [
     "apply_overrides",
@@ -136,7 +138,46 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
             raise ValueError(f"{key} must be a number, got {value!r}") from None
     if hint is str:
         return str(value)
+    if origin is dict or hint is dict:
+        table = _toml_value(key, value) if isinstance(value, str) else value
+        if not isinstance(table, dict):
+            raise ValueError(f"{key} must be a table such as {{is_slippery = false}}, got {value!r}")
+        return dict(table)
     return value
+
+
+def _toml_value(key: str, text: str) -> Any:
+    """``text`` read as one TOML value (``{a = 1}``, ``[1, 2]``, ``false``, ``"s"``, ``3.5``)."""
+    try:
+        return tomllib.loads(f"value = {text}")["value"]
+    except tomllib.TOMLDecodeError:
+        raise ValueError(f"{key}: {text!r} is not a TOML value such as {{is_slippery = false}}") from None
+
+
+# Config keys whose value is a table (a dict), told apart from the algorithm tables of a --config file
+TABLE_KEYS = ("env_kwargs",)
+
+
+def _dotted_sets(values: dict, sets: dict) -> dict:
+    """``--set`` values with ``env_kwargs.NAME=VALUE`` folded into the ``env_kwargs`` table (merged
+    onto the one of ``values``); VALUE is read as TOML (``false``, ``9.81``, ``[1, 2]``), else as a
+    string (``map_name=8x8``)."""
+    out: dict = {}
+    for key, value in sets.items():
+        table, dot, name = key.partition(".")
+        if not dot or table not in TABLE_KEYS:
+            out[key] = value
+            continue
+        if not name.isidentifier():
+            raise ValueError(f"--set {key}: {name!r} is not a keyword argument name")
+        try:
+            parsed = _toml_value(key, value)
+        except ValueError:
+            parsed = value  # a bare word: the string itself
+        base = out.get(table, values.get(table, {}))
+        base = _coerce(table, base, dict) if isinstance(base, str) else base
+        out[table] = {**base, name: parsed}
+    return out
 
 
 def apply_overrides(cls, values: dict, overrides: dict, *, source: str) -> dict:
@@ -170,13 +211,20 @@ def read_toml(path: Path, label: str) -> dict:
 
 def _config_file_tables(data: dict, algo: str, label: str, notes: list[str] | None) -> dict:
     """The keys of a ``--config`` file that apply to ``algo``: top level, then its own table."""
-    tables = {k: v for k, v in data.items() if isinstance(v, dict)}
+    tables = {k: v for k, v in data.items() if isinstance(v, dict) and k not in TABLE_KEYS}
+    for name, table in tables.items():
+        for key in TABLE_KEYS:
+            if key in table:
+                raise ValueError(
+                    f"{label}: [{name}] sets {key}, which belongs to the run (the env is built before "
+                    f"the algorithm is chosen); put it at the top of the file, before any table"
+                )
     unknown = sorted(set(tables) - set(REGISTRY))
     if unknown:
         raise ValueError(
             f"{label}: table [{unknown[0]}] names no algorithm; tables may be {', '.join(sorted(REGISTRY))}"
         )
-    merged = {k: v for k, v in data.items() if not isinstance(v, dict)}
+    merged = {k: v for k, v in data.items() if k not in tables}
     merged |= tables.get(algo, {})
     ignored = sorted(set(tables) - {algo})
     if ignored and notes is not None:
@@ -216,23 +264,54 @@ def build_config(
         data = read_toml(path, f"--config {file}")
         table = _config_file_tables(data, algo, f"--config {file}", notes)
         values = apply_overrides(cls, values, table, source=f"--config {file}")
-    values = apply_overrides(cls, values, dict(parse_assignment(s) for s in sets), source="--set")
+    overrides = _dotted_sets(values, dict(parse_assignment(s) for s in sets))
+    values = apply_overrides(cls, values, overrides, source="--set")
     return cls(**values)
 
 
+def run_env_kwargs(file: str | Path | None = None, sets: list[str] = ()) -> dict:
+    """The env's constructor arguments of a run before its algorithm is chosen (the spaces, which
+    choose it, may depend on them): the ``env_kwargs`` table at the top of the ``--config`` file,
+    then ``--set env_kwargs={...}`` and ``--set env_kwargs.NAME=VALUE``, as :func:`build_config`
+    resolves them."""
+    values: dict = {}
+    if file is not None and Path(file).is_file():
+        data = read_toml(Path(file), f"--config {file}")
+        if "env_kwargs" in data:
+            values["env_kwargs"] = _coerce("env_kwargs", data["env_kwargs"], dict)
+    given = {k: v for k, v in (parse_assignment(s) for s in sets) if k.partition(".")[0] == "env_kwargs"}
+    for key, value in _dotted_sets(values, given).items():
+        values[key] = _coerce(key, value, dict)
+    env_kwargs = values.get("env_kwargs", {})
+    if not ENV_KWARGS.ok(env_kwargs):
+        raise ValueError(f"env_kwargs={env_kwargs!r} is not allowed; use {ENV_KWARGS.allowed}")
+    return env_kwargs
+
+
 def to_toml(table: dict) -> str:
-    """A flat dict of str/int/float/bool/None/tuples as TOML (None is written as a comment)."""
+    """A dict of str/int/float/bool/None/tuples/tables as TOML (None is written as a comment, a
+    table inline: ``env_kwargs = {is_slippery = false}``)."""
     lines = []
     for key, value in table.items():
         if value is None:
             lines.append(f"# {key} = (none)")
-        elif isinstance(value, bool):
-            lines.append(f"{key} = {str(value).lower()}")
-        elif isinstance(value, int | float):
-            lines.append(f"{key} = {value!r}")
-        elif isinstance(value, list | tuple):
-            lines.append(f"{key} = [{', '.join(repr(v) for v in value)}]")
         else:
-            escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
-            lines.append(f'{key} = "{escaped}"')
+            lines.append(f"{key} = {_toml_literal(value)}")
     return "\n".join(lines) + "\n"
+
+
+def _toml_literal(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list | tuple):
+        return f"[{', '.join(_toml_literal(v) for v in value)}]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_literal(v)}" for k, v in value.items()) + "}"
+    escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
+
+
+def _toml_key(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else _toml_literal(key)

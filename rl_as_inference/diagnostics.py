@@ -66,6 +66,7 @@ from matplotlib.ticker import NullFormatter
 from pyro import poutine
 
 from rl_as_inference.algos import REGISTRY
+from rl_as_inference.algos.collect import constructed
 from rl_as_inference.config import read_toml
 from rl_as_inference.ledger import from_traces
 from rl_as_inference.models.priors import UniformPrior
@@ -840,7 +841,8 @@ def from_run(
             f"{policy.env_id} runs only as Gymnasium's own env: the model's log-weights need the "
             "trajectories re-simulated in a torch env (a port, or one added with envs.register)"
         )
-    env = envs.make(policy.env_id, device=device)
+    with constructed(policy.env_id, policy.env_kwargs, "functional"):
+        env = envs.make(policy.env_id, device=device, **policy.env_kwargs)
     if horizon is None:
         horizon = env.max_episode_steps or config.get("horizon")
         if horizon is None:

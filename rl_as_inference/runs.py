@@ -27,15 +27,22 @@ from tqdm import tqdm
 from rl_as_inference import distributed as dp
 from rl_as_inference import envs, guides
 from rl_as_inference.algos import REGISTRY
-from rl_as_inference.algos.collect import check_observation_space
-from rl_as_inference.algos.settings import FLAG, RULES, rank_share
+from rl_as_inference.algos.collect import check_observation_space, constructed, resolve_backend
+from rl_as_inference.algos.settings import ENV_KWARGS, FLAG, RULES, rank_share
 from rl_as_inference.checkpoint import (
     atomic_torch_save,
     atomic_write_text,
     load_error_detail,
     load_tagged,
 )
-from rl_as_inference.config import apply_overrides, build_config, parse_assignment, read_toml, to_toml
+from rl_as_inference.config import (
+    apply_overrides,
+    build_config,
+    parse_assignment,
+    read_toml,
+    run_env_kwargs,
+    to_toml,
+)
 from rl_as_inference.envs.base import resolve_device
 from rl_as_inference.envs.gymnasium_adapter import naming_missing_packages
 from rl_as_inference.envs.ids import check_env_id, import_env_module
@@ -140,9 +147,10 @@ def train_run(
     if isinstance(env_id, str) and ":" in env_id:  # typed by the caller, never read from a file
         env_id = import_env_module(env_id)
     env_id = check_env_id(env_id, source="env")
-    _, action_space = _spaces(env_id)
+    env_kwargs = run_env_kwargs(config_file, sets)
+    _, action_space = _spaces(env_id, env_kwargs)
     if algo is None:
-        algo = load_recipe(env_id).get("default_algo") or _generic_algorithm(env_id, action_space)
+        algo = _recipe_algorithm(env_id, action_space) or _generic_algorithm(env_id, action_space)
     family = recipe_family(env_id)
     if family is not None and algo in load_recipe(env_id) and is_rank_0():  # the family's table sets this run
         print(
@@ -190,6 +198,7 @@ def train_run(
             f"backend='gymnasium' but {algo} differentiates and re-simulates the dynamics, which "
             "Gymnasium's own envs do not expose; leave backend at 'auto' (the torch env)"
         )
+    _check_torch_env_kwargs(config, algo)
     Checkpointer(None, every=checkpoint_every)  # checks the interval before anything is written
     _join_process_group(config)
     rank_share(config)  # a size that does not split over the ranks fails before any write
@@ -223,15 +232,29 @@ def train_run(
     return _run(run_dir, algo, config, checkpointer, progress=progress, eval_episodes=eval_episodes)
 
 
+def _check_torch_env_kwargs(config, algo: str) -> None:
+    """Build the torch env once with ``config.env_kwargs`` where the run will (the spaces were
+    probed on Gymnasium's own env, which takes arguments a port does not model), so that refused
+    arguments are reported before anything is written."""
+    if not config.env_kwargs:
+        return
+    backend = "functional" if REGISTRY[algo].needs_dynamics else resolve_backend(config.env, config.backend)
+    if backend == "functional":
+        with constructed(config.env, config.env_kwargs, backend):
+            envs.make(config.env, **config.env_kwargs)
+
+
 # The algorithm of an id without a shipped recipe, by its action space: V-MPO is the recipe of
 # the discrete ports (CartPole-v1, Acrobot-v1) and SAC the common choice for continuous control.
 GENERIC_ALGORITHMS = {"Discrete": "vmpo", "Box": "sac"}
 
 
-def _spaces(env_id: str) -> tuple[gym.Space, gym.Space]:
+def _spaces(env_id: str, env_kwargs: dict | None = None) -> tuple[gym.Space, gym.Space]:
     """(observation, action) space of one env, built once before anything is written: a missing
-    package (Box2D, MuJoCo) or a space the networks cannot take is reported with no run directory."""
-    probe = gymnasium_env(env_id)
+    package (Box2D, MuJoCo), constructor arguments the env refuses or a space the networks cannot
+    take is reported with no run directory. The spaces may depend on ``env_kwargs``
+    (LunarLander-v3's ``continuous``), so they, and the algorithm chosen by them, are read from it."""
+    probe = gymnasium_env(env_id, env_kwargs)
     try:
         check_observation_space(env_id, probe.observation_space)
         return probe.observation_space, probe.action_space
@@ -239,14 +262,18 @@ def _spaces(env_id: str) -> tuple[gym.Space, gym.Space]:
         probe.close()
 
 
-def gymnasium_env(env_id: str) -> gym.Env:
+def gymnasium_env(env_id: str, env_kwargs: dict | None = None) -> gym.Env:
     """One env of ``env_id`` behind Gymnasium's API, for evaluation: Gymnasium's own where the id is
     in its registry (the ports' originals included), else the registered torch env in
-    :class:`~rl_as_inference.envs.GymnasiumEnv` (float64, numpy I/O) with its time limit."""
+    :class:`~rl_as_inference.envs.GymnasiumEnv` (float64, numpy I/O) with its time limit; built
+    with the constructor arguments ``env_kwargs``."""
+    env_kwargs = dict(env_kwargs or {})
     if env_id in gym.registry:
-        with naming_missing_packages(env_id):
-            return gym.make(env_id)
-    env = envs.GymnasiumEnv(env=envs.make(env_id, dtype=torch.float64))
+        with naming_missing_packages(env_id), constructed(env_id, env_kwargs, "gymnasium"):
+            return gym.make(env_id, **env_kwargs)
+    with constructed(env_id, env_kwargs, "functional"):
+        port = envs.make(env_id, dtype=torch.float64, **env_kwargs)
+    env = envs.GymnasiumEnv(env=port)
     limit = env.env.max_episode_steps
     return gym.wrappers.TimeLimit(env, limit) if limit is not None else env
 
@@ -256,6 +283,24 @@ def _unbounded_box(space: gym.Space) -> bool:
     return isinstance(space, gym.spaces.Box) and not (
         np.isfinite(space.low).all() and np.isfinite(space.high).all()
     )
+
+
+def _recipe_algorithm(env_id: str, space: gym.Space) -> str | None:
+    """The recipe's ``default_algo`` where it takes ``space`` (None: no recipe, or constructor
+    arguments gave the env other actions than the recipe was written for, as LunarLander-v3's
+    ``continuous``)."""
+    from rl_as_inference.config import load_recipe
+
+    algo = load_recipe(env_id).get("default_algo")
+    if algo is None or algo not in REGISTRY or type(space).__name__ in REGISTRY[algo].action_spaces:
+        return algo
+    if is_rank_0():
+        print(
+            f"rlai: note: {env_id}'s recipe runs {algo}, which does not take this env's {space} "
+            "actions (set by env_kwargs)",
+            file=sys.stderr,
+        )
+    return None
 
 
 def _generic_algorithm(env_id: str, space: gym.Space) -> str:
@@ -270,8 +315,8 @@ def _generic_algorithm(env_id: str, space: gym.Space) -> str:
     if _unbounded_box(space):
         algo, kind = "vmpo", "Box (unbounded)"
     print(
-        f"rlai: note: {env_id} has no shipped recipe; {kind} actions: {algo} with its "
-        "default settings (pick another with --algo, tune with --set key=value)",
+        f"rlai: note: {env_id} has no shipped recipe for these actions; {kind} actions: {algo} with "
+        "its default settings (pick another with --algo, tune with --set key=value)",
         file=sys.stderr,
     )
     return algo
@@ -439,6 +484,7 @@ def _run(run_dir: Path, algo: str, config, checkpointer: Checkpointer, *, progre
                 "format": RUN_FORMAT,
                 "algo": algo,
                 "env": config.env,
+                "env_kwargs": config.env_kwargs,
                 "policy": _policy_spec(result.policy, config),
                 "state_dict": result.policy.state_dict(),
                 "env_steps": result.env_steps,
@@ -496,8 +542,11 @@ def _on_rank_0(fn):
 class LoadedPolicy:
     """A trained policy for Gymnasium observations: ``act(obs)`` returns actions Gymnasium accepts."""
 
-    def __init__(self, module: torch.nn.Module, env_id: str, device: torch.device):
-        probe = gymnasium_env(env_id)
+    def __init__(
+        self, module: torch.nn.Module, env_id: str, device: torch.device, env_kwargs: dict | None = None
+    ):
+        self.env_kwargs = dict(env_kwargs or {})  # the env's constructor arguments in training
+        probe = gymnasium_env(env_id, self.env_kwargs)
         self.observation_space, self.action_space = probe.observation_space, probe.action_space
         probe.close()
         self.module, self.env_id, self.device = module.eval(), env_id, device
@@ -578,8 +627,11 @@ def load_policy(run_dir: str | os.PathLike, device: str | torch.device = "cpu") 
         raise ValueError(f"{run_dir} is not a run directory: no checkpoint.pt")
     state = load_tagged(path, RUN_FORMAT, "run checkpoint", device)
     env_id = check_env_id(state.get("env"), source=f"{path}: env")
+    env_kwargs = state.get("env_kwargs", {})  # absent from the checkpoints of earlier versions
+    if not ENV_KWARGS.ok(env_kwargs):
+        raise ValueError(f"{path}: env_kwargs={env_kwargs!r} is not allowed; use {ENV_KWARGS.allowed}")
     spec = _checked_spec(state.get("policy"), path)
-    probe = gymnasium_env(env_id)
+    probe = gymnasium_env(env_id, env_kwargs)
     cls = POLICY_CLASSES[spec["class"]]
     extra = {"state_dependent_std": spec["state_dependent_std"]} if "state_dependent_std" in spec else {}
     extra["rescale_obs"] = spec.get("rescale_obs", False)
@@ -611,7 +663,7 @@ def load_policy(run_dir: str | os.PathLike, device: str | torch.device = "cpu") 
         raise ValueError(
             f"{path}: the weights do not fit a {spec['class']} for {env_id} ({load_error_detail(exc)})"
         ) from None
-    return LoadedPolicy(module.to(device), env_id, device)
+    return LoadedPolicy(module.to(device), env_id, device, env_kwargs)
 
 
 def _check_episodes(episodes) -> None:
@@ -638,7 +690,7 @@ def episode_returns(
     ``seed``). ``progress`` shows a bar over episodes with its estimate of the time left."""
     _check_episodes(episodes)
     _check_seed(seed)
-    env = gymnasium_env(policy.env_id)
+    env = gymnasium_env(policy.env_id, policy.env_kwargs)
     limit = _episode_limit(env)
     if limit is None:
         # an env registered without a time limit whose episodes need not end (a good policy keeps

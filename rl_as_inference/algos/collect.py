@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import gymnasium as gym
@@ -59,6 +60,7 @@ def make_collection_env(
     backend: str = "auto",
     exploring_starts: float = 0.0,
     vectorization: str = "sync",
+    env_kwargs: dict | None = None,
 ):
     """The SAME_STEP-autoresetting vector env the algorithms collect from, on ``backend``.
 
@@ -67,36 +69,66 @@ def make_collection_env(
     :func:`rl_as_inference.envs.from_gymnasium` (any registered id); ``"auto"`` picks the first
     where it exists. ``vectorization`` (``"sync"`` or ``"async"``) is Gymnasium's
     ``vectorization_mode`` for its own envs; the torch envs step as one batch either way.
+    ``env_kwargs`` go to the env's constructor (:func:`constructed`).
     """
     backend = resolve_backend(env_id, backend)
+    env_kwargs = dict(env_kwargs or {})
     if backend == "functional":
         if not envs.has_torch_env(env_id):
             raise ValueError(
                 f"backend='functional' needs a torch env, and {env_id!r} has none (ported: "
                 f"{', '.join(sorted(envs.PORTED))}); use backend='gymnasium' or 'auto'"
             )
-        venv = envs.make_vec(
-            env_id, num_envs, device=device, autoreset_mode="SameStep", exploring_starts=exploring_starts
-        )
+        with constructed(env_id, env_kwargs, backend):
+            venv = envs.make_vec(
+                env_id,
+                num_envs,
+                device=device,
+                autoreset_mode="SameStep",
+                exploring_starts=exploring_starts,
+                **env_kwargs,
+            )
         check_observation_space(env_id, venv.single_observation_space)
         return venv
     if exploring_starts:
         raise ValueError("exploring_starts needs backend='functional': Gymnasium's envs reset from p(s_0)")
     if vectorization not in VECTORIZATIONS:
         raise ValueError(f"vectorization={vectorization!r} is not allowed; use one of {VECTORIZATIONS}")
-    venv = envs.from_gymnasium(
-        env_id,
-        num_envs,
-        device=device,
-        vectorization_mode=vectorization,
-        vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP},
-    )
+    with constructed(env_id, env_kwargs, backend):
+        venv = envs.from_gymnasium(
+            env_id,
+            num_envs,
+            device=device,
+            vectorization_mode=vectorization,
+            vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP},
+            **env_kwargs,
+        )
     try:
         check_observation_space(env_id, venv.single_observation_space)
     except ValueError:
         venv.close()
         raise
     return venv
+
+
+@contextlib.contextmanager
+def constructed(env_id: str, env_kwargs: dict, backend: str):
+    """Turn the TypeError of an env constructor that refuses ``env_kwargs`` into a one-line
+    ValueError naming them: a torch port takes only the arguments it models (Pendulum-v1's g),
+    so the message says how to reach Gymnasium's own env, which takes all of its own."""
+    try:
+        yield
+    except TypeError as exc:
+        if not env_kwargs:
+            raise
+        given = ", ".join(f"{k}={v!r}" for k, v in env_kwargs.items())
+        where = "the torch env of" if backend == "functional" else "Gymnasium's"
+        hint = (
+            "; set backend = 'gymnasium' for Gymnasium's own env with these arguments"
+            if backend == "functional" and env_id in gym.registry
+            else ""
+        )
+        raise ValueError(f"env_kwargs {given}: {where} {env_id} does not take them ({exc}){hint}") from None
 
 
 class EnvActions:
@@ -289,6 +321,8 @@ class Collector:
             updated with each step's observations before the policy sees them.
         obs_clip: the normalizer's clip.
         reward_scale: the stored rewards are the env's times this (episode returns stay unscaled).
+        env_kwargs: keyword arguments of the env's constructor (``gymnasium.make`` or the torch
+            env's factory).
 
     Box actions are clamped into the action box before the env steps (Gymnasium's MuJoCo tasks
     would otherwise charge their control cost on an out-of-box action); the buffer stores the
@@ -313,6 +347,7 @@ class Collector:
         normalize_obs: bool = False,
         obs_clip: float = DEFAULT_OBS_CLIP,
         reward_scale: float = 1.0,
+        env_kwargs: dict | None = None,
     ):
         backend = resolve_backend(env_id, backend)
         if store_states and backend != "functional":
@@ -327,6 +362,7 @@ class Collector:
             backend=backend,
             exploring_starts=exploring_starts,
             vectorization=vectorization,
+            env_kwargs=env_kwargs,
         )
         self.backend, self.seed = backend, int(seed)
         self.action_space = self.venv.single_action_space
@@ -387,6 +423,7 @@ class Collector:
             algorithm=algorithm,
             normalize_obs=config.normalize_obs,
             obs_clip=config.obs_clip,
+            env_kwargs=config.env_kwargs,
             **kwargs,
         )
 

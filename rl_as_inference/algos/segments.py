@@ -17,6 +17,7 @@ from rl_as_inference import envs
 from rl_as_inference.algos.collect import (
     DEFAULT_OBS_CLIP,
     EpisodeReturns,
+    constructed,
     make_obs_normalizer,
     update_obs_normalizer,
 )
@@ -47,6 +48,7 @@ class SegmentEnvs:
             states each segment acted in (N x H per segment, one per env step), merged as
             :meth:`advance` records the segment.
         obs_clip: the normalizer's clip.
+        env_kwargs: keyword arguments of the torch env's factory (:func:`rl_as_inference.envs.make`).
     """
 
     def __init__(
@@ -59,8 +61,11 @@ class SegmentEnvs:
         exploring_starts: float = 0.0,
         normalize_obs: bool = False,
         obs_clip: float = DEFAULT_OBS_CLIP,
+        env_kwargs: dict | None = None,
     ):
-        self.env = envs.make(env_id, device=device, exploring_starts=exploring_starts)
+        env_kwargs = dict(env_kwargs or {})
+        with constructed(env_id, env_kwargs, "functional"):
+            self.env = envs.make(env_id, device=device, exploring_starts=exploring_starts, **env_kwargs)
         self.observation_space = self.env.observation_space
         self.action_space = self.env.action_space
         self.device, self.num_envs = device, envs.base.check_num_envs(num_envs)

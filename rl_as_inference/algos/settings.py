@@ -136,7 +136,27 @@ PROBABILITY_OF_CONTINUING = Rule(
     _CONTINUATION.ok, f"{_CONTINUATION.allowed}, the per-step continuation probability"
 )
 
+
 # Every config key of every algorithm. Keys are shared across algorithms by meaning.
+def _is_plain(v: Any) -> bool:
+    """A value a TOML file can hold and a JSON record can keep: a number, string, bool, a list
+    of such, or a table of such under string keys."""
+    if isinstance(v, bool | int | float | str):
+        return True
+    if isinstance(v, list | tuple):
+        return all(_is_plain(x) for x in v)
+    if isinstance(v, dict):
+        return all(isinstance(k, str) and _is_plain(x) for k, x in v.items())
+    return False
+
+
+ENV_KWARGS = Rule(
+    lambda v: isinstance(v, dict) and all(k.isidentifier() for k in v) and _is_plain(v),
+    "a table of keyword arguments of the env's constructor, e.g. {is_slippery = false} "
+    "(--set env_kwargs.is_slippery=false)",
+)
+
+
 RULES: dict[str, Rule] = {
     # RunSettings
     "env": _ENV,
@@ -206,6 +226,7 @@ RULES: dict[str, Rule] = {
     "reward_scale": POSITIVE,
     # choices
     "n_step_correction": one_of(N_STEP_CORRECTIONS),
+    "env_kwargs": ENV_KWARGS,
     "backend": one_of(BACKENDS),
     "vectorization": one_of(VECTORIZATIONS),
     "objective": one_of(OBJECTIVES),
@@ -248,6 +269,9 @@ class RunSettings:
     """What to train on, for how long, from which starts, with which inputs, where, and how often to log."""
 
     env: str = "Pendulum-v1"  # a Gymnasium id, or one added with envs.register
+    # keyword arguments of the env's constructor: gymnasium.make(env, **env_kwargs), or the torch
+    # env's factory (a port takes only the arguments it models, such as Pendulum-v1's g)
+    env_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
     total_env_steps: int = 20_000  # the training budget, in environment steps
     num_envs: int = 1  # parallel envs collecting data
     backend: str = "auto"  # the torch port where there is one, else "gymnasium" (Gymnasium's own env)

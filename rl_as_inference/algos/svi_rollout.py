@@ -81,6 +81,7 @@ def train_on_rollouts(
         exploring_starts=config.exploring_starts,
         normalize_obs=config.normalize_obs,
         obs_clip=config.obs_clip,
+        env_kwargs=config.env_kwargs,
     )
     env, space, obs_space = data.env, data.action_space, data.observation_space
     actor = SegmentActor.build(config, env, device)  # q, the prior (uniform or pi_k), guide, loss

@@ -236,7 +236,8 @@ class Rollouts:
     ``exploring_starts`` is the share of resets drawn anywhere in the env's state box.
     ``normalize_obs`` keeps a running normalizer of the observations (``obs_normalizer``, updated
     before the policy sees them); Box actions reach the env clamped into the box and are returned
-    as drawn (as in :class:`~rl_as_inference.algos.collect.Collector`).
+    as drawn (as in :class:`~rl_as_inference.algos.collect.Collector`). ``env_kwargs`` go to the
+    env's constructor.
     """
 
     def __init__(
@@ -251,6 +252,7 @@ class Rollouts:
         vectorization: str = "sync",
         normalize_obs: bool = False,
         obs_clip: float = DEFAULT_OBS_CLIP,
+        env_kwargs: dict | None = None,
     ):
         self.venv = make_collection_env(
             env_id,
@@ -259,6 +261,7 @@ class Rollouts:
             backend=backend,
             exploring_starts=exploring_starts,
             vectorization=vectorization,
+            env_kwargs=env_kwargs,
         )
         self.observation_space = self.venv.single_observation_space
         self.action_space = self.venv.single_action_space
@@ -353,6 +356,7 @@ def train(
         vectorization=config.vectorization,
         normalize_obs=config.normalize_obs,
         obs_clip=config.obs_clip,
+        env_kwargs=config.env_kwargs,
     )
     policy = _make_policy(config, data.observation_space, data.action_space).to(device)
     target_policy = copy.deepcopy(policy).requires_grad_(False)
