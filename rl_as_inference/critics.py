@@ -398,6 +398,16 @@ def n_step_discrete_soft_target(
     if correction == "retrace":
         _check_retrace_path(path)
     n, b = path["reward"].shape
+    if correction == "none" and (n == 1 or _is_zero(alpha)):
+        # no KL terms along the path: only the value after its last step enters
+        rows = torch.arange(b, device=path["reward"].device)
+        last_states = path["next_obs"][batch["last"], rows]
+        q_values, log_q = tables(last_states)
+        log_prior = torch.as_tensor(log_pi(last_states, None), dtype=log_q.dtype, device=log_q.device)
+        value = _soft_value_of_log_probs(q_values.to(log_q.dtype), log_q, log_prior.expand_as(log_q), alpha)
+        return _path_target(
+            path, gamma=gamma, next_values=value, correction=correction, trace_lambda=trace_lambda
+        )
     states = path["next_obs"].flatten(0, 1)
     q_values, log_q = tables(states)
     q_values = q_values.to(log_q.dtype)

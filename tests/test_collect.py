@@ -498,3 +498,41 @@ def test_a_collector_whose_buffer_does_not_fit_names_the_run_and_closes_its_envs
             algorithm="sac",
         )
     assert closed
+
+
+@pytest.mark.parametrize("correction", ["none", "retrace"])
+@pytest.mark.parametrize("alpha", [0.0, 0.5])
+@pytest.mark.parametrize("n", [2, 4])  # the batch helper ends paths at steps 0 and 1
+def test_the_discrete_path_target_equals_the_general_one(n, alpha, correction):
+    # n_step_discrete_soft_target reads the later steps' states off the path's next states and
+    # (without KL terms) only the last one; on paths as a replay buffer stores them it must give
+    # n_step_soft_target's targets exactly
+    from torch.distributions import Categorical
+
+    from rl_as_inference.critics import n_step_discrete_soft_target, n_step_soft_target
+
+    space_o, space_a = gym.spaces.Box(-1, 1, (2,)), gym.spaces.Discrete(3)
+    torch.manual_seed(0)
+    critic, policy = TwinQ(space_o, space_a, hidden=(8,)), CategoricalMLP(space_o, space_a, hidden=(8,))
+    prior = CategoricalMLP(space_o, space_a, hidden=(8,))
+    actions = torch.randint(0, 3, (n, 6), generator=torch.Generator().manual_seed(1))
+    batch = _path_batch(2, actions)
+    log_pi = policy_log_prior(prior)
+
+    def soft_value(obs):
+        q, log_q = critic.target_min(obs), policy(obs).logits
+        return (log_q.exp() * (q - alpha * (log_q - log_pi(obs, None)))).sum(-1)
+
+    common = {"gamma": 0.9, "alpha": alpha, "log_pi": log_pi, "correction": correction}
+    with torch.no_grad():
+        general = n_step_soft_target(
+            batch,
+            policy=lambda o: Categorical(logits=policy(o).logits),
+            soft_value=soft_value,
+            action_value=lambda o, a: critic.target_min(o).gather(-1, a.long()[:, None])[:, 0],
+            **common,
+        )
+        discrete = n_step_discrete_soft_target(
+            batch, tables=lambda o: (critic.target_min(o), policy(o).logits), **common
+        )
+    torch.testing.assert_close(discrete, general)
