@@ -403,15 +403,15 @@ def n_step_discrete_soft_target(
         rows = torch.arange(b, device=path["reward"].device)
         last_states = path["next_obs"][batch["last"], rows]
         q_values, log_q = tables(last_states)
-        log_prior = torch.as_tensor(log_pi(last_states, None), dtype=log_q.dtype, device=log_q.device)
-        value = _soft_value_of_log_probs(q_values.to(log_q.dtype), log_q, log_prior.expand_as(log_q), alpha)
+        log_prior = _prior_table(log_pi(last_states, None), log_q)
+        value = _soft_value_of_log_probs(q_values.to(log_q.dtype), log_q, log_prior, alpha)
         return _path_target(
             path, gamma=gamma, next_values=value, correction=correction, trace_lambda=trace_lambda
         )
     states = path["next_obs"].flatten(0, 1)
     q_values, log_q = tables(states)
     q_values = q_values.to(log_q.dtype)
-    log_prior = torch.as_tensor(log_pi(states, None), dtype=log_q.dtype, device=log_q.device).expand_as(log_q)
+    log_prior = _prior_table(log_pi(states, None), log_q)
     next_values = _soft_value_of_log_probs(q_values, log_q, log_prior, alpha).reshape(n, b)
     pieces: dict[str, torch.Tensor] = {}
     if n > 1:
@@ -424,14 +424,23 @@ def n_step_discrete_soft_target(
         if correction == "retrace":
             pieces = {"action_values": taken(q_values), "log_q": taken(log_q)}
         elif not _is_zero(alpha):
-            pieces = {"penalties": alpha * (taken(log_q) - taken(log_prior))}
+            prior_taken = taken(log_prior) if isinstance(log_prior, torch.Tensor) else log_prior
+            pieces = {"penalties": alpha * (taken(log_q) - prior_taken)}
     return _path_target(
         path, gamma=gamma, next_values=next_values, correction=correction, trace_lambda=trace_lambda, **pieces
     )
 
 
+def _prior_table(value: torch.Tensor | float, log_q: torch.Tensor) -> torch.Tensor | float:
+    """log pi(.|s) as a table like ``log_q``; a constant stays a Python number (no host-to-device
+    copy on every learner step)."""
+    if isinstance(value, torch.Tensor):
+        return value.to(log_q.dtype).expand_as(log_q)
+    return float(value)
+
+
 def _soft_value_of_log_probs(
-    q_values: torch.Tensor, log_q: torch.Tensor, log_pi: torch.Tensor, alpha: float | torch.Tensor
+    q_values: torch.Tensor, log_q: torch.Tensor, log_pi: torch.Tensor | float, alpha: float | torch.Tensor
 ) -> torch.Tensor:
     """E_{a~q}[Q(s, a) - alpha (log q - log pi)] over the last axis, from log q (0 log 0 = 0)."""
     terms = log_q.exp() * (q_values - alpha * (log_q - log_pi))
