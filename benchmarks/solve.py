@@ -777,6 +777,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.ours_only and args.sb3_only:
         parser.error("--ours-only and --sb3-only exclude each other")
+    for text in args.sets:
+        if text.partition("=")[0].strip().partition(".")[0] == "env_kwargs":
+            # the thresholds, SB3's envs and the evaluation are the registered env's
+            parser.error(
+                f"--set {text}: the libraries are compared on each id's registered env (its threshold "
+                "and SB3's env are that env's); register a variant under an id of its own instead"
+            )
 
     import torch
 

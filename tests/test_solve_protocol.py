@@ -6,9 +6,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from solve import RunResult, Tracker, evaluate_returns  # noqa: E402
+from solve import RunResult, Tracker, evaluate_returns, main  # noqa: E402
 
 
 def _lean(obs: np.ndarray) -> int:
@@ -84,3 +85,16 @@ if __name__ == "__main__":
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_solve_refuses_constructor_arguments_in_one_line(capsys):
+    # a variant's returns would be scored against the registered env's threshold and SB3 would
+    # train on the registered env: the comparison would be wrong without a word
+    with pytest.raises(SystemExit) as info:
+        main(["--envs", "CartPole-v1", "--ours-only", "--set", "env_kwargs.sutton_barto_reward=true"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert (
+        "--set env_kwargs.sutton_barto_reward=true: the libraries are compared on each id's registered env"
+        in err
+    )
