@@ -398,21 +398,23 @@ def n_step_discrete_soft_target(
     if correction == "retrace":
         _check_retrace_path(path)
     n, b = path["reward"].shape
+
+    def at(states: torch.Tensor):
+        # the tables, the prior's and V at a batch of states
+        q_values, log_q = tables(states)
+        q_values = q_values.to(log_q.dtype)
+        log_prior = _prior_table(log_pi(states, None), log_q)
+        return q_values, log_q, log_prior, _soft_value_of_log_probs(q_values, log_q, log_prior, alpha)
+
     if correction == "none" and (n == 1 or _is_zero(alpha)):
         # no KL terms along the path: only the value after its last step enters
         rows = torch.arange(b, device=path["reward"].device)
-        last_states = path["next_obs"][batch["last"], rows]
-        q_values, log_q = tables(last_states)
-        log_prior = _prior_table(log_pi(last_states, None), log_q)
-        value = _soft_value_of_log_probs(q_values.to(log_q.dtype), log_q, log_prior, alpha)
+        value = at(path["next_obs"][batch["last"], rows])[-1]
         return _path_target(
             path, gamma=gamma, next_values=value, correction=correction, trace_lambda=trace_lambda
         )
-    states = path["next_obs"].flatten(0, 1)
-    q_values, log_q = tables(states)
-    q_values = q_values.to(log_q.dtype)
-    log_prior = _prior_table(log_pi(states, None), log_q)
-    next_values = _soft_value_of_log_probs(q_values, log_q, log_prior, alpha).reshape(n, b)
+    q_values, log_q, log_prior, values = at(path["next_obs"].flatten(0, 1))
+    next_values = values.reshape(n, b)
     pieces: dict[str, torch.Tensor] = {}
     if n > 1:
         index = path["action"][1:].long().reshape(-1, 1)

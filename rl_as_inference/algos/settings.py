@@ -137,7 +137,6 @@ PROBABILITY_OF_CONTINUING = Rule(
 )
 
 
-# Every config key of every algorithm. Keys are shared across algorithms by meaning.
 def _is_plain(v: Any) -> bool:
     """A value a TOML file can hold and a JSON record can keep: a number, string, bool, a list
     of such, or a table of such under string keys."""
@@ -157,6 +156,7 @@ ENV_KWARGS = Rule(
 )
 
 
+# Every config key of every algorithm. Keys are shared across algorithms by meaning.
 RULES: dict[str, Rule] = {
     # RunSettings
     "env": _ENV,
