@@ -160,6 +160,14 @@ def _parser() -> argparse.ArgumentParser:
         "step pays the compilation)",
     )
     plan.add_argument("--out", default=None, metavar="DIR", help="write DIR/plan.nc")
+    plan.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="env_kwargs.NAME=VALUE",
+        help="a constructor argument of both the torch port and Gymnasium's env, as for rlai train "
+        "(env_kwargs.g=2.0 or 'env_kwargs={g = 2.0}'; repeatable); the planner's settings are the flags above",
+    )
 
     inspect = sub.add_parser(
         "inspect",
@@ -257,7 +265,15 @@ def _inspect(args: argparse.Namespace) -> None:
 
 def _plan(args: argparse.Namespace) -> None:
     from rl_as_inference import plan_run
+    from rl_as_inference.config import parse_assignment, run_env_kwargs
 
+    for text in args.set:
+        key = parse_assignment(text)[0]
+        if key.partition(".")[0] != "env_kwargs":
+            raise ValueError(
+                f"rlai plan --set {text}: only env_kwargs can be set here (the env's constructor "
+                "arguments); the planner's settings are flags (--horizon, --samples, --alpha, ...)"
+            )
     result = plan_run.plan_episodes(
         args.env,
         method=args.method,
@@ -272,6 +288,7 @@ def _plan(args: argparse.Namespace) -> None:
         iterations=args.iterations,
         prior="plan" if args.prior == "plan" else None,
         compile=args.compile,
+        env_kwargs=run_env_kwargs(None, args.set),
     )
     returns = np.asarray(result.returns)
     print(

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from rl_as_inference import envs
+from rl_as_inference.algos.collect import constructed
 from rl_as_inference.diagnostics import pareto_k_per_step, to_netcdf
 from rl_as_inference.planning import MPC
 
@@ -46,9 +47,14 @@ class PlanResult:
 
 
 def control_gymnasium(
-    env_id: str, make_command: Callable[[int], Callable[[np.ndarray], object]], episodes: int, seed: int
+    env_id: str,
+    make_command: Callable[[int], Callable[[np.ndarray], object]],
+    episodes: int,
+    seed: int,
+    env_kwargs: dict | None = None,
 ) -> tuple[list[float], list[float]]:
-    """Run ``episodes`` episodes of ``gymnasium.make(env_id)`` under a controller of its true state.
+    """Run ``episodes`` episodes of ``gymnasium.make(env_id, **env_kwargs)`` under a controller of
+    its true state.
 
     Episode i is reset with seed ``seed + i`` and controlled by ``make_command(i)``, a function of
     ``env.unwrapped.state`` (float64) returning the action to apply; it runs until Gymnasium's own
@@ -56,7 +62,9 @@ def control_gymnasium(
     seconds (only the command is timed)."""
     import gymnasium as gym
 
-    env = gym.make(env_id)
+    env_kwargs = dict(env_kwargs or {})
+    with constructed(env_id, env_kwargs, "gymnasium"):
+        env = gym.make(env_id, **env_kwargs)
     returns, seconds = [], []
     try:
         for i in range(episodes):
@@ -93,6 +101,7 @@ def plan_episodes(
     seed: int = 10_000,
     device: str | None = None,
     record: bool = True,
+    env_kwargs: dict | None = None,
     **planner,
 ) -> PlanResult:
     """Plan ``episodes`` episodes of Gymnasium's ``env_id`` with an :class:`MPC` on its torch port.
@@ -103,6 +112,10 @@ def plan_episodes(
         episodes: episodes to run; episode i is reset with seed ``seed + i``.
         device: where the planner runs (the port's device).
         record: keep the log weights for PSIS k-hat.
+        env_kwargs: constructor arguments of both envs, the torch port the planner rolls out and
+            Gymnasium's env it controls (``{"g": 2.0}`` on Pendulum-v1): the plan is only as good
+            as the port's dynamics are Gymnasium's, so an argument either one does not take is an
+            error rather than a plan on other dynamics.
     """
     if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
         raise ValueError(f"episodes={episodes!r} is not allowed; use an int >= 1")
@@ -112,7 +125,17 @@ def plan_episodes(
             f"planning rolls the dynamics out ahead of the env, so it needs a torch env, and {env_id!r} "
             f"has none (torch envs here: {', '.join(known)}; add yours with envs.register)"
         )
-    port = envs.make(env_id, device=device)
+    env_kwargs = dict(env_kwargs or {})
+    try:
+        port = envs.make(env_id, device=device, **env_kwargs)
+    except TypeError as exc:
+        if not env_kwargs:
+            raise
+        given = ", ".join(f"{k}={v!r}" for k, v in env_kwargs.items())
+        raise ValueError(
+            f"env_kwargs {given}: the torch env of {env_id}, whose dynamics the planner rolls out, does "
+            f"not take them ({exc}); planning needs arguments that both it and Gymnasium's env take"
+        ) from None
     discrete = port.action_space.shape == ()
     planners = []
 
@@ -129,7 +152,7 @@ def plan_episodes(
 
         return command
 
-    returns, seconds = control_gymnasium(env_id, make_command, episodes, seed)
+    returns, seconds = control_gymnasium(env_id, make_command, episodes, seed, env_kwargs)
     per_episode = []
     for mpc in planners:
         found = mpc.diagnostics()

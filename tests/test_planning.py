@@ -409,6 +409,56 @@ def test_rlai_plan_on_an_env_without_a_torch_env_says_why_it_cannot(capsys):
     assert "'LunarLander-v3' has none" in err and "from_gymnasium" not in err
 
 
+def test_rlai_plan_builds_both_envs_with_the_constructor_arguments(monkeypatch, capsys):
+    """--set env_kwargs.g=2.0 reaches the torch port the planner rolls out and Gymnasium's env it
+    controls (before: rlai plan had no --set and built both with the registered arguments)."""
+    import gymnasium as gym
+
+    from rl_as_inference import plan_run
+    from rl_as_inference.cli import main
+
+    built = {}
+    real_gym_make, real_make = gym.make, plan_run.envs.make
+
+    def gym_make(env_id, **kwargs):
+        built["gymnasium"] = real_gym_make(env_id, **kwargs)
+        return built["gymnasium"]
+
+    def make(env_id, **kwargs):
+        built["port"] = real_make(env_id, **kwargs)
+        return built["port"]
+
+    monkeypatch.setattr(gym, "make", gym_make)
+    monkeypatch.setattr(plan_run.envs, "make", make)
+    args = ["plan", "--env", "Pendulum-v1", "--episodes", "1", "--samples", "32", "--horizon", "3"]
+    assert main(args + ["--set", "env_kwargs.g=2.0"]) == 0, capsys.readouterr().err
+    assert built["gymnasium"].unwrapped.g == 2.0 and built["port"].g == 2.0
+    with_g2 = float(capsys.readouterr().out.split("mean return ")[1].split()[0])
+    assert main(args) == 0
+    assert built["gymnasium"].unwrapped.g == 10.0 and built["port"].g == 10.0
+    registered = float(capsys.readouterr().out.split("mean return ")[1].split()[0])
+    assert with_g2 != registered  # the same seeds and planner: only the dynamics differ
+
+
+def test_rlai_plan_names_settings_and_arguments_it_cannot_take(capsys):
+    from rl_as_inference.cli import main
+
+    base = ["plan", "--episodes", "1", "--samples", "8", "--horizon", "2"]
+    assert main(base + ["--env", "Pendulum-v1", "--set", "horizon=3"]) == 2
+    err = capsys.readouterr().err
+    assert "rlai plan --set horizon=3: only env_kwargs can be set here" in err and "--horizon" in err
+    # CartPole-v1's port does not model the Sutton-Barto reward, so it cannot plan for it
+    assert main(base + ["--env", "CartPole-v1", "--set", "env_kwargs.sutton_barto_reward=true"]) == 2
+    err = capsys.readouterr().err
+    assert "env_kwargs sutton_barto_reward=True: the torch env of CartPole-v1" in err
+    assert "planning needs arguments that both it and Gymnasium's env take" in err
+    # the port takes float32_state, Gymnasium's MountainCarContinuous-v0 does not
+    assert main(base + ["--env", "MountainCarContinuous-v0", "--set", "env_kwargs.float32_state=false"]) == 2
+    err = capsys.readouterr().err
+    assert "env_kwargs float32_state=False: Gymnasium's MountainCarContinuous-v0 does not take them" in err
+    assert len(err.strip().splitlines()) == 1
+
+
 def test_a_policy_prior_as_the_proposal_gives_the_same_posterior():
     """proposal='prior': plans drawn closed loop from pi itself (here a PolicyPrior returning
     N(0, 1) at every state), weighted by exp(R / alpha): the first action's posterior mean is the
