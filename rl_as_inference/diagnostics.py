@@ -72,6 +72,7 @@ from rl_as_inference.ledger import from_traces
 from rl_as_inference.models.priors import UniformPrior
 from rl_as_inference.models.rollout import Trajectory
 from rl_as_inference.models.sites import parse_site, sample_sites, state_site
+from rl_as_inference.planning import kish_ess
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", FutureWarning)  # ArviZ 0.23 announces its 1.x refactor on import
@@ -204,10 +205,9 @@ def pareto_k_per_step(log_weights) -> np.ndarray:
 
 
 def _kish(lw: np.ndarray) -> float:
-    if not np.isfinite(lw).any():
+    if not np.isfinite(lw).any():  # no sample has weight: none is effective (not 0 / 0)
         return 0.0
-    v = np.exp(lw - lw.max())
-    return float(v.sum() ** 2 / np.square(v).sum())
+    return float(kish_ess(torch.as_tensor(lw, dtype=torch.float64)))
 
 
 def importance_diagnostics(log_weights, elbo_terms=None) -> ImportanceDiagnostics:
