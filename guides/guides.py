@@ -5,7 +5,6 @@ from __future__ import annotations
 import weakref
 
 import gymnasium as gym
-import numpy as np
 import pyro
 import pyro.distributions as dist
 import torch
@@ -17,7 +16,7 @@ from rl_as_inference.models.priors import as_pyro_distribution, check_action_dis
 from rl_as_inference.models.rollout import Trajectory, rollout
 from rl_as_inference.models.trajectory import check_gamma, check_horizon
 
-from .policies import squashed_gaussian
+from .policies import is_bounded_box, squashed_gaussian
 
 __all__ = ["OpenLoopGuide", "PolicyGuide", "TabularGuide", "TrajectoryGuide"]
 
@@ -209,7 +208,7 @@ class OpenLoopGuide(TrajectoryGuide):
         if not self.discrete:
             if not isinstance(space, gym.spaces.Box) or len(space.shape) != 1:
                 raise TypeError(f"OpenLoopGuide supports Discrete and 1-D Box action spaces, got {space}")
-            self.bounded = bool(np.isfinite(space.low).all() and np.isfinite(space.high).all())
+            self.bounded = is_bounded_box(space)
             low = torch.as_tensor(space.low, dtype=env.dtype, device=env.device)
             high = torch.as_tensor(space.high, dtype=env.dtype, device=env.device)
             self._mid, self._half = (high + low) / 2, (high - low) / 2

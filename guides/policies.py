@@ -22,6 +22,7 @@ __all__ = [
     "SoftQPolicy",
     "SquashedNormal",
     "TanhGaussianMLP",
+    "is_bounded_box",
     "activation_class",
     "mlp",
     "squashed_gaussian",
@@ -276,6 +277,14 @@ class SoftQPolicy(CategoricalMLP):
         return dist.Categorical(logits=logits, validate_args=validate_on(logits))
 
 
+def is_bounded_box(space: gym.Space) -> bool:
+    """Whether ``space`` is a Box with every bound finite: what a squashed policy, a rescaling onto
+    the box or a clip into it needs (a Gaussian alone can act on an unbounded one)."""
+    return isinstance(space, gym.spaces.Box) and bool(
+        np.isfinite(space.low).all() and np.isfinite(space.high).all()
+    )
+
+
 def _box_bounds(action_space: gym.Space) -> tuple[np.ndarray, np.ndarray]:
     if not isinstance(action_space, gym.spaces.Box) or len(action_space.shape) != 1:
         raise TypeError(f"a Gaussian policy needs a 1-D Box action space, got {action_space}")
@@ -317,7 +326,7 @@ class GaussianMLP(_MLPPolicy):
         )
         self.rescale_actions = bool(rescale_actions)
         if self.rescale_actions:
-            if not (np.isfinite(low).all() and np.isfinite(high).all()):
+            if not is_bounded_box(action_space):
                 raise ValueError(f"rescale_actions needs a bounded action space, got {action_space}")
             # from the space, like the encoder's map: not saved, rebuilt from the run's spec
             mid, half = (high + low) / 2, (high - low) / 2
@@ -371,7 +380,7 @@ class TanhGaussianMLP(_MLPPolicy):
         rescale_obs: bool = False,
     ):
         low, high = _box_bounds(action_space)
-        if not (np.isfinite(low).all() and np.isfinite(high).all()):
+        if not is_bounded_box(action_space):
             raise ValueError(f"TanhGaussianMLP needs a bounded action space, got {action_space}")
         dim = int(action_space.shape[0])
         super().__init__(observation_space, 2 * dim, hidden, activation, rescale_obs)

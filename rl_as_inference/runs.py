@@ -52,7 +52,7 @@ from rl_as_inference.guides.normalization import (
     attach_obs_normalizer,
     obs_normalizer_of,
 )
-from rl_as_inference.guides.policies import activation_class
+from rl_as_inference.guides.policies import activation_class, is_bounded_box
 from rl_as_inference.resume import Checkpointer, read_train_state
 from rl_as_inference.signals import deferred_signals, raise_if_pending
 
@@ -280,9 +280,7 @@ def gymnasium_env(env_id: str, env_kwargs: dict | None = None) -> gym.Env:
 
 def _unbounded_box(space: gym.Space) -> bool:
     """Whether ``space`` is a Box with an infinite bound (which only a Gaussian policy can act on)."""
-    return isinstance(space, gym.spaces.Box) and not (
-        np.isfinite(space.low).all() and np.isfinite(space.high).all()
-    )
+    return isinstance(space, gym.spaces.Box) and not is_bounded_box(space)
 
 
 def _recipe_algorithm(env_id: str, space: gym.Space) -> str | None:
