@@ -27,7 +27,7 @@ from tqdm import tqdm
 from rl_as_inference import distributed as dp
 from rl_as_inference import envs, guides
 from rl_as_inference.algos import REGISTRY
-from rl_as_inference.algos.collect import check_observation_space, constructed, resolve_backend
+from rl_as_inference.algos.collect import EnvActions, check_observation_space, constructed, resolve_backend
 from rl_as_inference.algos.settings import ENV_KWARGS, FLAG, RULES, rank_share
 from rl_as_inference.checkpoint import (
     atomic_torch_save,
@@ -548,6 +548,7 @@ class LoadedPolicy:
         self.observation_space, self.action_space = probe.observation_space, probe.action_space
         probe.close()
         self.module, self.env_id, self.device = module.eval(), env_id, device
+        self._env_actions = EnvActions(self.action_space, device)  # as the collectors hand them over
 
     def act(self, obs, deterministic: bool = True, generator: torch.Generator | None = None):
         """Action(s) for one observation or a batch (numpy or torch); the mode unless ``deterministic=False``."""
@@ -561,14 +562,11 @@ class LoadedPolicy:
                 action = self.module.mode(d)
             else:
                 action = d.sample() if generator is None else _sample_with(d, generator, self.device)
-        action = action.cpu().numpy()
+        action = self._env_actions(action).cpu().numpy()
         if isinstance(self.action_space, gym.spaces.Discrete):
-            # the policy's index 0..n-1, shifted to the space's start..start+n-1
-            action = action.astype(np.int64) + int(self.action_space.start)
+            action = action.astype(np.int64)
             return int(action[0]) if single else action
-        action = np.clip(
-            action.astype(self.action_space.dtype), self.action_space.low, self.action_space.high
-        )
+        action = action.astype(self.action_space.dtype)
         return action[0] if single else action
 
 

@@ -618,6 +618,29 @@ def test_discrete_actions_with_a_start_reach_the_env_shifted(algo, tmp_path, cap
         gym.registry.pop("OffsetActions-v0")
 
 
+class _ConstantAction(torch.nn.Module):
+    """A stand-in policy whose mode is ``value`` at every observation (a Gaussian's mean can leave
+    the box)."""
+
+    def __init__(self, value: float):
+        super().__init__()
+        self.value = value
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return torch.full((obs.shape[0], 1), self.value)
+
+    def mode(self, d: torch.Tensor) -> torch.Tensor:
+        return d
+
+
+@pytest.mark.parametrize("value, expected", [(5.0, 2.0), (-5.0, -2.0), (0.5, 0.5)])
+def test_a_loaded_policy_hands_gymnasium_box_actions_clipped_into_the_box(value, expected):
+    policy = runs.LoadedPolicy(_ConstantAction(value), "Pendulum-v1", torch.device("cpu"))
+    one, batch = policy.act(np.zeros(3, np.float32)), policy.act(np.zeros((4, 3), np.float32))
+    assert one.dtype == np.float32 and one.tolist() == [expected]  # Pendulum-v1's torque is in [-2, 2]
+    assert batch.shape == (4, 1) and (batch == expected).all()
+
+
 def test_evaluate_imports_the_module_of_a_module_registered_run(user_envs, tmp_path, capsys):
     out = tmp_path / "r"
     _train_a_module_registered_run(out)
