@@ -121,11 +121,37 @@ def test_huber_and_mse_losses_agree_on_small_errors_and_differ_on_large_ones():
         ("loss", "l1", "loss='l1' is not allowed"),
         ("alpha_schedule", "cosine", "alpha_schedule='cosine' is not allowed"),
         ("updates_every", 0, "updates_every=0 is not allowed; use an int >= 1"),
+        ("updates_per_step", 0, "updates_per_step=0 is not allowed; use an int >= 1"),
     ],
 )
 def test_bad_settings_are_refused_by_name(field, value, message):
     with pytest.raises(ValueError, match=message):
         softq.SoftQConfig(**{field: value})
+
+
+@pytest.mark.parametrize("updates_every, updates_per_step", [(1, 1), (1, 3), (2, 2)])
+def test_learner_steps_are_updates_per_step_every_updates_every_collections(
+    updates_every, updates_per_step, monkeypatch
+):
+    batches = []
+    real_loss = softq.soft_q_loss
+
+    def counted(q_net, target, batch, **kwargs):
+        batches.append(batch["obs"])
+        return real_loss(q_net, target, batch, **kwargs)
+
+    monkeypatch.setattr(softq, "soft_q_loss", counted)
+    config = softq.SoftQConfig(
+        env="CartPole-v1", total_env_steps=200, learning_starts=120, num_envs=4, batch_size=8,
+        hidden=(8,), updates_every=updates_every, updates_per_step=updates_per_step, log_every=200,
+    )  # fmt: skip
+    softq.train(config)
+    # 50 collections of 4 transitions; collection c ends at env step 4c, and those that end at
+    # learning_starts or later (c = 30..50) are learner turns where c is a multiple of updates_every
+    turns = sum(1 for c in range(30, 51) if c % updates_every == 0)
+    assert len(batches) == turns * updates_per_step
+    if updates_per_step > 1:  # each learner step draws its own batch
+        assert not torch.equal(batches[0], batches[1])
 
 
 def test_continuous_actions_are_refused():

@@ -72,7 +72,8 @@ class SoftQConfig(RunSettings):
     # min(1, q / mu) with mu stored at collection (fixed point Q^q for any behaviour)
     n_step_correction: str = "none"
     trace_lambda: float = 1.0  # lambda of the Retrace traces
-    updates_every: int = 1  # collection steps (of num_envs transitions) per learner step
+    updates_every: int = 1  # collection steps (of num_envs transitions) per learner turn
+    updates_per_step: int = 1  # learner steps per turn, each on its own batch (as SAC's)
     lr: float = 1e-3  # Adam learning rate of the critic
     anneal_lr: bool = False  # decay the learning rate linearly to 0 over the budget
     alpha: float = 1.0  # temperature of q (reward units), the start of a schedule with alpha_final
@@ -205,23 +206,24 @@ def train(
             decay_learning_rates(
                 [(g, config.lr) for g in optimizer.param_groups], data.env_steps, config.total_env_steps
             )
-        batch = data.sample(config.batch_size, n_step=config.n_step)
-        loss = soft_q_loss(
-            q_net,
-            target,
-            batch,
-            gamma=config.gamma,
-            loss=config.loss,
-            double_q=config.double_q,
-            correction=config.n_step_correction,
-            trace_lambda=config.trace_lambda,
-        )
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        polyak_update(target, q_net, config.tau)
-        interval.add({"critic_loss": loss, "alpha": temperature.item()})
-        loop["learner_steps"] += 1
+        for _ in range(config.updates_per_step):
+            batch = data.sample(config.batch_size, n_step=config.n_step)
+            loss = soft_q_loss(
+                q_net,
+                target,
+                batch,
+                gamma=config.gamma,
+                loss=config.loss,
+                double_q=config.double_q,
+                correction=config.n_step_correction,
+                trace_lambda=config.trace_lambda,
+            )
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            polyak_update(target, q_net, config.tau)
+            interval.add({"critic_loss": loss, "alpha": temperature.item()})
+            loop["learner_steps"] += 1
         if row_due(loop, data.env_steps, config):
             emit_row(result, callback, data, start, interval.pop())
     return finish(result, data, ckpt, start)
