@@ -21,6 +21,7 @@ import torch
 
 from rl_as_inference import envs
 from rl_as_inference.algos.collect import constructed
+from rl_as_inference.algos.settings import ENV_KWARGS
 from rl_as_inference.diagnostics import pareto_k_per_step, to_netcdf
 from rl_as_inference.planning import MPC
 
@@ -125,7 +126,9 @@ def plan_episodes(
             f"planning rolls the dynamics out ahead of the env, so it needs a torch env, and {env_id!r} "
             f"has none (torch envs here: {', '.join(known)}; add yours with envs.register)"
         )
-    env_kwargs = dict(env_kwargs or {})
+    env_kwargs = {} if env_kwargs is None else env_kwargs
+    if not ENV_KWARGS.ok(env_kwargs):
+        raise ValueError(f"env_kwargs={env_kwargs!r} is not allowed; use {ENV_KWARGS.allowed}")
     try:
         port = envs.make(env_id, device=device, **env_kwargs)
     except TypeError as exc:

@@ -441,6 +441,7 @@ def test_rlai_plan_builds_both_envs_with_the_constructor_arguments(monkeypatch, 
 
 
 def test_rlai_plan_names_settings_and_arguments_it_cannot_take(capsys):
+    from rl_as_inference import plan_run
     from rl_as_inference.cli import main
 
     base = ["plan", "--episodes", "1", "--samples", "8", "--horizon", "2"]
@@ -457,6 +458,8 @@ def test_rlai_plan_names_settings_and_arguments_it_cannot_take(capsys):
     err = capsys.readouterr().err
     assert "env_kwargs float32_state=False: Gymnasium's MountainCarContinuous-v0 does not take them" in err
     assert len(err.strip().splitlines()) == 1
+    with pytest.raises(ValueError, match=r"env_kwargs=\['g', 2\.0\] is not allowed; use a table of keyword"):
+        plan_run.plan_episodes("Pendulum-v1", episodes=1, num_samples=8, horizon=2, env_kwargs=["g", 2.0])
 
 
 def test_a_policy_prior_as_the_proposal_gives_the_same_posterior():
