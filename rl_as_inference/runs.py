@@ -236,8 +236,8 @@ def _check_torch_env_kwargs(config, algo: str) -> None:
     """Build the torch env once with ``config.env_kwargs`` where the run will (the spaces were
     probed on Gymnasium's own env, which takes arguments a port does not model), so that refused
     arguments are reported before anything is written."""
-    if not config.env_kwargs:
-        return
+    if not config.env_kwargs or config.env not in gym.registry:
+        return  # an id with only a torch env: the spaces probe built that env with them already
     backend = "functional" if REGISTRY[algo].needs_dynamics else resolve_backend(config.env, config.backend)
     if backend == "functional":
         with constructed(config.env, config.env_kwargs, backend):

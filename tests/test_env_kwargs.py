@@ -135,6 +135,38 @@ def test_arguments_a_port_does_not_model_are_refused_before_the_run_starts(tmp_p
     assert not out.exists()
 
 
+def test_an_id_with_only_a_torch_env_is_built_once_before_the_run_and_refuses_by_name(
+    user_envs, tmp_path, capsys, monkeypatch
+):
+    from rl_as_inference import envs
+    from rl_as_inference.envs.pendulum import Pendulum
+
+    gravities = []
+
+    def factory(*, device=None, dtype=None, g: float = 10.0):
+        gravities.append(g)
+        return Pendulum(device=device, dtype=dtype, g=g)
+
+    envs.register("test/LowGravity-v0", factory)
+
+    class Started(Exception):
+        pass
+
+    def started(*args, **kwargs):
+        raise Started
+
+    monkeypatch.setattr(runs, "_run", started)
+    out = tmp_path / "run"
+    argv = ["train", "--env", "test/LowGravity-v0", "--algo", "sac", "--out", str(out), *QUIET]
+    with pytest.raises(Started):
+        main([*argv, "--set", "env_kwargs.g=3.0"])
+    assert gravities == [3.0]  # the spaces probe alone: before, the arguments' check built it again
+    line = _one_line_error(capsys, main([*argv, "--set", "env_kwargs.bogus=1"]))
+    assert "env_kwargs bogus=1: the torch env of test/LowGravity-v0 does not take them" in line
+    assert "backend" not in line  # Gymnasium has no env of that id to fall back on
+    assert not (out / "train_state.pt").exists()
+
+
 def test_gymnasium_s_own_env_gets_every_argument_it_takes():
     config = sac.SACConfig(env="CartPole-v1", backend="gymnasium", env_kwargs={"sutton_barto_reward": True})
     data = Collector.for_config(config, torch.device("cpu"), "sac", discrete=True)
