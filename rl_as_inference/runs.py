@@ -46,6 +46,7 @@ from rl_as_inference.config import (
 from rl_as_inference.envs.base import resolve_device
 from rl_as_inference.envs.gymnasium_adapter import naming_missing_packages
 from rl_as_inference.envs.ids import check_env_id, import_env_module
+from rl_as_inference.envs.observations import flat_observation, flatten_observations, is_composite
 from rl_as_inference.guides.normalization import (
     DEFAULT_OBS_CLIP,
     RunningObsNormalizer,
@@ -551,9 +552,17 @@ class LoadedPolicy:
         self._env_actions = EnvActions(self.action_space, device)  # as the collectors hand them over
 
     def act(self, obs, deterministic: bool = True, generator: torch.Generator | None = None):
-        """Action(s) for one observation or a batch (numpy or torch); the mode unless ``deterministic=False``."""
-        obs_t = torch.as_tensor(np.asarray(obs), device=self.device)
-        single = obs_t.dim() == len(self.observation_space.shape)
+        """Action(s) for one observation or a batch (numpy or torch); the mode unless ``deterministic=False``.
+
+        Where the env observes a Tuple or Dict (Blackjack-v1's tuple), a batch is a sequence of
+        such observations; each is flattened as in training
+        (:func:`~rl_as_inference.envs.observations.flat_observation`)."""
+        if is_composite(self.observation_space):
+            obs, single = self._flat(obs)
+            obs_t = torch.as_tensor(obs, device=self.device)
+        else:
+            obs_t = torch.as_tensor(np.asarray(obs), device=self.device)
+            single = obs_t.dim() == len(self.observation_space.shape)
         if single:
             obs_t = obs_t.unsqueeze(0)
         with torch.no_grad():
@@ -568,6 +577,15 @@ class LoadedPolicy:
             return int(action[0]) if single else action
         action = action.astype(self.action_space.dtype)
         return action[0] if single else action
+
+    def _flat(self, obs) -> tuple[np.ndarray, bool]:
+        """A composite observation, or a sequence of them, as flat float32 rows; and whether it was one."""
+        space = self.observation_space
+        if space.contains(obs):
+            return flat_observation(space, obs), True
+        if isinstance(obs, dict) or not hasattr(obs, "__len__") or len(obs) == 0:
+            raise ValueError(f"observation {obs!r} is neither an element of {space} nor a sequence of them")
+        return np.stack([flat_observation(space, o) for o in obs]), False
 
 
 def _sample_with(d, generator: torch.Generator, device: torch.device):
@@ -634,8 +652,9 @@ def load_policy(run_dir: str | os.PathLike, device: str | torch.device = "cpu") 
     if spec.get("rescale_actions", False):
         extra["rescale_actions"] = True
     try:
+        observation_space = flatten_observations(probe).observation_space  # as collection saw it
         module = cls(
-            probe.observation_space,
+            observation_space,
             probe.action_space,
             hidden=tuple(spec["hidden"]),
             activation=activation_class(spec["activation"]),
@@ -643,7 +662,7 @@ def load_policy(run_dir: str | os.PathLike, device: str | torch.device = "cpu") 
         )
         if spec.get("normalize_obs", False):
             normalizer = RunningObsNormalizer.for_space(
-                probe.observation_space, clip=float(spec.get("obs_clip", DEFAULT_OBS_CLIP))
+                observation_space, clip=float(spec.get("obs_clip", DEFAULT_OBS_CLIP))
             )
             attach_obs_normalizer(normalizer, module)
     except (TypeError, ValueError) as exc:

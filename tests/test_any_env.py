@@ -20,6 +20,7 @@ from rl_as_inference.algos import sac
 from rl_as_inference.algos.collect import Collector
 from rl_as_inference.cli import main
 from rl_as_inference.envs import registry
+from rl_as_inference.envs.observations import flat_observation
 from rl_as_inference.resume import Checkpointer, read_train_state
 
 # Gymnasium's own classic-control envs under ids the library has no port of: they run as
@@ -163,13 +164,92 @@ def test_an_unknown_id_names_the_closest_ones(tmp_path, capsys):
     assert "'test/PendulumClne-v0' is not a registered Gymnasium id; closest: test/PendulumClone-v0" in line
 
 
-def test_a_space_the_networks_cannot_take_is_named(tmp_path, capsys):
-    line = _one_line_error(
-        capsys,
-        main(["train", "--env", "Blackjack-v1", "--algo", "vmpo", "--out", str(tmp_path / "r"), *QUIET]),
+class PixelsAndSpeed(gym.Env):
+    """A Tuple observation with an image inside: not flattened for an MLP."""
+
+    observation_space = gym.spaces.Tuple(
+        (gym.spaces.Box(0, 255, (8, 8, 3), np.uint8), gym.spaces.Box(-1.0, 1.0, (1,), np.float32))
     )
-    assert "Blackjack-v1 has observation space Tuple(" in line and "FlattenObservation" in line
+    action_space = gym.spaces.Discrete(2)
+
+
+def test_a_space_the_networks_cannot_take_is_named(tmp_path, capsys):
+    gym.register("test/PixelsAndSpeed-v0", entry_point="tests.test_any_env:PixelsAndSpeed")
+    try:
+        argv = ["train", "--env", "test/PixelsAndSpeed-v0", "--algo", "vmpo", "--out", str(tmp_path / "r")]
+        line = _one_line_error(capsys, main([*argv, *QUIET]))
+    finally:
+        gym.registry.pop("test/PixelsAndSpeed-v0")
+    assert "test/PixelsAndSpeed-v0 has observation space Tuple(Box(0, 255, (8, 8, 3), uint8)" in line
+    assert "an image inside one is not flattened" in line and "FlattenObservation" in line
     assert not (tmp_path / "r").exists()
+
+
+def test_a_tuple_observation_is_flattened_one_hot_as_gymnasium_flattens_it():
+    space = gym.make("Blackjack-v1").observation_space  # Tuple(Discrete(32), Discrete(11), Discrete(2))
+    flat = flat_observation(space, (14, 3, 1))
+    expected = np.zeros(45, np.float32)
+    expected[[14, 32 + 3, 32 + 11 + 1]] = 1.0
+    assert flat.dtype == np.float32 and np.array_equal(flat, expected)
+    with pytest.raises(ValueError, match=r"observation \(40, 3, 1\) is not an element of Tuple"):
+        flat_observation(space, (40, 3, 1))
+
+
+def test_blackjack_trains_and_its_policy_acts_on_gymnasium_s_tuples(tmp_path, capsys):
+    # Blackjack-v1 observes a Tuple of three Discretes (before: refused); collection flattens it
+    out = tmp_path / "r"
+    argv = ["train", "--env", "Blackjack-v1", "--algo", "vmpo", "--out", str(out), *VMPO_TINY, *QUIET]
+    assert main(argv) == 0, capsys.readouterr().err
+    policy = load_policy(out)
+    assert policy.observation_space == gym.make("Blackjack-v1").observation_space  # Gymnasium's own
+    assert policy.act((14, 3, 0)) in (0, 1)
+    batch = policy.act([(14, 3, 0), (20, 10, 1), (5, 1, 0)])
+    assert batch.shape == (3,) and set(batch.tolist()) <= {0, 1}
+    assert batch[0] == policy.act((14, 3, 0))  # a row of a batch is the single observation's action
+    with pytest.raises(ValueError, match="is neither an element of Tuple"):
+        policy.act({"player": 14})
+    returns = runs.evaluate(out, episodes=5)
+    assert len(returns) == 5 and set(returns) <= {-1.0, 0.0, 1.0, 1.5}
+
+
+class FlagInADict(gym.Env):
+    """Dict(flag: Discrete(2), position: Box(1)); the reward is 1 where the action equals the flag,
+    drawn anew each step, over 10 steps: 10 for a policy that reads the flag, 5 in expectation for
+    any policy that does not."""
+
+    observation_space = gym.spaces.Dict(
+        {"flag": gym.spaces.Discrete(2), "position": gym.spaces.Box(-1.0, 1.0, (1,), np.float32)}
+    )
+    action_space = gym.spaces.Discrete(2)
+
+    def _obs(self):
+        self.flag = int(self.np_random.integers(2))
+        return {"flag": self.flag, "position": np.zeros(1, np.float32)}
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return self._obs(), {}
+
+    def step(self, action):
+        reward = float(int(action) == self.flag)
+        self.t += 1
+        return self._obs(), reward, False, self.t >= 10, {}
+
+
+@pytest.mark.parametrize("vectorization", ["sync", "async"])
+def test_a_dict_observation_is_flattened_so_the_policy_reads_each_part(vectorization, tmp_path, capsys):
+    gym.register("test/FlagInADict-v0", entry_point="tests.test_any_env:FlagInADict", max_episode_steps=10)
+    out = tmp_path / "r"
+    argv = ["train", "--env", "test/FlagInADict-v0", "--algo", "softq", "--out", str(out), *QUIET]
+    argv += ["--set", "total_env_steps=3000", "--set", "hidden=[32]", "--set", "num_envs=2"]
+    try:
+        assert main([*argv, "--set", f"vectorization={vectorization}"]) == 0, capsys.readouterr().err
+        # the greedy policy takes the flag's action at every step: it reads the Discrete part of
+        # the Dict (one-hot in the flat vector); one that could not would score 5 on average
+        assert runs.evaluate(out, episodes=10) == [10.0] * 10
+    finally:
+        gym.registry.pop("test/FlagInADict-v0")
 
 
 def test_toy_text_with_discrete_observations_trains(tmp_path, capsys):

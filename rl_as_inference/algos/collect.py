@@ -13,6 +13,7 @@ from rl_as_inference import distributed as dp
 from rl_as_inference import envs
 from rl_as_inference.algos.settings import BACKENDS, VECTORIZATIONS, RunSettings
 from rl_as_inference.envs.base import clamp_into  # collect's public name since before the move
+from rl_as_inference.envs.observations import flatten_observations, is_composite
 from rl_as_inference.guides.normalization import DEFAULT_OBS_CLIP, RunningObsNormalizer
 from rl_as_inference.replay import ReplayBuffer, transition_fields
 
@@ -101,6 +102,7 @@ def make_collection_env(
             device=device,
             vectorization_mode=vectorization,
             vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP},
+            wrappers=[flatten_observations],  # a Tuple or Dict observation as one flat vector
             **env_kwargs,
         )
     try:
@@ -150,13 +152,15 @@ class EnvActions:
 
 
 def check_observation_space(env_id: str, space: gym.Space) -> None:
-    """Raise a ValueError naming ``space`` unless the networks here take it: a 1-D Box, or
-    Discrete (one-hot encoded by :class:`~rl_as_inference.guides.policies.ObservationEncoder`).
+    """Raise a ValueError naming ``space`` unless the networks here take it: a 1-D Box, Discrete
+    (one-hot encoded by :class:`~rl_as_inference.guides.policies.ObservationEncoder`), or a Tuple,
+    Dict, MultiDiscrete or MultiBinary of those, which Gymnasium's envs are wrapped to observe flat
+    (:mod:`rl_as_inference.envs.observations`).
 
     Checked before any buffer is allocated: an image's replay buffer (CarRacing-v3's 96x96x3
     observations, 100k transitions) is tens of GB, for networks that would then refuse it."""
     flat_box = isinstance(space, gym.spaces.Box) and len(space.shape) == 1
-    if flat_box or isinstance(space, gym.spaces.Discrete):
+    if flat_box or isinstance(space, gym.spaces.Discrete) or is_composite(space):
         return
     if isinstance(space, gym.spaces.Box):
         raise ValueError(
@@ -167,8 +171,9 @@ def check_observation_space(env_id: str, space: gym.Space) -> None:
         )
     raise ValueError(
         f"{env_id} has observation space {space}; the networks here take Discrete or 1-D Box "
-        "observations (wrap the env in gymnasium.wrappers.FlattenObservation and register the "
-        "wrapped id)"
+        "observations, or a Tuple, Dict, MultiDiscrete or MultiBinary of them (flattened); an image "
+        "inside one is not flattened (wrap the env in gymnasium.wrappers.FlattenObservation and "
+        "register the wrapped id to feed its pixels to an MLP anyway)"
     )
 
 
