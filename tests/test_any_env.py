@@ -212,6 +212,20 @@ def test_blackjack_trains_and_its_policy_acts_on_gymnasium_s_tuples(tmp_path, ca
     assert len(returns) == 5 and set(returns) <= {-1.0, 0.0, 1.0, 1.5}
 
 
+def test_a_torch_env_observing_a_tuple_is_named(user_envs):
+    # a torch env is stepped as it is (no wrapper flattens its tensors): its observe must be flat
+    def factory(*, device=None, dtype=None):
+        env = envs.make("Pendulum-v1", device=device, dtype=dtype)
+        env.observation_space = gym.spaces.Tuple((gym.spaces.Box(-1.0, 1.0, (3,), np.float32),))
+        return env
+
+    envs.register("test/TuplePendulum-v0", factory)
+    with pytest.raises(ValueError, match=r"test/TuplePendulum-v0 has observation space Tuple\(Box"):
+        Collector("test/TuplePendulum-v0", num_envs=1, device=torch.device("cpu"), seed=0, buffer_size=10)
+    with pytest.raises(ValueError, match="a torch env's observations reach the networks as its step returns"):
+        Collector("test/TuplePendulum-v0", num_envs=1, device=torch.device("cpu"), seed=0, buffer_size=10)
+
+
 class FlagInADict(gym.Env):
     """Dict(flag: Discrete(2), position: Box(1)); the reward is 1 where the action equals the flag,
     drawn anew each step, over 10 steps: 10 for a policy that reads the flag, 5 in expectation for

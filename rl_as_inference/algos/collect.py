@@ -89,7 +89,7 @@ def make_collection_env(
                 exploring_starts=exploring_starts,
                 **env_kwargs,
             )
-        check_observation_space(env_id, venv.single_observation_space)
+        check_observation_space(env_id, venv.single_observation_space, flattened=False)
         return venv
     if exploring_starts:
         raise ValueError("exploring_starts needs backend='functional': Gymnasium's envs reset from p(s_0)")
@@ -151,17 +151,24 @@ class EnvActions:
         return action + self.start if self.start else action
 
 
-def check_observation_space(env_id: str, space: gym.Space) -> None:
+def check_observation_space(env_id: str, space: gym.Space, *, flattened: bool = True) -> None:
     """Raise a ValueError naming ``space`` unless the networks here take it: a 1-D Box, Discrete
     (one-hot encoded by :class:`~rl_as_inference.guides.policies.ObservationEncoder`), or a Tuple,
     Dict, MultiDiscrete or MultiBinary of those, which Gymnasium's envs are wrapped to observe flat
-    (:mod:`rl_as_inference.envs.observations`).
+    (:mod:`rl_as_inference.envs.observations`); ``flattened=False`` for a torch env's, which is
+    stepped as it is.
 
     Checked before any buffer is allocated: an image's replay buffer (CarRacing-v3's 96x96x3
     observations, 100k transitions) is tens of GB, for networks that would then refuse it."""
     flat_box = isinstance(space, gym.spaces.Box) and len(space.shape) == 1
-    if flat_box or isinstance(space, gym.spaces.Discrete) or is_composite(space):
+    if flat_box or isinstance(space, gym.spaces.Discrete) or (flattened and is_composite(space)):
         return
+    if is_composite(space):
+        raise ValueError(
+            f"{env_id} has observation space {space}; a torch env's observations reach the networks "
+            "as its step returns them, so they must be a 1-D Box or Discrete (return the flat vector "
+            "from observe: gymnasium.spaces.flatten_space and flatten give its layout)"
+        )
     if isinstance(space, gym.spaces.Box):
         raise ValueError(
             f"{env_id} has observation space {space}; the networks here are MLPs over Discrete or 1-D "
