@@ -9,6 +9,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_INDEX_URL ?=
 PYTEST_ARGS ?=
+# pytest-xdist workers of make test (auto: one per core; 0: one process, no workers)
+PYTEST_WORKERS ?= auto
 
 .PHONY: demo test docs lint format bench clean
 
@@ -42,9 +44,11 @@ $(VENV)/.installed-dev: pyproject.toml $(VENV)/.torch
 demo: $(VENV)/.installed
 	$(BIN)/python -m rl_as_inference.demo
 
-# pytest exits 5 when it collects no test; a vanished suite is reported as the error it is.
+# pytest exits 5 when it collects no test; a vanished suite is reported as the error it is. The test
+# files are spread over PYTEST_WORKERS processes, each file on one worker (--dist loadfile), so a
+# module's fixtures (a trained run several tests read) are built once.
 test: $(VENV)/.installed-dev
-	@$(BIN)/python -m pytest $(PYTEST_ARGS); status=$$?; \
+	@$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS); status=$$?; \
 	if [ $$status -eq 5 ]; then echo "make test: pytest collected no tests" >&2; fi; exit $$status
 
 $(VENV)/.installed-docs: pyproject.toml $(VENV)/.torch
