@@ -129,16 +129,9 @@ def plan_episodes(
     env_kwargs = {} if env_kwargs is None else env_kwargs
     if not ENV_KWARGS.ok(env_kwargs):
         raise ValueError(f"env_kwargs={env_kwargs!r} is not allowed; use {ENV_KWARGS.allowed}")
-    try:
+    both = "; the planner rolls out its dynamics, so planning needs arguments that both it and Gymnasium's env take"
+    with constructed(env_id, env_kwargs, "functional", hint=both):
         port = envs.make(env_id, device=device, **env_kwargs)
-    except TypeError as exc:
-        if not env_kwargs:
-            raise
-        given = ", ".join(f"{k}={v!r}" for k, v in env_kwargs.items())
-        raise ValueError(
-            f"env_kwargs {given}: the torch env of {env_id}, whose dynamics the planner rolls out, does "
-            f"not take them ({exc}); planning needs arguments that both it and Gymnasium's env take"
-        ) from None
     discrete = port.action_space.shape == ()
     planners = []
 

@@ -46,7 +46,7 @@ from rl_as_inference.config import (
 from rl_as_inference.envs.base import resolve_device
 from rl_as_inference.envs.gymnasium_adapter import naming_missing_packages
 from rl_as_inference.envs.ids import check_env_id, import_env_module
-from rl_as_inference.envs.observations import flat_observation, flatten_observations, is_composite
+from rl_as_inference.envs.observations import flat_observation, flat_observation_space, is_composite
 from rl_as_inference.guides.normalization import (
     DEFAULT_OBS_CLIP,
     RunningObsNormalizer,
@@ -652,7 +652,9 @@ def load_policy(run_dir: str | os.PathLike, device: str | torch.device = "cpu") 
     if spec.get("rescale_actions", False):
         extra["rescale_actions"] = True
     try:
-        observation_space = flatten_observations(probe).observation_space  # as collection saw it
+        observation_space = probe.observation_space
+        if is_composite(observation_space):  # flat, as collection saw it
+            observation_space = flat_observation_space(observation_space)
         module = cls(
             observation_space,
             probe.action_space,

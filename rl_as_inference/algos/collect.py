@@ -114,10 +114,11 @@ def make_collection_env(
 
 
 @contextlib.contextmanager
-def constructed(env_id: str, env_kwargs: dict, backend: str):
+def constructed(env_id: str, env_kwargs: dict, backend: str, hint: str | None = None):
     """Turn the TypeError of an env constructor that refuses ``env_kwargs`` into a one-line
     ValueError naming them: a torch port takes only the arguments it models (Pendulum-v1's g),
-    so the message says how to reach Gymnasium's own env, which takes all of its own."""
+    so the message says how to reach Gymnasium's own env, which takes all of its own (``hint``,
+    when given, says instead what the caller needs)."""
     try:
         yield
     except TypeError as exc:
@@ -125,11 +126,12 @@ def constructed(env_id: str, env_kwargs: dict, backend: str):
             raise
         given = ", ".join(f"{k}={v!r}" for k, v in env_kwargs.items())
         where = "the torch env of" if backend == "functional" else "Gymnasium's"
-        hint = (
-            "; set backend = 'gymnasium' for Gymnasium's own env with these arguments"
-            if backend == "functional" and env_id in gym.registry
-            else ""
-        )
+        if hint is None:
+            hint = (
+                "; set backend = 'gymnasium' for Gymnasium's own env with these arguments"
+                if backend == "functional" and env_id in gym.registry
+                else ""
+            )
         raise ValueError(f"env_kwargs {given}: {where} {env_id} does not take them ({exc}){hint}") from None
 
 

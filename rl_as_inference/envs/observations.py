@@ -53,10 +53,12 @@ def flatten_observations(env: gym.Env) -> gym.Env:
     if not is_composite(space):
         return env
     return gym.wrappers.TransformObservation(
-        env,
-        lambda obs: np.asarray(gym.spaces.flatten(space, obs), dtype=np.float32),
-        flat_observation_space(space),
+        env, lambda obs: _flatten(space, obs), flat_observation_space(space)
     )
+
+
+def _flatten(space: gym.Space, obs) -> np.ndarray:
+    return np.asarray(gym.spaces.flatten(space, obs), dtype=np.float32)
 
 
 def flat_observation(space: gym.Space, obs) -> np.ndarray:
@@ -64,4 +66,4 @@ def flat_observation(space: gym.Space, obs) -> np.ndarray:
     :func:`flatten_observations` (a Discrete part one-hot)."""
     if not space.contains(obs):
         raise ValueError(f"observation {obs!r} is not an element of {space}")
-    return np.asarray(gym.spaces.flatten(space, obs), dtype=np.float32)
+    return _flatten(space, obs)
