@@ -722,8 +722,27 @@ _COMPILED: list[Callable] = []  # one compiled function for every planner: its c
 def _compiled_returns_of_plans() -> Callable:
     """:func:`_returns_of_plans` under ``torch.compile`` (built once; recompiled per env and shape)."""
     if not _COMPILED:
-        _COMPILED.append(torch.compile(_returns_of_plans, dynamic=False))
+        with _keeping_validation():
+            compiled = torch.compile(_returns_of_plans, dynamic=False)
+
+        def returns_of_plans(*args):
+            with _keeping_validation():
+                return compiled(*args)
+
+        _COMPILED.append(returns_of_plans)
     return _COMPILED[0]
+
+
+@contextlib.contextmanager
+def _keeping_validation():
+    # torch.compile patches torch for the whole process, once, and one of its patches turns off
+    # every distribution's argument validation (torch._dynamo's TorchPatcher): the caller's
+    # setting is put back, so a NaN parameter still raises after a compiled plan
+    validate = torch.distributions.Distribution._validate_args
+    try:
+        yield
+    finally:
+        torch.distributions.Distribution.set_default_validate_args(validate)
 
 
 def _systematic_resample(log_weights: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

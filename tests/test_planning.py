@@ -392,6 +392,30 @@ def test_rlai_plan_compiled_returns_what_the_eager_planner_returns(capsys):
     assert abs(means[0] - means[1]) < 0.5, means
 
 
+def test_a_compiled_plan_leaves_distribution_validation_on():
+    # torch.compile's first call turned validation off process-wide (found as a test-order failure
+    # of test_host_reads under pytest-xdist); a fresh process makes this the first compile
+    import subprocess
+    import sys
+
+    script = (
+        "import torch\n"
+        "from rl_as_inference import envs\n"
+        "from rl_as_inference.planning import MPC\n"
+        "env = envs.make('Pendulum-v1')\n"
+        "mpc = MPC(env, 'mppi', horizon=3, num_samples=32, compile=True)\n"
+        "mpc.act(torch.zeros(1, 2))\n"
+        "try:\n"
+        "    torch.distributions.Normal(torch.tensor(float('nan')), 1.0)\n"
+        "    print('no error')\n"
+        "except ValueError:\n"
+        "    print('validated')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "validated"
+
+
 def test_rlai_plan_names_a_bad_method(capsys):
     from rl_as_inference.cli import main
 
